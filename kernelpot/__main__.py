@@ -1,0 +1,3 @@
+from kernelpot.cli import main
+
+raise SystemExit(main())
