@@ -1,0 +1,689 @@
+"""Matplotlib figures for accuracy, uncertainty calibration and training-set diagnostics.
+
+Every function accepts an optional ``ax=`` (draw into an existing Axes) and
+returns ``(fig, ax)`` (``(fig, axes)`` for multi-panel figures). New figures
+are plain :class:`matplotlib.figure.Figure` objects, not registered with
+pyplot, so nothing here depends on the backend or calls ``plt.show()``; save
+with ``fig.savefig(path)`` or display one in a notebook by evaluating it.
+
+All figures share one look (:func:`_style`) and the colour-blind-safe
+Okabe-Ito palette; continuous values use ``viridis``.
+
+This module is imported on demand (``import kernelpot.plot``), not by
+``import kernelpot``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib as mpl
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from ase.units import GPa
+from numpy.typing import ArrayLike
+from scipy import special, stats
+
+from kernelpot import metrics
+
+__all__ = [
+    "calibration",
+    "error_vs_sigma",
+    "influence",
+    "learning_curve",
+    "parity",
+    "parity_panel",
+    "sparse_coverage",
+    "z_histogram",
+]
+
+# Okabe & Ito (2008), distinguishable under the common colour-vision deficiencies.
+PALETTE = (
+    "#0072B2",  # blue
+    "#D55E00",  # vermillion
+    "#009E73",  # bluish green
+    "#CC79A7",  # reddish purple
+    "#E69F00",  # orange
+    "#56B4E9",  # sky blue
+    "#F0E442",  # yellow
+    "#000000",  # black
+)
+_CMAP = "viridis"
+_REF_COLOR = "0.35"  # reference lines (diagonals, thresholds, N(0, 1))
+_FIGSIZE = (4.2, 3.8)
+
+def _style(ax: Axes) -> Axes:
+    """Apply the house look to ``ax``: light grid, open top/right spines."""
+    ax.grid(True, which="major", color="0.9", linewidth=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.tick_params(direction="out", labelsize=9)
+    ax.xaxis.label.set_size(10)
+    ax.yaxis.label.set_size(10)
+    return ax
+
+
+def _new_axes(ax: Axes | None, figsize=_FIGSIZE) -> tuple[Figure, Axes]:
+    if ax is None:
+        fig = Figure(figsize=figsize, layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    return fig, ax
+
+
+def _legend(ax: Axes, **kwargs) -> None:
+    ax.legend(frameon=False, fontsize=8, **kwargs)
+
+
+def _flat_pair(a, b, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(
+            f"{names[0]} has shape {x.shape} but {names[1]} has shape {y.shape}; they must match"
+        )
+    return x.ravel(), y.ravel()
+
+
+def _as_mask(selection, n: int, name: str) -> np.ndarray:
+    """Boolean mask of length ``n`` from a mask or an index array (None -> all False)."""
+    mask = np.zeros(n, dtype=bool)
+    if selection is None:
+        return mask
+    sel = np.asarray(selection)
+    if sel.dtype == bool:
+        if sel.shape != (n,):
+            raise ValueError(f"{name} is a boolean mask of shape {sel.shape}, expected ({n},)")
+        return sel.copy()
+    if sel.size == 0:
+        return mask
+    if not np.issubdtype(sel.dtype, np.integer):
+        raise ValueError(f"{name} must be a boolean mask or integer indices, got dtype {sel.dtype}")
+    sel = sel.ravel()
+    out = (sel < -n) | (sel >= n)
+    if np.any(out):
+        raise ValueError(f"{name} has index {int(sel[out][0])} out of range for {n} points")
+    mask[sel] = True
+    return mask
+
+
+def _next_color(ax: Axes) -> str:
+    n = sum(1 for line in ax.lines if line.get_gid() == "data")
+    return PALETTE[n % len(PALETTE)]
+
+
+def _axis_label(text: str, units: str | None) -> str:
+    return f"{text} ({units})" if units else text
+
+
+# --------------------------------------------------------------------------
+# parity
+# --------------------------------------------------------------------------
+def parity(
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    sigma: ArrayLike | None = None,
+    ax: Axes | None = None,
+    quantity: str = "energy",
+    units: str = "meV/atom",
+    label: str | None = None,
+) -> tuple[Figure, Axes]:
+    """Parity plot of predicted against reference values.
+
+    Parameters
+    ----------
+    y_true, y_pred : array_like, same shape
+        Reference and predicted values, already in ``units`` (no conversion
+        is done here). Flattened; pairs with a non-finite value are dropped.
+    sigma : array_like, optional, same shape
+        Predicted standard deviations in ``units``; points are coloured by
+        it and a colorbar is added.
+    ax : Axes, optional
+        Axes to draw into; a new figure is made otherwise.
+    quantity : str, default "energy"
+        Name used in the axis labels.
+    units : str, default "meV/atom"
+        Unit label for axes and legend.
+    label : str, optional
+        Prefix for the legend entry (e.g. a model name).
+
+    Returns
+    -------
+    fig : Figure
+    ax : Axes
+        One scatter collection (the points) and one line (the diagonal);
+        the legend shows MAE and RMSE.
+
+    Examples
+    --------
+    >>> fig, ax = parity([0.0, 1.0, 2.0], [0.1, 0.9, 2.2], units="eV")
+    >>> len(ax.collections), len(ax.lines)
+    (1, 1)
+    """
+    t, p = _flat_pair(y_true, y_pred, ("y_true", "y_pred"))
+    s = None
+    if sigma is not None:
+        _, s = _flat_pair(np.asarray(y_true, dtype=float), sigma, ("y_true", "sigma"))
+    keep = np.isfinite(t) & np.isfinite(p)
+    if not np.any(keep):
+        raise ValueError(f"parity: no finite ({quantity}) pairs of y_true and y_pred to plot")
+    t, p = t[keep], p[keep]
+    err = p - t
+    text = f"MAE {np.mean(np.abs(err)):.3g}, RMSE {np.sqrt(np.mean(err**2)):.3g} {units}"
+    if label:
+        text = f"{label}: {text}"
+
+    fig, ax = _new_axes(ax)
+    _style(ax)
+    common = dict(s=10, linewidths=0, alpha=0.8, label=text, zorder=2)
+    if s is not None:
+        cmap = mpl.colormaps[_CMAP].with_extremes(bad="0.6")
+        points = ax.scatter(t, p, c=s[keep], cmap=cmap, **common)
+        fig.colorbar(points, ax=ax, label=_axis_label(f"predicted σ ({quantity})", units))
+    else:
+        ax.scatter(t, p, color=PALETTE[0], **common)
+
+    lo = float(min(t.min(), p.min()))
+    hi = float(max(t.max(), p.max()))
+    pad = 0.04 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
+    lo, hi = lo - pad, hi + pad
+    ax.plot([lo, hi], [lo, hi], color=_REF_COLOR, linestyle="--", linewidth=0.8, zorder=1)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(_axis_label(f"reference {quantity}", units))
+    ax.set_ylabel(_axis_label(f"predicted {quantity}", units))
+    _legend(ax, loc="upper left")
+    return fig, ax
+
+
+def parity_panel(
+    pred: Mapping[str, ArrayLike],
+    ref: Mapping[str, ArrayLike],
+    axes: Sequence[Axes] | None = None,
+) -> tuple[Figure, np.ndarray]:
+    """Parity plots for energy, force components and stress side by side.
+
+    Parameters
+    ----------
+    pred : mapping
+        Predictions as returned by ``SparseGP.predict``: ``"energy"``
+        ``(n_frames,)`` eV, ``"forces"`` ``(n_atoms_total, 3)`` eV/Å,
+        ``"stress"`` ``(n_frames, 6)`` eV/Å^3, and optionally the matching
+        ``"energy_std"``, ``"forces_std"``, ``"stress_std"``.
+    ref : mapping
+        Reference values under the same keys and units, plus ``"n_atoms"``
+        ``(n_frames,)`` for per-atom energies (looked up in ``pred`` if
+        absent from ``ref``; without it total energies in eV are shown).
+    axes : sequence of Axes, optional
+        One Axes per panel drawn; a new figure is made otherwise.
+
+    Returns
+    -------
+    fig : Figure
+    axes : ndarray of Axes, shape (n_panels,)
+        Panels in the order energy (meV/atom), forces (eV/Å), stress (GPa);
+        a quantity missing from either mapping, or entirely NaN (stress of
+        non-periodic frames), gets no panel.
+
+    Examples
+    --------
+    >>> ref = {"energy": np.array([-10.0, -12.0]), "n_atoms": np.array([2, 2])}
+    >>> pred = {"energy": np.array([-10.01, -11.98]), "energy_std": np.array([0.01, 0.02])}
+    >>> fig, axes = parity_panel(pred, ref)
+    >>> len(axes)
+    1
+    """
+    n_atoms = ref.get("n_atoms", pred.get("n_atoms"))
+    panels = []
+    for key, quantity in (("energy", "energy"), ("forces", "force"), ("stress", "stress")):
+        if key not in pred or key not in ref:
+            continue
+        y_p = np.asarray(pred[key], dtype=float)
+        y_t = np.asarray(ref[key], dtype=float)
+        if y_p.shape != y_t.shape:
+            raise ValueError(
+                f"pred[{key!r}] has shape {y_p.shape} but ref[{key!r}] has shape {y_t.shape}"
+            )
+        std = pred.get(f"{key}_std")
+        std = None if std is None else np.asarray(std, dtype=float)
+        if std is not None and std.shape != y_p.shape:
+            raise ValueError(
+                f"pred[{key + '_std'!r}] has shape {std.shape} but pred[{key!r}] has shape {y_p.shape}"
+            )
+        if key == "energy":
+            if n_atoms is not None:
+                n = np.asarray(n_atoms, dtype=float)
+                if n.shape != y_p.shape:
+                    raise ValueError(
+                        f"n_atoms has shape {n.shape} but energy has shape {y_p.shape}"
+                    )
+                scale, units = 1000.0 / n, "meV/atom"
+            else:
+                scale, units = 1.0, "eV"
+        elif key == "forces":
+            scale, units = 1.0, "eV/Å"
+        else:
+            scale, units = 1.0 / GPa, "GPa"  # display only: eV/Å^3 -> GPa
+        if not np.any(np.isfinite(y_p) & np.isfinite(y_t)):
+            continue
+        panels.append(
+            (y_t * scale, y_p * scale, None if std is None else std * scale, quantity, units)
+        )
+    if not panels:
+        raise ValueError(
+            "parity_panel: pred and ref share no finite 'energy', 'forces' or 'stress'"
+        )
+    if axes is None:
+        fig = Figure(figsize=(_FIGSIZE[0] * len(panels), _FIGSIZE[1]), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    else:
+        axes = np.asarray(axes, dtype=object).ravel()
+        if axes.size < len(panels):
+            raise ValueError(f"axes has {axes.size} Axes but {len(panels)} panels are needed")
+        axes = axes[: len(panels)]
+        fig = axes[0].figure
+    for ax, (t, p, s, quantity, units) in zip(axes, panels):
+        parity(t, p, sigma=s, ax=ax, quantity=quantity, units=units)
+    return fig, np.asarray(axes, dtype=object)
+
+
+# --------------------------------------------------------------------------
+# calibration
+# --------------------------------------------------------------------------
+def calibration(
+    errors: ArrayLike,
+    sigma: ArrayLike,
+    ax: Axes | None = None,
+    n_bins: int = 10,
+    label: str | None = None,
+    units: str | None = None,
+) -> tuple[Figure, Axes]:
+    """Error-based calibration curve: binned RMSE against root mean variance.
+
+    Uses :func:`kernelpot.metrics.calibration_curve` (equal-count bins of
+    sigma). Call repeatedly on the same ``ax`` with different ``label`` to
+    overlay models; the ``y = x`` diagonal is drawn once and stretched to
+    cover all curves.
+
+    Parameters
+    ----------
+    errors, sigma : array_like, same shape
+        Signed errors and predicted standard deviations, same units.
+    ax : Axes, optional
+        Axes to draw into; a new figure is made otherwise.
+    n_bins : int, default 10
+        Number of sigma bins.
+    label : str, optional
+        Legend label (the ENCE is appended).
+    units : str, optional
+        Unit label for the axes.
+
+    Returns
+    -------
+    fig : Figure
+    ax : Axes
+        Log-log axes with one line per curve (``gid="data"``) and one
+        diagonal (``gid="diagonal"``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> s = rng.uniform(0.1, 1.0, 2000)
+    >>> fig, ax = calibration(rng.normal(size=s.size) * s, s, label="GP")
+    >>> len(ax.lines)
+    2
+    """
+    curve = metrics.calibration_curve(errors, sigma, n_bins=n_bins)
+    fig, ax = _new_axes(ax)
+    _style(ax)
+    text = f"ENCE {curve.ence:.3f}"
+    ax.plot(
+        curve.rmv,
+        curve.rmse,
+        marker="o",
+        markersize=4,
+        color=_next_color(ax),
+        label=f"{label} ({text})" if label else text,
+        gid="data",
+        zorder=2,
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+
+    values = np.concatenate(
+        [np.concatenate(line.get_data()) for line in ax.lines if line.get_gid() == "data"]
+    )
+    values = values[np.isfinite(values) & (values > 0)]
+    lo, hi = (values.min() / 1.5, values.max() * 1.5) if values.size else (0.1, 10.0)
+    diagonal = [line for line in ax.lines if line.get_gid() == "diagonal"]
+    if diagonal:
+        diagonal[0].set_data([lo, hi], [lo, hi])
+    else:
+        ax.plot(
+            [lo, hi], [lo, hi], color=_REF_COLOR, linestyle="--", linewidth=0.8,
+            gid="diagonal", zorder=1,
+        )
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel(_axis_label("root mean variance (RMV)", units))
+    ax.set_ylabel(_axis_label("RMSE", units))
+    _legend(ax, loc="upper left")
+    return fig, ax
+
+
+def error_vs_sigma(
+    errors: ArrayLike,
+    sigma: ArrayLike,
+    ax: Axes | None = None,
+    k: Sequence[float] = (1.0, 2.0, 3.0),
+    units: str | None = None,
+) -> tuple[Figure, Axes]:
+    """Absolute error against predicted sigma, with ``|error| = k sigma`` guides.
+
+    Parameters
+    ----------
+    errors, sigma : array_like, same shape
+        Signed errors and predicted standard deviations, same units; NaN
+        entries are skipped.
+    ax : Axes, optional
+        Axes to draw into; a new figure is made otherwise.
+    k : sequence of float, default (1, 2, 3)
+        Guide lines; the legend gives the observed fraction below each and
+        the Gaussian expectation.
+    units : str, optional
+        Unit label for the axes.
+
+    Returns
+    -------
+    fig : Figure
+    ax : Axes
+        Log-log axes with one scatter collection and ``len(k)`` lines.
+
+    Examples
+    --------
+    >>> fig, ax = error_vs_sigma([0.1, -0.5, 0.02], [0.2, 0.3, 0.05])
+    >>> len(ax.collections), len(ax.lines)
+    (1, 3)
+    """
+    e, s, _ = metrics._clean_pair(errors, sigma)
+    abs_e = np.abs(e)
+    fig, ax = _new_axes(ax)
+    _style(ax)
+    ax.scatter(s, abs_e, s=6, color=PALETTE[0], alpha=0.5, linewidths=0, zorder=2)
+    x = np.geomspace(s.min(), s.max(), 50) if s.max() > s.min() else np.array([s[0] / 2, s[0] * 2])
+    observed = metrics._coverage(e / s, tuple(k))
+    styles = ("--", "-.", ":", (0, (5, 1, 1, 1)))
+    for i, (kk, frac) in enumerate(zip(k, np.atleast_1d(observed))):
+        expected = special.erf(kk / np.sqrt(2.0))
+        ax.plot(
+            x,
+            kk * x,
+            color=PALETTE[(i + 1) % len(PALETTE)],
+            linestyle=styles[i % len(styles)],
+            linewidth=1.0,
+            label=f"{kk:g}σ: {100 * frac:.1f}% below (Gaussian {100 * expected:.1f}%)",
+            zorder=1,
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(_axis_label("predicted σ", units))
+    ax.set_ylabel(_axis_label("|error|", units))
+    _legend(ax, loc="upper left")
+    return fig, ax
+
+
+def z_histogram(
+    errors: ArrayLike,
+    sigma: ArrayLike,
+    ax: Axes | None = None,
+    bins: int = 40,
+) -> tuple[Figure, Axes]:
+    """Histogram of z-scores ``error / sigma`` with the standard normal density.
+
+    The range is symmetric, at least ±4 and wide enough for 99% of the
+    points; the bars are normalised by the total count, so points beyond the
+    range (reported in the legend) lower the bars rather than being ignored.
+
+    Parameters
+    ----------
+    errors, sigma : array_like, same shape
+        Signed errors and predicted standard deviations, same units.
+    ax : Axes, optional
+        Axes to draw into; a new figure is made otherwise.
+    bins : int, default 40
+        Number of histogram bins.
+
+    Returns
+    -------
+    fig : Figure
+    ax : Axes
+        ``bins`` bar patches and one line (the N(0, 1) density).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> fig, ax = z_histogram(rng.normal(size=500), np.ones(500), bins=20)
+    >>> len(ax.patches), len(ax.lines)
+    (20, 1)
+    """
+    e, s, _ = metrics._clean_pair(errors, sigma)
+    z = e / s
+    n = z.size
+    lim = max(4.0, 1.05 * float(np.quantile(np.abs(z), 0.99)))
+    edges = np.linspace(-lim, lim, int(bins) + 1)
+    n_out = int(np.sum(np.abs(z) > lim))
+    fig, ax = _new_axes(ax)
+    _style(ax)
+    text = f"z (n={n}, mean z² = {np.mean(z * z):.2f})"
+    if n_out:
+        text += f", {n_out} beyond ±{lim:.1f}"
+    ax.hist(
+        z, bins=edges, weights=np.full(n, 1.0 / (n * (edges[1] - edges[0]))),
+        color=PALETTE[0], alpha=0.6, label=text,
+    )
+    x = np.linspace(-lim, lim, 400)
+    ax.plot(x, stats.norm.pdf(x), color=_REF_COLOR, linewidth=1.2, label="N(0, 1)")
+    ax.set_xlim(-lim, lim)
+    ax.set_xlabel("z = error / σ")
+    ax.set_ylabel("density")
+    _legend(ax, loc="upper right")
+    return fig, ax
+
+
+# --------------------------------------------------------------------------
+# training-set diagnostics
+# --------------------------------------------------------------------------
+def influence(
+    leverage: ArrayLike,
+    z: ArrayLike,
+    labels: Sequence[str] | None = None,
+    flagged: ArrayLike | None = None,
+    ax: Axes | None = None,
+    z_threshold: float | None = 3.0,
+) -> tuple[Figure, Axes]:
+    """Leverage against leave-one-out z-score, flagged points labelled.
+
+    Parameters
+    ----------
+    leverage : array_like, shape (n,)
+        Leverage (hat-matrix diagonal) of each observation, dimensionless.
+    z : array_like, shape (n,)
+        Leave-one-out z-scores of the same observations.
+    labels : sequence of str, optional, length n
+        Text for flagged points (default: their index).
+    flagged : array_like, optional
+        Boolean mask of length n or integer indices of points to highlight.
+    ax : Axes, optional
+        Axes to draw into; a new figure is made otherwise.
+    z_threshold : float or None, default 3.0
+        Draw horizontal guides at ``±z_threshold``; None for none.
+
+    Returns
+    -------
+    fig : Figure
+    ax : Axes
+        One scatter collection for unflagged points, a second for flagged
+        points (only when any are flagged), one text annotation per flagged
+        point and two threshold lines.
+
+    Examples
+    --------
+    >>> fig, ax = influence([0.1, 0.2, 0.9], [0.5, -4.0, 1.0], labels=["a", "b", "c"], flagged=[1, 2])
+    >>> len(ax.collections), len(ax.texts)
+    (2, 2)
+    """
+    h, zz = _flat_pair(leverage, z, ("leverage", "z"))
+    n = h.size
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"labels has length {len(labels)}, expected {n} (one per point)")
+    mask = _as_mask(flagged, n, "flagged")
+    finite = np.isfinite(h) & np.isfinite(zz)
+    fig, ax = _new_axes(ax)
+    _style(ax)
+    normal = finite & ~mask
+    ax.scatter(h[normal], zz[normal], s=10, color=PALETTE[0], alpha=0.6, linewidths=0,
+               label=f"observations ({int(normal.sum())})", zorder=2)
+    shown = np.flatnonzero(finite & mask)
+    if shown.size:
+        ax.scatter(h[shown], zz[shown], s=28, color=PALETTE[1], edgecolors="k",
+                   linewidths=0.5, label=f"flagged ({shown.size})", zorder=3)
+        for i in shown:
+            ax.annotate(
+                str(labels[i]) if labels is not None else str(i),
+                (h[i], zz[i]), xytext=(4, 4), textcoords="offset points", fontsize=7,
+            )
+    if z_threshold is not None:
+        for sign in (1.0, -1.0):
+            ax.axhline(sign * z_threshold, color=_REF_COLOR, linestyle="--", linewidth=0.8,
+                       zorder=1)
+    ax.set_xlabel("leverage")
+    ax.set_ylabel("leave-one-out z-score")
+    _legend(ax, loc="best")
+    return fig, ax
+
+
+def learning_curve(
+    n_train: ArrayLike,
+    errors: Mapping[str, ArrayLike],
+    ax: Axes | None = None,
+    ylabel: str = "RMSE",
+    units: str | None = None,
+) -> tuple[Figure, Axes]:
+    """Test error against training-set size, log-log, one line per model.
+
+    Parameters
+    ----------
+    n_train : array_like, shape (n_sizes,)
+        Training-set sizes (positive).
+    errors : mapping of str to array_like
+        Label -> errors of shape ``(n_sizes,)``, or ``(n_sizes, n_repeats)``
+        for repeated fits: the mean is drawn with a min-max band.
+    ax : Axes, optional
+        Axes to draw into; a new figure is made otherwise.
+    ylabel : str, default "RMSE"
+        Name of the error measure.
+    units : str, optional
+        Unit label for the y axis.
+
+    Returns
+    -------
+    fig : Figure
+    ax : Axes
+        One line per entry of ``errors`` (plus one band per 2-D entry).
+
+    Examples
+    --------
+    >>> fig, ax = learning_curve([10, 100, 1000], {"GP": [1.0, 0.5, 0.2]})
+    >>> len(ax.lines)
+    1
+    """
+    n = np.asarray(n_train, dtype=float).ravel()
+    if n.size == 0 or not np.all(np.isfinite(n)) or np.any(n <= 0):
+        raise ValueError(f"n_train must be positive finite sizes, got {n_train!r}")
+    if not errors:
+        raise ValueError("errors is empty; give at least one {label: errors} entry")
+    fig, ax = _new_axes(ax)
+    _style(ax)
+    for label, err in errors.items():
+        a = np.asarray(err, dtype=float)
+        if a.ndim not in (1, 2) or a.shape[0] != n.size:
+            raise ValueError(
+                f"errors[{label!r}] has shape {a.shape}, expected ({n.size},) or "
+                f"({n.size}, n_repeats) to match n_train"
+            )
+        color = _next_color(ax)
+        if a.ndim == 2:
+            mean = np.nanmean(a, axis=1)
+            ax.fill_between(n, np.nanmin(a, axis=1), np.nanmax(a, axis=1), color=color,
+                            alpha=0.2, linewidth=0)
+        else:
+            mean = a
+        ax.plot(n, mean, marker="o", markersize=4, color=color, label=str(label), gid="data")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training-set size")
+    ax.set_ylabel(_axis_label(ylabel, units))
+    _legend(ax, loc="best")
+    return fig, ax
+
+
+def sparse_coverage(
+    features: ArrayLike,
+    sparse_idx: ArrayLike,
+    ax: Axes | None = None,
+    random_state: int | None = 0,
+) -> tuple[Figure, Axes]:
+    """Two-component PCA map of descriptors with the sparse points highlighted.
+
+    Parameters
+    ----------
+    features : array_like, shape (n_environments, n_features)
+        Descriptor rows (e.g. ``SOAPFeatures.features`` stacked over frames).
+    sparse_idx : array_like
+        Integer row indices (or a boolean mask) of the sparse points.
+    ax : Axes, optional
+        Axes to draw into; a new figure is made otherwise.
+    random_state : int or None, default 0
+        Passed to :class:`sklearn.decomposition.PCA` (randomised solvers).
+
+    Returns
+    -------
+    fig : Figure
+    ax : Axes
+        Two scatter collections: all other environments, then sparse points.
+        Axis labels give the explained-variance fraction of each component.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> fig, ax = sparse_coverage(rng.normal(size=(50, 6)), [0, 5, 9])
+    >>> [len(c.get_offsets()) for c in ax.collections]
+    [47, 3]
+    """
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(features, dtype=float)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2:
+        raise ValueError(
+            f"features has shape {x.shape}, expected (n_environments, n_features) with both >= 2"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ValueError("features contains NaN or infinite values")
+    mask = _as_mask(sparse_idx, x.shape[0], "sparse_idx")
+    pca = PCA(n_components=2, random_state=random_state)
+    y = pca.fit_transform(x)
+    ratio = pca.explained_variance_ratio_
+    fig, ax = _new_axes(ax)
+    _style(ax)
+    ax.scatter(y[~mask, 0], y[~mask, 1], s=5, color="0.65", alpha=0.6, linewidths=0,
+               label=f"environments ({int((~mask).sum())})", zorder=1)
+    ax.scatter(y[mask, 0], y[mask, 1], s=16, color=PALETTE[1], edgecolors="k",
+               linewidths=0.3, label=f"sparse points ({int(mask.sum())})", zorder=2)
+    ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f}% of variance)")
+    ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f}% of variance)")
+    _legend(ax, loc="best")
+    return fig, ax
