@@ -1,0 +1,380 @@
+"""Read and write labelled frames; the one place that knows file formats and units.
+
+Every reader returns a list of :class:`ase.Atoms` whose labels (total energy,
+forces, stress) sit in a :class:`~ase.calculators.singlepoint.SinglePointCalculator`,
+so ``atoms.get_potential_energy()``, ``atoms.get_forces()`` and
+``atoms.get_stress()`` return them in kernelpot's internal units. The group a
+structure belongs to is ``atoms.info["config_type"]`` (a ``str``) when the
+source has one.
+
+Supported inputs
+----------------
+- extended XYZ (``.xyz``/``.extxyz``), with labels as ``energy=``, ``stress=``
+  or ``virial=`` on the comment line and a ``forces`` column;
+- ASE databases (``.db``, ASE-style ``.json``): key-value pairs go to ``info``;
+- the mlearn/maml JSON format (Zuo et al., J. Phys. Chem. A 124, 731 (2020)):
+  a JSON list of dicts with ``"structure"`` (a pymatgen ``Structure`` as a
+  dict) and ``"outputs"``; read without pymatgen;
+- anything else :func:`ase.io.read` understands (OUTCAR, vasprun.xml, ...).
+
+Units and conventions
+---------------------
+Internally: positions Å, energy eV (total), forces eV/Å, stress eV/Å^3 in
+ASE's convention, Voigt order ``xx yy zz yz xz xy``,
+``stress = (1/V) dE/d(strain)``, so a compressed cell has *negative* stress.
+Every conversion kernelpot applies is in this table and nowhere else:
+
+=========================  ===========================  =======================================
+source field               source unit / convention     conversion to kernelpot
+=========================  ===========================  =======================================
+extxyz ``energy``          eV, total                    none (``info`` -> calculator)
+extxyz ``forces``          eV/Å                         none (``arrays`` -> calculator)
+extxyz ``stress``          eV/Å^3, ASE sign, 3x3/Voigt  3x3 -> Voigt ``xx yy zz yz xz xy``
+extxyz ``virial``          eV, ``virial = -V stress``   ``stress = -virial / V``, V in Å^3
+mlearn ``lattice.matrix``  Å, rows = lattice vectors    none
+mlearn ``sites[].xyz``     Å, Cartesian                 none
+mlearn ``energy``          eV, total                    none
+mlearn ``forces``          eV/Å                         none
+mlearn ``virial_stress``   kBar, VASP order             ``stress[v] = -KBAR * virial_stress[o]``
+                           ``xx yy zz xy yz zx``, VASP  ``KBAR = 0.1 * ase.units.GPa`` eV/Å^3,
+                           sign (+ = compressive)       ``o = MLEARN_TO_ASE_VOIGT[v]``
+                                                        ``= (0, 1, 2, 4, 5, 3)[v]``
+=========================  ===========================  =======================================
+
+``1 eV/Å^3 = 160.21766208 GPa`` (``ase.units.GPa``); GPa is for display only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ase.db
+import ase.io
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import all_properties
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io.formats import string2index
+from ase.stress import full_3x3_to_voigt_6_stress
+
+__all__ = ["read", "write", "mlearn_stress_to_ase", "KBAR", "MLEARN_TO_ASE_VOIGT"]
+
+#: One kilobar in eV/Å^3 (1 kBar = 0.1 GPa).
+KBAR: float = 0.1 * units.GPa
+
+#: Position in VASP/mlearn order (xx yy zz xy yz zx) of each ASE Voigt component
+#: (xx yy zz yz xz xy).
+MLEARN_TO_ASE_VOIGT: tuple[int, ...] = (0, 1, 2, 4, 5, 3)
+
+# Keys written by the extxyz writer itself; user data must not shadow them.
+_RESERVED_INFO = {"energy", "free_energy", "stress", "virial", "Lattice", "Properties", "pbc"}
+_RESERVED_ARRAYS = {"positions", "numbers", "species", "pos", "symbols", "forces", "energies",
+                    "charges", "magmoms", "move_mask"}
+
+PathLike = str | os.PathLike
+
+
+def read(path: PathLike, index: int | slice | str = ":", format: str | None = None) -> list[Atoms]:
+    """Read labelled frames from a file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        File to read. The format is guessed from the content and extension
+        unless ``format`` is given.
+    index : int, slice or str, default ":"
+        Which frames to return, as in :func:`ase.io.read` (``":"``, ``"-1"``,
+        ``"10:20"``, ``3``, ``slice(0, 5)``).
+    format : str, optional
+        ``"mlearn"`` for the mlearn/maml JSON format, ``"db"`` for an ASE
+        database, or any :func:`ase.io.read` format name (``"extxyz"``,
+        ``"vasp-out"``, ...). ``None`` detects it.
+
+    Returns
+    -------
+    list of ase.Atoms
+        Always a list, also for an integer ``index``. Labels are in a
+        ``SinglePointCalculator`` in eV, eV/Å and eV/Å^3 (ASE stress
+        convention, Voigt ``xx yy zz yz xz xy``); see the module docstring for
+        the conversions applied. ``info["config_type"]`` is a ``str`` when the
+        source has a group (extxyz ``config_type``, mlearn ``group``).
+
+    Raises
+    ------
+    ValueError
+        If the file is a JSON list that is not in the mlearn format, or a frame
+        has a ``virial`` but no cell volume to divide it by.
+
+    Examples
+    --------
+    >>> frames = read("data/emt_cu_train.xyz")              # doctest: +SKIP
+    >>> frames[0].get_stress()                               # doctest: +SKIP
+    """
+    path = Path(path)
+    if format is None:
+        format = _detect_format(path)
+    if format == "mlearn":
+        return _read_mlearn(path, index)
+    if format in ("db", "json"):
+        frames = _read_ase_db(path, index)
+    else:
+        images = ase.io.read(path, index=index, format=format)
+        frames = [images] if isinstance(images, Atoms) else list(images)
+    return [_attach_labels(atoms, i, path) for i, atoms in enumerate(frames)]
+
+
+def write(
+    path: PathLike,
+    frames: Atoms | Sequence[Atoms],
+    per_atom: Mapping[str, Any] | None = None,
+    per_frame: Mapping[str, Any] | None = None,
+    append: bool = False,
+) -> None:
+    """Write frames and their labels to an extended XYZ file.
+
+    The energy, forces and stress in each frame's calculator are written as
+    ``energy=``, ``stress=`` (3x3, eV/Å^3) and a ``forces`` column, so that
+    :func:`read` gives them back. ``info`` and extra ``arrays`` of the frames
+    are written as well. The frames are not modified.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Output file.
+    frames : ase.Atoms or sequence of ase.Atoms
+        Frames to write.
+    per_atom : mapping of str to array, optional
+        Extra per-atom columns, e.g. ``{"forces_std": pred["forces_std"]}``.
+        Each value is either one array of shape ``(n_atoms_total, ...)`` with
+        the atoms of all frames concatenated in order (the layout of
+        ``SparseGP.predict``), or a list with one ``(n_atoms, ...)`` array per
+        frame.
+    per_frame : mapping of str to array, optional
+        Extra per-frame values, e.g. ``{"energy_std": pred["energy_std"]}``:
+        an array of shape ``(n_frames, ...)`` or a list of ``n_frames`` values.
+        Written to the comment line.
+    append : bool, default False
+        Append to ``path`` instead of overwriting it.
+
+    Raises
+    ------
+    ValueError
+        If an extra name clashes with a label or structure field, a length
+        does not match, or a frame's calculator results are stale (the atoms
+        moved after the labels were attached).
+
+    Examples
+    --------
+    >>> write("pred.xyz", frames, per_atom={"forces_std": pred["forces_std"]},
+    ...       per_frame={"energy_std": pred["energy_std"]})  # doctest: +SKIP
+    """
+    if isinstance(frames, Atoms):
+        frames = [frames]
+    frames = list(frames)
+    n_atoms = [len(atoms) for atoms in frames]
+    split_atoms = np.cumsum(n_atoms)[:-1]
+
+    out = []
+    for i, atoms in enumerate(frames):
+        if not isinstance(atoms, Atoms):
+            raise TypeError(f"frame {i}: expected ase.Atoms, got {type(atoms).__name__}")
+        copy = atoms.copy()
+        results = _stored_results(atoms, i)
+        if results:
+            copy.calc = SinglePointCalculator(copy, **results)
+        out.append(copy)
+
+    for name, values in (per_atom or {}).items():
+        if name in _RESERVED_ARRAYS:
+            raise ValueError(f"per_atom: name {name!r} is reserved for positions/labels; "
+                             f"choose another name (e.g. {name + '_pred'!r})")
+        if isinstance(values, np.ndarray):
+            if values.shape[0] != sum(n_atoms):
+                raise ValueError(f"per_atom[{name!r}] has shape {values.shape}, expected first "
+                                 f"dimension n_atoms_total={sum(n_atoms)}")
+            values = np.split(values, split_atoms) if frames else []
+        if len(values) != len(frames):
+            raise ValueError(f"per_atom[{name!r}] has {len(values)} entries, expected one per "
+                             f"frame ({len(frames)})")
+        for i, (copy, value) in enumerate(zip(out, values)):
+            value = np.asarray(value)
+            if value.shape[:1] != (len(copy),):
+                raise ValueError(f"frame {i}: per_atom[{name!r}] has shape {value.shape}, "
+                                 f"expected ({len(copy)}, ...)")
+            copy.arrays[name] = value.copy()
+
+    for name, values in (per_frame or {}).items():
+        if name in _RESERVED_INFO:
+            raise ValueError(f"per_frame: name {name!r} is reserved for labels/cell; "
+                             f"choose another name (e.g. {name + '_pred'!r})")
+        if len(values) != len(frames):
+            raise ValueError(f"per_frame[{name!r}] has {len(values)} entries, expected one per "
+                             f"frame ({len(frames)})")
+        for copy, value in zip(out, values):
+            value = np.asarray(value)
+            copy.info[name] = value.item() if value.ndim == 0 else value.copy()
+
+    ase.io.write(path, out, format="extxyz", append=append)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _detect_format(path: Path) -> str | None:
+    """Formats handled here: mlearn JSON (a list) and ASE databases (.db, ASE's dict-style .json).
+
+    ``None`` leaves the guess to :func:`ase.io.read`.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".db":
+        return "db"
+    if suffix == ".json":
+        with open(path, encoding="utf-8") as fh:
+            head = fh.read(4096).lstrip()
+        return "mlearn" if head.startswith("[") else "db"
+    return None
+
+
+def _index_list(n: int, index: int | slice | str) -> list[int]:
+    if isinstance(index, str):
+        index = string2index(index)
+    if isinstance(index, int):
+        return [range(n)[index]]
+    return list(range(n))[index]
+
+
+def _read_mlearn(path: Path, index: int | slice | str) -> list[Atoms]:
+    """Read the mlearn/maml JSON format without pymatgen (see the module table)."""
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, list) or not all(
+        isinstance(d, dict) and "structure" in d and "outputs" in d for d in data
+    ):
+        raise ValueError(f"{path}: not in the mlearn format (expected a JSON list of dicts "
+                         f"with 'structure' and 'outputs' keys)")
+    frames = []
+    for i in _index_list(len(data), index):
+        frames.append(_mlearn_item_to_atoms(data[i], i, path))
+    return frames
+
+
+def _mlearn_item_to_atoms(item: dict, i: int, path: Path) -> Atoms:
+    structure, outputs = item["structure"], item["outputs"]
+    cell = np.asarray(structure["lattice"]["matrix"], dtype=float)
+    sites = structure["sites"]
+    symbols = [site["species"][0]["element"] for site in sites]
+    positions = np.array([site["xyz"] for site in sites], dtype=float).reshape(-1, 3)
+    atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=True)
+
+    for key, value in item.items():
+        if key in ("structure", "outputs"):
+            continue
+        if key == "group":
+            atoms.info["config_type"] = str(value)
+        elif isinstance(value, (str, int, float, bool)):
+            atoms.info[key] = value
+        else:
+            atoms.info[key] = json.dumps(value)
+
+    results: dict[str, Any] = {}
+    if outputs.get("energy") is not None:
+        results["energy"] = float(outputs["energy"])
+    if outputs.get("forces") is not None:
+        forces = np.asarray(outputs["forces"], dtype=float)
+        if forces.shape != (len(atoms), 3):
+            raise ValueError(f"{path}: structure {i}: outputs.forces has shape {forces.shape}, "
+                             f"expected ({len(atoms)}, 3)")
+        results["forces"] = forces
+    if outputs.get("virial_stress") is not None:
+        results["stress"] = mlearn_stress_to_ase(outputs["virial_stress"])
+    if results:
+        atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+def mlearn_stress_to_ase(virial_stress: Sequence[float]) -> np.ndarray:
+    """Convert an mlearn ``virial_stress`` to ASE stress.
+
+    Parameters
+    ----------
+    virial_stress : sequence of 6 float
+        kBar, VASP order ``xx yy zz xy yz zx``, positive = compressive.
+
+    Returns
+    -------
+    numpy.ndarray, shape (6,)
+        eV/Å^3, ASE Voigt order ``xx yy zz yz xz xy``, compressed cell negative.
+    """
+    v = np.asarray(virial_stress, dtype=float)
+    if v.shape != (6,):
+        raise ValueError(f"virial_stress has shape {v.shape}, expected (6,)")
+    return -KBAR * v[list(MLEARN_TO_ASE_VOIGT)]
+
+
+def _read_ase_db(path: Path, index: int | slice | str) -> list[Atoms]:
+    """Read an ASE database; key-value pairs go to ``info`` and the row id to ``info['db_id']``."""
+    with ase.db.connect(str(path)) as db:
+        rows = list(db.select())
+    frames = []
+    for i in _index_list(len(rows), index):
+        row = rows[i]
+        atoms = row.toatoms()
+        atoms.info.update(row.key_value_pairs)
+        atoms.info["db_id"] = row.id
+        frames.append(atoms)
+    return frames
+
+
+def _to_voigt(stress: Any, what: str) -> np.ndarray:
+    s = np.asarray(stress, dtype=float)
+    if s.shape == (9,):
+        s = s.reshape(3, 3)
+    if s.shape == (3, 3):
+        return full_3x3_to_voigt_6_stress(s)
+    if s.shape == (6,):
+        return s
+    raise ValueError(f"{what} has shape {s.shape}, expected (6,), (9,) or (3, 3)")
+
+
+def _attach_labels(atoms: Atoms, i: int, path: Path) -> Atoms:
+    """Move energy/forces/stress/virial from info/arrays into a SinglePointCalculator."""
+    where = f"{path}: frame {i}"
+    results = _stored_results(atoms, i) if atoms.calc is not None else {}
+
+    if "energy" not in results and "energy" in atoms.info:
+        results["energy"] = float(atoms.info.pop("energy"))
+    if "forces" not in results and "forces" in atoms.arrays:
+        results["forces"] = np.array(atoms.arrays["forces"], dtype=float)
+        del atoms.arrays["forces"]
+    if "stress" in results:
+        results["stress"] = _to_voigt(results["stress"], f"{where}: stress")
+    elif "stress" in atoms.info:
+        results["stress"] = _to_voigt(atoms.info.pop("stress"), f"{where}: stress")
+    elif "virial" in atoms.info:
+        volume = abs(np.linalg.det(atoms.cell.array))
+        if not volume > 0.0:
+            raise ValueError(f"{where}: virial given but the cell volume is {volume} Å^3; "
+                             f"stress = -virial / V needs a cell")
+        virial = _to_voigt(atoms.info.pop("virial"), f"{where}: virial")
+        results["stress"] = -virial / volume
+
+    if "config_type" in atoms.info:
+        atoms.info["config_type"] = str(atoms.info["config_type"])
+    atoms.calc = SinglePointCalculator(atoms, **results) if results else None
+    return atoms
+
+
+def _stored_results(atoms: Atoms, i: int) -> dict[str, Any]:
+    """Results stored in the calculator (never triggers a calculation)."""
+    calc = atoms.calc
+    if calc is None:
+        return {}
+    if isinstance(calc, SinglePointCalculator) and calc.check_state(atoms):
+        changed = ", ".join(calc.check_state(atoms))
+        raise ValueError(f"frame {i}: the labels in the calculator belong to a different "
+                         f"structure ({changed} changed since they were attached)")
+    return {k: v for k, v in calc.results.items() if k in all_properties}

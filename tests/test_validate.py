@@ -1,0 +1,251 @@
+"""Tests for kernelpot.validate: every failure kind is reported with frame index and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.build import bulk, molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from kernelpot.io import read
+from kernelpot.validate import ValidationReport, validate
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(),
+                                  reason=f"real DFT data directory {SHARED} is absent")
+
+
+def _frame(config_type="bulk", energy=-3.5, forces=None, stress=None, description=None,
+           rattle_seed=0):
+    """A valid labelled 8-atom periodic Cu cell; keyword arguments override its labels."""
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
+    atoms.positions += np.random.default_rng(rattle_seed).normal(0, 0.02, (len(atoms), 3))
+    forces = np.full((len(atoms), 3), 0.1) if forces is None else forces
+    stress = np.full(6, 0.001) if stress is None else stress
+    energy = energy * len(atoms)
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces, stress=stress)
+    atoms.info["config_type"] = config_type
+    if description is not None:
+        atoms.info["description"] = description
+    return atoms
+
+
+def _molecule(energy=-30.0):
+    atoms = molecule("H2O")
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=np.zeros((3, 3)))
+    return atoms
+
+
+def _single_error(frames, **kwargs):
+    report = validate(frames, raise_on_error=False, **kwargs)
+    assert len(report.errors) == 1, report.errors
+    return report.errors[0]
+
+
+def test_valid_frames_pass():
+    frames = [_frame(), _molecule(), _frame(rattle_seed=1)]
+    report = validate(frames, require=("energy", "forces", "stress"))
+    assert isinstance(report, ValidationReport)
+    assert report.ok and report.errors == [] and report.warnings == []
+    assert report.n_frames == 3
+    assert "3 frames: 0 error(s), 0 warning(s)" in str(report)
+
+
+def test_wrong_force_shape_names_frame_group_and_field():
+    frames = [_frame(), _frame("Vacancy", forces=np.zeros((8, 2)))]
+    assert _single_error(frames) == "frame 1 ('Vacancy'): forces have shape (8, 2), expected (8, 3)"
+
+
+@pytest.mark.parametrize("field,make", [
+    ("positions", lambda a: a.positions.__setitem__((2, 1), np.nan)),
+    ("energy", lambda a: a.calc.results.__setitem__("energy", np.nan)),
+    ("forces", lambda a: a.calc.results["forces"].__setitem__((5, 0), np.inf)),
+    ("stress", lambda a: a.calc.results["stress"].__setitem__(3, np.nan)),
+])
+def test_non_finite_values(field, make):
+    atoms = _frame("AIMD", description="Snapshot 7")
+    make(atoms)
+    frames = [_frame(), _frame(), atoms]
+    msg = _single_error(frames)
+    assert msg.startswith("frame 2 ('AIMD', 'Snapshot 7'): " + field)
+    assert "not finite" in msg
+    if field == "positions":
+        assert "atoms [2]" in msg
+    if field == "forces":
+        assert "atoms [5]" in msg
+    if field == "stress":
+        assert "'yz'" in msg
+
+
+def test_close_atoms_non_periodic_names_pair_and_distance():
+    atoms = Atoms("H3", positions=[[0, 0, 0], [3.0, 0, 0], [3.3, 0, 0]])
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0)
+    msg = _single_error([_molecule(), atoms])
+    assert msg.startswith("frame 1: distances: 1 pair(s) closer than min_distance=0.5 Å")
+    assert "atoms 1 (H) and 2 (H) at 0.3000 Å" in msg
+    assert validate([atoms], min_distance=0.25).ok
+
+
+def test_close_atoms_use_minimum_image():
+    """Atoms 0.2 Å apart only through the periodic boundary; fine when not periodic."""
+    atoms = Atoms("Cu2", positions=[[0.1, 1, 1], [9.9, 1, 1]], cell=[10, 10, 10], pbc=True)
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0)
+    msg = _single_error([atoms])
+    assert msg == ("frame 0: distances: 1 pair(s) closer than min_distance=0.5 Å: "
+                   "atoms 0 (Cu) and 1 (Cu) (periodic image) at 0.2000 Å")
+    atoms.pbc = False
+    atoms.calc.atoms.pbc = False
+    assert validate([atoms]).ok
+
+
+def test_atom_too_close_to_its_own_image():
+    atoms = Atoms("Cu", positions=[[0, 0, 0]], cell=[0.4, 5, 5], pbc=True)
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0)
+    msg = _single_error([atoms])
+    assert "atoms 0 (Cu) and 0 (Cu) (periodic image) at 0.4000 Å" in msg
+
+
+def test_periodic_without_cell():
+    atoms = Atoms("Cu2", positions=[[0, 0, 0], [2, 0, 0]], pbc=True)
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((2, 3)))
+    msg = _single_error([_frame(), atoms])
+    assert msg.startswith("frame 1: cell: pbc=[True, True, True]")
+    assert "volume 0 Å^3" in msg
+    # A slab periodic in x, y only needs only those two vectors.
+    slab = Atoms("Cu2", positions=[[0, 0, 0], [2, 0, 0]], cell=[[4, 0, 0], [0, 4, 0], [0, 0, 0]],
+                 pbc=[True, True, False])
+    slab.calc = SinglePointCalculator(slab, energy=-1.0)
+    assert validate([slab]).ok
+
+
+def test_missing_required_labels():
+    bare = bulk("Cu", "fcc", a=3.6, cubic=True)              # no calculator at all
+    energy_only = _molecule()
+    energy_only.calc.results.pop("forces")
+    frames = [bare, energy_only, _molecule()]
+    report = validate(frames, require=("energy", "forces", "stress"), raise_on_error=False)
+    assert report.errors == [
+        "frame 0: energy is missing (required; no value in atoms.calc.results — read the file "
+        "with kernelpot.io.read to attach labels)",
+        "frame 0: forces is missing (required; no value in atoms.calc.results — read the file "
+        "with kernelpot.io.read to attach labels)",
+        "frame 0: stress is missing (required; no value in atoms.calc.results — read the file "
+        "with kernelpot.io.read to attach labels)",
+        "frame 1: forces is missing (required; no value in atoms.calc.results — read the file "
+        "with kernelpot.io.read to attach labels)",
+    ]   # no stress demanded of the non-periodic molecules
+    assert validate([bare], require=()).ok
+
+
+def test_stale_labels():
+    atoms = _frame()
+    atoms.positions[0] += 0.3
+    msg = _single_error([atoms])
+    assert msg.startswith("frame 0 ('bulk'): calculator: labels belong to a different structure")
+    assert "positions" in msg
+
+
+def test_all_problems_are_collected_and_raised_together():
+    frames = [
+        _frame(),                                              # 0: fine
+        _frame("Vacancy", forces=np.zeros((8, 2))),            # 1: force shape
+        _frame(energy=np.nan),                                 # 2: energy
+        bulk("Cu"),                                            # 3: no energy
+        _frame(stress=np.zeros((3, 3))),                       # 4: stress shape
+        _frame(forces=np.full((8, 3), np.nan)),                # 5: forces NaN
+    ]
+    report = validate(frames, raise_on_error=False)
+    assert not report.ok
+    assert [m.split(":")[0] for m in report.errors] == [
+        "frame 1 ('Vacancy')", "frame 2 ('bulk')", "frame 3", "frame 4 ('bulk')",
+        "frame 5 ('bulk')"]
+    assert "stress has shape (3, 3), expected (6,)" in report.errors[3]
+    with pytest.raises(ValueError) as excinfo:
+        validate(frames)
+    for msg in report.errors:
+        assert msg in str(excinfo.value)
+    assert len(frames) == 6                                   # nothing dropped
+
+
+def test_warnings_for_suspicious_units():
+    big_force = np.zeros((8, 3))
+    big_force[4] = [120.0, 0.0, 0.0]
+    frames = [
+        _frame(forces=big_force),                              # 0: |F| > 100 eV/Å
+        _frame(stress=np.full(6, 150.0 * units.GPa)),          # 1: |stress| > 100 GPa
+        _frame(energy=-2.0e4),                                 # 2: |E/atom| > 1e4 eV
+        _frame(energy=+0.3),                                   # 3: E/atom > 0
+        _frame(energy=+0.1),                                   # 4: E/atom > 0
+    ]
+    report = validate(frames)        # warnings never raise
+    assert report.ok
+    w = report.warnings
+    assert len(w) == 4
+    assert w[0].startswith("frame 0 ('bulk'): forces: |F| = 120 eV/Å on atom 4")
+    assert w[1].startswith("frame 1 ('bulk'): stress: max |component| = 150 GPa")
+    assert w[2].startswith("frame 2 ('bulk'): energy per atom is -20000 eV")
+    assert w[3].startswith("energy: energy per atom > 0 eV in 2 of 5 frames (frames 3, 4)")
+    assert "warning: frame 0" in str(report)
+
+
+def test_stress_on_non_periodic_frame_is_flagged():
+    atoms = _molecule()
+    atoms.calc.results["stress"] = np.zeros(6)
+    report = validate([atoms])
+    assert report.ok and len(report.warnings) == 1
+    assert report.warnings[0].startswith("frame 0: stress is given but the frame is not periodic")
+
+
+def test_frames_are_not_modified():
+    frames = [_frame(), _frame(forces=np.zeros((8, 2)))]
+    before = [(a.positions.copy(), dict(a.calc.results)) for a in frames]
+    validate(frames, raise_on_error=False)
+    for a, (pos, res) in zip(frames, before):
+        np.testing.assert_array_equal(a.positions, pos)
+        assert a.calc.results.keys() == res.keys()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown label"):
+        validate([_frame()], require=("energies",))
+    with pytest.raises(ValueError, match="min_distance"):
+        validate([_frame()], min_distance=-1.0)
+    report = validate([_frame(), "not atoms"], raise_on_error=False)
+    assert report.errors == ["frame 1: expected ase.Atoms, got str"]
+
+
+def test_single_atoms_object_is_accepted():
+    assert validate(_frame()).n_frames == 1
+
+
+@needs_shared
+@pytest.mark.parametrize("relpath,require", [
+    ("mlearn/Si/training.json", ("energy", "forces", "stress")),
+    ("mlearn/Li/test.json", ("energy", "forces", "stress")),
+    ("acac/train_300K.xyz", ("energy", "forces")),
+    ("acac/isolated_atoms.xyz", ("energy",)),
+    ("acac/test_dihedral.xyz", ("energy",)),
+])
+def test_real_data_passes(relpath, require):
+    report = validate(read(SHARED / relpath), require=require)
+    assert report.ok and report.warnings == []
+
+
+@needs_shared
+def test_real_data_problems_are_found():
+    """Corrupt a real mlearn frame in two ways; both are reported, with group and description."""
+    frames = read(SHARED / "mlearn" / "Si" / "test.json")
+    k = next(i for i, a in enumerate(frames) if a.info["config_type"] == "Vacancy")
+    bad = frames[k]
+    n = len(bad)
+    forces = bad.get_forces()[:, :2]
+    bad.calc = SinglePointCalculator(bad, energy=bad.get_potential_energy(), forces=forces,
+                                     stress=bad.get_stress() / units.GPa * 1000)
+    report = validate(frames, require=("energy", "forces", "stress"), raise_on_error=False)
+    name = f"frame {k} ('Vacancy', {bad.info['description']!r})"
+    assert report.errors == [f"{name}: forces have shape ({n}, 2), expected ({n}, 3)"]
+    assert len(report.warnings) == 1 and report.warnings[0].startswith(f"{name}: stress")
