@@ -1,0 +1,170 @@
+"""Design rows of derivative observations against a sparse set.
+
+For one structure with per-atom unit descriptors ``x_i`` (and their sparse
+position / strain derivatives) and sparse environments ``s_m``, the reduced
+kernel between each observation and each sparse point is
+
+* total energy   ``K_E[m]      = sum_i k(x_i, s_m)``
+* force (j, a)   ``K_F[ja, m]  = -sum_i dk(x_i, s_m)/dx_i . dx_i/dr_ja``
+* stress v       ``K_S[v, m]   = (1/V) sum_i dk(x_i, s_m)/dx_i . dx_i/deps_v``
+
+with ``k = (x.s)**zeta`` restricted to equal central species.  These rows are
+the exact derivatives of the energy model, so forces and stresses enter the fit
+as derivative observations, never through finite differences.
+
+Derivative arrays are consumed in chunks of neighbour pairs so that a large
+cell never materialises an ``(n_pairs, 3, M)`` block at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from kernelpot.kernels import dot_kernel_coeff, _power
+
+__all__ = ["SparseSet", "frame_design", "frame_mean"]
+
+_PAIR_CHUNK = 4096
+
+
+@dataclass
+class SparseSet:
+    """Sparse (inducing) environments, grouped by central species.
+
+    Attributes
+    ----------
+    X : (M, F) array
+        Unit descriptors of the sparse environments, species blocks contiguous.
+    numbers : (M,) int array
+        Central atomic number of each sparse environment (sorted ascending).
+    """
+
+    X: np.ndarray
+    numbers: np.ndarray
+
+    def __post_init__(self):
+        self.X = np.ascontiguousarray(self.X, dtype=float)
+        self.numbers = np.asarray(self.numbers, dtype=np.int64)
+        if np.any(np.diff(self.numbers) < 0):
+            raise ValueError("SparseSet.numbers must be sorted so species blocks are contiguous")
+
+    @property
+    def size(self) -> int:
+        return len(self.numbers)
+
+    def blocks(self):
+        """Yield ``(Z, start, stop)`` for each species block."""
+        Zs, starts = np.unique(self.numbers, return_index=True)
+        stops = np.append(starts[1:], len(self.numbers))
+        for Z, a, b in zip(Zs, starts, stops):
+            yield int(Z), int(a), int(b)
+
+
+def _scatter_matrix(rows: np.ndarray, n_rows: int) -> sp.csr_matrix:
+    n = len(rows)
+    return sp.csr_matrix((np.ones(n), (rows, np.arange(n))), shape=(n_rows, n))
+
+
+def frame_design(feat, sparse: SparseSet, zeta: float, volume: float | None,
+                 forces: bool = True, stress: bool = True) -> dict:
+    """Reduced design rows of one structure.
+
+    Parameters
+    ----------
+    feat : SOAPFeatures
+        Descriptors of the structure, with gradients when ``forces`` and with
+        ``strain_grad`` when ``stress``.
+    sparse : SparseSet
+    zeta : float
+    volume : float or None
+        Cell volume (Å^3); required when ``stress``.
+    forces, stress : bool
+        Which derivative rows to build.
+
+    Returns
+    -------
+    dict
+        ``"energy"`` (M,), ``"local"`` (n_atoms, M) per-atom kernel rows,
+        ``"forces"`` (3 n_atoms, M) rows ordered atom-major (x, y, z),
+        ``"stress"`` (6, M) in ASE Voigt order.
+    """
+    X = feat.features
+    Z = feat.numbers
+    n = len(Z)
+    M = sparse.size
+    local = np.zeros((n, M))
+    out = {}
+    f_rows = np.zeros((n, 3, M)) if forces else None
+    s_rows = np.zeros((6, M)) if stress else None
+    if forces:
+        pc, pn, pg = feat.pair_center, feat.pair_neighbor, feat.pair_grad
+    for z, a, b in sparse.blocks():
+        idx = np.flatnonzero(Z == z)
+        if len(idx) == 0:
+            continue
+        S = sparse.X[a:b]
+        D = X[idx] @ S.T
+        local[idx, a:b] = _power(D, zeta)
+        if not (forces or stress):
+            continue
+        coeff = np.zeros((n, b - a))
+        coeff[idx] = dot_kernel_coeff(D, zeta)
+        if forces:
+            sel = np.flatnonzero(Z[pc] == z)
+            for c0 in range(0, len(sel), _PAIR_CHUNK):
+                ch = sel[c0:c0 + _PAIR_CHUNK]
+                T = (pg[ch].reshape(-1, pg.shape[2]) @ S.T).reshape(len(ch), 3, b - a)
+                T *= coeff[pc[ch]][:, None, :]
+                scat = _scatter_matrix(pn[ch], n)
+                f_rows[:, :, a:b] -= (scat @ T.reshape(len(ch), -1)).reshape(n, 3, b - a)
+        if stress:
+            H = feat.strain_grad[idx] @ S.T  # (n_z, 6, M_z)
+            s_rows[:, a:b] = np.einsum("ivm,im->vm", H, coeff[idx]) / volume
+    out["local"] = local
+    out["energy"] = local.sum(axis=0)
+    if forces:
+        out["forces"] = f_rows.reshape(3 * n, M)
+    if stress:
+        out["stress"] = s_rows
+    return out
+
+
+def frame_mean(feat, sparse: SparseSet, alpha: np.ndarray, zeta: float, volume: float | None,
+               forces: bool = True, stress: bool = True) -> dict:
+    """Posterior-mean local energies, forces and stress of one structure.
+
+    Contracts with the weights ``alpha`` before touching derivatives, so the cost
+    is O(n_atoms M F + n_pairs F) instead of O(n_pairs M F).
+
+    Returns
+    -------
+    dict
+        ``"energies"`` (n_atoms,), ``"forces"`` (n_atoms, 3), ``"stress"`` (6,)
+        (reduced: GP part only, no baseline or mean offset).
+    """
+    X = feat.features
+    Z = feat.numbers
+    n, F = X.shape
+    energies = np.zeros(n)
+    dEdx = np.zeros((n, F))
+    for z, a, b in sparse.blocks():
+        idx = np.flatnonzero(Z == z)
+        if len(idx) == 0:
+            continue
+        S = sparse.X[a:b]
+        D = X[idx] @ S.T
+        energies[idx] = _power(D, zeta) @ alpha[a:b]
+        if forces or stress:
+            dEdx[idx] = (dot_kernel_coeff(D, zeta) * alpha[a:b]) @ S
+    out = {"energies": energies}
+    if forces:
+        pc, pn, pg = feat.pair_center, feat.pair_neighbor, feat.pair_grad
+        contrib = np.einsum("pcf,pf->pc", pg, dEdx[pc])
+        out["forces"] = -np.stack(
+            [np.bincount(pn, weights=contrib[:, c], minlength=n) for c in range(3)], axis=1)
+    if stress:
+        out["stress"] = np.einsum("ivf,if->v", feat.strain_grad, dEdx) / volume
+    return out

@@ -1,0 +1,182 @@
+"""Leverage, closed-form leave-one-out and recalibration for a fitted SparseGP.
+
+The posterior mean of the sparse GP at the training observations is a linear
+smoother ``yhat = H y`` with hat matrix
+
+    H = K C^-1 K^T Lambda^-1,     C = delta^-2 Kmm + K^T Lambda^-1 K,
+
+(``K`` reduced design rows, ``Lambda`` the learned noise).  For fixed
+hyperparameters and sparse set this is ridge regression, so leave-one-out is
+exact in closed form:
+
+* one observation:  ``r_i / (1 - H_ii)`` with LOO predictive std
+  ``sigma_i / sqrt(1 - H_ii)``;
+* one structure G (all its energy, force and stress observations at once):
+  ``(I - H_GG)^-1 r_G`` with LOO predictive covariance ``(I - H_GG)^-1 Lambda_G``.
+
+Everything is computed in the whitened basis of :mod:`kernelpot.gp.likelihood`
+(``S = Lambda^-1/2 H Lambda^1/2`` is symmetric there), one structure at a time,
+in O(N M^2) time and O(M^2 + n_G M) memory.  ``H_ii`` is the leverage of an
+observation: how much its own label decides its fitted value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+
+from kernelpot.gp.labels import frame_labels
+from kernelpot.gp.likelihood import whiten
+
+__all__ = ["TrainingDiagnostics", "leave_one_out", "recalibration_scales", "recalibrate"]
+
+
+@dataclass
+class TrainingDiagnostics:
+    """Per-observation leverage and leave-one-out results on the training set.
+
+    All arrays have one entry per observation.  Energies are per atom (eV/atom),
+    forces eV/Å, stresses eV/Å^3; z-scores are dimensionless.
+
+    Attributes
+    ----------
+    kind : str array                 ``"energy"``, ``"forces"`` or ``"stress"``
+    frame : int array                training frame index
+    atom, component : int arrays     atom index and x/y/z (forces); Voigt index (stress); -1 otherwise
+    residual : label - fitted value
+    leverage : ``H_ii``
+    sigma : noise std of the observation (learned)
+    loo_residual_obs, z_obs : single-observation LOO residual and its z-score
+    loo_residual, loo_std, z : structure-LOO (whole frame left out) residual, predictive std, z-score
+    frame_chi2, frame_dof : per frame (length n_frames) Mahalanobis norm of the
+        structure-LOO residual and the number of observations
+    frame_leverage : per frame, trace of ``H_GG``
+    """
+
+    kind: np.ndarray
+    frame: np.ndarray
+    atom: np.ndarray
+    component: np.ndarray
+    residual: np.ndarray
+    leverage: np.ndarray
+    sigma: np.ndarray
+    loo_residual_obs: np.ndarray
+    z_obs: np.ndarray
+    loo_residual: np.ndarray
+    loo_std: np.ndarray
+    z: np.ndarray
+    frame_chi2: np.ndarray
+    frame_dof: np.ndarray
+    frame_leverage: np.ndarray
+
+
+def leave_one_out(model, frames=None) -> TrainingDiagnostics:
+    """Leverage and closed-form LOO for every training observation.
+
+    Parameters
+    ----------
+    model : SparseGP
+        Fitted model.
+    frames : list of ase.Atoms, optional
+        The training frames (default: those the model was fitted on).  Passing
+        other frames is an error in meaning, not detected: the hat matrix is
+        that of the training set.
+
+    Returns
+    -------
+    TrainingDiagnostics
+
+    Examples
+    --------
+    >>> d = kernelpot.uq.leave_one_out(model)           # doctest: +SKIP
+    >>> d.z[d.kind == "energy"]                          # doctest: +SKIP
+    """
+    model._check_fitted()
+    frames = model._train_frames if frames is None else list(frames)
+    u = model.delta_ ** 2
+    cols = {k: [] for k in TrainingDiagnostics.__dataclass_fields__}
+    chi2, dof, flev = [], [], []
+    for fi, a in enumerate(frames):
+        lab = frame_labels(a, fi)
+        rows, ys, scales = model._training_rows(a, lab)
+        n = len(a)
+        A, y, sig, kind, atom, comp, unit = [], [], [], [], [], [], []
+        for k in rows:
+            m = len(ys[k])
+            A.append(whiten(model._Lmm, rows[k]))
+            y.append(ys[k])
+            sc = np.ones(m) if scales[k] is None else scales[k]
+            sig.append(model._noise_for(k, a) * sc)
+            kind += [k] * m
+            if k == "forces":
+                atom.append(np.repeat(np.arange(n), 3))
+                comp.append(np.tile(np.arange(3), n))
+            elif k == "stress":
+                atom.append(np.full(6, -1))
+                comp.append(np.arange(6))
+            else:
+                atom.append(np.full(m, -1))
+                comp.append(np.full(m, -1))
+            unit.append(np.full(m, 1.0 / n) if k == "energy" else np.ones(m))
+        A = np.vstack(A)
+        y = np.concatenate(y)
+        sig = np.concatenate(sig)
+        unit = np.concatenate(unit)
+        r = y - u * (A @ model._a)
+        V = sla.solve_triangular(model._Lc, A.T, lower=True, check_finite=False) / sig
+        S = u * (V.T @ V)
+        h = np.diag(S).copy()
+        ImS = np.eye(len(y)) - S
+        rt = r / sig
+        Lf = sla.cho_factor(ImS, lower=True, check_finite=False)
+        rt_loo = sla.cho_solve(Lf, rt, check_finite=False)
+        cov_diag = np.diag(sla.cho_solve(Lf, np.eye(len(y)), check_finite=False))
+        r_loo = sig * rt_loo
+        loo_std = sig * np.sqrt(cov_diag)
+        cols["kind"] += kind
+        cols["frame"].append(np.full(len(y), fi))
+        cols["atom"].append(np.concatenate(atom))
+        cols["component"].append(np.concatenate(comp))
+        cols["residual"].append(r * unit)
+        cols["leverage"].append(h)
+        cols["sigma"].append(sig * unit)
+        cols["loo_residual_obs"].append(r / (1 - h) * unit)
+        cols["z_obs"].append(r / (sig * np.sqrt(1 - h)))
+        cols["loo_residual"].append(r_loo * unit)
+        cols["loo_std"].append(loo_std * unit)
+        cols["z"].append(r_loo / loo_std)
+        chi2.append(float(rt @ rt_loo))
+        dof.append(len(y))
+        flev.append(float(h.sum()))
+    out = {k: (np.array(v) if k == "kind" else np.concatenate(v)) for k, v in cols.items()
+           if k not in ("frame_chi2", "frame_dof", "frame_leverage")}
+    return TrainingDiagnostics(**out, frame_chi2=np.array(chi2), frame_dof=np.array(dof),
+                               frame_leverage=np.array(flev))
+
+
+def recalibration_scales(diag: TrainingDiagnostics) -> dict:
+    """Scale for each kind's total sigma so the training LOO z-scores have unit variance.
+
+    Uses the structure-LOO z-scores (the honest out-of-sample proxy: a frame's
+    own labels never inform its prediction).
+
+    Returns
+    -------
+    dict {kind: scale}
+    """
+    from kernelpot.metrics import recalibration_scale
+    return {k: float(recalibration_scale(diag.z[diag.kind == k])) for k in np.unique(diag.kind)}
+
+
+def recalibrate(model, diag: TrainingDiagnostics | None = None) -> dict:
+    """Set ``model.std_scale_`` from training LOO z-scores; returns the scales.
+
+    After this, the total ``*_std`` of every prediction is multiplied by its
+    kind's scale (epistemic-only stds are left as they are).
+    """
+    diag = leave_one_out(model) if diag is None else diag
+    scales = recalibration_scales(diag)
+    model.std_scale_ = scales
+    return scales

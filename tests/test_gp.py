@@ -1,0 +1,173 @@
+"""SparseGP: exact derivative observations, invariances, posterior variance, learned noise."""
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.calculators.emt import EMT
+
+import kernelpot
+from kernelpot import SparseGP
+from conftest import emt_frames, label
+
+
+def _rattled(frame, seed=5, scale=0.05):
+    a = frame.copy()
+    a.positions += np.random.default_rng(seed).normal(scale=scale, size=a.positions.shape)
+    return a
+
+
+def test_forces_are_minus_energy_gradient_periodic_multispecies(cuau_model, cuau_frames):
+    a = _rattled(cuau_frames[0])
+    a.calc = cuau_model.calculator()
+    f = a.get_forces()
+    h = 1e-4  # local energies are sums of large +- terms: smaller steps are round-off limited
+    for i, c in [(0, 0), (3, 1), (len(a) - 1, 2)]:
+        p = a.copy(); p.calc = cuau_model.calculator(uncertainty=False); p.positions[i, c] += h
+        m = a.copy(); m.calc = cuau_model.calculator(uncertainty=False); m.positions[i, c] -= h
+        fd = -(p.get_potential_energy() - m.get_potential_energy()) / (2 * h)
+        assert f[i, c] == pytest.approx(fd, rel=1e-6, abs=1e-7)
+
+
+def test_stress_is_strain_derivative(cuau_model, cuau_frames):
+    a = _rattled(cuau_frames[1])
+    a.calc = cuau_model.calculator(uncertainty=False)
+    s = a.get_stress()
+    fd = a.calc.calculate_numerical_stress(a, d=1e-4, voigt=True)
+    np.testing.assert_allclose(s, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_molecule_forces_and_no_stress(small_soap):
+    # a molecular (non-periodic) model: rattled Cu13 clusters labelled by EMT
+    from ase.cluster import Icosahedron
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(6):
+        c = Icosahedron("Cu", 2)
+        c.positions += rng.normal(scale=0.1, size=c.positions.shape)
+        c.info["config_type"] = "cluster"
+        frames.append(label(c, EMT()))
+    model = SparseGP(descriptor=small_soap, n_sparse=30).fit(frames)
+    a = _rattled(frames[0], seed=9)
+    a.calc = model.calculator(uncertainty=False)
+    f = a.get_forces()
+    h = 1e-4
+    for i, c in [(0, 0), (5, 2)]:
+        p = a.copy(); p.calc = model.calculator(uncertainty=False); p.positions[i, c] += h
+        m = a.copy(); m.calc = model.calculator(uncertainty=False); m.positions[i, c] -= h
+        fd = -(p.get_potential_energy() - m.get_potential_energy()) / (2 * h)
+        assert f[i, c] == pytest.approx(fd, rel=1e-6, abs=1e-7)
+    r = model.predict_frame(a)
+    assert np.all(np.isnan(r["stress"]))
+    assert np.isfinite(r["energy_std"]) and np.all(np.isfinite(r["forces_std"]))
+
+
+def test_predictions_invariant(cuau_model, cuau_frames):
+    from scipy.spatial.transform import Rotation
+    a = _rattled(cuau_frames[2])
+    r0 = cuau_model.predict_frame(a)
+    R = Rotation.random(random_state=3).as_matrix()
+    b = a.copy()
+    b.set_cell(a.cell @ R.T, scale_atoms=False)
+    b.positions = a.positions @ R.T + np.array([0.3, -1.2, 2.0])
+    r1 = cuau_model.predict_frame(b)
+    assert r1["energy"] == pytest.approx(r0["energy"], rel=1e-10)
+    np.testing.assert_allclose(r1["forces"], r0["forces"] @ R.T, atol=1e-9)
+    np.testing.assert_allclose(r1["forces_std"] ** 2 @ np.ones(3), r0["forces_std"] ** 2 @ np.ones(3), rtol=1e-8)
+    s0 = _voigt_to_mat(r0["stress"]); s1 = _voigt_to_mat(r1["stress"])
+    np.testing.assert_allclose(s1, R @ s0 @ R.T, atol=1e-10)
+    perm = np.random.default_rng(4).permutation(len(a))
+    c = a[perm]
+    r2 = cuau_model.predict_frame(c)
+    assert r2["energy"] == pytest.approx(r0["energy"], rel=1e-10)
+    np.testing.assert_allclose(r2["forces"], r0["forces"][perm], atol=1e-10)
+    np.testing.assert_allclose(r2["energies"], r0["energies"][perm], atol=1e-10)
+    assert r2["energy_std"] == pytest.approx(r0["energy_std"], rel=1e-8)
+
+
+def _voigt_to_mat(v):
+    xx, yy, zz, yz, xz, xy = v
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+def test_posterior_variance_limits(cu_frames, small_soap):
+    # tiny fixed noise, every environment a sparse point: variance at training data ~ 0
+    frames = cu_frames[:3]
+    model = SparseGP(descriptor=small_soap, n_sparse=10_000, sigma_energy=1e-4, sigma_force=1e-3,
+                     sigma_stress=1e-5, delta=1.0).fit(frames)
+    r = model.predict_frame(frames[0])
+    prior = model.delta_  # prior std of one local energy is delta
+    assert r["energy_std_epistemic"] < 1e-3 * prior * len(frames[0])
+    assert np.max(r["forces_std_epistemic"]) < 0.02
+    # far from the data (a dilute gas of Cu dimers: nothing like fcc) -> prior
+    from ase import Atoms
+    far = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 3.0]], cell=[20, 20, 20], pbc=True)
+    rf = model.predict_frame(far)
+    from kernelpot.gp.variance import prior_energy_var
+    feat = model.descriptor_.compute(far)
+    prior_e = model.delta_ * np.sqrt(prior_energy_var(feat, model.zeta))
+    assert rf["energy_std_epistemic"] == pytest.approx(prior_e, rel=0.15)
+
+
+def test_learned_noise_recovers_known_noise(small_soap):
+    sigma_f = 0.15
+    frames = emt_frames(24, seed=7, noise={"forces": sigma_f})
+    model = SparseGP(descriptor=small_soap, n_sparse=150).fit(frames)
+    assert model.noise_["forces"] == pytest.approx(sigma_f, rel=0.2)
+
+
+def test_fit_is_reproducible(cu_frames, small_soap):
+    m1 = SparseGP(descriptor=small_soap, n_sparse=30, random_state=3).fit(cu_frames)
+    m2 = SparseGP(descriptor=small_soap, n_sparse=30, random_state=3).fit(cu_frames)
+    assert np.array_equal(m1.alpha_, m2.alpha_)
+    assert np.array_equal(m1.sparse_index_, m2.sparse_index_)
+
+
+def test_save_load_round_trip(cuau_model, cuau_frames, tmp_path):
+    path = tmp_path / "m.npz"
+    cuau_model.save(path)
+    m2 = kernelpot.load(path)
+    a = _rattled(cuau_frames[3])
+    r1, r2 = cuau_model.predict_frame(a), m2.predict_frame(a)
+    for k in ("energy", "forces", "stress", "forces_std", "energy_std", "stress_std"):
+        np.testing.assert_array_equal(r1[k], r2[k])
+
+
+def test_bad_model_files(cuau_model, tmp_path):
+    path = tmp_path / "m.npz"
+    cuau_model.save(path)
+    data = path.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        kernelpot.load(tmp_path / "trunc.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        kernelpot.load(tmp_path / "junk.npz")
+    import json
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    h = json.loads(str(arrays["header"]))
+    h["version"] = 99
+    arrays["header"] = np.array(json.dumps(h))
+    np.savez(tmp_path / "new.npz", **arrays)
+    with pytest.raises(ValueError, match="newer"):
+        kernelpot.load(tmp_path / "new.npz")
+    with pytest.raises(ValueError, match="no such file"):
+        kernelpot.load(tmp_path / "missing.npz")
+
+
+def test_clear_errors(cuau_model, cu_frames, small_soap):
+    from ase.build import bulk
+    with pytest.raises(ValueError, match="not trained on"):
+        cuau_model.predict_frame(bulk("Al", "fcc", 4.05))
+    with pytest.raises(ValueError, match="empty"):
+        SparseGP(descriptor=small_soap).fit([])
+    bad = cu_frames[0].copy()
+    from ase.calculators.singlepoint import SinglePointCalculator
+    f = cu_frames[0].get_forces().copy(); f[3, 1] = np.nan
+    bad.calc = SinglePointCalculator(bad, energy=-1.0, forces=f)
+    with pytest.raises(ValueError, match=r"frame 1 .*forces contains NaN"):
+        SparseGP(descriptor=small_soap).fit([cu_frames[1], bad])
+    with pytest.raises(ValueError, match="n_sparse"):
+        SparseGP(descriptor=small_soap, n_sparse=0).fit(cu_frames)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SparseGP().predict_frame(cu_frames[0])
