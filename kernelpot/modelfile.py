@@ -34,6 +34,7 @@ def save_model(model, path) -> None:
     params = model.get_params(deep=False)
     params.pop("descriptor")
     params.pop("baseline")
+    params.pop("client")  # a live connection, not a setting of the model
     params["sparse_points"] = None if params["sparse_points"] is None else [list(map(int, p)) for p in params["sparse_points"]]
     if isinstance(params["e0"], dict):
         params["e0"] = {str(k): float(v) for k, v in params["e0"].items()}

@@ -151,7 +151,7 @@ def neg_log_marginal_likelihood(theta: np.ndarray, ws: GroupStats, grad: bool = 
 
 
 def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, fixed: np.ndarray | None = None,
-                             maxiter: int = 200, scan_delta: bool = True):
+                             maxiter: int = 500, scan_delta: bool = True):
     """Maximise the marginal likelihood over the free log parameters.
 
     A coarse scan over ``log delta`` (the one parameter whose scale is unknown
@@ -199,7 +199,7 @@ def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, f
         return theta0, None
     res = so.minimize(f, theta0[free], jac=True, method="L-BFGS-B",
                       bounds=[b for b, fr in zip(bounds, free) if fr],
-                      options={"maxiter": maxiter})
+                      options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-9})
     theta = theta0.copy()
     theta[free] = res.x
     return theta, res

@@ -99,6 +99,12 @@ class SparseGP(BaseEstimator):
         Seed for sparse selection; the fit is deterministic given it.
     verbose : bool
         Progress bars and a memory estimate.
+    client : dask.distributed.Client, optional
+        Compute descriptors and the design statistics on Dask workers (same
+        result as in memory, to round-off); the solve stays local since it is
+        O(M^3) on M x M matrices.
+    chunk_size : int
+        Frames per chunk of assembly (and per Dask task).
 
     Examples
     --------
@@ -111,7 +117,7 @@ class SparseGP(BaseEstimator):
     def __init__(self, descriptor=None, n_sparse=1000, sparse_method="cur", sparse_points=None,
                  zeta=4.0, sigma_energy=None, sigma_force=None, sigma_stress=None, delta=None,
                  noise_per_config_type=False, e0="auto", baseline=None, fit_forces=True,
-                 fit_stress=True, random_state=0, verbose=False):
+                 fit_stress=True, random_state=0, verbose=False, client=None, chunk_size=16):
         self.descriptor = descriptor
         self.n_sparse = n_sparse
         self.sparse_method = sparse_method
@@ -128,6 +134,8 @@ class SparseGP(BaseEstimator):
         self.fit_stress = fit_stress
         self.random_state = random_state
         self.verbose = verbose
+        self.client = client
+        self.chunk_size = chunk_size
 
     # ------------------------------------------------------------------ fit
     def _check_params(self):
@@ -177,7 +185,7 @@ class SparseGP(BaseEstimator):
         self.species_ = np.unique(np.concatenate([a.numbers for a in frames])).astype(int)
         self.descriptor_ = self._make_descriptor(self.species_)
         self._fit_offsets(frames, labels)
-        feats0 = [self.descriptor_.compute(a) for a in _progress(frames, self.verbose, "descriptors")]
+        feats0 = self._features(frames)
         self.sparse_ = self._select_sparse(frames, feats0)
         M = self.sparse_.size
         self._Kmm = self._sparse_kernel()
@@ -188,9 +196,7 @@ class SparseGP(BaseEstimator):
             n_obs = sum(sum(np.size(v) for v in lab.values()) for lab in labels)
             print(f"kernelpot: {len(frames)} frames, {n_obs} observations, {M} sparse points; "
                   f"peak memory of assembly ~{self._memory_estimate(frames) / 2**20:.0f} MiB")
-        stats = GroupStats.empty(group_names, M)
-        for i, a in _progress(list(enumerate(frames)), self.verbose, "design"):
-            self._add_frame(stats, a, labels[i])
+        stats = self._accumulate(frames, labels)
         self._stats = stats
         theta0, bounds, fixed = self._theta_init(stats)
         theta, res = optimize_hyperparameters(stats, theta0, bounds, fixed)
@@ -328,6 +334,44 @@ class SparseGP(BaseEstimator):
 
     def _group_of(self, kind, atoms):
         return f"{kind}:{config_type(atoms)}" if self.noise_per_config_type else kind
+
+    def _chunks(self, n):
+        step = max(int(self.chunk_size), 1)
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+    def _features(self, frames):
+        """Descriptors without gradients (for sparse selection), on Dask workers when ``client``."""
+        if self.client is None:
+            return [self.descriptor_.compute(a) for a in _progress(frames, self.verbose, "descriptors")]
+        futs = self.client.map(_compute_features, [self.descriptor_] * len(self._chunks(len(frames))),
+                               [frames[c] for c in self._chunks(len(frames))], pure=False)
+        return [f for part in self.client.gather(futs) for f in part]
+
+    def _accumulate(self, frames, labels):
+        """Whitened statistics of all observations, in chunks of ``chunk_size`` frames.
+
+        With a Dask ``client`` each chunk's statistics (M x M per noise group)
+        are computed on a worker and summed here: the reduced normal equations
+        of the whitened design, so memory per worker is O(M^2 + rows of one chunk).
+        """
+        M = self.sparse_.size
+        chunks = self._chunks(len(frames))
+        if self.client is None:
+            stats = GroupStats.empty(self.noise_groups_, M)
+            for i, a in _progress(list(enumerate(frames)), self.verbose, "design"):
+                self._add_frame(stats, a, labels[i])
+            return stats
+        light = _worker_view(self)
+        futs = self.client.map(_chunk_stats, [light] * len(chunks), [frames[c] for c in chunks],
+                               [labels[c] for c in chunks], pure=False)
+        stats = GroupStats.empty(self.noise_groups_, M)
+        for part in _progress(self.client.gather(futs, asynchronous=False), self.verbose, "design", len(chunks)):
+            stats.D += part.D
+            stats.e += part.e
+            stats.c += part.c
+            stats.n += part.n
+            stats.logdet_scale += part.logdet_scale
+        return stats
 
     def _labels_in_groups(self, frames):
         """Labels of ``frames``, checking that each has a noise group in this model."""
@@ -570,6 +614,27 @@ class SparseGP(BaseEstimator):
         """Write the fitted model to one ``.npz`` file (no pickle); see :mod:`kernelpot.modelfile`."""
         from kernelpot.modelfile import save_model
         save_model(self, path)
+
+
+def _compute_features(descriptor, frames):
+    return [descriptor.compute(a) for a in frames]
+
+
+def _worker_view(model):
+    """A copy of the partly fitted model without the client or training frames, to ship to workers."""
+    import copy
+    light = copy.copy(model)
+    light.client = None
+    light._train_frames = None
+    light._stats = None
+    return light
+
+
+def _chunk_stats(model, frames, labels):
+    stats = GroupStats.empty(model.noise_groups_, model.sparse_.size)
+    for a, lab in zip(frames, labels):
+        model._add_frame(stats, a, lab)
+    return stats
 
 
 def _tri(L, B, lower=True):

@@ -1,0 +1,30 @@
+"""Dask scale-out: a fit on a LocalCluster equals the in-memory fit."""
+
+import numpy as np
+import pytest
+
+from kernelpot import SparseGP
+from conftest import emt_frames
+
+distributed = pytest.importorskip("dask.distributed", reason="dask[distributed] is in the test extra")
+
+
+def test_local_cluster_fit_equals_in_memory(small_soap):
+    # labels with DFT-like noise: with noise-free EMT energies the energy noise sits at its
+    # floor and the likelihood is flat to round-off, so any two summation orders stop apart
+    frames = emt_frames(10, symbols=("Cu", "Au"), size=(1, 1, 2), seed=21,
+                        noise={"energy": 0.002, "forces": 0.03, "stress": 0.001})
+    ref = SparseGP(descriptor=small_soap, n_sparse=40).fit(frames)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        dist = SparseGP(descriptor=small_soap, n_sparse=40, client=client, chunk_size=3).fit(frames)
+    assert np.array_equal(ref.sparse_index_, dist.sparse_index_)
+    np.testing.assert_allclose(dist._stats.D, ref._stats.D, rtol=1e-12, atol=1e-12 * np.abs(ref._stats.D).max())
+    np.testing.assert_allclose(dist._stats.e, ref._stats.e, rtol=1e-12, atol=1e-12 * np.abs(ref._stats.e).max())
+    # a minimum is located to ~sqrt(machine epsilon) in its parameters; the fitted function to 1e-8
+    np.testing.assert_allclose(dist.theta_, ref.theta_, rtol=1e-7, atol=1e-9)
+    test = emt_frames(2, symbols=("Cu", "Au"), size=(1, 1, 2), seed=22)
+    p1, p2 = ref.predict(test), dist.predict(test)
+    for k in ("energy", "forces", "stress", "energy_std", "forces_std", "stress_std"):
+        scale = np.abs(p1[k]).max()
+        np.testing.assert_allclose(p2[k], p1[k], rtol=1e-8, atol=1e-8 * scale)
