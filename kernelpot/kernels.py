@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dot_kernel", "dot_kernel_coeff", "pair_covariance_sum"]
+__all__ = ["dot_kernel", "dot_kernel_coeff", "pair_covariance_factors", "pair_covariance_sum"]
 
 
 def _check_zeta(zeta: float) -> None:
@@ -73,8 +73,23 @@ def _power(D: np.ndarray, p: float) -> np.ndarray:
     return np.sign(D) * np.abs(D) ** p
 
 
+def pair_covariance_factors(XA: np.ndarray, XB: np.ndarray, same: np.ndarray, zeta: float):
+    """Pair factors of ``d2k/dx dy`` for environments ``XA`` x ``XB``.
+
+    Returns ``(P1, P2)`` with ``P1 = zeta D**(zeta-1)`` and
+    ``P2 = zeta (zeta-1) D**(zeta-2)`` (``D = XA XB^T``), zeroed between
+    different central species, so that
+    ``gA^T (d2k/dx dy) gB = P1 (gA.gB) + P2 (gA.xB)(xA.gB)``.
+    """
+    D = XA @ XB.T
+    P1 = np.where(same, zeta * _power(D, zeta - 1), 0.0)
+    P2 = np.where(same, zeta * (zeta - 1) * _power(D, zeta - 2), 0.0) if zeta != 1 else np.zeros_like(D)
+    return P1, P2
+
+
 def pair_covariance_sum(
-    GA: np.ndarray, XA: np.ndarray, GB: np.ndarray, XB: np.ndarray, same: np.ndarray, zeta: float
+    GA: np.ndarray, XA: np.ndarray, GB: np.ndarray, XB: np.ndarray, same: np.ndarray, zeta: float,
+    factors: tuple | None = None,
 ) -> float:
     """Sum over environment pairs of ``gA^T (d2k/dx dy) gB`` (reduced kernel).
 
@@ -90,16 +105,14 @@ def pair_covariance_sum(
     same : (a, b) bool array
         True where the two environments have the same central species.
     zeta : float
+    factors : tuple, optional
+        ``pair_covariance_factors(XA, XB, same, zeta)``, when reused across calls.
 
     Returns
     -------
     float
     """
-    D = XA @ XB.T
-    GG = GA @ GB.T
+    P1, P2 = pair_covariance_factors(XA, XB, same, zeta) if factors is None else factors
     GX = GA @ XB.T  # gA . xB
     XG = XA @ GB.T  # xA . gB
-    term = zeta * _power(D, zeta - 1) * GG
-    if zeta != 1:
-        term = term + zeta * (zeta - 1) * _power(D, zeta - 2) * GX * XG
-    return float(np.sum(term[same]))
+    return float(np.sum(P1 * (GA @ GB.T)) + np.sum(P2 * GX * XG))

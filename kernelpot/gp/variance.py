@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernelpot.kernels import _power, pair_covariance_sum
+from kernelpot.kernels import _power, pair_covariance_factors, pair_covariance_sum
 
 __all__ = ["prior_energy_var", "prior_force_var", "prior_stress_var"]
 
@@ -51,19 +51,19 @@ def prior_force_var(feat, zeta: float) -> np.ndarray:
             continue
         ci = pc[sel]
         Xc = X[ci]
-        same = _same_species(Z[ci], Z[ci])
+        fac = pair_covariance_factors(Xc, Xc, _same_species(Z[ci], Z[ci]), zeta)
         for a in range(3):
             G = pg[sel, a, :]
-            out[j, a] = pair_covariance_sum(G, Xc, G, Xc, same, zeta)
+            out[j, a] = pair_covariance_sum(G, Xc, G, Xc, None, zeta, fac)
     return out
 
 
 def prior_stress_var(feat, zeta: float, volume: float) -> np.ndarray:
     """Reduced prior variance of each stress component (Voigt), shape (6,)."""
     X, Z = feat.features, feat.numbers
-    same = _same_species(Z, Z)
+    fac = pair_covariance_factors(X, X, _same_species(Z, Z), zeta)
     out = np.empty(6)
     for v in range(6):
         H = feat.strain_grad[:, v, :]
-        out[v] = pair_covariance_sum(H, X, H, X, same, zeta) / volume ** 2
+        out[v] = pair_covariance_sum(H, X, H, X, None, zeta, fac) / volume ** 2
     return out

@@ -1,0 +1,147 @@
+"""Accuracy, fit cost and prediction cost on the mlearn Si and Li benchmarks, with defaults.
+
+    python benchmarks/mlearn.py [--elements Si Li] [--n-sparse N] [--quick]
+
+Fits ``kernelpot.SparseGP()`` exactly as a user would (no argument changed unless
+``--n-sparse`` is given) on ``../shared/data/mlearn/<El>/training.json`` and
+prints test-set MAE/RMSE of energies (meV/atom), force components (eV/Å) and
+stress components (GPa) beside the GAP and FLARE numbers measured on this kind of
+machine (``../shared/ANCHORS.md``), with fit wall time, peak resident memory of
+the fitting process, and prediction cost per atom for energy + forces + stress
+(with and without uncertainties) on a 54-atom and a ~1000-atom cell.
+
+Each element runs in its own subprocess so that peak memory is that fit's.
+Results are also written to ``benchmarks/results/mlearn.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "mlearn"
+
+# ../shared/ANCHORS.md (E meV/atom, F eV/Å, S GPa; fit s; RSS GiB; predict ms/atom)
+ANCHORS = {
+    "GAP (Si)": dict(E_MAE=2.77, E_RMSE=4.40, F_MAE=0.0726, F_RMSE=0.1176, S_MAE=0.448, fit_s=469,
+                     rss_GiB=3.6, pred_ms_atom=6.0),
+    "FLARE (Mo)": dict(E_MAE=25.2, E_RMSE=59.1, F_MAE=0.132, F_RMSE=0.217, S_MAE=1.37, fit_s=1216,
+                       rss_GiB=5.6, pred_ms_atom=float("nan")),
+}
+
+
+def run_one(element: str, n_sparse: int | None, quick: bool) -> dict:
+    import kernelpot
+    from ase.build import bulk
+    from kernelpot.evaluate import evaluate, error_table
+
+    train = kernelpot.read(DATA / element / "training.json")
+    test = kernelpot.read(DATA / element / "test.json")
+    if quick:
+        train, test = train[::6], test[::3]
+    kw = {} if n_sparse is None else {"n_sparse": n_sparse}
+    t0 = time.perf_counter()
+    model = kernelpot.SparseGP(**kw).fit(train)
+    fit_s = time.perf_counter() - t0
+    rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    ev = evaluate(model, test)
+    err = error_table(ev)
+    from kernelpot import metrics
+    cov = metrics.coverage(ev["forces"]["err"], ev["forces"]["std"], k=(1, 2))
+    # prediction cost: a 54-atom cell and a ~1000-atom cell of the training crystal, rattled
+    res = {"element": element, "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
+           "rss_GiB": rss_gib, "n_sparse": int(model.sparse_.size), "delta": model.delta_,
+           "noise": model.noise_, "errors": err, "force_coverage_1_2": cov.tolist()}
+    if element == "Si":  # 2-atom primitive x 27 = 54; 8-atom cubic x 125 = 1000
+        cells = {"54": bulk("Si", "diamond", 5.43).repeat(3), "1000": bulk("Si", "diamond", 5.43, cubic=True).repeat(5)}
+    else:  # bcc Li: 2-atom cubic x 27 = 54; x 512 = 1024
+        cells = {"54": bulk("Li", "bcc", 3.43, cubic=True).repeat(3), "1000": bulk("Li", "bcc", 3.43, cubic=True).repeat(8)}
+    rng = np.random.default_rng(0)
+    for name, cell in cells.items():
+        cell = cell.copy()
+        cell.positions += rng.normal(scale=0.05, size=cell.positions.shape)
+        for unc in (False, True):
+            reps = 3 if len(cell) < 200 else 1
+            model.predict_frame(cell, return_std=unc)  # warm-up (numba compile cache)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                model.predict_frame(cell, return_std=unc)
+            dt = (time.perf_counter() - t0) / reps
+            res[f"pred_ms_atom_{name}{'_std' if unc else ''}"] = 1000 * dt / len(cell)
+            res[f"natoms_{name}"] = len(cell)
+    return res
+
+
+def format_results(results: list[dict]) -> str:
+    lines = []
+    hdr = (f"{'model':<16}{'E MAE':>8}{'E RMSE':>8}{'F MAE':>8}{'F RMSE':>8}{'S MAE':>8}{'S RMSE':>8}"
+           f"{'fit s':>8}{'RSS GiB':>8}{'pred ms/at':>11}")
+    lines.append("Test-set errors: E meV/atom, F eV/Å (components), S GPa (components)")
+    lines.append(hdr)
+    for name, a in ANCHORS.items():
+        lines.append(f"{name:<16}{a['E_MAE']:>8.2f}{a['E_RMSE']:>8.2f}{a['F_MAE']:>8.4f}{a['F_RMSE']:>8.4f}"
+                     f"{a['S_MAE']:>8.3f}{'-':>8}{a['fit_s']:>8.0f}{a['rss_GiB']:>8.1f}{a['pred_ms_atom']:>11.2f}")
+    for r in results:
+        e = r["errors"]
+        lines.append(f"{'kernelpot (' + r['element'] + ')':<16}{e['energy']['MAE']:>8.2f}{e['energy']['RMSE']:>8.2f}"
+                     f"{e['forces']['MAE']:>8.4f}{e['forces']['RMSE']:>8.4f}{e['stress']['MAE']:>8.3f}"
+                     f"{e['stress']['RMSE']:>8.3f}{r['fit_s']:>8.0f}{r['rss_GiB']:>8.2f}"
+                     f"{r['pred_ms_atom_54_std']:>11.2f}")
+    lines.append("")
+    lines.append("kernelpot details (pred = energy + forces + stress per atom; _std adds all uncertainties):")
+    for r in results:
+        lines.append(f"  {r['element']}: {r['n_train']} train / {r['n_test']} test structures, "
+                     f"{r['n_sparse']} sparse points, delta {r['delta']:.3g} eV, noise "
+                     + ", ".join(f"{k} {v:.3g}" for k, v in r["noise"].items())
+                     + f"; force coverage 1/2 sigma {100 * r['force_coverage_1_2'][0]:.1f}/"
+                     f"{100 * r['force_coverage_1_2'][1]:.1f} %")
+        lines.append(f"     predict ms/atom: {r['natoms_54']} atoms {r['pred_ms_atom_54']:.3f} "
+                     f"({r['pred_ms_atom_54_std']:.3f} with std); {r['natoms_1000']} atoms "
+                     f"{r['pred_ms_atom_1000']:.3f} ({r['pred_ms_atom_1000_std']:.3f} with std)")
+        if r["element"] == "Si":
+            g = ANCHORS["GAP (Si)"]
+            e = r["errors"]
+            lines.append(f"     ratios kernelpot/GAP: E MAE {e['energy']['MAE'] / g['E_MAE']:.2f}, F MAE "
+                         f"{e['forces']['MAE'] / g['F_MAE']:.2f}, S MAE {e['stress']['MAE'] / g['S_MAE']:.2f}, "
+                         f"fit time {r['fit_s'] / g['fit_s']:.3f}, peak RSS {r['rss_GiB'] / g['rss_GiB']:.2f}, "
+                         f"predict {r['pred_ms_atom_54_std'] / g['pred_ms_atom']:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--elements", nargs="+", default=["Si", "Li"])
+    p.add_argument("--n-sparse", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="subsets, for a smoke run")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one, args.n_sparse, args.quick)))
+        return 0
+    results = []
+    for el in args.elements:
+        cmd = [sys.executable, __file__, "--one", el] + (["--quick"] if args.quick else []) + (
+            ["--n-sparse", str(args.n_sparse)] if args.n_sparse else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            return out.returncode
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    text = format_results(results)
+    print(text)
+    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
+    if not args.quick:
+        (ROOT / "benchmarks" / "results" / "mlearn.txt").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
