@@ -151,7 +151,7 @@ def neg_log_marginal_likelihood(theta: np.ndarray, ws: GroupStats, grad: bool = 
 
 
 def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, fixed: np.ndarray | None = None,
-                             maxiter: int = 500, scan_delta: bool = True):
+                             maxiter: int = 500, scan_delta: bool = True, progress=None):
     """Maximise the marginal likelihood over the free log parameters.
 
     A coarse scan over ``log delta`` (the one parameter whose scale is unknown
@@ -169,6 +169,9 @@ def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, f
     scan_delta : bool
         Start from the best point of a coarse scan over ``log delta`` (off when
         ``theta0`` is already a good start, e.g. after adding a few frames).
+    progress : callable, optional
+        Called with the current negative log likelihood after every
+        evaluation (used for progress bars).
 
     Returns
     -------
@@ -184,6 +187,8 @@ def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, f
         th = theta0.copy()
         th[free] = tf
         val, gr = neg_log_marginal_likelihood(th, ws)
+        if progress is not None:
+            progress(val)
         return val, gr[free]
 
     if free[0] and scan_delta:

@@ -199,7 +199,15 @@ class SparseGP(BaseEstimator):
         stats = self._accumulate(frames, labels)
         self._stats = stats
         theta0, bounds, fixed = self._theta_init(stats)
-        theta, res = optimize_hyperparameters(stats, theta0, bounds, fixed)
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+            bar = tqdm(desc="hyperparameters (-log L)", leave=False, unit=" eval")
+        theta, res = optimize_hyperparameters(
+            stats, theta0, bounds, fixed,
+            progress=None if bar is None else (lambda v: (bar.update(1), bar.set_postfix_str(f"{v:.6g}"))))
+        if bar is not None:
+            bar.close()
         self._set_theta(theta)
         self.log_marginal_likelihood_ = -float(neg_log_marginal_likelihood(theta, stats, grad=False))
         at_bound = [name for name, t, (lo, hi), f in zip(["delta"] + group_names, theta, bounds, fixed)
