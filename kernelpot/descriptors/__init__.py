@@ -1,0 +1,5 @@
+"""Atomic-environment descriptors."""
+
+from kernelpot.descriptors.soap import SOAP, SOAPFeatures
+
+__all__ = ["SOAP", "SOAPFeatures"]

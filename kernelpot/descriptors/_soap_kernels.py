@@ -1,0 +1,593 @@
+"""Numba kernels for the SOAP power spectrum and its derivatives.
+
+Plain arrays in, plain arrays out; all validation, tabulation and allocation
+happens in :mod:`kernelpot.descriptors.soap`. Index conventions:
+
+* ``lm = l * l + l + m`` for real spherical harmonics, ``m = -l..l``;
+* density coefficients ``c[species, n, lm]``;
+* a "row" is one Cartesian component of a derivative of the density,
+  ``D[row, n, lm]``, belonging to one neighbour species (positions) or to
+  one (species, alpha, beta) strain component.
+"""
+
+import numba
+import numpy as np
+from numba import prange
+
+
+@numba.njit(cache=True, inline="always")
+def _hermite(gtab, dgtab, h, r, g, dg):
+    """Cubic Hermite interpolation of the radial tables at ``r``.
+
+    ``g[n, l]`` gets the interpolant and ``dg[n, l]`` its exact derivative.
+    """
+    n_knots = gtab.shape[0]
+    x = r / h
+    k = int(x)
+    if k > n_knots - 2:
+        k = n_knots - 2
+    t = x - k
+    t2 = t * t
+    t3 = t2 * t
+    h00 = 2.0 * t3 - 3.0 * t2 + 1.0
+    h10 = (t3 - 2.0 * t2 + t) * h
+    h01 = -2.0 * t3 + 3.0 * t2
+    h11 = (t3 - t2) * h
+    d00 = (6.0 * t2 - 6.0 * t) / h
+    d10 = 3.0 * t2 - 4.0 * t + 1.0
+    d01 = (-6.0 * t2 + 6.0 * t) / h
+    d11 = 3.0 * t2 - 2.0 * t
+    n_max = gtab.shape[1]
+    n_l = gtab.shape[2]
+    for n in range(n_max):
+        for l in range(n_l):
+            y0 = gtab[k, n, l]
+            y1 = gtab[k + 1, n, l]
+            m0 = dgtab[k, n, l]
+            m1 = dgtab[k + 1, n, l]
+            g[n, l] = h00 * y0 + h10 * m0 + h01 * y1 + h11 * m1
+            dg[n, l] = d00 * y0 + d10 * m0 + d01 * y1 + d11 * m1
+
+
+@numba.njit(cache=True, inline="always")
+def _real_sph(ux, uy, uz, l_max, norm, want_grad, ylm, gylm, cm, sm, plm, dplm):
+    """Real spherical harmonics at the unit vector u and their tangential gradients.
+
+    ``ylm[lm]`` gets Y_lm(u); ``gylm[alpha, lm]`` gets (I - u u^T) grad f, where
+    f = N P~_l^m(z) Re/Im (x + i y)^|m| is the polynomial extension of Y_lm
+    off the sphere; dividing by |r| gives d Y_lm(r/|r|) / d r.
+    ``cm, sm`` (l_max + 1,) and ``plm, dplm`` (l_max + 1, l_max + 1) are scratch.
+    """
+    cm[0] = 1.0
+    sm[0] = 0.0
+    for m in range(1, l_max + 1):
+        cm[m] = ux * cm[m - 1] - uy * sm[m - 1]
+        sm[m] = ux * sm[m - 1] + uy * cm[m - 1]
+    # P~_l^m(z): associated Legendre without the sin^m factor and phase.
+    for m in range(l_max + 1):
+        if m == 0:
+            pmm = 1.0
+        else:
+            pmm = plm[m - 1, m - 1] * (2 * m - 1)
+        plm[m, m] = pmm
+        dplm[m, m] = 0.0
+        if m + 1 <= l_max:
+            plm[m + 1, m] = (2 * m + 1) * uz * pmm
+            dplm[m + 1, m] = (2 * m + 1) * pmm
+        for l in range(m + 2, l_max + 1):
+            plm[l, m] = ((2 * l - 1) * uz * plm[l - 1, m] - (l + m - 1) * plm[l - 2, m]) / (l - m)
+            dplm[l, m] = (
+                (2 * l - 1) * (plm[l - 1, m] + uz * dplm[l - 1, m]) - (l + m - 1) * dplm[l - 2, m]
+            ) / (l - m)
+    for l in range(l_max + 1):
+        base = l * l + l
+        nrm = norm[base]
+        ylm[base] = nrm * plm[l, 0]
+        if want_grad:
+            gz = nrm * dplm[l, 0]
+            # tangential projection of (0, 0, gz)
+            gylm[0, base] = -ux * uz * gz
+            gylm[1, base] = -uy * uz * gz
+            gylm[2, base] = gz - uz * uz * gz
+        for m in range(1, l + 1):
+            nrm = norm[base + m]
+            p = nrm * plm[l, m]
+            dp = nrm * dplm[l, m]
+            ylm[base + m] = p * cm[m]
+            ylm[base - m] = p * sm[m]
+            if want_grad:
+                # m > 0: f = p c_m
+                fx = p * m * cm[m - 1]
+                fy = -p * m * sm[m - 1]
+                fz = dp * cm[m]
+                ud = ux * fx + uy * fy + uz * fz
+                gylm[0, base + m] = fx - ux * ud
+                gylm[1, base + m] = fy - uy * ud
+                gylm[2, base + m] = fz - uz * ud
+                # m < 0: f = p s_m
+                fx = p * m * sm[m - 1]
+                fy = p * m * cm[m - 1]
+                fz = dp * sm[m]
+                ud = ux * fx + uy * fy + uz * fz
+                gylm[0, base - m] = fx - ux * ud
+                gylm[1, base - m] = fy - uy * ud
+                gylm[2, base - m] = fz - uz * ud
+
+
+@numba.njit(cache=True, inline="always")
+def _assemble(tmat, base, s, n_species, n_max, n_l, feat_factor, p, tblock, gout):
+    """Derivative of every feature for one block of n_max derivative rows of species s.
+
+    ``tmat[l * nq + b * n_max + n', base + n]`` holds sum_m D[n, lm] c[b, n', lm].
+    The block is first copied to ``tblock[n, (b, n'), l]`` (one cache line per
+    (l, b, n') row of ``tmat``), then features are produced in their storage
+    order (a <= b, n, n' [>= n if a == b], l) with
+    d p = [a == s] T[n; b, n'] + [b == s] T[n'; a, n], times the prefactor.
+    Species pairs without s are exactly zero. Returns the dot product of the
+    derivative with ``p`` (for the normalisation chain rule).
+    """
+    dot = 0.0
+    nq = n_species * n_max
+    for l in range(n_l):
+        for q in range(nq):
+            tr = l * nq + q
+            for n in range(n_max):
+                tblock[n, q, l] = tmat[tr, base + n]
+    f = 0
+    for a in range(n_species):
+        for b in range(a, n_species):
+            if a != s and b != s:
+                cnt = (n_max * (n_max + 1) // 2 if a == b else n_max * n_max) * n_l
+                for k in range(cnt):
+                    gout[f + k] = 0.0
+                f += cnt
+                continue
+            for n in range(n_max):
+                n2_start = n if a == b else 0
+                for n2 in range(n2_start, n_max):
+                    if a == s and b == s:
+                        for l in range(n_l):
+                            gout[f + l] = feat_factor[f + l] * (
+                                tblock[n, b * n_max + n2, l] + tblock[n2, a * n_max + n, l]
+                            )
+                    elif a == s:
+                        for l in range(n_l):
+                            gout[f + l] = feat_factor[f + l] * tblock[n, b * n_max + n2, l]
+                    else:
+                        for l in range(n_l):
+                            gout[f + l] = feat_factor[f + l] * tblock[n2, a * n_max + n, l]
+                    for l in range(n_l):
+                        dot += p[f + l] * gout[f + l]
+                    f += n_l
+    return dot
+
+
+@numba.njit(cache=True, inline="always")
+def _dot_weights(p, feat_factor, n_species, n_max, n_l, w):
+    """w[s, n, (b, n'), l] such that p . d p = sum(tblock * w[s]) for a row block of species s.
+
+    Lets :func:`_assemble_store` apply the normalisation chain rule in the
+    same pass that produces and stores the derivative.
+    """
+    w[:, :, :, :] = 0.0
+    f = 0
+    for a in range(n_species):
+        for b in range(a, n_species):
+            for n in range(n_max):
+                n2_start = n if a == b else 0
+                for n2 in range(n2_start, n_max):
+                    for l in range(n_l):
+                        c = p[f + l] * feat_factor[f + l]
+                        w[a, n, b * n_max + n2, l] += c
+                        w[b, n2, a * n_max + n, l] += c
+                    f += n_l
+
+
+@numba.njit(cache=True, inline="always")
+def _assemble_store(tmat, base, s, n_species, n_max, n_l, feat_factor, p, w, normalize, inv,
+                    tblock, out, row, al):
+    """Like :func:`_assemble`, but writes (I - p p^T) d p / |p| straight to ``out[row, al]``."""
+    nq = n_species * n_max
+    for l in range(n_l):
+        for q in range(nq):
+            tr = l * nq + q
+            for n in range(n_max):
+                tblock[n, q, l] = tmat[tr, base + n]
+    pd = 0.0
+    if normalize:
+        for n in range(n_max):
+            for q in range(nq):
+                for l in range(n_l):
+                    pd += tblock[n, q, l] * w[s, n, q, l]
+        pd *= inv
+    f = 0
+    for a in range(n_species):
+        for b in range(a, n_species):
+            if a != s and b != s:
+                cnt = (n_max * (n_max + 1) // 2 if a == b else n_max * n_max) * n_l
+                for k in range(f, f + cnt):
+                    out[row, al, k] = -p[k] * pd
+                f += cnt
+                continue
+            for n in range(n_max):
+                n2_start = n if a == b else 0
+                for n2 in range(n2_start, n_max):
+                    if a == s and b == s:
+                        for l in range(n_l):
+                            out[row, al, f + l] = feat_factor[f + l] * inv * (
+                                tblock[n, b * n_max + n2, l] + tblock[n2, a * n_max + n, l]
+                            ) - p[f + l] * pd
+                    elif a == s:
+                        for l in range(n_l):
+                            out[row, al, f + l] = (
+                                feat_factor[f + l] * inv * tblock[n, b * n_max + n2, l]
+                                - p[f + l] * pd
+                            )
+                    else:
+                        for l in range(n_l):
+                            out[row, al, f + l] = (
+                                feat_factor[f + l] * inv * tblock[n2, a * n_max + n, l]
+                                - p[f + l] * pd
+                            )
+                    f += n_l
+
+
+_VOIGT_A = (0, 1, 2, 1, 0, 0)
+_VOIGT_B = (0, 1, 2, 2, 2, 1)
+
+
+# Reassociation lets LLVM vectorise the reductions (dot products, sums over m);
+# it changes results only at the level of round-off.
+_FASTMATH = {"reassoc", "nsz", "contract"}
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def _soap_centres(
+    i_start,
+    i_end,
+    img_offsets,
+    img_species,
+    img_vectors,
+    img_slot,
+    center_species,
+    pair_offsets,
+    self_slot,
+    gtab,
+    dgtab,
+    h,
+    r_cut,
+    cutoff_width,
+    center_weight,
+    ylm_norm,
+    l_of_lm,
+    feat_index,
+    feat_factor,
+    n_species,
+    do_grad,
+    do_strain,
+    normalize,
+    features,
+    pair_grad,
+    strain_grad,
+):
+    """Body of :func:`soap_kernel` for centres i_start..i_end-1, with scratch allocated once."""
+    n_max = gtab.shape[1]
+    n_l = gtab.shape[2]
+    l_max = n_l - 1
+    n_lm = n_l * n_l
+    n_feat = feat_index.shape[0]
+    nq = n_species * n_max
+    need_d = do_grad or do_strain
+    y00 = ylm_norm[0]
+    r_on = r_cut - cutoff_width
+
+    # Scratch sized for the largest centre of this range, allocated once:
+    # per-centre allocation of these buffers (hundreds of kB) churns the
+    # allocator and page-faults.
+    max_slots = 0
+    if do_grad:
+        for i in range(i_start, i_end):
+            max_slots = max(max_slots, pair_offsets[i + 1] - pair_offsets[i])
+    max_rows = (max_slots * 3 + (n_species * 3 if do_grad else 0)
+                + (n_species * 6 if do_strain else 0)) * n_max
+    dbuf = np.empty(n_lm * max_rows)
+    tbuf = np.empty(n_l * nq * max_rows) if need_d else np.empty(0)
+    slot_species_buf = np.empty(max_slots, dtype=np.int64)
+    wbuf = np.empty((n_species, n_max, nq, n_l))
+
+    for i in range(i_start, i_end):
+        a0 = img_offsets[i]
+        a1 = img_offsets[i + 1]
+        n_slots = 0
+        if do_grad:
+            n_slots = pair_offsets[i + 1] - pair_offsets[i]
+        # Derivative rows: (slot, alpha, n) for positions, (species, alpha, n)
+        # for the self term -sum_j d/dr_j (summed here, on the density
+        # derivatives, which is cheaper than summing F-long feature rows), then
+        # (species, voigt, n) for strain: sum over all images (including those
+        # of the centre itself) of d c / d r_ij,a * r_ij,b.
+        r_self = n_slots * 3 * n_max
+        r_pos = r_self + (n_species * 3 * n_max if do_grad else 0)
+        r_tot = r_pos + (n_species * 6 * n_max if do_strain else 0)
+        c = np.zeros((n_species, n_max, n_lm))
+        g = np.empty((n_max, n_l))
+        dg = np.empty((n_max, n_l))
+        ylm = np.empty(n_lm)
+        gylm = np.empty((3, n_lm))
+        cm = np.empty(l_max + 1)
+        sm = np.empty(l_max + 1)
+        plm = np.empty((l_max + 1, l_max + 1))
+        dplm = np.empty((l_max + 1, l_max + 1))
+        dcl = np.empty((3, n_max, n_lm))
+        dmat = dbuf[: n_lm * r_tot].reshape((n_lm, r_tot))
+        dmat[:, :] = 0.0
+        slot_species = slot_species_buf[:n_slots]
+        slot_species[:] = -1
+
+        for k in range(a0, a1):
+            vx = img_vectors[k, 0]
+            vy = img_vectors[k, 1]
+            vz = img_vectors[k, 2]
+            r = np.sqrt(vx * vx + vy * vy + vz * vz)
+            if r >= r_cut or r == 0.0:
+                continue
+            inv_r = 1.0 / r
+            ux = vx * inv_r
+            uy = vy * inv_r
+            uz = vz * inv_r
+            _hermite(gtab, dgtab, h, r, g, dg)
+            # Smooth cutoff applied analytically (a table knot would otherwise
+            # have to sit on the kink of fc'' at r_cut - cutoff_width).
+            if r > r_on:
+                arg = np.pi * (r - r_on) / cutoff_width
+                fc = 0.5 * (1.0 + np.cos(arg))
+                dfc = -0.5 * np.pi / cutoff_width * np.sin(arg)
+                for n in range(n_max):
+                    for l in range(n_l):
+                        dg[n, l] = dfc * g[n, l] + fc * dg[n, l]
+                        g[n, l] = fc * g[n, l]
+            _real_sph(ux, uy, uz, l_max, ylm_norm, need_d, ylm, gylm, cm, sm, plm, dplm)
+            s = img_species[k]
+            for n in range(n_max):
+                for lm in range(n_lm):
+                    c[s, n, lm] += g[n, l_of_lm[lm]] * ylm[lm]
+            if not need_d:
+                continue
+            # d c_{nlm} / d r_ij = G' u Y + G grad Y / r
+            for n in range(n_max):
+                for lm in range(n_lm):
+                    gl = g[n, l_of_lm[lm]] * inv_r
+                    dgl = dg[n, l_of_lm[lm]] * ylm[lm]
+                    dcl[0, n, lm] = dgl * ux + gl * gylm[0, lm]
+                    dcl[1, n, lm] = dgl * uy + gl * gylm[1, lm]
+                    dcl[2, n, lm] = dgl * uz + gl * gylm[2, lm]
+            slot = img_slot[k] if do_grad else -1
+            if slot >= 0:
+                slot_species[slot] = s
+                for al in range(3):
+                    base = (slot * 3 + al) * n_max
+                    for lm in range(n_lm):
+                        for n in range(n_max):
+                            dmat[lm, base + n] += dcl[al, n, lm]
+            if do_strain:
+                for vo in range(6):
+                    al = _VOIGT_A[vo]
+                    be = _VOIGT_B[vo]
+                    vb = vx if be == 0 else (vy if be == 1 else vz)
+                    base = r_pos + (s * 6 + vo) * n_max
+                    for lm in range(n_lm):
+                        for n in range(n_max):
+                            dmat[lm, base + n] += dcl[al, n, lm] * vb
+
+        if do_grad:
+            for slot in range(n_slots):
+                s = slot_species[slot]
+                if s < 0:
+                    continue
+                for al in range(3):
+                    src = (slot * 3 + al) * n_max
+                    dst = r_self + (s * 3 + al) * n_max
+                    for lm in range(n_lm):
+                        for n in range(n_max):
+                            dmat[lm, dst + n] -= dmat[lm, src + n]
+
+        # Central-atom Gaussian: l = 0 only, constant in positions.
+        sc = center_species[i]
+        for n in range(n_max):
+            c[sc, n, 0] += center_weight * gtab[0, n, 0] * y00
+
+        # ct[lm, (b, n')] = c[b, n', lm]: contiguous (b, n') axis for the contractions.
+        ct = np.empty((n_lm, nq))
+        for b in range(n_species):
+            for n2 in range(n_max):
+                for lm in range(n_lm):
+                    ct[lm, b * n_max + n2] = c[b, n2, lm]
+        # Power spectrum P[l, (a, n), (b, n')].
+        pfull = np.zeros(n_l * nq * nq)
+        for l in range(n_l):
+            for lm in range(l * l, (l + 1) * (l + 1)):
+                for an in range(nq):
+                    cv = ct[lm, an]
+                    off = (l * nq + an) * nq
+                    for q in range(nq):
+                        pfull[off + q] += cv * ct[lm, q]
+        p = np.empty(n_feat)
+        for f in range(n_feat):
+            p[f] = feat_factor[f] * pfull[feat_index[f]]
+        nrm = 1.0
+        if normalize:
+            ss = 0.0
+            for f in range(n_feat):
+                ss += p[f] * p[f]
+            if ss > 0.0:
+                nrm = np.sqrt(ss)
+            for f in range(n_feat):
+                p[f] /= nrm
+        for f in range(n_feat):
+            features[i, f] = p[f]
+        if not need_d:
+            continue
+
+        # T[(l, b, n'), row] = sum_{m} D[lm, row] c[b, n', lm]: long inner
+        # loops over all derivative rows of this centre.
+        tmat = tbuf[: n_l * nq * r_tot].reshape((n_l * nq, r_tot))
+        tmat[:, :] = 0.0
+        for l in range(n_l):
+            for lm in range(l * l, (l + 1) * (l + 1)):
+                for q in range(nq):
+                    coef = ct[lm, q]
+                    tr = l * nq + q
+                    for row in range(r_tot):
+                        tmat[tr, row] += coef * dmat[lm, row]
+
+        gout = np.empty(n_feat)
+        tblock = np.empty((n_max, nq, n_l))
+        s6 = np.zeros((6, n_feat))
+        if do_grad:
+            pb = pair_offsets[i]
+            if normalize:
+                _dot_weights(p, feat_factor, n_species, n_max, n_l, wbuf)
+            for slot in range(n_slots):
+                s = slot_species[slot]
+                if s < 0:
+                    # only a coincident atom (r == 0) can leave a slot empty
+                    for al in range(3):
+                        for f in range(n_feat):
+                            pair_grad[pb + slot, al, f] = 0.0
+                    continue
+                for al in range(3):
+                    _assemble_store(tmat, (slot * 3 + al) * n_max, s, n_species, n_max, n_l,
+                                    feat_factor, p, wbuf, normalize, 1.0 / nrm, tblock,
+                                    pair_grad, pb + slot, al)
+            srow = pb + self_slot[i]
+            for al in range(3):
+                for f in range(n_feat):
+                    pair_grad[srow, al, f] = 0.0
+            for s in range(n_species):
+                for al in range(3):
+                    dot = _assemble(tmat, r_self + (s * 3 + al) * n_max, s, n_species, n_max,
+                                    n_l, feat_factor, p, tblock, gout)
+                    inv = 1.0 / nrm
+                    pd = dot * inv if normalize else 0.0
+                    for f in range(n_feat):
+                        pair_grad[srow, al, f] += gout[f] * inv - p[f] * pd
+        if do_strain:
+            for s in range(n_species):
+                for vo in range(6):
+                    _assemble(tmat, r_pos + (s * 6 + vo) * n_max, s, n_species, n_max, n_l,
+                              feat_factor, p, tblock, gout)
+                    for f in range(n_feat):
+                        s6[vo, f] += gout[f]
+            # S_ab = sum_k dp/dr_k,a r_k,b is symmetric for a rotation-invariant
+            # p, so the upper triangle (Voigt order xx yy zz yz xz xy) suffices.
+            for vo in range(6):
+                for f in range(n_feat):
+                    strain_grad[i, vo, f] = s6[vo, f]
+            if normalize:
+                for vo in range(6):
+                    dot = 0.0
+                    for f in range(n_feat):
+                        dot += p[f] * strain_grad[i, vo, f]
+                    for f in range(n_feat):
+                        strain_grad[i, vo, f] = (strain_grad[i, vo, f] - p[f] * dot) / nrm
+
+
+@numba.njit(cache=True, parallel=True)
+def soap_kernel(
+    img_offsets,
+    img_species,
+    img_vectors,
+    img_slot,
+    center_species,
+    pair_offsets,
+    self_slot,
+    gtab,
+    dgtab,
+    h,
+    r_cut,
+    cutoff_width,
+    center_weight,
+    ylm_norm,
+    l_of_lm,
+    feat_index,
+    feat_factor,
+    n_species,
+    do_grad,
+    do_strain,
+    normalize,
+    features,
+    pair_grad,
+    strain_grad,
+    n_chunks,
+):
+    """SOAP power spectrum of every centre, optionally with position and strain derivatives.
+
+    Parameters
+    ----------
+    img_offsets : (n_centres + 1,) int64
+        CSR offsets of neighbour images per centre.
+    img_species : (n_images,) int64
+        Species index of each neighbour image.
+    img_vectors : (n_images, 3) float64
+        Displacement r_j + shift - r_i, Å.
+    img_slot : (n_images,) int64
+        Local pair slot of the image's atom in the centre's block of
+        ``pair_grad`` rows; -1 for periodic images of the centre itself.
+    center_species : (n_centres,) int64
+    pair_offsets : (n_centres + 1,) int64
+        Block of ``pair_grad`` rows of each centre (used when ``do_grad``).
+    self_slot : (n_centres,) int64
+        Local slot of the (i, i) self term in the centre's block.
+    gtab, dgtab : (n_knots, n_max, l_max + 1) float64
+        Radial integral I_nl(r) (without the cutoff function) and dI_nl/dr
+        on the uniform grid r_k = k h. G_nl = fc I_nl is formed here.
+    h, r_cut, cutoff_width, center_weight : float
+    ylm_norm : ((l_max + 1)^2,) float64
+        Normalisation of the real spherical harmonics.
+    l_of_lm : ((l_max + 1)^2,) int64
+    feat_index : (F,) int64
+        Position of each feature in the flattened P[l, a, n, b, n'] array.
+    feat_factor : (F,) float64
+        pi sqrt(8 / (2l + 1)), times sqrt(2) off the (a, n) == (b, n') diagonal.
+    n_species : int
+    do_grad, do_strain, normalize : bool
+    features : (n_centres, F) float64, output
+    pair_grad : (n_pairs, 3, F) float64, output (every row is written)
+    strain_grad : (n_centres, 6, F) float64, output
+    n_chunks : int
+        Number of parallel tasks (a few per thread).
+    """
+    n_centres = center_species.shape[0]
+    # Chunks of centres per task keep the parallel region small and let each
+    # chunk reuse its scratch buffers. (numba.get_num_threads() is read by the
+    # caller: calling it here would make the function uncacheable.)
+    n_chunks = min(n_centres, max(n_chunks, 1))
+    for ch in prange(n_chunks):
+        _soap_centres(
+            ch * n_centres // n_chunks,
+            (ch + 1) * n_centres // n_chunks,
+            img_offsets,
+            img_species,
+            img_vectors,
+            img_slot,
+            center_species,
+            pair_offsets,
+            self_slot,
+            gtab,
+            dgtab,
+            h,
+            r_cut,
+            cutoff_width,
+            center_weight,
+            ylm_norm,
+            l_of_lm,
+            feat_index,
+            feat_factor,
+            n_species,
+            do_grad,
+            do_strain,
+            normalize,
+            features,
+            pair_grad,
+            strain_grad,
+        )
