@@ -50,6 +50,11 @@ class TrainingDiagnostics:
     sigma : noise std of the observation (learned)
     loo_residual_obs, z_obs : single-observation LOO residual and its z-score
     loo_residual, loo_std, z : structure-LOO (whole frame left out) residual, predictive std, z-score
+        under the fitted (DTC) model itself: what the hat matrix says
+    loo_std_predictive, z_predictive : the same with the Nystrom residual
+        ``delta^2 (p - k Kmm^-1 k)`` added to the variance, exactly as
+        :meth:`SparseGP.predict` adds it for new structures; these are the
+        z-scores to calibrate predictive sigmas against
     frame_chi2, frame_dof : per frame (length n_frames) Mahalanobis norm of the
         structure-LOO residual and the number of observations
     frame_leverage : per frame, trace of ``H_GG``
@@ -67,6 +72,8 @@ class TrainingDiagnostics:
     loo_residual: np.ndarray
     loo_std: np.ndarray
     z: np.ndarray
+    loo_std_predictive: np.ndarray
+    z_predictive: np.ndarray
     frame_chi2: np.ndarray
     frame_dof: np.ndarray
     frame_leverage: np.ndarray
@@ -100,13 +107,15 @@ def leave_one_out(model, frames=None) -> TrainingDiagnostics:
     chi2, dof, flev = [], [], []
     for fi, a in enumerate(frames):
         lab = frame_labels(a, fi)
-        rows, ys, scales = model._training_rows(a, lab)
+        rows, ys, scales, priors = model._training_rows(a, lab, priors=True)
         n = len(a)
-        A, y, sig, kind, atom, comp, unit = [], [], [], [], [], [], []
+        A, y, sig, kind, atom, comp, unit, nys = [], [], [], [], [], [], [], []
         for k in rows:
             m = len(ys[k])
             A.append(whiten(model._Lmm, rows[k]))
             y.append(ys[k])
+            # Nystrom residual of each observation (reduced units, before the noise scale)
+            nys.append(u * np.maximum(priors[k] - np.sum(A[-1] ** 2, axis=1), 0.0))
             sc = np.ones(m) if scales[k] is None else scales[k]
             sig.append(model._noise_for(k, a) * sc)
             kind += [k] * m
@@ -135,6 +144,7 @@ def leave_one_out(model, frames=None) -> TrainingDiagnostics:
         cov_diag = np.diag(sla.cho_solve(Lf, np.eye(len(y)), check_finite=False))
         r_loo = sig * rt_loo
         loo_std = sig * np.sqrt(cov_diag)
+        loo_std_pred = np.sqrt(loo_std ** 2 + np.concatenate(nys))
         cols["kind"] += kind
         cols["frame"].append(np.full(len(y), fi))
         cols["atom"].append(np.concatenate(atom))
@@ -147,6 +157,8 @@ def leave_one_out(model, frames=None) -> TrainingDiagnostics:
         cols["loo_residual"].append(r_loo * unit)
         cols["loo_std"].append(loo_std * unit)
         cols["z"].append(r_loo / loo_std)
+        cols["loo_std_predictive"].append(loo_std_pred * unit)
+        cols["z_predictive"].append(r_loo / loo_std_pred)
         chi2.append(float(rt @ rt_loo))
         dof.append(len(y))
         flev.append(float(h.sum()))
@@ -159,15 +171,16 @@ def leave_one_out(model, frames=None) -> TrainingDiagnostics:
 def recalibration_scales(diag: TrainingDiagnostics) -> dict:
     """Scale for each kind's total sigma so the training LOO z-scores have unit variance.
 
-    Uses the structure-LOO z-scores (the honest out-of-sample proxy: a frame's
-    own labels never inform its prediction).
+    Uses the structure-LOO z-scores with the predictive variance (the honest
+    out-of-sample proxy: a frame's own labels never inform its prediction, and
+    its sigma is computed the way :meth:`SparseGP.predict` computes it).
 
     Returns
     -------
     dict {kind: scale}
     """
     from kernelpot.metrics import recalibration_scale
-    return {k: float(recalibration_scale(diag.z[diag.kind == k])) for k in np.unique(diag.kind)}
+    return {k: float(recalibration_scale(diag.z_predictive[diag.kind == k])) for k in np.unique(diag.kind)}
 
 
 def recalibrate(model, diag: TrainingDiagnostics | None = None) -> dict:

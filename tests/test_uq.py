@@ -67,8 +67,22 @@ def test_recalibration_scale_makes_loo_z_unit(fitted):
     scales = uq.recalibrate(m)
     d = uq.leave_one_out(m)
     for k, s in scales.items():
-        assert np.sqrt(np.mean(d.z[d.kind == k] ** 2)) == pytest.approx(s, rel=1e-12)
+        assert np.sqrt(np.mean(d.z_predictive[d.kind == k] ** 2)) == pytest.approx(s, rel=1e-12)
     a = emt_frames(1, symbols=("Cu", "Au"), size=(1, 1, 2), seed=99)[0]
     r0, r1 = model.predict_frame(a), m.predict_frame(a)
     np.testing.assert_allclose(r1["forces_std"], scales["forces"] * r0["forces_std"], rtol=1e-12)
     np.testing.assert_allclose(r1["forces_std_epistemic"], r0["forces_std_epistemic"], rtol=1e-12)
+
+
+def test_predictive_loo_std_matches_refit_prediction_std(fitted):
+    """The predictive LOO std of a left-out structure equals the total std a refit without it predicts."""
+    model, frames = fitted
+    d = uq.leave_one_out(model)
+    g = 3
+    ref = copy.deepcopy(model).refit([a for i, a in enumerate(frames) if i != g])
+    p = ref.predict_frame(frames[g])
+    sel = (d.frame == g) & (d.kind == "forces")
+    # marginal std of one held-out component: structure-LOO covariance diagonal + Nystrom residual
+    np.testing.assert_allclose(d.loo_std_predictive[sel], p["forces_std"].ravel(), rtol=1e-6)
+    e = (d.frame == g) & (d.kind == "energy")
+    assert d.loo_std_predictive[e][0] == pytest.approx(p["energy_std"] / len(frames[g]), rel=1e-6)

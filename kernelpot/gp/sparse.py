@@ -402,8 +402,12 @@ class SparseGP(BaseEstimator):
         for kind in rows:
             stats.add(gidx[self._group_of(kind, atoms)], whiten(self._Lmm, rows[kind]), ys[kind], scales[kind], sign)
 
-    def _training_rows(self, atoms, lab):
-        """Reduced design rows, targets and noise scales of one frame's labels."""
+    def _training_rows(self, atoms, lab, priors=False):
+        """Reduced design rows, targets and noise scales of one frame's labels.
+
+        With ``priors``, also the reduced prior variance of every observation
+        (same keys), as a fourth return value.
+        """
         want_f = self.fit_forces and "forces" in lab
         want_s = self.fit_stress and "stress" in lab
         feat = self.descriptor_.compute(atoms, gradients=want_f, strain=want_s)
@@ -424,7 +428,16 @@ class SparseGP(BaseEstimator):
             rows["stress"] = d["stress"]
             ys["stress"] = lab["stress"] - sb
             scales["stress"] = None
-        return rows, ys, scales
+        if not priors:
+            return rows, ys, scales
+        pv = {}
+        if "energy" in rows:
+            pv["energy"] = np.array([prior_energy_var(feat, self.zeta)])
+        if want_f:
+            pv["forces"] = prior_force_var(feat, self.zeta).ravel()
+        if want_s:
+            pv["stress"] = prior_stress_var(feat, self.zeta, vol)
+        return rows, ys, scales, pv
 
     def _theta_init(self, stats):
         names = stats.names
