@@ -22,7 +22,9 @@ Noise (aleatoric uncertainty)
 ``E/n``, the quantity people quote in meV/atom).  ``sigma_force`` is per force
 component (eV/Å), ``sigma_stress`` per stress component (eV/Å^3).  With
 ``noise_per_config_type=True`` each config_type gets its own three sigmas.
-Noise and ``delta`` are set by maximising the marginal likelihood unless given.
+Noise and ``delta`` are set by maximising the marginal likelihood unless given,
+except the energy noise, which by default maximises the leave-one-out
+predictive density of the training energies (see ``energy_noise``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from sklearn.base import BaseEstimator, clone
 
 from kernelpot.gp.design import SparseSet, frame_design, frame_mean
 from kernelpot.gp.labels import frame_labels, is_periodic, is_isolated_atom, config_type
-from kernelpot.gp.likelihood import (GroupStats, optimize_hyperparameters, whiten,
+from kernelpot.gp.likelihood import (GroupStats, optimize_hyperparameters, whiten, select_noise_by_loo,
                                      neg_log_marginal_likelihood, posterior_factor)
 from kernelpot.gp.select import select_sparse, prune_dependent
 from kernelpot.gp.solve import safe_cholesky
@@ -55,6 +57,8 @@ _DELTA_BOUNDS = (1e-3, 1e2)
 # resolve and make Kmm singular to working precision.
 _SPARSE_TOL = 1e-10
 _KMM_JITTER = 1e-10
+# fewer energies than this: leave-one-out is too noisy a criterion, keep the evidence
+_MIN_LOO_ENERGIES = 10
 
 
 def _progress(it, verbose, desc, total=None):
@@ -95,6 +99,15 @@ class SparseGP(BaseEstimator):
         and added back in predictions.
     fit_forces, fit_stress : bool
         Use force / stress labels when present.
+    energy_noise : {"loo", "evidence"}
+        How the (learned) energy noise is chosen.  ``"loo"`` (default):
+        maximise the closed-form leave-one-out predictive density of the
+        training energies, with ``delta`` and the force/stress noise from the
+        evidence.  A few hundred energies sit beside tens of thousands of force
+        components, and the evidence then lets the energy noise absorb misfit
+        (FLARE's runaway energy noise is the extreme case); leave-one-out asks
+        directly how well unseen energies are predicted.  ``"evidence"``:
+        maximise the marginal likelihood for every hyperparameter.
     random_state : int
         Seed for sparse selection; the fit is deterministic given it.
     verbose : bool
@@ -117,7 +130,8 @@ class SparseGP(BaseEstimator):
     def __init__(self, descriptor=None, n_sparse=1000, sparse_method="cur", sparse_points=None,
                  zeta=4.0, sigma_energy=None, sigma_force=None, sigma_stress=None, delta=None,
                  noise_per_config_type=False, e0="auto", baseline=None, fit_forces=True,
-                 fit_stress=True, random_state=0, verbose=False, client=None, chunk_size=16):
+                 fit_stress=True, energy_noise="loo", random_state=0, verbose=False, client=None,
+                 chunk_size=16):
         self.descriptor = descriptor
         self.n_sparse = n_sparse
         self.sparse_method = sparse_method
@@ -132,6 +146,7 @@ class SparseGP(BaseEstimator):
         self.baseline = baseline
         self.fit_forces = fit_forces
         self.fit_stress = fit_stress
+        self.energy_noise = energy_noise
         self.random_state = random_state
         self.verbose = verbose
         self.client = client
@@ -141,6 +156,8 @@ class SparseGP(BaseEstimator):
     def _check_params(self):
         if not (isinstance(self.n_sparse, (int, np.integer)) and self.n_sparse >= 1):
             raise ValueError(f"n_sparse must be a positive integer, got {self.n_sparse!r}")
+        if self.energy_noise not in ("loo", "evidence"):
+            raise ValueError(f"energy_noise must be 'loo' or 'evidence', got {self.energy_noise!r}")
         if not (np.isfinite(self.zeta) and self.zeta >= 1):
             raise ValueError(f"zeta must be >= 1, got {self.zeta!r}")
         for name in ("sigma_energy", "sigma_force", "sigma_stress", "delta"):
@@ -208,6 +225,7 @@ class SparseGP(BaseEstimator):
             progress=None if bar is None else (lambda v: (bar.update(1), bar.set_postfix_str(f"{v:.6g}"))))
         if bar is not None:
             bar.close()
+        theta = self._select_energy_noise(stats, theta, bounds, fixed)
         self._set_theta(theta)
         self.log_marginal_likelihood_ = -float(neg_log_marginal_likelihood(theta, stats, grad=False))
         at_bound = [name for name, t, (lo, hi), f in zip(["delta"] + group_names, theta, bounds, fixed)
@@ -219,11 +237,22 @@ class SparseGP(BaseEstimator):
         self._train_frames = frames
         return self
 
+    def _select_energy_noise(self, stats, theta, bounds, fixed):
+        """Energy noise by leave-one-out predictive density (see ``energy_noise``)."""
+        if self.energy_noise == "evidence":
+            return theta
+        groups = [k for k, g in enumerate(stats.names) if g.split(":")[0] == "energy"]
+        n_rows = sum(len(y) for y in stats.loo_y)
+        if not groups or n_rows < _MIN_LOO_ENERGIES:
+            return theta
+        return select_noise_by_loo(stats, theta, groups, bounds, fixed)
+
     def _optimize_or_keep(self, optimize):
         if optimize:
             theta0, bounds, fixed = self._theta_init(self._stats)
             theta0[~fixed] = self.theta_[~fixed]
             theta, _ = optimize_hyperparameters(self._stats, theta0, bounds, fixed, scan_delta=False)
+            theta = self._select_energy_noise(self._stats, theta, bounds, fixed)
             self._set_theta(theta)
         self.log_marginal_likelihood_ = -float(neg_log_marginal_likelihood(self.theta_, self._stats, grad=False))
         self._solve()
@@ -374,11 +403,7 @@ class SparseGP(BaseEstimator):
                                [labels[c] for c in chunks], pure=False)
         stats = GroupStats.empty(self.noise_groups_, M)
         for part in _progress(self.client.gather(futs, asynchronous=False), self.verbose, "design", len(chunks)):
-            stats.D += part.D
-            stats.e += part.e
-            stats.c += part.c
-            stats.n += part.n
-            stats.logdet_scale += part.logdet_scale
+            stats.merge(part)
         return stats
 
     def _labels_in_groups(self, frames):
@@ -398,15 +423,16 @@ class SparseGP(BaseEstimator):
     def _add_frame(self, stats, atoms, lab, sign=1.0):
         """Accumulate one frame's whitened observations into ``stats``."""
         gidx = {g: k for k, g in enumerate(stats.names)}
-        rows, ys, scales = self._training_rows(atoms, lab)
+        rows, ys, scales, priors = self._training_rows(atoms, lab, priors=("energy",))
         for kind in rows:
-            stats.add(gidx[self._group_of(kind, atoms)], whiten(self._Lmm, rows[kind]), ys[kind], scales[kind], sign)
+            stats.add(gidx[self._group_of(kind, atoms)], whiten(self._Lmm, rows[kind]), ys[kind], scales[kind], sign,
+                      prior=priors.get(kind))
 
     def _training_rows(self, atoms, lab, priors=False):
         """Reduced design rows, targets and noise scales of one frame's labels.
 
-        With ``priors``, also the reduced prior variance of every observation
-        (same keys), as a fourth return value.
+        With ``priors`` (True, or a tuple of kinds), also the reduced prior
+        variance of those observations (same keys), as a fourth return value.
         """
         want_f = self.fit_forces and "forces" in lab
         want_s = self.fit_stress and "stress" in lab
@@ -430,12 +456,13 @@ class SparseGP(BaseEstimator):
             scales["stress"] = None
         if not priors:
             return rows, ys, scales
+        kinds = KINDS if priors is True else priors
         pv = {}
-        if "energy" in rows:
+        if "energy" in rows and "energy" in kinds:
             pv["energy"] = np.array([prior_energy_var(feat, self.zeta)])
-        if want_f:
+        if want_f and "forces" in kinds:
             pv["forces"] = prior_force_var(feat, self.zeta).ravel()
-        if want_s:
+        if want_s and "stress" in kinds:
             pv["stress"] = prior_stress_var(feat, self.zeta, vol)
         return rows, ys, scales, pv
 
