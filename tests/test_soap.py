@@ -34,8 +34,8 @@ def rattled_rocksalt(seed=1):
     """8-atom conventional rock salt: a mix of single- and multi-image neighbours at r_cut 4."""
     a = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
     a.rattle(0.15, seed=seed)
-    a.set_cell(a.cell[:] @ (np.eye(3) + [[0.02, 0.01, 0.0], [0.01, -0.01, 0.02], [0.0, 0.02, 0.01]]),
-               scale_atoms=True)
+    eps = [[0.02, 0.01, 0.0], [0.01, -0.01, 0.02], [0.0, 0.02, 0.01]]
+    a.set_cell(a.cell[:] @ (np.eye(3) + eps), scale_atoms=True)
     return a
 
 
@@ -216,7 +216,8 @@ def test_supercell_gives_same_per_atom_features(prim):
     sup = prim * (2, 2, 2)
     big = soap.compute(sup, gradients=True, strain=True)
     n = len(prim)
-    np.testing.assert_allclose(big.features, np.tile(small.features, (8, 1)), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(big.features, np.tile(small.features, (8, 1)),
+                               rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(big.strain_grad, np.tile(small.strain_grad, (8, 1, 1)), rtol=1e-9,
                                atol=1e-11)
     # Position derivatives: the primitive folds the 8 supercell copies of each neighbour.

@@ -5,9 +5,15 @@ happens in :mod:`kernelpot.descriptors.soap`. Index conventions:
 
 * ``lm = l * l + l + m`` for real spherical harmonics, ``m = -l..l``;
 * density coefficients ``c[species, n, lm]``;
-* a "row" is one Cartesian component of a derivative of the density,
-  ``D[row, n, lm]``, belonging to one neighbour species (positions) or to
-  one (species, alpha, beta) strain component.
+* derivative rows ``D[lm, row]`` with ``row = block * n_max + n``: one block per
+  Cartesian component of the density derivative with respect to one
+  neighbour atom (positions), per (species, alpha) for the self term, and per
+  (species, Voigt component) for strain. Contracting them with ``c`` gives
+  ``T[(l, b, n'), row] = sum_m D[lm, row] c[b, n', lm]``, from which every
+  feature derivative is assembled.
+
+Cost per centre is dominated by the contraction (long inner loops over all
+rows, vectorised) and by writing the F-long derivative rows.
 """
 
 import numba
@@ -162,76 +168,6 @@ def _assemble(tmat, base, s, n_species, n_max, n_l, feat_factor, p, tblock, gout
     return dot
 
 
-@numba.njit(cache=True, inline="always")
-def _dot_weights(p, feat_factor, n_species, n_max, n_l, w):
-    """w[s, n, (b, n'), l] such that p . d p = sum(tblock * w[s]) for a row block of species s.
-
-    Lets :func:`_assemble_store` apply the normalisation chain rule in the
-    same pass that produces and stores the derivative.
-    """
-    w[:, :, :, :] = 0.0
-    f = 0
-    for a in range(n_species):
-        for b in range(a, n_species):
-            for n in range(n_max):
-                n2_start = n if a == b else 0
-                for n2 in range(n2_start, n_max):
-                    for l in range(n_l):
-                        c = p[f + l] * feat_factor[f + l]
-                        w[a, n, b * n_max + n2, l] += c
-                        w[b, n2, a * n_max + n, l] += c
-                    f += n_l
-
-
-@numba.njit(cache=True, inline="always")
-def _assemble_store(tmat, base, s, n_species, n_max, n_l, feat_factor, p, w, normalize, inv,
-                    tblock, out, row, al):
-    """Like :func:`_assemble`, but writes (I - p p^T) d p / |p| straight to ``out[row, al]``."""
-    nq = n_species * n_max
-    for l in range(n_l):
-        for q in range(nq):
-            tr = l * nq + q
-            for n in range(n_max):
-                tblock[n, q, l] = tmat[tr, base + n]
-    pd = 0.0
-    if normalize:
-        for n in range(n_max):
-            for q in range(nq):
-                for l in range(n_l):
-                    pd += tblock[n, q, l] * w[s, n, q, l]
-        pd *= inv
-    f = 0
-    for a in range(n_species):
-        for b in range(a, n_species):
-            if a != s and b != s:
-                cnt = (n_max * (n_max + 1) // 2 if a == b else n_max * n_max) * n_l
-                for k in range(f, f + cnt):
-                    out[row, al, k] = -p[k] * pd
-                f += cnt
-                continue
-            for n in range(n_max):
-                n2_start = n if a == b else 0
-                for n2 in range(n2_start, n_max):
-                    if a == s and b == s:
-                        for l in range(n_l):
-                            out[row, al, f + l] = feat_factor[f + l] * inv * (
-                                tblock[n, b * n_max + n2, l] + tblock[n2, a * n_max + n, l]
-                            ) - p[f + l] * pd
-                    elif a == s:
-                        for l in range(n_l):
-                            out[row, al, f + l] = (
-                                feat_factor[f + l] * inv * tblock[n, b * n_max + n2, l]
-                                - p[f + l] * pd
-                            )
-                    else:
-                        for l in range(n_l):
-                            out[row, al, f + l] = (
-                                feat_factor[f + l] * inv * tblock[n2, a * n_max + n, l]
-                                - p[f + l] * pd
-                            )
-                    f += n_l
-
-
 _VOIGT_A = (0, 1, 2, 1, 0, 0)
 _VOIGT_B = (0, 1, 2, 2, 2, 1)
 
@@ -293,7 +229,8 @@ def _soap_centres(
     dbuf = np.empty(n_lm * max_rows)
     tbuf = np.empty(n_l * nq * max_rows) if need_d else np.empty(0)
     slot_species_buf = np.empty(max_slots, dtype=np.int64)
-    wbuf = np.empty((n_species, n_max, nq, n_l))
+    slot_count_buf = np.empty(max_slots, dtype=np.int64)
+    slot_vec_buf = np.empty((max_slots, 3))
 
     for i in range(i_start, i_end):
         a0 = img_offsets[i]
@@ -304,8 +241,10 @@ def _soap_centres(
         # Derivative rows: (slot, alpha, n) for positions, (species, alpha, n)
         # for the self term -sum_j d/dr_j (summed here, on the density
         # derivatives, which is cheaper than summing F-long feature rows), then
-        # (species, voigt, n) for strain: sum over all images (including those
-        # of the centre itself) of d c / d r_ij,a * r_ij,b.
+        # (species, voigt, n) for strain. An atom seen through a single image
+        # gets its strain term from its assembled position derivative
+        # (d p / d r_ij,a * r_ij,b); the strain rows only collect images of
+        # the centre itself and atoms seen through several images.
         r_self = n_slots * 3 * n_max
         r_pos = r_self + (n_species * 3 * n_max if do_grad else 0)
         r_tot = r_pos + (n_species * 6 * n_max if do_strain else 0)
@@ -323,6 +262,16 @@ def _soap_centres(
         dmat[:, :] = 0.0
         slot_species = slot_species_buf[:n_slots]
         slot_species[:] = -1
+        slot_count = slot_count_buf[:n_slots]
+        slot_count[:] = 0
+        slot_vec = slot_vec_buf[:n_slots]
+        if do_grad:
+            for k in range(a0, a1):
+                if img_slot[k] >= 0:
+                    slot_count[img_slot[k]] += 1
+                    slot_vec[img_slot[k], 0] = img_vectors[k, 0]
+                    slot_vec[img_slot[k], 1] = img_vectors[k, 1]
+                    slot_vec[img_slot[k], 2] = img_vectors[k, 2]
 
         for k in range(a0, a1):
             vx = img_vectors[k, 0]
@@ -369,7 +318,7 @@ def _soap_centres(
                     for lm in range(n_lm):
                         for n in range(n_max):
                             dmat[lm, base + n] += dcl[al, n, lm]
-            if do_strain:
+            if do_strain and (slot < 0 or slot_count[slot] > 1):
                 for vo in range(6):
                     al = _VOIGT_A[vo]
                     be = _VOIGT_B[vo]
@@ -445,8 +394,6 @@ def _soap_centres(
         s6 = np.zeros((6, n_feat))
         if do_grad:
             pb = pair_offsets[i]
-            if normalize:
-                _dot_weights(p, feat_factor, n_species, n_max, n_l, wbuf)
             for slot in range(n_slots):
                 s = slot_species[slot]
                 if s < 0:
@@ -456,9 +403,20 @@ def _soap_centres(
                             pair_grad[pb + slot, al, f] = 0.0
                     continue
                 for al in range(3):
-                    _assemble_store(tmat, (slot * 3 + al) * n_max, s, n_species, n_max, n_l,
-                                    feat_factor, p, wbuf, normalize, 1.0 / nrm, tblock,
-                                    pair_grad, pb + slot, al)
+                    dot = _assemble(tmat, (slot * 3 + al) * n_max, s, n_species, n_max, n_l,
+                                    feat_factor, p, tblock, gout)
+                    if do_strain and slot_count[slot] == 1:
+                        for vo in range(6):
+                            if _VOIGT_A[vo] == al:
+                                vb = slot_vec[slot, _VOIGT_B[vo]]
+                                for f in range(n_feat):
+                                    s6[vo, f] += gout[f] * vb
+                    # normalisation chain rule (I - p p^T) / |p|, fused with the store
+                    inv = 1.0 / nrm
+                    pd = dot * inv if normalize else 0.0
+                    row = pb + slot
+                    for f in range(n_feat):
+                        pair_grad[row, al, f] = gout[f] * inv - p[f] * pd
             srow = pb + self_slot[i]
             for al in range(3):
                 for f in range(n_feat):

@@ -15,7 +15,8 @@ periodic images are.
 Expansion coefficients c^a_{nlm} = sum_j G_nl(r_ij) Y_lm(rhat_ij) with real
 spherical harmonics Y_lm and the radial integral::
 
-    G_nl(r) = fc(r) 4 pi int_0^{r_cut} R_n(x) x^2 exp(-(x^2 + r^2) / (2 sigma^2)) i_l(x r / sigma^2) dx
+    G_nl(r) = fc(r) 4 pi int_0^{r_cut} R_n(x) x^2 exp(-(x^2 + r^2) / (2 sigma^2))
+                                      i_l(x r / sigma^2) dx
 
 (i_l modified spherical Bessel function of the first kind). Power spectrum::
 
@@ -224,7 +225,7 @@ def _ylm_normalisation(l_max: int) -> np.ndarray:
 
 
 def _feature_tables(n_species: int, n_max: int, l_max: int):
-    """Position of each (a <= b, n, n', l) feature in the kernel's P[l, a, n, b, n'] and its prefactor.
+    """Index of each (a <= b, n, n', l) feature in the kernel's P[l, a, n, b, n'], with prefactor.
 
     Returns ``feat_index`` (F,) and ``feat_factor`` (F,) = pi sqrt(8 / (2l + 1)),
     times sqrt(2) when (a, n) != (b, n'). The order (species pair, n, n', l)
@@ -254,7 +255,9 @@ def _to_atomic_number(value) -> int:
         return atomic_numbers[value]
     if isinstance(value, _numbers.Integral) and not isinstance(value, bool):
         if not 1 <= int(value) < len(chemical_symbols):
-            raise ValueError(f"species: atomic number {value!r} is outside 1..{len(chemical_symbols) - 1}")
+            raise ValueError(
+                f"species: atomic number {value!r} is outside 1..{len(chemical_symbols) - 1}"
+            )
         return int(value)
     raise TypeError(f"species: entries must be chemical symbols or atomic numbers, got {value!r}")
 
@@ -355,7 +358,8 @@ class SOAP(BaseEstimator):
         int_at_least("n_max", 1)
         int_at_least("l_max", 0)
         cw = self.center_weight
-        if isinstance(cw, bool) or not isinstance(cw, _numbers.Real) or not math.isfinite(cw) or cw < 0:
+        real = isinstance(cw, _numbers.Real) and not isinstance(cw, bool)
+        if not real or not math.isfinite(cw) or cw < 0:
             raise ValueError(f"center_weight must be a finite number >= 0, got {cw!r}")
         if not isinstance(self.normalize, (bool, np.bool_)):
             raise TypeError(f"normalize must be True or False, got {self.normalize!r}")
@@ -380,12 +384,15 @@ class SOAP(BaseEstimator):
         elif not hasattr(self, "species_"):
             zs = sorted({int(z) for atoms in frames for z in atoms.numbers})
             if not zs:
-                raise ValueError("cannot infer species from structures without atoms; pass species=")
+                raise ValueError(
+                    "cannot infer species from structures without atoms; pass species="
+                )
             self.species_ = np.array(zs, dtype=np.int64)
         return self.species_
 
     def _check_numbers(self, numbers: np.ndarray, index: int | None = None) -> np.ndarray:
-        lookup = np.full(max(int(numbers.max(initial=0)), int(self.species_.max())) + 1, -1, np.int64)
+        size = max(int(numbers.max(initial=0)), int(self.species_.max())) + 1
+        lookup = np.full(size, -1, np.int64)
         lookup[self.species_] = np.arange(len(self.species_))
         idx = lookup[numbers]
         if np.any(idx < 0):
@@ -487,7 +494,9 @@ class SOAP(BaseEstimator):
         single = hasattr(atoms_or_list, "numbers")
         frames = [atoms_or_list] if single else list(atoms_or_list)
         self._resolve_species(frames)
-        spec = [self._check_numbers(np.asarray(a.numbers, np.int64), k) for k, a in enumerate(frames)]
+        spec = [
+            self._check_numbers(np.asarray(a.numbers, np.int64), k) for k, a in enumerate(frames)
+        ]
         out = [res.features for res in self._run(frames, spec, False, False)]
         return out[0] if single else out
 
@@ -529,7 +538,9 @@ class SOAP(BaseEstimator):
         if n_done:
             img_offsets[1:] = np.cumsum(np.concatenate(counts_all))
         img_species = np.ascontiguousarray(np.concatenate(species_all), dtype=np.int64)
-        img_vectors = np.ascontiguousarray(np.concatenate(vectors_all), dtype=np.float64).reshape(-1, 3)
+        img_vectors = np.ascontiguousarray(
+            np.concatenate(vectors_all), dtype=np.float64
+        ).reshape(-1, 3)
         img_slot = np.ascontiguousarray(np.concatenate(slots_all), dtype=np.int64)
         center_species = np.ascontiguousarray(np.concatenate(spec_idx), dtype=np.int64)
         if gradients:
