@@ -66,15 +66,22 @@ def _complete_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     """
     full = np.array(cell, dtype=np.float64)
     periodic = [k for k in range(3) if pbc[k]]
-    basis = [full[k] for k in periodic]
+    # Orthonormal basis of the periodic span first: projecting against
+    # non-orthogonal vectors one by one (e.g. a 60 degree fcc(111) slab cell)
+    # leaves a component in the plane and a singular completed cell.
+    basis = []
+    for k in periodic:
+        v = full[k].copy()
+        for b in basis:
+            v -= (v @ b) * b
+        basis.append(v / np.linalg.norm(v))
     for k in range(3):
         if pbc[k]:
             continue
-        # Gram-Schmidt of the Cartesian axes against the vectors already chosen.
         for trial in np.eye(3):
             v = trial.copy()
             for b in basis:
-                v -= (v @ b) / (b @ b) * b
+                v -= (v @ b) * b
             if np.linalg.norm(v) > 1e-6:
                 v /= np.linalg.norm(v)
                 break

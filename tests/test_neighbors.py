@@ -115,3 +115,19 @@ def test_errors():
     atoms.cell = np.zeros((3, 3))
     with pytest.raises(ValueError, match="cell vector 0 is zero"):
         neighbor_list(atoms, 2.0)
+
+
+def test_slab_with_oblique_in_plane_cell():
+    """fcc(111) slab, pbc (T, T, F), 60 degree in-plane cell: neighbours equal ASE's."""
+    from ase.build import fcc111
+    from ase.neighborlist import neighbor_list as ase_nl
+    from kernelpot.neighbors import neighbor_list as kp_nl
+    slab = fcc111("Cu", size=(3, 3, 4), vacuum=6.0)
+    slab.pbc = (True, True, False)
+    slab.rattle(0.05, seed=1)
+    i_ref, d_ref = ase_nl("id", slab, 4.0)
+    res = kp_nl(slab, 4.0)
+    counts = np.bincount(i_ref, minlength=len(slab))
+    np.testing.assert_array_equal(np.diff(res.offsets), counts)
+    d_kp = np.sort(np.linalg.norm(res.vectors, axis=1))
+    np.testing.assert_allclose(d_kp, np.sort(d_ref), atol=1e-12)
