@@ -19,3 +19,6 @@ from kernelpot.descriptors import SOAP  # noqa: E402
 
 from kernelpot.io import read, write  # noqa: E402
 from kernelpot.validate import validate  # noqa: E402
+from kernelpot import active  # noqa: E402,F401
+from kernelpot.screen import screen  # noqa: E402,F401
+from kernelpot.committee import Committee  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""Command line: ``kernelpot fit | predict | eval``.
+"""Command line: ``kernelpot fit | predict | eval | screen | audit``.
 
 Thin front end over the Python API: every command is a few calls to functions
 that notebooks use too.  Units on output: energies meV/atom, forces eV/Å,
@@ -104,6 +104,36 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_screen(args) -> int:
+    import kernelpot
+    frames = kernelpot.read(args.train)
+    kernelpot.validate(frames)
+    if args.model:
+        model = kernelpot.load(args.model)
+    else:
+        kw = {"verbose": not args.quiet}
+        if args.n_sparse is not None:
+            kw["n_sparse"] = args.n_sparse
+        model = kernelpot.SparseGP(**kw).fit(frames)
+    table = kernelpot.screen(model, frames, alpha=args.alpha, refit_rounds=args.refit_rounds)
+    print(table.to_string(top=args.top))
+    if args.plot:
+        fig, _ = table.plot()
+        fig.savefig(args.plot, dpi=120)
+        if not args.quiet:
+            print(f"influence plot written to {args.plot}")
+    return 0
+
+
+def _cmd_audit(args) -> int:
+    import kernelpot
+    frames = kernelpot.read(args.frames)
+    model = kernelpot.load(args.model) if args.model else None
+    report = kernelpot.audit(frames, model, threshold_meV=args.threshold)
+    print(report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kernelpot", description="Sparse GP interatomic potentials. " + UNITS_HELP)
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,6 +156,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("frames")
     _add_common(ev)
     ev.set_defaults(func=_cmd_eval)
+    sc = sub.add_parser("screen", help="rank training structures by how suspicious their labels are",
+                        description="Leave-one-out screen of a training set for mislabelled structures "
+                                    "(see kernelpot.screen). " + UNITS_HELP)
+    sc.add_argument("train", help="training structures")
+    sc.add_argument("--model", help="a fitted model file whose training set is TRAIN (default: fit one "
+                                    "with default settings)")
+    sc.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
+    sc.add_argument("--plot", help="write the leverage / z-score influence plot to this file")
+    sc.add_argument("--alpha", type=float, default=0.05,
+                    help="family-wise false-flag rate over the training set (default 0.05)")
+    sc.add_argument("--refit-rounds", type=int, default=0,
+                    help="refits without the flagged structures, against masking (default 0)")
+    sc.add_argument("--n-sparse", type=int, default=None, help="sparse environments per species (when fitting)")
+    _add_common(sc)
+    sc.set_defaults(func=_cmd_screen)
+    au = sub.add_parser("audit", help="check DFT settings consistency and per-group energy offsets",
+                        description="Groups frames by the DFT settings stored with them (functional, "
+                        "pseudopotentials, cutoff, k-point density in k-points per Å^-1, smearing) and, "
+                        "with --model, flags config_types whose energies are offset by a constant per atom "
+                        "(meV/atom) from the rest: the signature of mixed DFT settings. Drops nothing.")
+    au.add_argument("frames")
+    au.add_argument("--model", help="fitted model whose residuals are used for the offset test")
+    au.add_argument("--threshold", type=float, default=5.0, help="smallest offset to flag, meV/atom (default 5)")
+    _add_common(au)
+    au.set_defaults(func=_cmd_audit)
     return p
 
 

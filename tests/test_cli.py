@@ -73,3 +73,14 @@ def test_bad_model_file_message(tmp_path, capsys):
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="truncated or corrupted"):
         main(["eval", str(bad), str(DATA / "emt_cu_test.xyz")])
+
+
+def test_audit_reports_mixed_settings_and_offsets(fitted_model, tmp_path, capsys):
+    frames = kernelpot.read(DATA / "emt_cu_test.xyz")
+    for i, a in enumerate(frames):
+        a.info["encut"] = 520.0 if i % 2 else 400.0
+    path = tmp_path / "mixed.xyz"
+    kernelpot.write(path, frames)
+    assert main(["audit", str(path), "--model", str(fitted_model)]) == 0
+    out = capsys.readouterr().out
+    assert "encut" in out and "400" in out and "520" in out

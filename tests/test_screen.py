@@ -1,0 +1,248 @@
+"""Training-set screening: planted label errors are found, clean data are left alone."""
+
+import sys
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.units import GPa
+from scipy import stats
+
+import kernelpot
+from kernelpot import SparseGP, screen
+from kernelpot.screen import COLUMNS, ScreenTable, _loo_evidence, _table, robust_scale
+from kernelpot.uq import TrainingDiagnostics
+from conftest import emt_frames
+
+NOISE = {"energy": 0.002, "forces": 0.05, "stress": 0.001}
+# frame -> (corruption, the test that should catch it)
+PLANTED = {3: "energy", 7: "forces", 11: "stress"}
+
+
+def _relabel(atoms, **kw):
+    lab = dict(atoms.calc.results)
+    lab.update(kw)
+    b = atoms.copy()
+    b.calc = SinglePointCalculator(b, energy=lab["energy"], forces=lab["forces"], stress=lab["stress"])
+    return b
+
+
+def _corrupt(frames):
+    out = list(frames)
+    a = frames[3]
+    out[3] = _relabel(a, energy=a.calc.results["energy"] + 0.1 * len(a))       # +0.1 eV/atom
+    f = frames[7].calc.results["forces"].copy()
+    j = int(np.argmax(np.linalg.norm(f, axis=1)))
+    f[j] *= -1.0                                                               # sign error, largest force
+    out[7] = _relabel(frames[7], forces=f)
+    out[11] = _relabel(frames[11], stress=10.0 * frames[11].calc.results["stress"])  # kBar read as GPa
+    return out
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return emt_frames(40, size=(1, 1, 2), seed=3, noise=NOISE)
+
+
+@pytest.fixture(scope="module")
+def dirty(clean):
+    return _corrupt(clean)
+
+
+@pytest.fixture(scope="module")
+def clean_model(clean, small_soap):
+    return SparseGP(descriptor=small_soap, n_sparse=100).fit(clean)
+
+
+@pytest.fixture(scope="module")
+def dirty_model(dirty, small_soap):
+    return SparseGP(descriptor=small_soap, n_sparse=100).fit(dirty)
+
+
+@pytest.fixture(scope="module")
+def dirty_table(dirty_model):
+    return screen(dirty_model)
+
+
+def test_planted_errors_rank_top_and_are_flagged(dirty_table, dirty):
+    t = dirty_table
+    top = set(t["index"][:4].tolist())
+    assert set(PLANTED) <= top
+    assert set(PLANTED) <= set(t.flagged.tolist())
+    # each is caught by the test for its kind of error
+    for i, kind in PLANTED.items():
+        row = int(np.flatnonzero(t["index"] == i)[0])
+        assert t["worst"][row] == kind
+    # the residual columns carry the planted errors in display units
+    row = {i: int(np.flatnonzero(t["index"] == i)[0]) for i in PLANTED}
+    assert t["energy_residual"][row[3]] == pytest.approx(100.0, abs=15.0)  # meV/atom
+    f = dirty[7].calc.results["forces"]
+    flipped = 2 * np.linalg.norm(f, axis=1).max()
+    assert t["forces_rms"][row[7]] == pytest.approx(flipped / np.sqrt(f.size), rel=0.3)
+    s = dirty[11].calc.results["stress"]
+    assert t["stress_rms"][row[11]] == pytest.approx(0.9 * np.sqrt(np.mean(s ** 2)) / GPa, rel=0.3)
+    # and most of the clean data is not flagged
+    assert len(set(t.flagged.tolist()) - set(PLANTED)) <= 3
+
+
+def test_refit_round_leaves_exactly_the_planted_errors(dirty_model):
+    t = screen(dirty_model, refit_rounds=2)
+    assert t.rounds >= 1
+    assert set(t.flagged.tolist()) == set(PLANTED)
+    assert set(t["index"][:3].tolist()) == set(PLANTED)
+    held = set(t["index"][t["held_out"]].tolist())
+    assert set(PLANTED) <= held
+    # the refitted model no longer has the inflated force noise
+    assert t.model.noise_["forces"] < 0.5 * dirty_model.noise_["forces"]
+    assert t.model is not dirty_model and len(t.model._train_frames) == 40 - len(held)
+
+
+def test_clean_data_flags_none_or_almost_none(clean_model):
+    t = screen(clean_model)
+    assert len(t.flagged) <= 1
+    assert not t["held_out"].any() and t.rounds == 0
+
+
+def test_table_sorted_and_p_values_follow_the_documented_rule(dirty_table, dirty):
+    t = dirty_table
+    n = len(dirty)
+    assert sorted(t["index"].tolist()) == list(range(n))
+    assert np.all(np.diff(t["score"]) <= 0)
+    np.testing.assert_allclose(t["score"], -np.log10(t["p_value"]), rtol=1e-9, atol=1e-12,
+                               equal_nan=False) if np.all(t["p_value"] > 0) else None
+    np.testing.assert_array_equal(t["flag"], t["p_value"] < 0.05 / n)
+    assert t.threshold == pytest.approx(0.05 / n)
+    # recompute the combined p-value of the clean rows from the printed columns
+    sc = t.scales
+
+    def sf(x, kind):
+        nu = sc[f"{kind}_dof"]
+        return stats.norm.sf(x) if np.isinf(nu) else stats.t.sf(x, nu)
+
+    for r in np.flatnonzero(~np.isin(t["index"], list(PLANTED))):
+        n_comp = 3 * t["n_atoms"][r]
+        dof = n_comp + 7
+        w = ((t["chi2_dof"][r]) ** (1 / 3) - (1 - 2 / (9 * dof))) / np.sqrt(2 / (9 * dof))
+        ps = [2 * sf(abs(t["energy_z"][r]), "energy"),
+              min(1.0, n_comp * 2 * sf(t["forces_max_z"][r], "forces")),
+              min(1.0, 6 * 2 * sf(t["stress_max_z"][r], "stress")),
+              sf((w - sc["chi2_location"]) / sc["chi2_scale"], "chi2")]
+        assert t["p_value"][r] == pytest.approx(min(1.0, 4 * min(ps)), rel=1e-6, abs=1e-300)
+    # n_atoms, config_type and leverage (trace of the structure's hat block) per row
+    assert set(t["config_type"]) == {"rattle"}
+    assert np.all(t["n_atoms"] == 8)
+    d = t.diagnostics
+    for r in range(3):
+        g = t["index"][r]
+        assert t["leverage"][r] == pytest.approx(d.leverage[d.frame == g].sum(), rel=1e-12)
+
+
+def _fake_diagnostics(rng, n_frames, n_atoms=8, z_scale=1.0):
+    """LOO diagnostics of a model whose structure-LOO z-scores are i.i.d. N(0, z_scale^2)."""
+    kind, frame, z = [], [], []
+    m = 1 + 3 * n_atoms + 6
+    for g in range(n_frames):
+        kind += ["energy"] + ["forces"] * (3 * n_atoms) + ["stress"] * 6
+        frame.append(np.full(m, g))
+        z.append(z_scale * rng.standard_normal(m))
+    z = np.concatenate(z)
+    frame = np.concatenate(frame)
+    chi2 = np.bincount(frame, weights=z ** 2)
+    nan = np.full(z.size, np.nan)
+    return TrainingDiagnostics(kind=np.array(kind), frame=frame, atom=nan, component=nan, residual=nan,
+                               leverage=nan, sigma=nan, loo_residual_obs=nan, z_obs=nan,
+                               loo_residual=0.01 * z, loo_std=np.full(z.size, 0.01), z=z,
+                               loo_std_predictive=np.full(z.size, 0.01), z_predictive=z, frame_chi2=chi2,
+                               frame_dof=np.full(n_frames, m), frame_leverage=np.full(n_frames, 0.5))
+
+
+@pytest.mark.parametrize("z_scale", [1.0, 3.0])
+def test_false_flag_rate_is_bonferroni_controlled(z_scale):
+    """On data that follow the model (up to a global over-confidence), any flag is rare."""
+    rng = np.random.default_rng(0)
+    frames = [Atoms("Cu8")] * 30
+    n_sets, any_flag = 300, 0
+    for _ in range(n_sets):
+        d = _fake_diagnostics(rng, 30, z_scale=z_scale)
+        t = _table(_loo_evidence(d, np.arange(30)), frames, 0.05, robust=True)
+        any_flag += len(t.flagged) > 0
+    # family-wise rate at most alpha = 0.05 (binomial sd at 300 sets: 0.013)
+    assert any_flag / n_sets < 0.08
+
+
+def test_global_overconfidence_needs_the_robust_scale():
+    rng = np.random.default_rng(1)
+    frames = [Atoms("Cu8")] * 30
+    d = _fake_diagnostics(rng, 30, z_scale=3.0)
+    assert len(_table(_loo_evidence(d, np.arange(30)), frames, 0.05, robust=False).flagged) > 10
+    t = _table(_loo_evidence(d, np.arange(30)), frames, 0.05, robust=True)
+    assert t.scales["forces_scale"] == pytest.approx(3.0, rel=0.1)
+    assert t.scales["energy_dof"] == pytest.approx(0.3675 * 30)
+    # a real error still stands out after the rescaling: a 10-sigma (in model units) energy
+    d.z_predictive[(d.kind == "energy") & (d.frame == 5)] = 30.0
+    t = _table(_loo_evidence(d, np.arange(30)), frames, 0.05, robust=True)
+    assert t["index"][0] == 5 and 5 in t.flagged and t["worst"][0] == "energy"
+
+
+def test_robust_scale():
+    rng = np.random.default_rng(2)
+    z = rng.normal(scale=2.0, size=4000)
+    z[:200] = 1e3  # 5 % gross outliers do not move it
+    assert robust_scale(z) == pytest.approx(2.0, rel=0.08)
+    assert robust_scale([1.0]) == 1.0 and robust_scale([2.0, 2.0, 2.0]) == 1.0
+
+
+def test_pandas_and_plain_columns(dirty_table, monkeypatch):
+    t = dirty_table
+    df = t.to_pandas()
+    assert list(df.columns) == list(COLUMNS)
+    assert len(df) == len(t) == 40
+    np.testing.assert_array_equal(df["index"].to_numpy(), t["index"])
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match="pandas"):
+        t.to_pandas()
+    assert isinstance(t.columns, dict) and all(isinstance(v, np.ndarray) for v in t.columns.values())
+    assert all(len(v) == 40 for v in t.columns.values())
+    text = str(t)
+    lines = text.splitlines()
+    assert lines[0].split()[0] == "index" and len(lines) == 2 + 20 + 1
+    assert lines[2].split()[0] == str(t["index"][0])
+    assert "flagged" in lines[-1]
+    assert len(t.to_string(top=None).splitlines()) == 2 + 40 + 1
+
+
+def test_plot_labels_flagged(dirty_table):
+    fig, ax = dirty_table.plot()
+    assert len(ax.texts) == len(dirty_table.flagged)
+    assert {tx.get_text().split()[0] for tx in ax.texts} == {str(i) for i in dirty_table.flagged}
+
+
+def test_loaded_model_needs_frames_and_cli(dirty_model, dirty, tmp_path, capsys):
+    path = tmp_path / "m.npz"
+    dirty_model.save(path)
+    model = kernelpot.load(path)
+    with pytest.raises(ValueError, match="pass them"):
+        screen(model)
+    t = screen(model, dirty)
+    np.testing.assert_allclose(np.sort(t["score"]), np.sort(screen(dirty_model)["score"]), rtol=1e-6)
+    train = tmp_path / "train.xyz"
+    kernelpot.write(train, dirty)
+    png = tmp_path / "influence.png"
+    from kernelpot.cli import main
+    assert main(["screen", str(train), "--model", str(path), "--top", "5", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[0] == "index"
+    assert {int(line.split()[0]) for line in out[2:5]} <= set(PLANTED) | {5, 39}
+    assert any("flagged" in line for line in out)
+    assert png.stat().st_size > 1000
+
+
+def test_bad_arguments(dirty_model, dirty):
+    with pytest.raises(ValueError, match="alpha"):
+        screen(dirty_model, alpha=0.0)
+    with pytest.raises(ValueError, match="refit_rounds"):
+        screen(dirty_model, refit_rounds=-1)
+    with pytest.raises(ValueError, match="training order"):
+        screen(dirty_model, dirty[:10])
+    assert isinstance(screen.__doc__, str) and isinstance(ScreenTable.__doc__, str)
