@@ -23,17 +23,11 @@ from ase import Atoms, units
 from ase.eos import EquationOfState
 from ase.md.velocitydistribution import Stationary
 
-try:
-    from ase.md.velocitydistribution import thermalize_momenta as _thermalize
-except ImportError:  # ASE < 3.29
-
-    def _thermalize(atoms, temperature_K, rng=None):
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 from ase.phonons import Phonons
+
+from kernelpot.sampling import _thermalize  # one ASE-version shim for thermalising momenta
 
 __all__ = [
     "CubicConstants",
