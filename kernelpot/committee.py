@@ -116,6 +116,8 @@ class Committee(BaseEstimator):
         members, used = [], []
         for m in range(self.n_members):
             est = clone(template)
+            if "calibrate" in est.get_params():
+                est.set_params(calibrate=False)  # members' own sigma are not used: the spread is
             if self.method == "bootstrap":
                 idx = np.concatenate([refs, rng.choice(pool, size=len(pool), replace=True)])
             elif self.method == "subsample":

@@ -51,7 +51,7 @@ def save_model(model, path) -> None:
             "mean_": {str(k): v for k, v in model.mean_.items()},
             "species_": [int(z) for z in model.species_],
             "log_marginal_likelihood_": model.log_marginal_likelihood_,
-            "std_scale_": getattr(model, "std_scale_", {}),
+            "std_weights_": {k: list(v) for k, v in getattr(model, "std_weights_", {}).items()},
         },
     }
     arrays = {k: getattr(model, k) for k in _ARRAYS}
@@ -132,8 +132,10 @@ def load_model(path):
     model._offset = {z: model.e0_[z] + model.mean_[z] for z in model.e0_}
     model.species_ = np.array(fit["species_"], dtype=int)
     model.log_marginal_likelihood_ = float(fit["log_marginal_likelihood_"])
-    if fit.get("std_scale_"):
-        model.std_scale_ = {k: float(v) for k, v in fit["std_scale_"].items()}
+    if fit.get("std_weights_"):
+        model.std_weights_ = {k: (float(v[0]), float(v[1])) for k, v in fit["std_weights_"].items()}
+    elif fit.get("std_scale_"):  # files written by 0.1.0 before the two-weight recalibration: one scale
+        model.std_weights_ = {k: (float(v) ** 2, float(v) ** 2) for k, v in fit["std_scale_"].items()}
     for k in _ARRAYS:
         setattr(model, k, data[k])
     model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"])

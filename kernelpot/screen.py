@@ -292,7 +292,7 @@ class ScreenTable:
 
 
 def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
-           refit_rounds: int = 0) -> ScreenTable:
+           refit_rounds: int = 1) -> ScreenTable:
     """Rank the training structures of a fitted model by how suspicious their labels are.
 
     Parameters
@@ -311,9 +311,15 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         Robust calibration of the z-scores and the chi-square (see the module
         docstring).  With ``False`` the model's own uncertainties are taken at
         face value.
-    refit_rounds : int, default 0
+    refit_rounds : int, default 1
         At most this many refits without the flagged structures, against
-        masking (see the module docstring).  Each costs about one fit.
+        masking (see the module docstring).  Each costs about one fit plus
+        one leave-one-out pass; none is done when nothing is flagged.  The
+        default of one round is what finds energy-reference shifts of
+        10-30 meV/atom hidden by a few gross energy errors (mlearn Si and Li
+        with 5 % corrupted: ROC AUC 0.887 / 0.955 in a single pass, 0.961 /
+        1.0 with one round; ``benchmarks/outliers.py``); ``0`` is a single
+        pass in about half the time.
 
     Returns
     -------
@@ -342,7 +348,10 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
             raise ValueError(f"frames has {len(frames)} structures but the model was fitted on "
                              f"{len(known)}; pass the training frames in training order")
     n = len(frames)
-    diag = leave_one_out(model, frames)
+    diag = getattr(model, "training_diagnostics_", None)
+    known = getattr(model, "_train_frames", None)
+    if diag is None or known is None or any(a is not b for a, b in zip(frames, known)):
+        diag = leave_one_out(model, frames)
     ev = _loo_evidence(diag, np.arange(n))
     table = _table(ev, frames, alpha, robust)
     table.diagnostics, table.model = diag, model
@@ -355,7 +364,8 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         removed = flag
         keep = np.flatnonzero(~removed)
         refit = clone(model).fit([frames[i] for i in keep])
-        ev = _merge(_loo_evidence(leave_one_out(refit), keep),
+        rdiag = getattr(refit, "training_diagnostics_", None)
+        ev = _merge(_loo_evidence(leave_one_out(refit) if rdiag is None else rdiag, keep),
                     _heldout_evidence(refit, frames, np.flatnonzero(removed), diag.frame_leverage), n)
         table = _table(ev, frames, alpha, robust)
         table.diagnostics, table.model, table.rounds = diag, refit, r + 1

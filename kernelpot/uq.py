@@ -30,7 +30,7 @@ import scipy.linalg as sla
 from kernelpot.gp.labels import frame_labels
 from kernelpot.gp.likelihood import whiten
 
-__all__ = ["TrainingDiagnostics", "leave_one_out", "recalibration_scales", "recalibrate"]
+__all__ = ["TrainingDiagnostics", "leave_one_out", "recalibration_weights", "recalibrate"]
 
 
 @dataclass
@@ -168,28 +168,75 @@ def leave_one_out(model, frames=None) -> TrainingDiagnostics:
                                frame_leverage=np.array(flev))
 
 
-def recalibration_scales(diag: TrainingDiagnostics) -> dict:
-    """Scale for each kind's total sigma so the training LOO z-scores have unit variance.
+def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20) -> dict:
+    """Weights of the aleatoric and epistemic variance of each kind, from training LOO.
 
-    Uses the structure-LOO z-scores with the predictive variance (the honest
-    out-of-sample proxy: a frame's own labels never inform its prediction, and
-    its sigma is computed the way :meth:`SparseGP.predict` computes it).
+    The recalibrated predictive variance of an observation of kind ``k`` is
+
+        sigma^2 = w_a,k * sigma_noise^2 + w_e,k * var_epistemic
+
+    with ``var_epistemic`` the latent-GP posterior variance (sparse posterior
+    plus Nystrom residual, so it still grows to the prior far from the data).
+    ``(w_a, w_e)`` maximise the Gaussian log-likelihood of the structure-LOO
+    residuals of the training set under that variance (the same split of the
+    LOO predictive variance: noise ``sigma^2``, DTC posterior
+    ``loo_std^2 - sigma^2``, Nystrom residual ``loo_std_predictive^2 -
+    loo_std^2``).  One scale cannot do this: the learned force noise also
+    absorbs model error, and how much of the misfit is noise and how much
+    depends on the structure is exactly what the LOO residuals tell.
+
+    Observations whose epistemic variance is zero to round-off (components
+    fixed by symmetry, e.g. the forces in a perfect strained crystal: zero
+    error in every model) carry no information on calibration and are left
+    out.  With fewer than ``min_obs`` informative observations of a kind the
+    two weights are tied to one scale, ``w_a = w_e = mean(z^2)``.
 
     Returns
     -------
-    dict {kind: scale}
+    dict {kind: (w_aleatoric, w_epistemic)}
     """
-    from kernelpot.metrics import recalibration_scale
-    return {k: float(recalibration_scale(diag.z_predictive[diag.kind == k])) for k in np.unique(diag.kind)}
+    import scipy.optimize as so
+    out = {}
+    for k in np.unique(diag.kind):
+        sel = diag.kind == k
+        r = diag.loo_residual[sel]
+        noise = diag.sigma[sel] ** 2
+        epi = np.maximum(diag.loo_std_predictive[sel] ** 2 - noise, 0.0)
+        ok = np.isfinite(r) & (epi > 1e-6 * epi.max(initial=0.0))
+        r, noise, epi = r[ok], noise[ok], epi[ok]
+        if r.size == 0:
+            continue
+        s2 = float(np.mean(r ** 2 / (noise + epi)))
+        if r.size < min_obs or not np.any(noise > 0):
+            out[str(k)] = (s2, s2)
+            continue
+        parts = np.stack([noise, epi])
+
+        def nll(lw):
+            w = np.exp(lw)
+            v = w @ parts
+            q = r ** 2 / v
+            f = 0.5 * np.mean(np.log(v) + q)
+            g = 0.5 * np.mean(parts * w[:, None] * (1.0 - q) / v, axis=1)
+            return f, g
+
+        x0 = np.full(2, np.log(s2))
+        res = so.minimize(nll, x0, jac=True, method="L-BFGS-B", bounds=[(np.log(1e-6), np.log(1e6))] * 2)
+        w = np.exp(res.x) if res.fun <= nll(x0)[0] else np.exp(x0)
+        out[str(k)] = (float(w[0]), float(w[1]))
+    return out
 
 
 def recalibrate(model, diag: TrainingDiagnostics | None = None) -> dict:
-    """Set ``model.std_scale_`` from training LOO z-scores; returns the scales.
+    """Set ``model.std_weights_`` from training LOO residuals; returns the weights.
 
-    After this, the total ``*_std`` of every prediction is multiplied by its
-    kind's scale (epistemic-only stds are left as they are).
+    After this, every predicted variance of kind ``k`` is
+    ``w_a * noise^2 + w_e * epistemic variance`` with the weights of
+    :func:`recalibration_weights`: ``*_std_epistemic`` is the epistemic part
+    ``sqrt(w_e) * (raw epistemic std)`` and ``*_std`` the total.
+    No test data are used.  ``model.std_weights_ = {}`` undoes it.
     """
     diag = leave_one_out(model) if diag is None else diag
-    scales = recalibration_scales(diag)
-    model.std_scale_ = scales
-    return scales
+    weights = recalibration_weights(diag)
+    model.std_weights_ = weights
+    return weights

@@ -13,7 +13,8 @@ from kernelpot.active import ActiveLearner, random_selection_baseline, run_activ
 
 # Fixed hyperparameters keep every fit and update free of likelihood optimisation (fast);
 # delta sets the prior force scale so that 1200 K configurations are clearly uncertain.
-FIXED = dict(delta=3.0, sigma_energy=1e-3, sigma_force=0.01, sigma_stress=1e-3)
+# fixed hyperparameters and raw GP variances: the thresholds below are in units of the raw epistemic std
+FIXED = dict(delta=3.0, sigma_energy=1e-3, sigma_force=0.01, sigma_stress=1e-3, calibrate=False)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,14 @@ import pytest
 
 from kernelpot import SparseGP, uq
 from kernelpot.gp.labels import frame_labels
+from kernelpot.modelfile import load_model
 from conftest import emt_frames
 
 
 @pytest.fixture(scope="module")
 def fitted(small_soap):
     frames = emt_frames(8, symbols=("Cu", "Au"), size=(1, 1, 2), seed=11, noise={"forces": 0.02})
-    model = SparseGP(descriptor=small_soap, n_sparse=40).fit(frames)
+    model = SparseGP(descriptor=small_soap, n_sparse=40, calibrate=False).fit(frames)  # raw GP variances
     return model, frames
 
 
@@ -61,17 +62,62 @@ def test_leverage_properties(fitted):
     assert np.all(d.loo_std >= d.sigma - 1e-15)
 
 
-def test_recalibration_scale_makes_loo_z_unit(fitted):
+def _synthetic_diag(w_a, w_e, n=4000, seed=0):
+    """LOO diagnostics whose residuals follow N(0, w_a noise^2 + w_e epistemic), heteroscedastic parts."""
+    rng = np.random.default_rng(seed)
+    sigma = np.full(n, 0.1)
+    epi = 0.2 * rng.lognormal(sigma=1.0, size=n) ** 2      # raw epistemic variance, from 0.003 to 3
+    loo_std = np.sqrt(sigma ** 2 + 0.3 * epi)              # split between DTC posterior and Nystrom
+    loo_pred = np.sqrt(sigma ** 2 + epi)
+    r = rng.normal(size=n) * np.sqrt(w_a * sigma ** 2 + w_e * epi)
+    # components fixed by symmetry: zero epistemic variance and zero residual; must be ignored
+    sigma, loo_std, loo_pred, r = (np.r_[x, v] for x, v in
+                                   zip((sigma, loo_std, loo_pred, r), (np.full(500, 0.1),) * 3 + (np.zeros(500),)))
+    z = np.zeros(r.size)
+    i = np.full(r.size, -1)
+    return uq.TrainingDiagnostics(kind=np.array(["forces"] * r.size), frame=i, atom=i, component=i, residual=r,
+                                  leverage=z, sigma=sigma, loo_residual_obs=r, z_obs=z, loo_residual=r,
+                                  loo_std=loo_std, z=z, loo_std_predictive=loo_pred, z_predictive=r / loo_pred,
+                                  frame_chi2=z, frame_dof=z, frame_leverage=z)
+
+
+@pytest.mark.parametrize("w_a, w_e", [(0.05, 0.3), (2.0, 0.5), (1.0, 1.0)])
+def test_recalibration_weights_recover_known_split(w_a, w_e):
+    w = uq.recalibration_weights(_synthetic_diag(w_a, w_e))["forces"]
+    assert w[0] == pytest.approx(w_a, rel=0.15)
+    assert w[1] == pytest.approx(w_e, rel=0.1)
+
+
+def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     model, _ = fitted
     m = copy.deepcopy(model)
-    scales = uq.recalibrate(m)
-    d = uq.leave_one_out(m)
-    for k, s in scales.items():
-        assert np.sqrt(np.mean(d.z_predictive[d.kind == k] ** 2)) == pytest.approx(s, rel=1e-12)
+    weights = uq.recalibrate(m)
+    assert set(weights) == {"energy", "forces", "stress"}
+    assert all(np.all(np.isfinite(v)) and min(v) > 0 for v in weights.values())
+    # the weights are the maximum of the training LOO likelihood: no nearby pair does better
+    d = uq.leave_one_out(model)
+    sel = d.kind == "forces"
+    r, s2 = d.loo_residual[sel], d.sigma[sel] ** 2
+    epi = d.loo_std_predictive[sel] ** 2 - s2
+    ok = epi > 1e-6 * epi.max()
+
+    def nll(wa, we):
+        v = wa * s2[ok] + we * epi[ok]
+        return np.mean(np.log(v) + r[ok] ** 2 / v)
+
+    wa, we = weights["forces"]
+    for fa, fe in [(1.2, 1), (1 / 1.2, 1), (1, 1.2), (1, 1 / 1.2)]:
+        assert nll(wa, we) < nll(fa * wa, fe * we)
     a = emt_frames(1, symbols=("Cu", "Au"), size=(1, 1, 2), seed=99)[0]
     r0, r1 = model.predict_frame(a), m.predict_frame(a)
-    np.testing.assert_allclose(r1["forces_std"], scales["forces"] * r0["forces_std"], rtol=1e-12)
-    np.testing.assert_allclose(r1["forces_std_epistemic"], r0["forces_std_epistemic"], rtol=1e-12)
+    noise2 = r0["forces_std"] ** 2 - r0["forces_std_epistemic"] ** 2
+    np.testing.assert_allclose(r1["forces_std_epistemic"], np.sqrt(we) * r0["forces_std_epistemic"], rtol=1e-12)
+    np.testing.assert_allclose(r1["forces_std"] ** 2, wa * noise2 + we * r0["forces_std_epistemic"] ** 2,
+                               rtol=1e-10)
+    np.testing.assert_allclose(r1["forces"], r0["forces"], rtol=0, atol=0)
+    m.save(tmp_path / "m.npz")
+    r2 = load_model(tmp_path / "m.npz").predict_frame(a)
+    np.testing.assert_allclose(r2["forces_std"], r1["forces_std"], rtol=1e-12)
 
 
 def test_predictive_loo_std_matches_refit_prediction_std(fitted):
