@@ -387,7 +387,8 @@ def _heldout_evidence(model, frames, ids: np.ndarray, leverage: np.ndarray) -> d
     for g in ids:
         a = frames[g]
         lab = frame_labels(a, int(g))
-        p = model.predict_frame(a, return_std=True, forces="forces" in lab and use["forces"])
+        # raw GP stds, like the leave-one-out z-scores of the kept structures
+        p = model.predict_frame(a, return_std=True, forces="forces" in lab and use["forces"], calibrated=False)
         k_r, k_z = [], []
         n = len(a)
         for kind in _KINDS:

@@ -115,6 +115,9 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     np.testing.assert_allclose(r1["forces_std"] ** 2, wa * noise2 + we * r0["forces_std_epistemic"] ** 2,
                                rtol=1e-10)
     np.testing.assert_allclose(r1["forces"], r0["forces"], rtol=0, atol=0)
+    raw = m.predict_frame(a, calibrated=False)
+    for k in ("energy_std", "forces_std", "stress_std", "forces_std_epistemic"):
+        np.testing.assert_allclose(raw[k], r0[k], rtol=1e-12)
     m.save(tmp_path / "m.npz")
     r2 = load_model(tmp_path / "m.npz").predict_frame(a)
     np.testing.assert_allclose(r2["forces_std"], r1["forces_std"], rtol=1e-12)

@@ -540,7 +540,7 @@ class SparseGP(BaseEstimator):
         vals = [v for k, v in self.noise_.items() if k.split(":")[0] == kind]
         return float(np.sqrt(np.mean(np.square(vals)))) if vals else 0.0
 
-    def predict_frame(self, atoms, return_std=True, forces=True, stress=None, alpha=None):
+    def predict_frame(self, atoms, return_std=True, forces=True, stress=None, alpha=None, calibrated=True):
         """Predictions and uncertainties for one structure.
 
         Returns
@@ -551,7 +551,7 @@ class SparseGP(BaseEstimator):
             ``energy_std``, ``forces_std``, ``stress_std`` (total) and
             ``*_std_epistemic`` (posterior of the latent GP only), both with the
             weights of :func:`kernelpot.uq.recalibrate` when it was run
-            (``std_weights_``).
+            (``std_weights_``) unless ``calibrated=False`` (raw GP variances).
             ``energies`` includes e0 and mean offsets; a baseline's energy is
             shared equally among atoms.  ``alpha`` replaces the posterior-mean
             weights (used for posterior samples).
@@ -588,7 +588,7 @@ class SparseGP(BaseEstimator):
             var = d2 * (prior - np.sum(v1 ** 2, axis=0) + np.sum(v2 ** 2, axis=0))
             return np.maximum(var, 0.0)
 
-        cal = getattr(self, "std_weights_", {})
+        cal = getattr(self, "std_weights_", {}) if calibrated else {}
 
         def stds(kind, var_epi, noise):
             wa, we = cal.get(kind, (1.0, 1.0))
