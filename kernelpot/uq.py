@@ -18,6 +18,10 @@ Everything is computed in the whitened basis of :mod:`kernelpot.gp.likelihood`
 (``S = Lambda^-1/2 H Lambda^1/2`` is symmetric there), one structure at a time,
 in O(N M^2) time and O(M^2 + n_G M) memory.  ``H_ii`` is the leverage of an
 observation: how much its own label decides its fitted value.
+
+Recalibration (:func:`recalibrate`, run by ``SparseGP.fit`` unless
+``calibrate=False``) weights the aleatoric and the epistemic variance of each
+kind so that the structure-LOO residuals are best predicted.
 """
 
 from __future__ import annotations
