@@ -211,6 +211,8 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20) -> dict:
         if r.size == 0:
             continue
         s2 = float(np.mean(r ** 2 / (noise + epi)))
+        if not (np.isfinite(s2) and s2 > 0):  # residuals all zero: nothing to calibrate against
+            continue
         if r.size < min_obs or not np.any(noise > 0):
             out[str(k)] = (s2, s2)
             continue

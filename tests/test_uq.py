@@ -88,6 +88,18 @@ def test_recalibration_weights_recover_known_split(w_a, w_e):
     assert w[1] == pytest.approx(w_e, rel=0.1)
 
 
+def test_recalibration_weights_edge_cases():
+    # too few informative observations: one scale, sqrt(mean z^2), for both parts
+    d = _synthetic_diag(0.05, 0.3, n=10)
+    wa, we = uq.recalibration_weights(d)["forces"]
+    ok = d.loo_std_predictive > d.sigma * (1 + 1e-12)
+    assert wa == we == pytest.approx(np.mean(d.z_predictive[ok] ** 2))
+    # all residuals zero: nothing to calibrate against, the kind is left raw
+    d = _synthetic_diag(1.0, 1.0)
+    d.loo_residual[:] = 0.0
+    assert uq.recalibration_weights(d) == {}
+
+
 def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     model, _ = fitted
     m = copy.deepcopy(model)
