@@ -56,6 +56,7 @@ from ase.units import fs, kB
 import kernelpot
 from kernelpot import SOAP, SparseGP
 from kernelpot.baselines import ZBL
+from kernelpot.neighbors import smallest_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "mlearn" / "Si" / "training.json"
@@ -74,13 +75,6 @@ SETTINGS = {
               "md_steps": 300, "md_runs": ((3500.0, 1.0), (5000.0, EXPANDED))},
 }
 R_SCAN = np.round(np.arange(3.0, 0.499, -0.02), 6)  # Å, decreasing
-
-
-def smallest_distance(frames) -> float:
-    """Smallest interatomic distance over ``frames`` (Å), periodic images included."""
-    from ase.neighborlist import neighbor_list
-
-    return min(float(neighbor_list("d", a, 4.0).min()) for a in frames if len(a) > 1)
 
 
 def dimer(r: float) -> Atoms:

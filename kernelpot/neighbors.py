@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-__all__ = ["NeighborList", "neighbor_list"]
+__all__ = ["NeighborList", "neighbor_list", "smallest_distance"]
 
 
 @dataclass(frozen=True)
@@ -293,3 +293,25 @@ def neighbor_list(atoms, cutoff: float) -> NeighborList:
         image_shift, wrap, float(cutoff), cap,
     )
     return NeighborList(offsets, nbr, vec, sh, float(cutoff))
+
+
+def smallest_distance(frames, cutoff: float = 4.0) -> float:
+    """Smallest interatomic distance over ``frames`` (Å), periodic images included.
+
+    Pairs farther apart than ``cutoff`` are not looked at; ``inf`` when no
+    frame has a pair within it (isolated atoms, dilute gases).
+
+    Examples
+    --------
+    >>> from ase import Atoms
+    >>> smallest_distance([Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])])
+    0.74
+    """
+    d = np.inf
+    for a in frames:
+        if len(a) == 0:
+            continue
+        nl = neighbor_list(a, cutoff)
+        if len(nl.vectors):
+            d = min(d, float(np.sqrt(np.min(np.sum(nl.vectors ** 2, axis=1)))))
+    return d

@@ -109,3 +109,30 @@ def test_periodic_images_of_the_same_atom_interact():
 def test_invalid_settings_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ZBL(**kwargs).compute(bulk("Si"))
+
+
+def test_from_frames_switches_off_just_beyond_the_closest_training_pair():
+    from kernelpot.neighbors import smallest_distance
+    rng = np.random.default_rng(4)
+    frames = []
+    for k in range(3):
+        a = bulk("Si", "diamond", a=5.43, cubic=True)
+        a.positions += rng.normal(scale=0.1, size=a.positions.shape)
+        frames.append(a)
+    # brute force over the 27 nearest images (the cell is larger than any distance checked)
+    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]) @ frames[0].cell
+    brute = min(np.linalg.norm(a.positions[None, :, None] + shifts[None, None] - a.positions[:, None, None],
+                               axis=-1)[~np.eye(len(a), dtype=bool)].min() for a in frames)
+    assert smallest_distance(frames) == pytest.approx(brute, rel=1e-12)
+    zbl = ZBL.from_frames(frames, margin=0.25)
+    assert zbl.r_outer == pytest.approx(brute + 0.25, rel=1e-12)
+    assert zbl.switch_radii(14, 14) == pytest.approx((zbl.r_outer / 2, zbl.r_outer))
+    # the prior acts on the closest training pair and on nothing beyond r_outer
+    d = Atoms("Si2", positions=[[0, 0, 0], [0, 0, brute]])
+    assert zbl.compute(d)[0] > 0
+    d.positions[1, 2] = zbl.r_outer + 1e-6
+    assert zbl.compute(d)[0] == 0.0
+    with pytest.raises(ValueError, match="no two atoms within 4"):
+        ZBL.from_frames([Atoms("Si")])
+    with pytest.raises(ValueError, match="margin"):
+        ZBL.from_frames(frames, margin=-1.0)

@@ -99,6 +99,37 @@ class ZBL(BaseEstimator):
         self.r_inner = r_inner
         self.r_outer = r_outer
 
+    @classmethod
+    def from_frames(cls, frames, margin: float = 0.3) -> "ZBL":
+        """ZBL switched off ``margin`` Å beyond the closest pair in the training data.
+
+        The default switch-off (``0.6 (R_a + R_b)``, 1.33 Å for Si) can lie well
+        below the shortest distance in a training set (1.83 Å in mlearn Si), and
+        in that gap neither the prior nor the data say anything: the fitted model
+        can turn over there (measured in ``benchmarks/repulsion.py``).  With
+        ``r_outer = d_min + margin`` (``r_inner = r_outer / 2``) the prior acts
+        up to the data; the GP fits the rest of the labels around it.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+            The training structures.
+        margin : float, default 0.3
+            Å beyond the smallest interatomic distance ``d_min`` of ``frames``.
+
+        Raises
+        ------
+        ValueError
+            When no frame has two atoms within 4 Å of each other.
+        """
+        from kernelpot.neighbors import smallest_distance
+        d_min = smallest_distance(frames)
+        if not np.isfinite(d_min):
+            raise ValueError("ZBL.from_frames: no two atoms within 4 Å in any frame; set r_outer explicitly")
+        if not (isinstance(margin, Real) and margin >= 0):
+            raise ValueError(f"ZBL.from_frames: margin must be a non-negative number of Å, got {margin!r}")
+        return cls(r_outer=d_min + float(margin))
+
     def _check_params(self) -> None:
         for name in ("r_inner", "r_outer"):
             value = getattr(self, name)
