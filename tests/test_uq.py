@@ -81,11 +81,23 @@ def _synthetic_diag(w_a, w_e, n=4000, seed=0):
                                   frame_chi2=z, frame_dof=z, frame_leverage=z)
 
 
-@pytest.mark.parametrize("w_a, w_e", [(0.05, 0.3), (2.0, 0.5), (1.0, 1.0)])
+@pytest.mark.parametrize("w_a, w_e", [(0.05, 0.3), (2.0, 3.0), (1.0, 1.0)])
 def test_recalibration_weights_recover_known_split(w_a, w_e):
     w = uq.recalibration_weights(_synthetic_diag(w_a, w_e))["forces"]
     assert w[0] == pytest.approx(w_a, rel=0.15)
     assert w[1] == pytest.approx(w_e, rel=0.1)
+
+
+def test_epistemic_weight_never_below_one_scale():
+    # the epistemic variance is over-estimated 20x: the free optimum would shrink it to 0.05,
+    # leaving sigma far from the data to the noise; the bound keeps it at the single scale
+    d = _synthetic_diag(2.0, 0.05)
+    epi = d.loo_std_predictive ** 2 - d.sigma ** 2
+    ok = epi > 1e-6 * epi.max()                 # the informative observations, as in the function
+    s2 = np.mean(d.z_predictive[ok] ** 2)
+    wa, we = uq.recalibration_weights(d)["forces"]
+    assert we == pytest.approx(s2, rel=1e-6)
+    assert wa > s2                      # the rest of the misfit goes to the noise
 
 
 def test_recalibration_weights_edge_cases():
