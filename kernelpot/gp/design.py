@@ -68,6 +68,17 @@ def _scatter_matrix(rows: np.ndarray, n_rows: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(n), (rows, np.arange(n))), shape=(n_rows, n))
 
 
+def _species_blocks(X: np.ndarray, Z: np.ndarray, sparse: SparseSet):
+    """Per species block of the sparse set that has atoms in the structure:
+    ``(Z, a, b, idx, S, D)`` with sparse rows ``a:b``, ``S = sparse.X[a:b]``, the
+    structure's atoms ``idx`` of that species and their dot products ``D = X[idx] S^T``."""
+    for z, a, b in sparse.blocks():
+        idx = np.flatnonzero(Z == z)
+        if len(idx):
+            S = sparse.X[a:b]
+            yield z, a, b, idx, S, X[idx] @ S.T
+
+
 def frame_design(feat, sparse: SparseSet, zeta: float, volume: float | None,
                  forces: bool = True, stress: bool = True) -> dict:
     """Reduced design rows of one structure.
@@ -101,12 +112,7 @@ def frame_design(feat, sparse: SparseSet, zeta: float, volume: float | None,
     s_rows = np.zeros((6, M)) if stress else None
     if forces:
         pc, pn, pg = feat.pair_center, feat.pair_neighbor, feat.pair_grad
-    for z, a, b in sparse.blocks():
-        idx = np.flatnonzero(Z == z)
-        if len(idx) == 0:
-            continue
-        S = sparse.X[a:b]
-        D = X[idx] @ S.T
+    for z, a, b, idx, S, D in _species_blocks(X, Z, sparse):
         local[idx, a:b] = _power(D, zeta)
         if not (forces or stress):
             continue
@@ -152,12 +158,7 @@ def frame_mean(feat, sparse: SparseSet, alpha: np.ndarray, zeta: float, volume: 
     n, F = X.shape
     energies = np.zeros(n)
     dEdx = np.zeros((n, F))
-    for z, a, b in sparse.blocks():
-        idx = np.flatnonzero(Z == z)
-        if len(idx) == 0:
-            continue
-        S = sparse.X[a:b]
-        D = X[idx] @ S.T
+    for _, a, b, idx, S, D in _species_blocks(X, Z, sparse):
         energies[idx] = _power(D, zeta) @ alpha[a:b]
         if forces or stress:
             dEdx[idx] = (dot_kernel_coeff(D, zeta) * alpha[a:b]) @ S
