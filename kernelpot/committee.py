@@ -117,7 +117,7 @@ class Committee(BaseEstimator):
         for m in range(self.n_members):
             est = clone(template)
             if "calibrate" in est.get_params():
-                est.set_params(calibrate=False)  # members' own sigma are not used: the spread is
+                est.set_params(calibrate=False)  # the committee sigma is the spread: skip the LOO pass
             if self.method == "bootstrap":
                 idx = np.concatenate([refs, rng.choice(pool, size=len(pool), replace=True)])
             elif self.method == "subsample":

@@ -115,7 +115,7 @@ class SparseGP(BaseEstimator):
         variance of each kind so that those held-out residuals are best
         predicted (:func:`kernelpot.uq.recalibrate`).  The likelihood does not
         make the raw variances calibrated: on a molecule the raw force sigma
-        were 9x too wide, on Si 1.3x.  The diagnostics are kept in
+        were 9x too wide, on Si 1.2x.  The diagnostics are kept in
         ``training_diagnostics_`` (reused by :func:`kernelpot.screen`); the
         weights in ``std_weights_``.  ``refit``/``update`` keep the weights
         and drop the diagnostics.  ``False``: raw GP variances.
