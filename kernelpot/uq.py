@@ -95,6 +95,10 @@ def leave_one_out(model, frames=None) -> TrainingDiagnostics:
         other frames is an error in meaning, not detected: the hat matrix is
         that of the training set.
 
+    With a Dask client on the model (``SparseGP(client=...)``) the frames
+    are processed on the workers in chunks of ``chunk_size``; each frame is
+    independent, so the result is the same.
+
     Returns
     -------
     TrainingDiagnostics
@@ -106,70 +110,76 @@ def leave_one_out(model, frames=None) -> TrainingDiagnostics:
     """
     model._check_fitted()
     frames = model._train_frames if frames is None else list(frames)
+    client = getattr(model, "client", None)
+    if client is None:
+        parts = [_frame_loo(model, a, fi) for fi, a in enumerate(frames)]
+    else:
+        from kernelpot.gp.sparse import _worker_view
+        chunks = model._chunks(len(frames))
+        futs = client.map(_chunk_loo, [_worker_view(model)] * len(chunks), [frames[c] for c in chunks],
+                          [c.start for c in chunks], pure=False)
+        parts = [p for part in client.gather(futs) for p in part]
+    out = {k: (np.array([x for p in parts for x in p[k]]) if k == "kind" else np.concatenate([p[k] for p in parts]))
+           for k in TrainingDiagnostics.__dataclass_fields__ if k not in _FRAME_FIELDS}
+    return TrainingDiagnostics(**out, **{k: np.array([p[k] for p in parts]) for k in _FRAME_FIELDS})
+
+
+_FRAME_FIELDS = ("frame_chi2", "frame_dof", "frame_leverage")
+
+
+def _chunk_loo(model, frames, start):
+    """:func:`_frame_loo` of consecutive training frames ``start, start + 1, ...`` (a Dask task)."""
+    return [_frame_loo(model, a, start + i) for i, a in enumerate(frames)]
+
+
+def _frame_loo(model, a, fi: int) -> dict:
+    """Per-observation LOO columns of training frame ``fi`` and its per-frame statistics."""
     u = model.delta_ ** 2
-    cols = {k: [] for k in TrainingDiagnostics.__dataclass_fields__}
-    chi2, dof, flev = [], [], []
-    for fi, a in enumerate(frames):
-        lab = frame_labels(a, fi)
-        rows, ys, scales, priors = model._training_rows(a, lab, priors=True)
-        n = len(a)
-        A, y, sig, kind, atom, comp, unit, nys = [], [], [], [], [], [], [], []
-        for k in rows:
-            m = len(ys[k])
-            A.append(whiten(model._Lmm, rows[k]))
-            y.append(ys[k])
-            # Nystrom residual of each observation (reduced units, before the noise scale)
-            nys.append(u * np.maximum(priors[k] - np.sum(A[-1] ** 2, axis=1), 0.0))
-            sc = np.ones(m) if scales[k] is None else scales[k]
-            sig.append(model._noise_for(k, a) * sc)
-            kind += [k] * m
-            if k == "forces":
-                atom.append(np.repeat(np.arange(n), 3))
-                comp.append(np.tile(np.arange(3), n))
-            elif k == "stress":
-                atom.append(np.full(6, -1))
-                comp.append(np.arange(6))
-            else:
-                atom.append(np.full(m, -1))
-                comp.append(np.full(m, -1))
-            unit.append(np.full(m, 1.0 / n) if k == "energy" else np.ones(m))
-        A = np.vstack(A)
-        y = np.concatenate(y)
-        sig = np.concatenate(sig)
-        unit = np.concatenate(unit)
-        r = y - u * (A @ model._a)
-        V = sla.solve_triangular(model._Lc, A.T, lower=True, check_finite=False) / sig
-        S = u * (V.T @ V)
-        h = np.diag(S).copy()
-        ImS = np.eye(len(y)) - S
-        rt = r / sig
-        Lf = sla.cho_factor(ImS, lower=True, check_finite=False)
-        rt_loo = sla.cho_solve(Lf, rt, check_finite=False)
-        cov_diag = np.diag(sla.cho_solve(Lf, np.eye(len(y)), check_finite=False))
-        r_loo = sig * rt_loo
-        loo_std = sig * np.sqrt(cov_diag)
-        loo_std_pred = np.sqrt(loo_std ** 2 + np.concatenate(nys))
-        cols["kind"] += kind
-        cols["frame"].append(np.full(len(y), fi))
-        cols["atom"].append(np.concatenate(atom))
-        cols["component"].append(np.concatenate(comp))
-        cols["residual"].append(r * unit)
-        cols["leverage"].append(h)
-        cols["sigma"].append(sig * unit)
-        cols["loo_residual_obs"].append(r / (1 - h) * unit)
-        cols["z_obs"].append(r / (sig * np.sqrt(1 - h)))
-        cols["loo_residual"].append(r_loo * unit)
-        cols["loo_std"].append(loo_std * unit)
-        cols["z"].append(r_loo / loo_std)
-        cols["loo_std_predictive"].append(loo_std_pred * unit)
-        cols["z_predictive"].append(r_loo / loo_std_pred)
-        chi2.append(float(rt @ rt_loo))
-        dof.append(len(y))
-        flev.append(float(h.sum()))
-    out = {k: (np.array(v) if k == "kind" else np.concatenate(v)) for k, v in cols.items()
-           if k not in ("frame_chi2", "frame_dof", "frame_leverage")}
-    return TrainingDiagnostics(**out, frame_chi2=np.array(chi2), frame_dof=np.array(dof),
-                               frame_leverage=np.array(flev))
+    lab = frame_labels(a, fi)
+    rows, ys, scales, priors = model._training_rows(a, lab, priors=True)
+    n = len(a)
+    A, y, sig, kind, atom, comp, unit, nys = [], [], [], [], [], [], [], []
+    for k in rows:
+        m = len(ys[k])
+        A.append(whiten(model._Lmm, rows[k]))
+        y.append(ys[k])
+        # Nystrom residual of each observation (reduced units, before the noise scale)
+        nys.append(u * np.maximum(priors[k] - np.sum(A[-1] ** 2, axis=1), 0.0))
+        sc = np.ones(m) if scales[k] is None else scales[k]
+        sig.append(model._noise_for(k, a) * sc)
+        kind += [k] * m
+        if k == "forces":
+            atom.append(np.repeat(np.arange(n), 3))
+            comp.append(np.tile(np.arange(3), n))
+        elif k == "stress":
+            atom.append(np.full(6, -1))
+            comp.append(np.arange(6))
+        else:
+            atom.append(np.full(m, -1))
+            comp.append(np.full(m, -1))
+        unit.append(np.full(m, 1.0 / n) if k == "energy" else np.ones(m))
+    A = np.vstack(A)
+    y = np.concatenate(y)
+    sig = np.concatenate(sig)
+    unit = np.concatenate(unit)
+    r = y - u * (A @ model._a)
+    V = sla.solve_triangular(model._Lc, A.T, lower=True, check_finite=False) / sig
+    S = u * (V.T @ V)
+    h = np.diag(S).copy()
+    ImS = np.eye(len(y)) - S
+    rt = r / sig
+    Lf = sla.cho_factor(ImS, lower=True, check_finite=False)
+    rt_loo = sla.cho_solve(Lf, rt, check_finite=False)
+    cov_diag = np.diag(sla.cho_solve(Lf, np.eye(len(y)), check_finite=False))
+    r_loo = sig * rt_loo
+    loo_std = sig * np.sqrt(cov_diag)
+    loo_std_pred = np.sqrt(loo_std ** 2 + np.concatenate(nys))
+    return {"kind": kind, "frame": np.full(len(y), fi), "atom": np.concatenate(atom),
+            "component": np.concatenate(comp), "residual": r * unit, "leverage": h, "sigma": sig * unit,
+            "loo_residual_obs": r / (1 - h) * unit, "z_obs": r / (sig * np.sqrt(1 - h)),
+            "loo_residual": r_loo * unit, "loo_std": loo_std * unit, "z": r_loo / loo_std,
+            "loo_std_predictive": loo_std_pred * unit, "z_predictive": r_loo / loo_std_pred,
+            "frame_chi2": float(rt @ rt_loo), "frame_dof": len(y), "frame_leverage": float(h.sum())}
 
 
 def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20) -> dict:

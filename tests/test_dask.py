@@ -28,3 +28,10 @@ def test_local_cluster_fit_equals_in_memory(small_soap):
     for k in ("energy", "forces", "stress", "energy_std", "forces_std", "stress_std"):
         scale = np.abs(p1[k]).max()
         np.testing.assert_allclose(p2[k], p1[k], rtol=1e-8, atol=1e-8 * scale)
+    # the calibration's leave-one-out ran on the workers, chunk by chunk, and agrees frame by frame
+    d1, d2 = ref.training_diagnostics_, dist.training_diagnostics_
+    assert np.array_equal(d1.kind, d2.kind) and np.array_equal(d1.frame, d2.frame)
+    for k in ("loo_residual", "loo_std_predictive", "leverage", "frame_chi2"):
+        np.testing.assert_allclose(getattr(d2, k), getattr(d1, k), rtol=1e-6, atol=1e-10)
+    for kind, w in ref.std_weights_.items():
+        np.testing.assert_allclose(dist.std_weights_[kind], w, rtol=1e-5)

@@ -124,9 +124,9 @@ class SparseGP(BaseEstimator):
     verbose : bool
         Progress bars and a memory estimate.
     client : dask.distributed.Client, optional
-        Compute descriptors and the design statistics on Dask workers (same
-        result as in memory, to round-off); the solve stays local since it is
-        O(M^3) on M x M matrices.
+        Compute descriptors, the design statistics and the calibration's
+        leave-one-out on Dask workers (same result as in memory, to
+        round-off); the solve stays local since it is O(M^3) on M x M matrices.
     chunk_size : int
         Frames per chunk of assembly (and per Dask task).
 
