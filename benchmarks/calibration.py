@@ -106,8 +106,7 @@ def main(argv=None) -> int:
         evs = {label: evaluate(model, frames) for label, (frames, _) in tests.items()}
         model.std_weights_ = weights
         t2 = time.perf_counter()
-        epi_loo = diag.loo_std_predictive ** 2 - diag.sigma ** 2
-        fz = (diag.kind == "forces") & (epi_loo > 1e-6 * epi_loo[diag.kind == "forces"].max())
+        fz = (diag.kind == "forces") & uq.informative(diag)
         one_scale = float(np.sqrt(np.mean(diag.z_predictive[fz] ** 2)))
         t3 = time.perf_counter()
         committee = kernelpot.Committee(make_model(), n_members=5, method="subsample", random_state=0).fit(train)

@@ -336,20 +336,19 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
     if isinstance(refit_rounds, bool) or not isinstance(refit_rounds, (int, np.integer)) or refit_rounds < 0:
         raise ValueError(f"refit_rounds must be a non-negative integer, got {refit_rounds!r}")
+    known = getattr(model, "_train_frames", None)
     if frames is None:
-        if not hasattr(model, "_train_frames"):
+        if known is None:
             raise ValueError("this model does not carry its training frames (loaded from a file?); "
                              "pass them: screen(model, frames=training_frames)")
         frames = list(model._train_frames)
     else:
         frames = list(frames)
-        known = getattr(model, "_train_frames", None)
         if known is not None and len(known) != len(frames):
             raise ValueError(f"frames has {len(frames)} structures but the model was fitted on "
                              f"{len(known)}; pass the training frames in training order")
     n = len(frames)
     diag = getattr(model, "training_diagnostics_", None)
-    known = getattr(model, "_train_frames", None)
     if diag is None or known is None or any(a is not b for a, b in zip(frames, known)):
         diag = leave_one_out(model, frames)
     ev = _loo_evidence(diag, np.arange(n))

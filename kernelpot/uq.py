@@ -34,7 +34,7 @@ import scipy.linalg as sla
 from kernelpot.gp.labels import frame_labels
 from kernelpot.gp.likelihood import whiten
 
-__all__ = ["TrainingDiagnostics", "leave_one_out", "recalibration_weights", "recalibrate"]
+__all__ = ["TrainingDiagnostics", "leave_one_out", "informative", "recalibration_weights", "recalibrate"]
 
 
 @dataclass
@@ -182,6 +182,22 @@ def _frame_loo(model, a, fi: int) -> dict:
             "frame_chi2": float(rt @ rt_loo), "frame_dof": len(y), "frame_leverage": float(h.sum())}
 
 
+def informative(diag: TrainingDiagnostics) -> np.ndarray:
+    """Observations that can inform a calibration: finite LOO residual and non-zero epistemic variance.
+
+    Components fixed by symmetry (e.g. forces in a perfect strained crystal)
+    have zero epistemic variance and zero error in every model; they are
+    left out.  "Zero" is below 1e-6 of the largest epistemic variance of the
+    same kind.
+    """
+    epi = np.maximum(diag.loo_std_predictive ** 2 - diag.sigma ** 2, 0.0)
+    out = np.isfinite(diag.loo_residual)
+    for k in np.unique(diag.kind):
+        sel = diag.kind == k
+        out[sel] &= epi[sel] > 1e-6 * epi[sel].max(initial=0.0)
+    return out
+
+
 def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20) -> dict:
     """Weights of the aleatoric and epistemic variance of each kind, from training LOO.
 
@@ -220,13 +236,12 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20) -> dict:
     """
     import scipy.optimize as so
     out = {}
+    useful = informative(diag)
     for k in np.unique(diag.kind):
-        sel = diag.kind == k
+        sel = (diag.kind == k) & useful
         r = diag.loo_residual[sel]
         noise = diag.sigma[sel] ** 2
         epi = np.maximum(diag.loo_std_predictive[sel] ** 2 - noise, 0.0)
-        ok = np.isfinite(r) & (epi > 1e-6 * epi.max(initial=0.0))
-        r, noise, epi = r[ok], noise[ok], epi[ok]
         if r.size == 0:
             continue
         s2 = float(np.mean(r ** 2 / (noise + epi)))
