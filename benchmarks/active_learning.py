@@ -43,7 +43,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from kernelpot import SOAP, SparseGP, sampling
-from kernelpot.active import ActiveLearner, random_selection_baseline
+from kernelpot.workflows.active import ActiveLearner, random_selection_baseline
 
 RESULTS = Path(__file__).resolve().parent / "results" / "active_learning.txt"
 A0 = 3.59  # EMT Cu lattice constant (Å)

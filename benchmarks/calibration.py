@@ -81,8 +81,8 @@ def _datasets(quick: bool):
 def main(argv=None) -> int:
     import kernelpot
     from kernelpot import uq
-    from kernelpot.evaluate import evaluate
-    from kernelpot.metrics import format_table
+    from kernelpot.uq.evaluation import evaluate
+    from kernelpot.uq.metrics import format_table
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small models and data subsets: a smoke run")
     args = p.parse_args(argv)

@@ -40,7 +40,7 @@ import numpy as np
 import kernelpot
 from kernelpot import SOAP, SparseGP
 from kernelpot.baselines import Ewald
-from kernelpot.evaluate import error_table, evaluate
+from kernelpot.uq.evaluation import error_table, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 CHARGES = {"Na": 1.0, "Cl": -1.0}

@@ -41,7 +41,7 @@ ANCHORS = {
 def run_one(element: str, n_sparse: int | None, quick: bool) -> dict:
     import kernelpot
     from ase.build import bulk
-    from kernelpot.evaluate import evaluate, error_table
+    from kernelpot.uq.evaluation import evaluate, error_table
 
     train = kernelpot.read(DATA / element / "training.json")
     test = kernelpot.read(DATA / element / "test.json")
@@ -86,7 +86,7 @@ def readme_figure(ev, path):
     """Parity (E, F, S coloured by predicted sigma) and force calibration curve."""
     from matplotlib.figure import Figure
     from kernelpot import plot
-    from kernelpot.evaluate import parity_dicts
+    from kernelpot.uq.evaluation import parity_dicts
     fig = Figure(figsize=(16, 3.8), layout="constrained")
     axes = fig.subplots(1, 4)
     plot.parity_panel(*parity_dicts(ev), axes=axes[:3])

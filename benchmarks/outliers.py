@@ -176,7 +176,7 @@ def ranking_row(table, kind) -> dict:
 
 def main(argv=None) -> int:
     import kernelpot
-    from kernelpot.metrics import format_table
+    from kernelpot.uq.metrics import format_table
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small model and subsets: a smoke run")
     args = p.parse_args(argv)

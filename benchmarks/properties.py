@@ -58,7 +58,7 @@ class FullyPeriodic(ASECalculator):
     """Evaluate ``inner`` on a copy of the structure with ``pbc`` True in all directions.
 
     Workaround for slabs (pbc True, True, False) with a non-orthogonal in-plane cell,
-    which kernelpot.neighbors rejects at present (see ``slab_workaround_needed``).  The
+    which kernelpot.descriptors.neighbors rejects at present (see ``slab_workaround_needed``).  The
     slabs here have 16 Å of vacuum between images, more than any cutoff involved
     (SOAP 5 Å, EMT < 6 Å), so energies and forces are those of the isolated slab.
     """
@@ -80,7 +80,7 @@ class FullyPeriodic(ASECalculator):
 
 def slab_workaround_needed() -> bool:
     """True when kernelpot's neighbour list refuses the (111) slab of surface_energy."""
-    from kernelpot.neighbors import neighbor_list
+    from kernelpot.descriptors.neighbors import neighbor_list
 
     slab = surface(bulk("Cu", "fcc", a=A0, cubic=True), (1, 1, 1), 5, vacuum=8.0)
     try:
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     gp = compute_properties(calcs, cfg["nve_steps"], periodic_slabs=workaround)
     t_gp = time.perf_counter() - t3
     if workaround:
-        out("note: kernelpot.neighbors rejects slabs with pbc (T, T, F) and a hexagonal in-plane cell; slabs were "
+        out("note: kernelpot.descriptors.neighbors rejects slabs with pbc (T, T, F) and a hexagonal in-plane cell; slabs were "
             "made fully periodic (16 Å vacuum between images, beyond every cutoff) for the model")
     out(f"error bars: std over {cfg['n_samples']} posterior weight samples; EMT {t_emt:.0f} s, model {t_gp:.0f} s")
     out()

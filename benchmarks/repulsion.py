@@ -56,7 +56,7 @@ from ase.units import fs, kB
 import kernelpot
 from kernelpot import SOAP, SparseGP
 from kernelpot.baselines import ZBL
-from kernelpot.neighbors import smallest_distance
+from kernelpot.descriptors.neighbors import smallest_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "mlearn" / "Si" / "training.json"

@@ -2,23 +2,47 @@
 
 Fits total energies, forces and virial stresses jointly with a sparse GP on
 SOAP power-spectrum descriptors, with learned noise and calibrated uncertainty.
+
+``import kernelpot`` loads the core (reading, descriptors, the GP, the
+calculator); workflows, screening, metrics and plotting are loaded on first
+use of their names.
 """
 
-__version__ = "0.1.0"
+from kernelpot._version import __version__  # noqa: E402
 
-from kernelpot import metrics  # noqa: E402  (kernelpot.plot is imported on demand)
-
+from kernelpot.io import read, write, validate  # noqa: E402
+from kernelpot.descriptors import SOAP  # noqa: E402
 from kernelpot.gp import SparseGP  # noqa: E402
 from kernelpot.calculator import Calculator  # noqa: E402
-from kernelpot.modelfile import load_model as load  # noqa: E402
 
-from kernelpot import properties, sampling  # noqa: E402,F401
-from kernelpot.audit import audit  # noqa: E402,F401
+# name -> (module, attribute or None for the module itself), imported on first use
+_LAZY = {
+    "screen": ("kernelpot.uq.screening", "screen"),
+    "audit": ("kernelpot.io.dft_audit", "audit"),
+    "Committee": ("kernelpot.uq.committee", "Committee"),
+    "metrics": ("kernelpot.uq.metrics", None),
+    "uq": ("kernelpot.uq", None),
+    "sampling": ("kernelpot.workflows.sampling", None),
+    "active": ("kernelpot.workflows.active", None),
+    "properties": ("kernelpot.workflows.properties", None),
+    "plot": ("kernelpot.plot", None),
+}
 
-from kernelpot.descriptors import SOAP  # noqa: E402
+load = SparseGP.load
 
-from kernelpot.io import read, write  # noqa: E402
-from kernelpot.validate import validate  # noqa: E402
-from kernelpot import active  # noqa: E402,F401
-from kernelpot.screen import screen  # noqa: E402,F401
-from kernelpot.committee import Committee  # noqa: E402,F401
+__all__ = ["__version__", "SparseGP", "SOAP", "Calculator", "read", "write", "validate", "load", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        value = mod if attr is None else getattr(mod, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kernelpot' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -24,7 +24,7 @@ def _add_common(p):
 
 def _cmd_fit(args) -> int:
     import kernelpot
-    from kernelpot.evaluate import evaluate, error_table, format_error_table, parity_dicts
+    from kernelpot.uq.evaluation import evaluate, error_table, format_error_table, parity_dicts
     train = kernelpot.read(args.train)
     kernelpot.validate(train)
     kw = {"verbose": not args.quiet}
@@ -92,8 +92,8 @@ def _cmd_predict(args) -> int:
 
 def _cmd_eval(args) -> int:
     import kernelpot
-    from kernelpot.evaluate import evaluate, error_table, format_error_table
-    from kernelpot import metrics
+    from kernelpot.uq.evaluation import evaluate, error_table, format_error_table
+    from kernelpot.uq import metrics
     model = kernelpot.load(args.model)
     frames = kernelpot.read(args.frames)
     ev = evaluate(model, frames)

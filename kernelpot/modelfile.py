@@ -8,66 +8,51 @@ Layout: the npz holds the arrays of the fitted model and one entry
      "descriptor": {...SOAP parameters...}, "baseline": {...} or null,
      "fitted": {scalars: delta_, noise_, e0_, mean_, species_, noise_groups_, ...}}
 
-``np.load(..., allow_pickle=False)`` is used, so a file can never execute code.
-Reading a truncated or corrupted file, a file of another format, or a file
-written by a newer format version raises ``ValueError`` saying which.
+This module knows the container, not the model: :meth:`SparseGP.save` hands
+it the model's state (header and arrays) and :meth:`SparseGP.load` builds the
+model from what :func:`read_model_file` returns, so the model layer never
+depends on anything built on it.
+
+Writing is atomic (a temporary file renamed into place: a failed write never
+destroys the previous file).  Reading uses ``allow_pickle=False`` (a file can
+never execute code), reads only the known members, checks every member's
+shape and dtype from its npy header before reading its data (a small file
+cannot make kernelpot allocate gigabytes), and range-checks the settings.
+A missing, truncated or corrupted file, a file of another format or a newer
+format version, or inconsistent contents raise ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from kernelpot._version import __version__
+from kernelpot.io.files import atomic_write
+
+__all__ = ["FORMAT", "VERSION", "write_model_file", "read_model_file", "jsonable"]
+
 FORMAT = "kernelpot-model"
 VERSION = 1
-
-_ARRAYS = ("alpha_", "theta_", "sparse_index_")
-
-
-def save_model(model, path) -> None:
-    """Write a fitted SparseGP to ``path`` (``.npz`` appended by numpy if missing)."""
-    from kernelpot import __version__
-    model._check_fitted()
-    params = model.get_params(deep=False)
-    params.pop("descriptor")
-    params.pop("baseline")
-    params.pop("client")  # a live connection, not a setting of the model
-    params["sparse_points"] = None if params["sparse_points"] is None else [list(map(int, p)) for p in params["sparse_points"]]
-    if isinstance(params["e0"], dict):
-        params["e0"] = {str(k): float(v) for k, v in params["e0"].items()}
-    header = {
-        "format": FORMAT, "version": VERSION, "kernelpot_version": __version__,
-        "params": params,
-        "descriptor": _jsonable(model.descriptor_.get_params()),
-        "baseline": None if model.baseline is None else model.baseline.to_dict(),
-        "fitted": {
-            "delta_": model.delta_,
-            "noise_": model.noise_,
-            "noise_groups_": list(model.noise_groups_),
-            "e0_": {str(k): v for k, v in model.e0_.items()},
-            "mean_": {str(k): v for k, v in model.mean_.items()},
-            "species_": [int(z) for z in model.species_],
-            "log_marginal_likelihood_": model.log_marginal_likelihood_,
-            "std_weights_": {k: list(v) for k, v in getattr(model, "std_weights_", {}).items()},
-        },
-    }
-    arrays = {k: getattr(model, k) for k in _ARRAYS}
-    arrays.update(sparse_X=model.sparse_.X, sparse_numbers=model.sparse_.numbers,
-                  Lmm=model._Lmm, Lc=model._Lc, Kmm=model._Kmm, a=model._a)
-    np.savez_compressed(path, header=np.array(json.dumps(header)), **arrays)
+_MAX_HEADER = 64 * 2**20
+# settings a loaded file may hold: beyond these a descriptor would need absurd memory
+_DESCRIPTOR_LIMITS = {"r_cut": (0.0, 30.0), "n_max": (1, 40), "l_max": (0, 30), "atom_sigma": (0.0, 10.0)}
+_MAX_SPARSE = 10**6
 
 
-def _jsonable(d):
+def jsonable(d: dict) -> dict:
+    """A parameter dict with numpy scalars and arrays turned into JSON types."""
     out = {}
     for k, v in d.items():
         if isinstance(v, np.ndarray):
             v = v.tolist()
-        elif isinstance(v, (np.integer,)):
+        elif isinstance(v, np.integer):
             v = int(v)
-        elif isinstance(v, (np.floating,)):
+        elif isinstance(v, np.floating):
             v = float(v)
         elif isinstance(v, (list, tuple)):
             v = [int(x) if isinstance(x, np.integer) else x for x in v]
@@ -75,69 +60,151 @@ def _jsonable(d):
     return out
 
 
-def load_model(path):
-    """Read a model written by :meth:`SparseGP.save`.
+def write_model_file(path, header: dict, arrays: dict) -> Path:
+    """Write ``header`` (JSON-able) and ``arrays`` to ``path`` atomically.
+
+    ``.npz`` is appended when ``path`` has another ending (as numpy does).
+
+    Returns
+    -------
+    Path
+        The file written.
 
     Raises
     ------
     ValueError
-        If the file is missing, truncated or corrupted, not a kernelpot model,
-        or written by a newer format version.
+        If the folder does not exist or is not writable (checked before writing).
     """
-    from kernelpot.descriptors import SOAP
-    from kernelpot.gp.design import SparseSet
-    from kernelpot.gp.sparse import SparseGP
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = Path(str(path) + ".npz")
+    full = {"format": FORMAT, "version": VERSION, "kernelpot_version": __version__, **header}
+    with atomic_write(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, header=np.array(json.dumps(full)), **arrays)
+    return path
+
+
+def _fail(path, why):
+    return ValueError(f"cannot read model file {str(path)!r}: {why}")
+
+
+def _member_header(zf, name):
+    """Shape and dtype of npz member ``name`` from its npy header, without reading its data."""
+    with zf.open(name + ".npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in reader:
+            raise ValueError(f"unsupported npy version {version}")
+        shape, _fortran, dtype = reader[version](fh)
+    return shape, dtype
+
+
+def _check_settings(path, header):
+    desc = header.get("descriptor")
+    if not isinstance(desc, dict):
+        raise _fail(path, "the header has no descriptor settings")
+    for key, (lo, hi) in _DESCRIPTOR_LIMITS.items():
+        v = desc.get(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+            raise _fail(path, f"descriptor setting {key} = {v!r} is outside [{lo}, {hi}]")
+    fitted = header.get("fitted")
+    if not isinstance(fitted, dict):
+        raise _fail(path, "the header has no fitted state")
+    for key in ("delta_", "log_marginal_likelihood_"):
+        if not isinstance(fitted.get(key), (int, float)) or not math.isfinite(fitted[key]):
+            raise _fail(path, f"fitted value {key} = {fitted.get(key)!r} is not a finite number")
+    noise = fitted.get("noise_")
+    if not isinstance(noise, dict) or not all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v)
+                                              for v in noise.values()):
+        raise _fail(path, f"fitted noise {noise!r} is not a dict of positive numbers")
+
+
+def read_model_file(path, names) -> tuple[dict, dict]:
+    """Header and the arrays ``names`` of a model file, checked before they are read.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (``.npz`` is tried as well when ``path`` does not exist).
+    names : sequence of str
+        Arrays the model needs; any other member is ignored, never read.
+
+    Returns
+    -------
+    header : dict
+    arrays : dict of ndarray
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, truncated or corrupted, not a kernelpot
+        model, of a newer format version, has settings out of range, or has
+        arrays missing, of the wrong dtype or of shapes that do not fit
+        together (``M`` sparse points: ``sparse_X`` (M, F), ``Lmm``/``Lc``/
+        ``Kmm`` (M, M), ``a``/``alpha_``/``sparse_index_``/``sparse_numbers`` (M,)).
+    """
     path = Path(path)
     if not path.exists() and Path(str(path) + ".npz").exists():
         path = Path(str(path) + ".npz")
-    if not path.exists():
-        raise ValueError(f"cannot read model file {str(path)!r}: no such file")
+    if not path.is_file():
+        raise _fail(path, "no such file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as exc:
-        raise ValueError(f"cannot read model file {str(path)!r}: it is truncated or corrupted "
-                         f"(not a readable npz archive: {exc})") from exc
-    if "header" not in data:
-        raise ValueError(f"cannot read model file {str(path)!r}: no 'header' entry, so it is not a kernelpot model")
-    try:
-        header = json.loads(str(data["header"]))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"cannot read model file {str(path)!r}: its header is not valid JSON ({exc})") from exc
-    if header.get("format") != FORMAT:
-        raise ValueError(f"cannot read model file {str(path)!r}: format is {header.get('format')!r}, "
-                         f"expected {FORMAT!r}")
-    if int(header.get("version", -1)) > VERSION:
-        raise ValueError(f"cannot read model file {str(path)!r}: it has format version {header['version']}, "
-                         f"newer than this kernelpot reads ({VERSION}); upgrade kernelpot")
-    needed = set(_ARRAYS) | {"sparse_X", "sparse_numbers", "Lmm", "Lc", "Kmm", "a"}
-    missing = needed - set(data)
-    if missing:
-        raise ValueError(f"cannot read model file {str(path)!r}: arrays {sorted(missing)} are missing")
-    baseline = None
-    if header.get("baseline") is not None:
-        from kernelpot.baselines import from_dict
-        baseline = from_dict(header["baseline"])
-    params = dict(header["params"])
-    if params.get("sparse_points") is not None:
-        params["sparse_points"] = [tuple(p) for p in params["sparse_points"]]
-    model = SparseGP(descriptor=SOAP(**header["descriptor"]), baseline=baseline, **params)
-    fit = header["fitted"]
-    model.descriptor_ = SOAP(**header["descriptor"])
-    model.delta_ = float(fit["delta_"])
-    model.noise_ = {k: float(v) for k, v in fit["noise_"].items()}
-    model.noise_groups_ = list(fit["noise_groups_"])
-    model.e0_ = {int(k): float(v) for k, v in fit["e0_"].items()}
-    model.mean_ = {int(k): float(v) for k, v in fit["mean_"].items()}
-    model._offset = {z: model.e0_[z] + model.mean_[z] for z in model.e0_}
-    model.species_ = np.array(fit["species_"], dtype=int)
-    model.log_marginal_likelihood_ = float(fit["log_marginal_likelihood_"])
-    if fit.get("std_weights_"):
-        model.std_weights_ = {k: (float(v[0]), float(v[1])) for k, v in fit["std_weights_"].items()}
-    elif fit.get("std_scale_"):  # files written by 0.1.0 before the two-weight recalibration: one scale
-        model.std_weights_ = {k: (float(v) ** 2, float(v) ** 2) for k, v in fit["std_scale_"].items()}
-    for k in _ARRAYS:
-        setattr(model, k, data[k])
-    model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"])
-    model._Lmm, model._Lc, model._Kmm, model._a = data["Lmm"], data["Lc"], data["Kmm"], data["a"]
-    return model
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise _fail(path, f"it is truncated or corrupted (not a readable npz archive: {exc})") from exc
+    with zf:
+        members = {n[:-4]: zf.getinfo(n) for n in zf.namelist() if n.endswith(".npy")}
+        if "header" not in members:
+            raise _fail(path, "no 'header' entry, so it is not a kernelpot model")
+        if members["header"].file_size > _MAX_HEADER:
+            raise _fail(path, f"its header is {members['header'].file_size} bytes, more than a model header can be")
+        try:
+            with zf.open("header.npy") as fh:
+                header = json.loads(str(np.lib.format.read_array(fh, allow_pickle=False)))
+        except json.JSONDecodeError as exc:
+            raise _fail(path, f"its header is not valid JSON ({exc})") from exc
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as exc:
+            raise _fail(path, f"it is truncated or corrupted ({exc})") from exc
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            fmt = header.get("format") if isinstance(header, dict) else None
+            raise _fail(path, f"format is {fmt!r}, expected {FORMAT!r}")
+        if int(header.get("version", -1)) > VERSION:
+            raise _fail(path, f"it has format version {header['version']}, newer than this kernelpot reads "
+                              f"({VERSION}); upgrade kernelpot")
+        missing = set(names) - set(members)
+        if missing:
+            raise _fail(path, f"arrays {sorted(missing)} are missing")
+        _check_settings(path, header)
+        try:
+            meta = {n: _member_header(zf, n) for n in names}
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise _fail(path, f"it is truncated or corrupted ({exc})") from exc
+        _check_shapes(path, meta)
+        arrays = {}
+        try:
+            for n in names:
+                with zf.open(n + ".npy") as fh:
+                    arrays[n] = np.lib.format.read_array(fh, allow_pickle=False)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise _fail(path, f"it is truncated or corrupted ({exc})") from exc
+    return header, arrays
+
+
+def _check_shapes(path, meta):
+    for n, (shape, dtype) in meta.items():
+        if dtype.hasobject or dtype.kind not in "fiu":
+            raise _fail(path, f"array {n!r} has dtype {dtype}, expected numbers")
+    if "sparse_numbers" not in meta:
+        return
+    M = meta["sparse_numbers"][0][0] if len(meta["sparse_numbers"][0]) == 1 else -1
+    if not 0 < M <= _MAX_SPARSE:
+        raise _fail(path, f"sparse_numbers has shape {meta['sparse_numbers'][0]}, expected (M,) with "
+                          f"0 < M <= {_MAX_SPARSE}")
+    expect = {"Lmm": (M, M), "Lc": (M, M), "Kmm": (M, M), "a": (M,), "alpha_": (M,), "sparse_index_": (M,)}
+    for n, shp in expect.items():
+        if n in meta and tuple(meta[n][0]) != shp:
+            raise _fail(path, f"array {n!r} has shape {tuple(meta[n][0])}, expected {shp} for {M} sparse points")
+    if "sparse_X" in meta:
+        shp = tuple(meta["sparse_X"][0])
+        if len(shp) != 2 or shp[0] != M or shp[1] > 10**6:
+            raise _fail(path, f"array 'sparse_X' has shape {shp}, expected ({M}, n_features)")

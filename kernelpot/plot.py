@@ -25,7 +25,7 @@ from ase.units import GPa
 from numpy.typing import ArrayLike
 from scipy import special, stats
 
-from kernelpot import metrics
+from kernelpot.uq import metrics
 
 __all__ = [
     "calibration",

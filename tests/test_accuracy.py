@@ -10,7 +10,7 @@ observations, moves these by an order of magnitude.
 import pytest
 
 import kernelpot
-from kernelpot.evaluate import evaluate, error_table
+from kernelpot.uq.evaluation import evaluate, error_table
 from conftest import SHARED
 
 pytestmark = [pytest.mark.slow,

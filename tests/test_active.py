@@ -9,7 +9,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from kernelpot import SOAP, SparseGP, sampling
-from kernelpot.active import ActiveLearner, random_selection_baseline, run_active_md
+from kernelpot.workflows.active import ActiveLearner, random_selection_baseline, run_active_md
 
 # Fixed hyperparameters keep every fit and update free of likelihood optimisation (fast);
 # delta sets the prior force scale so that 1200 K configurations are clearly uncertain.
@@ -173,7 +173,7 @@ def test_update_between_full_fits_keeps_sparse_set(soap, init_frames, cell):
 
 
 def test_novelty_triggers_full_fit(soap, init_frames, hot_frames):
-    from kernelpot.active import _Trainer
+    from kernelpot.workflows.active import _Trainer
 
     m = SparseGP(descriptor=soap, n_sparse=10, **FIXED).fit(init_frames)
     tr = _Trainer(m, init_frames, refit_every=None, novelty_threshold=2.0)

@@ -7,7 +7,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from kernelpot.audit import AuditReport, audit, dft_settings, kpoint_density
+from kernelpot.io.dft_audit import AuditReport, audit, dft_settings, kpoint_density
 
 
 def _reciprocal_lengths(cell):

@@ -8,7 +8,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from sklearn.base import clone
 
 from kernelpot import SparseGP
-from kernelpot.committee import Committee
+from kernelpot.uq.committee import Committee
 from conftest import emt_frames
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from kernelpot import SparseGP
+from kernelpot.gp.loo import leave_one_out
 from conftest import emt_frames
 
 distributed = pytest.importorskip("dask.distributed", reason="dask[distributed] is in the test extra")
@@ -29,9 +30,16 @@ def test_local_cluster_fit_equals_in_memory(small_soap):
         scale = np.abs(p1[k]).max()
         np.testing.assert_allclose(p2[k], p1[k], rtol=1e-8, atol=1e-8 * scale)
     # the calibration's leave-one-out ran on the workers, chunk by chunk, and agrees frame by frame
+    # with the same model's leave-one-out in memory (to round-off) ...
     d1, d2 = ref.training_diagnostics_, dist.training_diagnostics_
+    dist.client = None
+    d_here = leave_one_out(dist)
     assert np.array_equal(d1.kind, d2.kind) and np.array_equal(d1.frame, d2.frame)
     for k in ("loo_residual", "loo_std_predictive", "leverage", "frame_chi2"):
-        np.testing.assert_allclose(getattr(d2, k), getattr(d1, k), rtol=1e-6, atol=1e-10)
+        np.testing.assert_allclose(getattr(d2, k), getattr(d_here, k), rtol=1e-10, atol=1e-14)
+        # ... and with the in-memory fit's, whose hyperparameters agree to ~1e-8 only: a LOO
+        # residual moves by up to ~1e-5 of the largest one with them
+        v = getattr(d1, k)
+        np.testing.assert_allclose(getattr(d2, k), v, rtol=1e-6, atol=1e-5 * np.abs(v).max())
     for kind, w in ref.std_weights_.items():
         np.testing.assert_allclose(dist.std_weights_[kind], w, rtol=1e-5)

@@ -19,7 +19,7 @@ from ase.build import bulk
 import kernelpot
 from kernelpot import SOAP, SparseGP
 from kernelpot.baselines import ZBL, Ewald, Sum
-from kernelpot.evaluate import error_table, evaluate
+from kernelpot.uq.evaluation import error_table, evaluate
 
 from conftest import emt_frames, label
 

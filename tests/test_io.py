@@ -19,9 +19,9 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import voigt_6_to_full_3x3_stress
 
-import kernelpot.io as kio
+import kernelpot.io.formats as kio
 from kernelpot.io import KBAR, mlearn_stress_to_ase, read, write
-from kernelpot.validate import validate
+from kernelpot.io.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

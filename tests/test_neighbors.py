@@ -8,7 +8,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
-from kernelpot.neighbors import neighbor_list
+from kernelpot.descriptors.neighbors import neighbor_list
 
 
 def brute_force(atoms, cutoff):
@@ -121,7 +121,7 @@ def test_slab_with_oblique_in_plane_cell():
     """fcc(111) slab, pbc (T, T, F), 60 degree in-plane cell: neighbours equal ASE's."""
     from ase.build import fcc111
     from ase.neighborlist import neighbor_list as ase_nl
-    from kernelpot.neighbors import neighbor_list as kp_nl
+    from kernelpot.descriptors.neighbors import neighbor_list as kp_nl
     slab = fcc111("Cu", size=(3, 3, 4), vacuum=6.0)
     slab.pbc = (True, True, False)
     slab.rattle(0.05, seed=1)

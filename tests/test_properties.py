@@ -13,7 +13,7 @@ from ase.phonons import Phonons
 from scipy.integrate import trapezoid
 from scipy.optimize import minimize_scalar
 
-from kernelpot.properties import (
+from kernelpot.workflows.properties import (
     Estimate,
     cubic,
     elastic_constants,

@@ -7,7 +7,7 @@ from ase.build import bulk, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.emt import EMT
 
-from kernelpot.sampling import (
+from kernelpot.workflows.sampling import (
     PairDistanceFingerprint,
     deduplicate,
     force_constants,
@@ -233,7 +233,7 @@ def test_md_sample_counts_removed_frames(caplog):
         def create(self, atoms):
             return np.ones((len(atoms), 2))
 
-    with caplog.at_level("INFO", logger="kernelpot.sampling"):
+    with caplog.at_level("INFO", logger="kernelpot.workflows.sampling"):
         res = md_sample(atoms, EMT(), [100.0, 200.0], 3, interval=2, descriptor=Constant())
     assert res.n_candidates == 6 and len(res.frames) == 1 and res.n_duplicates == 5
     assert [i for i, _ in res.removed] == [1, 2, 3, 4, 5]

@@ -11,7 +11,7 @@ from scipy import stats
 
 import kernelpot
 from kernelpot import SparseGP, screen
-from kernelpot.screen import COLUMNS, ScreenTable, _loo_evidence, _table, robust_scale
+from kernelpot.uq.screening import COLUMNS, ScreenTable, _loo_evidence, _table, robust_scale
 from kernelpot.uq import TrainingDiagnostics
 from conftest import emt_frames
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from kernelpot import SparseGP, uq
-from kernelpot.gp.labels import frame_labels
-from kernelpot.modelfile import load_model
+from kernelpot.io.labels import frame_labels
+from kernelpot.gp.assembly import training_rows
+from kernelpot import load as load_model
 from conftest import emt_frames
 
 
@@ -42,7 +43,7 @@ def test_single_observation_loo_matches_refit(fitted):
     i = int(np.flatnonzero((d.kind == "forces") & (d.frame == 2))[7])
     atom, comp = d.atom[i], d.component[i]
     m2 = copy.deepcopy(model)
-    rows, ys, _ = m2._training_rows(frames[2], frame_labels(frames[2]))
+    rows, ys, _ = training_rows(m2, frames[2], frame_labels(frames[2]))
     from kernelpot.gp.likelihood import whiten
     k = 3 * atom + comp
     m2._stats.add(m2.noise_groups_.index("forces"), whiten(m2._Lmm, rows["forces"][k:k + 1]),

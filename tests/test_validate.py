@@ -11,7 +11,7 @@ from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from kernelpot.io import read
-from kernelpot.validate import ValidationReport, validate
+from kernelpot.io.validation import ValidationReport, validate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -5,7 +5,7 @@ import pytest
 from sklearn.base import clone
 
 from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_stress_var
-from kernelpot.kernels import dot_kernel
+from kernelpot.gp.kernels import dot_kernel
 from conftest import emt_frames
 
 ZETA = 4.0

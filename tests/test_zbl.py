@@ -112,7 +112,7 @@ def test_invalid_settings_raise_clear_errors(kwargs, match):
 
 
 def test_from_frames_switches_off_just_beyond_the_closest_training_pair():
-    from kernelpot.neighbors import smallest_distance
+    from kernelpot.descriptors.neighbors import smallest_distance
     rng = np.random.default_rng(4)
     frames = []
     for k in range(3):

@@ -122,7 +122,7 @@ class ZBL(BaseEstimator):
         ValueError
             When no frame has two atoms within 4 Å of each other.
         """
-        from kernelpot.neighbors import smallest_distance
+        from kernelpot.descriptors.neighbors import smallest_distance
         d_min = smallest_distance(frames)
         if not np.isfinite(d_min):
             raise ValueError("ZBL.from_frames: no two atoms within 4 Å in any frame; set r_outer explicitly")

@@ -61,7 +61,7 @@ from scipy.special import ive
 from sklearn.base import BaseEstimator
 
 from kernelpot.descriptors import _soap_kernels
-from kernelpot.neighbors import neighbor_list
+from kernelpot.descriptors.neighbors import neighbor_list
 
 __all__ = ["SOAP", "SOAPFeatures"]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from kernelpot.kernels import dot_kernel_coeff, _power
+from kernelpot.gp.kernels import dot_kernel, dot_kernel_coeff, _power
 
 __all__ = ["SparseSet", "frame_design", "frame_mean"]
 
@@ -54,6 +54,10 @@ class SparseSet:
     @property
     def size(self) -> int:
         return len(self.numbers)
+
+    def kernel(self, zeta: float) -> np.ndarray:
+        """``Kmm / delta^2``: the dot-product kernel between sparse environments of the same species, (M, M)."""
+        return dot_kernel(self.X, self.X, zeta) * (self.numbers[:, None] == self.numbers[None, :])
 
     def blocks(self):
         """Yield ``(Z, start, stop)`` for each species block."""

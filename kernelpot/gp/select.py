@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["select_sparse", "SPARSE_METHODS"]
+from kernelpot.gp.design import SparseSet
+from kernelpot.gp.kernels import dot_kernel
+
+__all__ = ["select_sparse", "prune_dependent", "choose_sparse_set", "SPARSE_METHODS"]
 
 SPARSE_METHODS = ("cur", "fps", "random")
 
@@ -115,3 +118,48 @@ def prune_dependent(K: np.ndarray, tol: float = 1e-8) -> np.ndarray:
         d -= row ** 2
         d[kept] = -np.inf
     return np.sort(np.array(kept, dtype=int))
+
+
+def choose_sparse_set(feats, frames, species, n_sparse: int, method: str, zeta: float, random_state=0,
+                      sparse_points=None, tol: float = 1e-10):
+    """Sparse environments of a fit, per species, without linearly dependent points.
+
+    Parameters
+    ----------
+    feats : list of SOAPFeatures
+        Descriptors of the training frames.
+    frames : list of ase.Atoms
+    species : sequence of int
+    n_sparse : int
+        Environments per species (fewer if the data have fewer).
+    method : {"cur", "fps", "random"}
+    zeta : float
+        Kernel exponent (for the dependence check).
+    sparse_points : list of (frame_index, atom_index), optional
+        The user's own choice; overrides ``n_sparse`` and ``method``.
+    tol : float
+        Points whose kernel function has a relative conditional variance below
+        ``tol`` given the others are dropped: they make ``Kmm`` singular to
+        working precision and add nothing the model can resolve.
+
+    Returns
+    -------
+    index : (M,) int array
+        Indices into the concatenated atoms of ``frames``, sorted by species.
+    sparse : SparseSet
+    """
+    X = np.concatenate([f.features for f in feats])
+    Z = np.concatenate([f.numbers for f in feats])
+    if sparse_points is not None:
+        starts = np.cumsum([0] + [len(a) for a in frames])
+        idx = np.array([starts[fi] + ai for fi, ai in sparse_points], dtype=int)
+    else:
+        idx = []
+        for z in species:
+            cand = np.flatnonzero(Z == z)
+            sel = cand[select_sparse(X[cand], int(n_sparse), method, random_state)]
+            keep = prune_dependent(dot_kernel(X[sel], X[sel], zeta), tol)
+            idx.append(sel[keep])
+        idx = np.concatenate(idx)
+    idx = idx[np.lexsort((idx, Z[idx]))]
+    return idx, SparseSet(X[idx], Z[idx])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernelpot.kernels import _power, pair_covariance_factors, pair_covariance_sum
+from kernelpot.gp.kernels import _power, pair_covariance_factors, pair_covariance_sum
 
 __all__ = ["prior_energy_var", "prior_force_var", "prior_stress_var"]
 

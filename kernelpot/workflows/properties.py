@@ -27,7 +27,7 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 from ase.phonons import Phonons
 
-from kernelpot.sampling import _thermalize  # one ASE-version shim for thermalising momenta
+from kernelpot.workflows.sampling import _thermalize  # one ASE-version shim for thermalising momenta
 
 __all__ = [
     "CubicConstants",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from ase.units import GPa
 
-from kernelpot.gp.labels import frame_labels
+from kernelpot.io.labels import frame_labels
 
 __all__ = ["evaluate", "error_table", "format_error_table", "parity_dicts"]
 

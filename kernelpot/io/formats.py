@@ -52,13 +52,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import ase.db
-import ase.io
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io.formats import string2index
 from ase.stress import full_3x3_to_voigt_6_stress
 
 __all__ = ["read", "write", "mlearn_stress_to_ase", "KBAR", "MLEARN_TO_ASE_VOIGT"]
@@ -122,6 +119,7 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
     if format in ("db", "json"):
         frames = _read_ase_db(path, index)
     else:
+        import ase.io  # ase.io and ase.db take ~0.4 s to import: loaded when a file is read
         images = ase.io.read(path, index=index, format=format)
         frames = [images] if isinstance(images, Atoms) else list(images)
     return [_attach_labels(atoms, i, path) for i, atoms in enumerate(frames)]
@@ -218,6 +216,7 @@ def write(
             value = np.asarray(value)
             copy.info[name] = value.item() if value.ndim == 0 else value.copy()
 
+    import ase.io
     ase.io.write(path, out, format="extxyz", append=append)
 
 
@@ -241,6 +240,7 @@ def _detect_format(path: Path) -> str | None:
 
 def _index_list(n: int, index: int | slice | str) -> list[int]:
     if isinstance(index, str):
+        from ase.io.formats import string2index
         index = string2index(index)
     if isinstance(index, int):
         return [range(n)[index]]
@@ -317,6 +317,7 @@ def mlearn_stress_to_ase(virial_stress: Sequence[float]) -> np.ndarray:
 
 def _read_ase_db(path: Path, index: int | slice | str) -> list[Atoms]:
     """Read an ASE database; key-value pairs go to ``info`` and the row id to ``info['db_id']``."""
+    import ase.db
     with ase.db.connect(str(path)) as db:
         rows = list(db.select())
     frames = []

@@ -76,8 +76,8 @@ from ase.units import GPa
 from scipy import stats
 from sklearn.base import clone
 
-from kernelpot.gp.labels import config_type, frame_labels
-from kernelpot.uq import TrainingDiagnostics, leave_one_out
+from kernelpot.io.labels import config_type, frame_labels
+from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
 
 __all__ = ["COLUMNS", "ScreenTable", "screen", "robust_scale"]
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
-from kernelpot.gp.labels import frame_labels, is_isolated_atom
+from kernelpot.io.labels import frame_labels, is_isolated_atom
 from kernelpot.gp.sparse import SparseGP
 
 __all__ = ["Committee", "COMMITTEE_METHODS"]

@@ -76,9 +76,9 @@ from ase.md.verlet import VelocityVerlet
 from ase.neighborlist import neighbor_list
 from sklearn.base import clone
 
-from kernelpot.gp.labels import config_type as _config_type, frame_labels
-from kernelpot.kernels import dot_kernel
-from kernelpot.sampling import label
+from kernelpot.io.labels import config_type as _config_type, frame_labels
+from kernelpot.gp.kernels import dot_kernel
+from kernelpot.workflows.sampling import label
 
 try:
     from ase.md.velocitydistribution import thermalize_momenta as _thermalize

@@ -1,0 +1,107 @@
+"""Choice of the kernel scale ``delta`` and the noise of each group.
+
+Log parameters ``theta = (log delta, log sigma_g ...)`` within bounds:
+``delta`` in ``DELTA_BOUNDS``; each learned noise between its floor
+(``NOISE_FLOOR``: below it DFT labels are not reproducible anyway, and the
+floor keeps the posterior precision well conditioned) and the RMS of the
+group's targets.  ``delta`` and the force/stress noise maximise the marginal
+likelihood (:func:`kernelpot.gp.likelihood.optimize_hyperparameters`); the
+energy noise, by default, the closed-form leave-one-out predictive density of
+the training energies (:func:`kernelpot.gp.likelihood.select_noise_by_loo`).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from kernelpot.gp.likelihood import GroupStats, optimize_hyperparameters, select_noise_by_loo
+
+__all__ = ["NOISE_FLOOR", "DELTA_BOUNDS", "initial_theta", "search"]
+
+NOISE_FLOOR = {"energy": 1e-4, "forces": 1e-3, "stress": 1e-5}
+_NOISE_INIT = {"energy": 0.005, "forces": 0.1, "stress": 0.002}
+DELTA_BOUNDS = (1e-3, 1e2)
+# fewer energies than this: leave-one-out is too noisy a criterion, keep the evidence
+_MIN_LOO_ENERGIES = 10
+
+
+def initial_theta(stats: GroupStats, delta=None, sigma_energy=None, sigma_force=None, sigma_stress=None):
+    """Starting log parameters, their bounds and which are fixed (given by the user).
+
+    Returns
+    -------
+    theta0 : (1 + G,) array
+    bounds : list of (low, high)
+    fixed : (1 + G,) bool array
+    """
+    theta0 = [np.log(delta if delta is not None else 1.0)]
+    bounds = [tuple(np.log(DELTA_BOUNDS))]
+    fixed = [delta is not None]
+    given = {"energy": sigma_energy, "forces": sigma_force, "stress": sigma_stress}
+    for k, name in enumerate(stats.names):
+        kind = name.split(":")[0]
+        n = max(stats.n[k], 1)
+        rms = np.sqrt(stats.c[k] / n)
+        lo = NOISE_FLOOR[kind]
+        hi = max(rms, 10 * lo)
+        if given[kind] is not None:
+            theta0.append(np.log(given[kind]))
+            bounds.append((np.log(given[kind]) - 1, np.log(given[kind]) + 1))
+            fixed.append(True)
+        else:
+            theta0.append(np.log(np.clip(_NOISE_INIT[kind], lo, hi)))
+            bounds.append((np.log(lo), np.log(hi)))
+            fixed.append(False)
+    return np.array(theta0), bounds, np.array(fixed)
+
+
+def _energy_noise_by_loo(stats, theta, bounds, fixed):
+    groups = [k for k, g in enumerate(stats.names) if g.split(":")[0] == "energy"]
+    n_rows = sum(len(y) for y in stats.loo_y)
+    if not groups or n_rows < _MIN_LOO_ENERGIES:
+        return theta
+    return select_noise_by_loo(stats, theta, groups, bounds, fixed)
+
+
+def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_delta=True, verbose=False,
+           warn=True):
+    """Hyperparameters from the statistics of a fit.
+
+    Parameters
+    ----------
+    stats : GroupStats
+    theta0, bounds, fixed
+        From :func:`initial_theta` (``theta0`` may hold a previous optimum).
+    energy_noise : {"loo", "evidence"}
+        How the learned energy noise is chosen (see :class:`kernelpot.SparseGP`).
+    scan_delta : bool
+        Start ``delta`` from a coarse scan (off when refining a previous optimum).
+    verbose : bool
+        A progress bar over likelihood evaluations.
+    warn : bool
+        Warn (``RuntimeWarning``) when a free parameter ends at a bound.
+
+    Returns
+    -------
+    theta : (1 + G,) array
+    """
+    bar = None
+    if verbose:
+        from tqdm.auto import tqdm
+        bar = tqdm(desc="hyperparameters (-log L)", leave=False, unit=" eval")
+    theta, _ = optimize_hyperparameters(
+        stats, theta0, bounds, fixed, scan_delta=scan_delta,
+        progress=None if bar is None else (lambda v: (bar.update(1), bar.set_postfix_str(f"{v:.6g}"))))
+    if bar is not None:
+        bar.close()
+    if energy_noise == "loo":
+        theta = _energy_noise_by_loo(stats, theta, bounds, fixed)
+    if warn:
+        at_bound = [name for name, t, (lo, hi), f in zip(["delta"] + list(stats.names), theta, bounds, fixed)
+                    if not f and (t - lo < 1e-3 or hi - t < 1e-3)]
+        if at_bound:
+            warnings.warn(f"hyperparameters at their bounds after optimisation: {at_bound}; "
+                          "the data may not constrain them (see model.noise_)", RuntimeWarning, stacklevel=3)
+    return theta
