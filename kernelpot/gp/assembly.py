@@ -19,23 +19,81 @@ import copy
 
 import numpy as np
 
-from kernelpot.io.labels import config_type, frame_labels
+from kernelpot.io.labels import config_type, frame_labels, frame_noise
 from kernelpot.gp.design import frame_design
 from kernelpot.gp.likelihood import GroupStats, whiten
 from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_stress_var
 
-__all__ = ["KINDS", "training_rows", "add_frame", "accumulate", "group_names", "group_of", "chunks",
-           "labels_in_groups", "compute_features", "worker_view", "memory_estimate", "progress"]
+__all__ = ["KINDS", "training_rows", "offset_columns", "n_columns", "add_frame", "accumulate", "group_names", "group_of", "chunks",
+           "labels_in_groups", "compute_features", "worker_view", "memory_estimate", "progress", "phase",
+           "interactive", "kernels_compiled", "announce_compilation"]
 
 KINDS = ("energy", "forces", "stress")
 
 
+def interactive() -> bool:
+    """Whether progress bars can redraw in place: a terminal on stderr, or a notebook.
+
+    Redirected output (a log file, a pipe, a batch job) gets no bar, so it
+    does not fill with hundreds of carriage-return updates; the one-line
+    phase summaries of :func:`phase` are printed instead.
+    """
+    import sys
+    from tqdm.auto import tqdm
+    from tqdm.std import tqdm as std_tqdm
+    if tqdm is not std_tqdm:  # tqdm.auto chose the notebook widget
+        return True
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 def progress(it, verbose, desc, total=None):
-    """``it`` wrapped in a tqdm bar when ``verbose``."""
-    if not verbose:
+    """``it`` wrapped in a tqdm bar when ``verbose`` and :func:`interactive` (notebook bars in notebooks)."""
+    if not verbose or not interactive():
         return it
     from tqdm.auto import tqdm
     return tqdm(it, desc=desc, total=total, leave=False)
+
+
+def phase(verbose, name: str, start: float, detail: str = "") -> float:
+    """Print ``kernelpot: <name> ... <elapsed> s`` when ``verbose``; returns the current time.
+
+    ``start`` is a :func:`time.perf_counter` value; the return value starts the next phase.
+    """
+    import time
+    now = time.perf_counter()
+    if verbose:
+        print(f"kernelpot: {name:<18}{now - start:7.1f} s" + (f"  ({detail})" if detail else ""), flush=True)
+    return now
+
+
+_KERNEL_MODULES = ("_soap_kernels", "neighbors")
+
+
+def kernels_compiled() -> bool:
+    """Whether numba's on-disk cache holds the descriptor kernels (``False``: the first call compiles them).
+
+    Looks for numba's index files (``*.nbi``) of the modules in
+    ``kernelpot/descriptors`` beside them (``__pycache__``) or under
+    ``NUMBA_CACHE_DIR``.  A cache built for another Python version does not count.
+    """
+    import os
+    import sys
+    from pathlib import Path
+    import kernelpot.descriptors as d
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    roots = [Path(d.__file__).parent / "__pycache__"]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        roots.append(Path(os.environ["NUMBA_CACHE_DIR"]))
+    for mod in _KERNEL_MODULES:
+        if not any(next(root.rglob(f"{mod}.*{tag}.nbi"), None) for root in roots if root.is_dir()):
+            return False
+    return True
+
+
+def announce_compilation(verbose) -> None:
+    """Say, before the first descriptor call, that numba compiles the kernels (minutes, once)."""
+    if verbose and not kernels_compiled():
+        print("kernelpot: compiling kernels (first run only; a few minutes, cached for later runs)", flush=True)
 
 
 def group_of(model, kind: str, atoms) -> str:
@@ -69,6 +127,32 @@ def labels_in_groups(model, frames) -> list:
     return out
 
 
+#: Reference noise of :func:`noise_reference` when the model's noise is learned
+#: (eV/atom, eV/Å, eV/Å^3; typical DFT label noise).
+NOISE_REFERENCE = {"energy": 0.005, "forces": 0.1, "stress": 0.002}
+
+
+def noise_reference(model, kind: str) -> float:
+    """The noise a sigma given in the data is measured against (eV/atom, eV/Å, eV/Å^3).
+
+    The model's fixed ``sigma_energy``/``sigma_force``/``sigma_stress`` when
+    given, else :data:`NOISE_REFERENCE`.  So with fixed noise a sigma given in
+    the data is that observation's noise exactly (as in GAP); with learned
+    noise it is a relative weight: the observation's noise is
+    ``sigma_given * learned / NOISE_REFERENCE`` (a frame given ten times the
+    reference is trusted ten times less than one without a sigma).
+    """
+    fixed = {"energy": model.sigma_energy, "forces": model.sigma_force, "stress": model.sigma_stress}[kind]
+    return float(fixed) if fixed is not None else NOISE_REFERENCE[kind]
+
+
+def force_atoms(atoms, given=None) -> np.ndarray:
+    """Indices of the atoms whose forces are fitted (all but those masked in the data)."""
+    given = frame_noise(atoms) if given is None else given
+    mask = given.get("force_mask")
+    return np.arange(len(atoms)) if mask is None else np.flatnonzero(mask)
+
+
 def training_rows(model, atoms, lab, priors=False):
     """Reduced design rows, targets and noise scales of one frame's labels.
 
@@ -77,7 +161,13 @@ def training_rows(model, atoms, lab, priors=False):
     rows, ys, scales : dicts keyed by kind
         Design rows (n_obs, M), targets (labels minus fixed physics and
         offsets; eV, eV/Å, eV/Å^3) and noise scales (``n_atoms`` for the total
-        energy, whose noise is per atom; ``None`` for unit scale).
+        energy, whose noise is per atom; ``None`` for unit scale).  Noise given
+        in the data (:func:`kernelpot.io.labels.frame_noise`: GAP's
+        ``energy_sigma`` per structure in eV, ``force_sigma``/``force_atom_sigma``
+        in eV/Å, ``stress_sigma`` in eV/Å^3 or ``virial_sigma`` in eV) sets the
+        scale to ``sigma_given / noise_reference(model, kind)``; force rows of
+        masked atoms (``force_mask``, ASE ``FixAtoms``) are left out, so the
+        force rows are those of :func:`force_atoms`.
     priors : dict, only with ``priors`` (True, or a tuple of kinds)
         Reduced prior variance of those observations.
     """
@@ -89,29 +179,63 @@ def training_rows(model, atoms, lab, priors=False):
     eb, fb, sb = model._baseline_compute(atoms)
     rows, ys, scales = {}, {}, {}
     n = len(atoms)
+    given = frame_noise(atoms)
     if "energy" in lab:
         rows["energy"] = d["energy"][None, :]
         ys["energy"] = np.array([lab["energy"] - eb - sum(model._offset[int(z)] for z in atoms.numbers)])
-        scales["energy"] = np.array([float(n)])
+        # per-atom noise: the total energy's noise is n * sigma_energy; a given energy_sigma (eV, total)
+        # replaces n * sigma_ref
+        scales["energy"] = np.array([given["energy_sigma"] / noise_reference(model, "energy")
+                                     if "energy_sigma" in given else float(n)])
     if want_f:
-        rows["forces"] = d["forces"]
-        ys["forces"] = (lab["forces"] - fb).ravel()
-        scales["forces"] = None
+        keep = np.repeat(force_atoms(atoms, given), 3)
+        rows["forces"] = d["forces"][keep]
+        ys["forces"] = (lab["forces"] - fb).ravel()[keep]
+        scales["forces"] = (np.repeat(given["forces_sigma"], 3)[keep] / noise_reference(model, "forces")
+                            if "forces_sigma" in given else None)
     if want_s:
         rows["stress"] = d["stress"]
         ys["stress"] = lab["stress"] - sb
-        scales["stress"] = None
+        scales["stress"] = (np.full(6, given["stress_sigma"] / noise_reference(model, "stress"))
+                            if "stress_sigma" in given else None)
     if not priors:
         return rows, ys, scales
     kinds = KINDS if priors is True else priors
     pv = {}
     if "energy" in rows and "energy" in kinds:
-        pv["energy"] = np.array([prior_energy_var(feat, model.zeta)])
+        # the offset columns are represented exactly: their prior adds to the energy's
+        Z = getattr(model, "offset_species_", ())
+        counts = np.array([np.sum(atoms.numbers == z) for z in Z], float)
+        pv["energy"] = np.array([prior_energy_var(feat, model.zeta)
+                                 + getattr(model, "offset_kappa_", 0.0) ** 2 * float(counts @ counts)])
     if want_f and "forces" in kinds:
-        pv["forces"] = prior_force_var(feat, model.zeta).ravel()
+        pv["forces"] = prior_force_var(feat, model.zeta).ravel()[np.repeat(force_atoms(atoms, given), 3)]
     if want_s and "stress" in kinds:
         pv["stress"] = prior_stress_var(feat, model.zeta, vol)
     return rows, ys, scales, pv
+
+
+def offset_columns(model, atoms, kind: str, A: np.ndarray) -> np.ndarray:
+    """Whitened GP rows ``A`` (n, M) with the Bayesian offset columns appended, (n, M + S).
+
+    An energy observation gets ``kappa * (number of atoms of species Z)`` in
+    the column of species ``Z`` (its offset's prior std is ``kappa delta`` per
+    atom, see :mod:`kernelpot.gp.offsets`); forces and stresses do not depend
+    on the offsets (zeros).  Models without offset parameters (files written
+    before them) have ``S = 0``.
+    """
+    Z = getattr(model, "offset_species_", None)
+    if Z is None or len(Z) == 0:
+        return A
+    extra = np.zeros((A.shape[0], len(Z)))
+    if kind == "energy":
+        extra[:] = model.offset_kappa_ * np.array([np.sum(atoms.numbers == z) for z in Z], float)
+    return np.hstack([A, extra])
+
+
+def n_columns(model) -> int:
+    """Columns of the whitened design: M sparse environments plus S offset parameters."""
+    return model.sparse_.size + len(getattr(model, "offset_species_", ()))
 
 
 def add_frame(model, stats: GroupStats, atoms, lab, sign: float = 1.0) -> None:
@@ -119,8 +243,8 @@ def add_frame(model, stats: GroupStats, atoms, lab, sign: float = 1.0) -> None:
     gidx = {g: k for k, g in enumerate(stats.names)}
     rows, ys, scales, priors = training_rows(model, atoms, lab, priors=("energy",))
     for kind in rows:
-        stats.add(gidx[group_of(model, kind, atoms)], whiten(model._Lmm, rows[kind]), ys[kind], scales[kind], sign,
-                  prior=priors.get(kind))
+        A = offset_columns(model, atoms, kind, whiten(model._Lmm, rows[kind]))
+        stats.add(gidx[group_of(model, kind, atoms)], A, ys[kind], scales[kind], sign, prior=priors.get(kind))
 
 
 def chunks(n: int, chunk_size: int) -> list:
@@ -153,7 +277,7 @@ def worker_view(model):
 
 
 def _chunk_stats(model, frames, labels):
-    stats = GroupStats.empty(model.noise_groups_, model.sparse_.size)
+    stats = GroupStats.empty(model.noise_groups_, n_columns(model))
     for a, lab in zip(frames, labels):
         add_frame(model, stats, a, lab)
     return stats
@@ -166,8 +290,7 @@ def accumulate(model, frames, labels) -> GroupStats:
     are computed on a worker and summed here: the reduced normal equations
     of the whitened design, so memory per worker is O(M^2 + rows of one chunk).
     """
-    M = model.sparse_.size
-    stats = GroupStats.empty(model.noise_groups_, M)
+    stats = GroupStats.empty(model.noise_groups_, n_columns(model))
     if model.client is None:
         for i, a in progress(list(enumerate(frames)), model.verbose, "design"):
             add_frame(model, stats, a, labels[i])

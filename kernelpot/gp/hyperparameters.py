@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from kernelpot.gp.assembly import interactive
 from kernelpot.gp.likelihood import GroupStats, optimize_hyperparameters, select_noise_by_loo
 
 __all__ = ["NOISE_FLOOR", "DELTA_BOUNDS", "initial_theta", "search"]
@@ -88,7 +89,7 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
     theta : (1 + G,) array
     """
     bar = None
-    if verbose:
+    if verbose and interactive():  # redirected output: only the phase line of the caller
         from tqdm.auto import tqdm
         bar = tqdm(desc="hyperparameters (-log L)", leave=False, unit=" eval")
     theta, _ = optimize_hyperparameters(

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from kernelpot.io.labels import frame_labels
-from kernelpot.gp.assembly import chunks, training_rows, worker_view
+from kernelpot.gp.assembly import chunks, progress, training_rows, worker_view
 from kernelpot.gp.likelihood import whiten
 
 __all__ = ["TrainingDiagnostics", "leave_one_out"]
@@ -112,7 +112,8 @@ def leave_one_out(model, frames=None) -> TrainingDiagnostics:
     frames = model._train_frames if frames is None else list(frames)
     client = getattr(model, "client", None)
     if client is None:
-        parts = [_frame_loo(model, a, fi) for fi, a in enumerate(frames)]
+        parts = [_frame_loo(model, a, fi) for fi, a in
+                 progress(list(enumerate(frames)), getattr(model, "verbose", False), "leave-one-out")]
     else:
         cs = chunks(len(frames), model.chunk_size)
         futs = client.map(_chunk_loo, [worker_view(model)] * len(cs), [frames[c] for c in cs],
@@ -141,7 +142,7 @@ def _frame_loo(model, a, fi: int) -> dict:
     A, y, sig, kind, atom, comp, unit, nys = [], [], [], [], [], [], [], []
     for k in rows:
         m = len(ys[k])
-        A.append(whiten(post.Lmm, rows[k]))
+        A.append(offset_columns(model, a, k, whiten(post.Lmm, rows[k])))
         y.append(ys[k])
         # Nystrom residual of each observation (reduced units, before the noise scale)
         nys.append(u * np.maximum(priors[k] - np.sum(A[-1] ** 2, axis=1), 0.0))
@@ -149,8 +150,10 @@ def _frame_loo(model, a, fi: int) -> dict:
         sig.append(model._noise_for(k, a) * sc)
         kind += [k] * m
         if k == "forces":
-            atom.append(np.repeat(np.arange(n), 3))
-            comp.append(np.tile(np.arange(3), n))
+            from kernelpot.gp.assembly import force_atoms
+            fitted = force_atoms(a)  # atoms masked in the data have no force rows
+            atom.append(np.repeat(fitted, 3))
+            comp.append(np.tile(np.arange(3), len(fitted)))
         elif k == "stress":
             atom.append(np.full(6, -1))
             comp.append(np.arange(6))
