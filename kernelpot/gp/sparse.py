@@ -29,6 +29,8 @@ predictive density of the training energies (see ``energy_noise``).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
@@ -107,8 +109,13 @@ class SparseGP(BaseEstimator):
         and drop the diagnostics.  ``False``: raw GP variances.
     random_state : int
         Seed for sparse selection; the fit is deterministic given it.
-    verbose : bool
-        Progress bars and a memory estimate.
+    verbose : bool, default True
+        One line per phase of ``fit`` with its elapsed time (descriptors,
+        sparse selection, assembly, hyperparameters, leave-one-out
+        calibration), a memory estimate, a note when numba compiles the
+        kernels (first run only), and progress bars: tqdm's notebook bars in
+        Jupyter, terminal bars on a terminal, none when output is redirected.
+        ``False`` prints nothing.
     client : dask.distributed.Client, optional
         Compute descriptors, the design statistics and the calibration's
         leave-one-out on Dask workers (same result as in memory, to
@@ -127,7 +134,7 @@ class SparseGP(BaseEstimator):
     def __init__(self, descriptor=None, n_sparse=1000, sparse_method="cur", sparse_points=None,
                  zeta=4.0, sigma_energy=None, sigma_force=None, sigma_stress=None, delta=None,
                  noise_per_config_type=False, e0="auto", baseline=None, fit_forces=True,
-                 fit_stress=True, energy_noise="loo", calibrate=True, random_state=0, verbose=False,
+                 fit_stress=True, energy_noise="loo", calibrate=True, random_state=0, verbose=True,
                  client=None, chunk_size=16):
         self.descriptor = descriptor
         self.n_sparse = n_sparse
@@ -215,27 +222,34 @@ class SparseGP(BaseEstimator):
         self.e0_, self.mean_ = fit_offsets(frames, labels, self.species_, self.e0,
                                            lambda a: self._baseline_compute(a)[0])
         self._offset = {z: self.e0_[z] + self.mean_[z] for z in self.e0_}
+        assembly.announce_compilation(self.verbose)
+        t = time.perf_counter()
         feats = assembly.compute_features(self, frames)
+        t = assembly.phase(self.verbose, "descriptors", t, f"{len(frames)} frames")
         self.sparse_index_, self.sparse_ = choose_sparse_set(
             feats, frames, self.species_, self.n_sparse, self.sparse_method, self.zeta, self.random_state,
             self.sparse_points, _SPARSE_TOL)
         self._Kmm = self.sparse_.kernel(self.zeta)
         self._Lmm, _ = safe_cholesky(self._Kmm, "sparse kernel Kmm", jitter=_KMM_JITTER)
         self.noise_groups_ = assembly.group_names(self, frames, labels)
+        t = assembly.phase(self.verbose, "sparse selection", t, f"{self.sparse_.size} sparse points")
         if self.verbose:
             n_obs = sum(sum(np.size(v) for v in lab.values()) for lab in labels)
-            print(f"kernelpot: {len(frames)} frames, {n_obs} observations, {self.sparse_.size} sparse points; "
-                  f"peak memory of assembly ~{assembly.memory_estimate(self, frames) / 2**20:.0f} MiB")
+            print(f"kernelpot: assembling {n_obs} observations of {len(frames)} frames; "
+                  f"peak memory ~{assembly.memory_estimate(self, frames) / 2**20:.0f} MiB", flush=True)
         self._stats = assembly.accumulate(self, frames, labels)
+        t = assembly.phase(self.verbose, "assembly", t)
         theta0, bounds, fixed = self._initial_theta()
         theta = hyperparameters.search(self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose)
         self._train_frames = frames
         self._solve(theta)
+        t = assembly.phase(self.verbose, "hyperparameters", t)
         self.std_weights_ = {}
         self.__dict__.pop("training_diagnostics_", None)
         if self.calibrate:
             self.training_diagnostics_ = leave_one_out(self)
             recalibrate(self, self.training_diagnostics_)
+            assembly.phase(self.verbose, "calibration (LOO)", t)
         return self
 
     def _initial_theta(self):
@@ -463,10 +477,34 @@ class SparseGP(BaseEstimator):
         return Calculator(self, uncertainty=uncertainty)
 
     # --------------------------------------------------------------- files
-    def save(self, path):
-        """Write the fitted model to one ``.npz`` file (no pickle); see :mod:`kernelpot.modelfile`."""
+    def save(self, path, compact: bool = False):
+        """Write the fitted model to one ``.npz`` file (no pickle); see :mod:`kernelpot.modelfile`.
+
+        The file holds the settings, the learned scalars (noise, delta,
+        offsets, calibration weights) and the arrays of the posterior: the
+        sparse environments (M, n_features), the weights (M,) and three
+        (M, M) matrices (``Kmm``, its Cholesky factor ``Lmm`` and ``Lc``).  It
+        holds no training structures or training statistics, so a loaded
+        model predicts (values and standard deviations) and can be screened
+        against its training frames (``kernelpot.screen(model, frames)``),
+        but ``refit``/``update`` need the frames again.
+
+        Parameters
+        ----------
+        path : str or Path
+            ``.npz`` is appended when missing.
+        compact : bool, default False
+            Leave out ``Kmm`` and ``Lmm``, which :meth:`load` recomputes from the
+            sparse environments exactly as ``fit`` did (two of the three
+            (M, M) matrices: about half the file; loading costs one kernel
+            matrix and one Cholesky factorisation, O(M^2 n_features + M^3)).
+            Predictions of the loaded model are the same.
+        """
         self._check_fitted()
         header, arrays = self._state()
+        if compact:
+            header["fitted"]["compact"] = True
+            arrays = {k: v for k, v in arrays.items() if k not in _RECOMPUTED}
         modelfile.write_model_file(path, header, arrays)
 
     def _state(self):
@@ -503,7 +541,9 @@ class SparseGP(BaseEstimator):
     @classmethod
     def load(cls, path) -> "SparseGP":
         """Read a model written by :meth:`save` (see :func:`kernelpot.modelfile.read_model_file`)."""
-        header, data = modelfile.read_model_file(path, _ARRAY_NAMES)
+        header, data = modelfile.read_model_file(path, [n for n in _ARRAY_NAMES if n not in _RECOMPUTED])
+        if not header["fitted"].get("compact"):
+            data.update(modelfile.read_model_file(path, ("sparse_numbers",) + _RECOMPUTED)[1])
         baseline = None
         if header.get("baseline") is not None:
             from kernelpot.baselines import from_dict
@@ -529,6 +569,9 @@ class SparseGP(BaseEstimator):
         model.log_marginal_likelihood_ = float(fit["log_marginal_likelihood_"])
         model.sparse_index_ = data["sparse_index_"]
         model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"])
+        if "Kmm" not in data:  # compact file: recompute as fit did
+            data["Kmm"] = model.sparse_.kernel(model.zeta)
+            data["Lmm"], _ = safe_cholesky(data["Kmm"], "sparse kernel Kmm", jitter=_KMM_JITTER)
         model._Kmm, model._Lmm = data["Kmm"], data["Lmm"]
         model.alpha_ = data["alpha_"]
         model.posterior_ = Posterior(model.sparse_, float(model.zeta), model.delta_, data["Kmm"], data["Lmm"],
@@ -537,6 +580,7 @@ class SparseGP(BaseEstimator):
 
 
 _ARRAY_NAMES = ("alpha_", "theta_", "sparse_index_", "sparse_X", "sparse_numbers", "Lmm", "Lc", "Kmm", "a")
+_RECOMPUTED = ("Kmm", "Lmm")  # left out of compact files: functions of sparse_X
 
 
 class _WeightView:
