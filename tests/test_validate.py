@@ -82,12 +82,16 @@ def test_non_finite_values(field, make):
 
 
 def test_close_atoms_non_periodic_names_pair_and_distance():
-    atoms = Atoms("H3", positions=[[0, 0, 0], [3.0, 0, 0], [3.3, 0, 0]])
+    """Covalent-radius thresholds: H-H (r = 0.31 Å) errors below 0.217 Å, warns below 0.372 Å."""
+    atoms = Atoms("H3", positions=[[0, 0, 0], [3.0, 0, 0], [3.2, 0, 0]])
     atoms.calc = SinglePointCalculator(atoms, energy=-1.0)
     msg = _single_error([_molecule(), atoms])
-    assert msg.startswith("frame 1: distances: 1 pair(s) closer than min_distance=0.5 Å")
-    assert "atoms 1 (H) and 2 (H) at 0.3000 Å" in msg
-    assert validate([atoms], min_distance=0.25).ok
+    assert msg.startswith("frame 1: distances: 1 pair(s) closer than 0.35 x the sum of covalent radii")
+    assert "atoms 1 (H) and 2 (H) at 0.2000 Å" in msg
+    # a fixed min_distance is an error threshold for every pair
+    msg = _single_error([atoms], min_distance=0.25)
+    assert msg.startswith("frame 0: distances: 1 pair(s) closer than min_distance=0.25 Å")
+    assert validate([atoms], min_distance=0.15).ok
 
 
 def test_close_atoms_use_minimum_image():
@@ -95,7 +99,7 @@ def test_close_atoms_use_minimum_image():
     atoms = Atoms("Cu2", positions=[[0.1, 1, 1], [9.9, 1, 1]], cell=[10, 10, 10], pbc=True)
     atoms.calc = SinglePointCalculator(atoms, energy=-1.0)
     msg = _single_error([atoms])
-    assert msg == ("frame 0: distances: 1 pair(s) closer than min_distance=0.5 Å: "
+    assert msg == ("frame 0: distances: 1 pair(s) closer than 0.35 x the sum of covalent radii: "
                    "atoms 0 (Cu) and 1 (Cu) (periodic image) at 0.2000 Å")
     atoms.pbc = False
     atoms.calc.atoms.pbc = False
@@ -155,7 +159,7 @@ def test_all_problems_are_collected_and_raised_together():
         _frame("Vacancy", forces=np.zeros((8, 2))),            # 1: force shape
         _frame(energy=np.nan),                                 # 2: energy
         bulk("Cu"),                                            # 3: no energy
-        _frame(stress=np.zeros((3, 3))),                       # 4: stress shape
+        _frame(stress=np.zeros(4)),                            # 4: stress shape
         _frame(forces=np.full((8, 3), np.nan)),                # 5: forces NaN
     ]
     report = validate(frames, raise_on_error=False)
@@ -163,7 +167,7 @@ def test_all_problems_are_collected_and_raised_together():
     assert [m.split(":")[0] for m in report.errors] == [
         "frame 1 ('Vacancy')", "frame 2 ('bulk')", "frame 3", "frame 4 ('bulk')",
         "frame 5 ('bulk')"]
-    assert "stress has shape (3, 3), expected (6,)" in report.errors[3]
+    assert "stress has shape (4,), expected (6,)" in report.errors[3]
     with pytest.raises(ValueError) as excinfo:
         validate(frames)
     for msg in report.errors:

@@ -58,6 +58,10 @@ from ase.calculators.calculator import all_properties
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from kernelpot.io.files import atomic_write, check_writable
+from kernelpot.io.labels import (ENERGY_KEYS, FORCES_KEYS, NOISE_KEYS, STRESS_KEYS, VIRIAL_KEYS,
+                                 DataWarning, looks_like_label)
+
 __all__ = ["read", "write", "mlearn_stress_to_ase", "KBAR", "MLEARN_TO_ASE_VOIGT"]
 
 #: One kilobar in eV/Å^3 (1 kBar = 0.1 GPa).
@@ -75,7 +79,9 @@ _RESERVED_ARRAYS = {"positions", "numbers", "species", "pos", "symbols", "forces
 PathLike = str | os.PathLike
 
 
-def read(path: PathLike, index: int | slice | str = ":", format: str | None = None) -> list[Atoms]:
+def read(path: PathLike, index: int | slice | str = ":", format: str | None = None,
+         energy_key: str | None = None, forces_key: str | None = None,
+         stress_key: str | None = None) -> list[Atoms]:
     """Read labelled frames from a file.
 
     Parameters
@@ -90,6 +96,19 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
         ``"mlearn"`` for the mlearn/maml JSON format, ``"db"`` for an ASE
         database, or any :func:`ase.io.read` format name (``"extxyz"``,
         ``"vasp-out"``, ...). ``None`` detects it.
+    energy_key, forces_key, stress_key : str, optional
+        Where the reference labels are: an ``info`` key (energy, stress) or an
+        ``arrays`` column (forces), e.g. ``energy_key="REF_energy"``,
+        ``forces_key="REF_forces"``, ``stress_key="REF_virial"`` (a key whose
+        name contains ``virial`` is a virial in eV, converted to stress).
+        ``energy_key="free_energy"`` fits the free energy explicitly.  A key
+        given here must be present in every frame.  ``None``: the standard
+        name (``energy``/``free_energy``, ``forces``, ``stress``/``virial``),
+        else the first common convention present
+        (:data:`kernelpot.io.labels.ENERGY_KEYS` etc.: ``REF_*``, ``DFT_*``,
+        ``dft_*``, ...).  Any other key that looks like a label and is not used
+        is named in a :class:`~kernelpot.io.labels.DataWarning`, as are labels
+        taken from different conventions in one frame.
 
     Returns
     -------
@@ -103,8 +122,11 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
     Raises
     ------
     ValueError
-        If the file is a JSON list that is not in the mlearn format, or a frame
-        has a ``virial`` but no cell volume to divide it by.
+        If the file is a JSON list that is not in the mlearn format, is not
+        valid JSON (truncated), a field of a frame has the wrong type or shape,
+        a given label key is missing from a frame, or a frame has a ``virial``
+        but no cell volume to divide it by; every message names the file, the
+        frame index and the field.
 
     Examples
     --------
@@ -112,17 +134,34 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
     >>> frames[0].get_stress()                               # doctest: +SKIP
     """
     path = Path(path)
+    keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key}
+    for what, key in keys.items():
+        if key is not None and not (isinstance(key, str) and key):
+            raise TypeError(f"{what}_key must be a non-empty str or None, got {key!r}")
     if format is None:
         format = _detect_format(path)
     if format == "mlearn":
+        if any(k is not None for k in keys.values()):
+            raise ValueError(f"{path}: energy_key/forces_key/stress_key do not apply to the mlearn format "
+                             f"(its labels are outputs.energy, outputs.forces, outputs.virial_stress)")
         return _read_mlearn(path, index)
     if format in ("db", "json"):
         frames = _read_ase_db(path, index)
     else:
         import ase.io  # ase.io and ase.db take ~0.4 s to import: loaded when a file is read
-        images = ase.io.read(path, index=index, format=format)
+        try:
+            images = ase.io.read(path, index=index, format=format)
+        except (OSError, TypeError):
+            raise
+        except Exception as exc:  # ASE's parsers raise many types; say which file, keep the cause
+            raise ValueError(f"{path}: cannot be read as {format or 'a format ASE recognises'} "
+                             f"({type(exc).__name__}: {exc})") from exc
         frames = [images] if isinstance(images, Atoms) else list(images)
-    return [_attach_labels(atoms, i, path) for i, atoms in enumerate(frames)]
+    unused: dict[str, list[int]] = {}
+    mixed: dict[str, list[int]] = {}
+    out = [_attach_labels(atoms, i, path, keys, unused, mixed) for i, atoms in enumerate(frames)]
+    _warn_keys(path, unused, mixed, len(out))
+    return out
 
 
 def write(
@@ -161,15 +200,23 @@ def write(
     Raises
     ------
     ValueError
-        If an extra name clashes with a label or structure field, a length
-        does not match, or a frame's calculator results are stale (the atoms
-        moved after the labels were attached).
+        If the folder of ``path`` does not exist or is not writable (checked
+        before any work), an extra name clashes with a label or structure
+        field, a length does not match, or a frame's calculator results are
+        stale (the atoms moved after the labels were attached).
+
+    Notes
+    -----
+    The file is written to a temporary file beside ``path`` and renamed into
+    place (:func:`kernelpot.io.files.atomic_write`): a write that fails part-way
+    leaves the previous file intact.
 
     Examples
     --------
     >>> write("pred.xyz", frames, per_atom={"forces_std": pred["forces_std"]},
     ...       per_frame={"energy_std": pred["energy_std"]})  # doctest: +SKIP
     """
+    path = check_writable(path)
     if isinstance(frames, Atoms):
         frames = [frames]
     frames = list(frames)
@@ -216,8 +263,13 @@ def write(
             value = np.asarray(value)
             copy.info[name] = value.item() if value.ndim == 0 else value.copy()
 
+    import shutil
     import ase.io
-    ase.io.write(path, out, format="extxyz", append=append)
+    # atomic: a failure part-way leaves the previous file (and, appending, its frames) intact
+    with atomic_write(path, suffix=".xyz") as tmp:
+        if append and path.is_file():
+            shutil.copyfile(path, tmp)
+        ase.io.write(tmp, out, format="extxyz", append=append)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -341,32 +393,131 @@ def _to_voigt(stress: Any, what: str) -> np.ndarray:
     raise ValueError(f"{what} has shape {s.shape}, expected (6,), (9,) or (3, 3)")
 
 
-def _attach_labels(atoms: Atoms, i: int, path: Path) -> Atoms:
-    """Move energy/forces/stress/virial from info/arrays into a SinglePointCalculator."""
+def _take(atoms: Atoms, results: dict, key: str, where: str):
+    """The value stored under ``key``: calculator results, then ``info``, then ``arrays`` (removed there)."""
+    if key in results and results[key] is not None:
+        return results.pop(key)
+    if key in atoms.info:
+        return atoms.info.pop(key)
+    if key in atoms.arrays and key not in ("positions", "numbers"):
+        return atoms.arrays.pop(key)
+    return None
+
+
+def _first_present(atoms: Atoms, results: dict, candidates) -> str | None:
+    for key in candidates:
+        if results.get(key) is not None or key in atoms.info or key in atoms.arrays:
+            return key
+    return None
+
+
+def _attach_labels(atoms: Atoms, i: int, path: Path, keys: Mapping[str, str | None] | None = None,
+                   unused: dict | None = None, mixed: dict | None = None) -> Atoms:
+    """Move energy/forces/stress/virial from info/arrays into a SinglePointCalculator.
+
+    ``keys`` are the user's ``energy_key``/``forces_key``/``stress_key``
+    (``None``: the standard name, else the first convention present); keys
+    that look like labels and are not used are recorded in ``unused``
+    (key -> frames), frames whose labels come from different conventions in
+    ``mixed``.
+    """
+    keys = keys or {}
     where = f"{path}: frame {i}"
     results = _stored_results(atoms, i) if atoms.calc is not None else {}
+    used = {}
 
-    if "energy" not in results and "energy" in atoms.info:
-        results["energy"] = float(atoms.info.pop("energy"))
-    if "forces" not in results and "forces" in atoms.arrays:
-        results["forces"] = np.array(atoms.arrays["forces"], dtype=float)
-        del atoms.arrays["forces"]
-    if "stress" in results:
-        results["stress"] = _to_voigt(results["stress"], f"{where}: stress")
-    elif "stress" in atoms.info:
-        results["stress"] = _to_voigt(atoms.info.pop("stress"), f"{where}: stress")
-    elif "virial" in atoms.info:
-        volume = abs(np.linalg.det(atoms.cell.array))
-        if not volume > 0.0:
-            raise ValueError(f"{where}: virial given but the cell volume is {volume} Å^3; "
-                             f"stress = -virial / V needs a cell")
-        virial = _to_voigt(atoms.info.pop("virial"), f"{where}: virial")
-        results["stress"] = -virial / volume
+    def resolve(what, candidates):
+        key = keys.get(what)
+        if key is None:
+            return _first_present(atoms, results, candidates), False
+        return key, True
+
+    # energy: a given key replaces both standard energies (they are then "not used")
+    key, explicit = resolve("energy", ("free_energy",) + ENERGY_KEYS)
+    if key is not None:
+        if explicit or key not in ("energy", "free_energy"):
+            value = _take(atoms, results, key, where)
+            if value is None:
+                raise ValueError(f"{where}: energy_key={key!r} is not in this frame (info keys: "
+                                 f"{sorted(atoms.info)}; calculator: {sorted(results)})")
+            for std in ("energy", "free_energy"):
+                if key != std and results.get(std) is not None:
+                    atoms.info[f"{std}_unused"] = results.pop(std)
+                    (unused if unused is not None else {}).setdefault(std, []).append(i)
+            try:
+                results["energy"] = float(np.asarray(value, dtype=float))
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: {key} = {value!r} is not a number (expected eV, total)") from None
+        else:
+            for std in ("energy", "free_energy"):
+                if results.get(std) is None and std in atoms.info:
+                    results[std] = float(atoms.info.pop(std))
+        used["energy"] = key
+
+    key, explicit = resolve("forces", FORCES_KEYS)
+    if key is not None:
+        value = _take(atoms, results, key, where)
+        if value is None:
+            raise ValueError(f"{where}: forces_key={key!r} is not in this frame (arrays: "
+                             f"{sorted(atoms.arrays)}; calculator: {sorted(results)})")
+        if key != "forces" and results.get("forces") is not None:
+            atoms.arrays["forces_unused"] = np.asarray(results.pop("forces"))
+            (unused if unused is not None else {}).setdefault("forces", []).append(i)
+        try:
+            results["forces"] = np.array(value, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {key} is not numeric (expected (n_atoms, 3) eV/Å)") from None
+        used["forces"] = key
+
+    key, explicit = resolve("stress", STRESS_KEYS + VIRIAL_KEYS)
+    if key is not None:
+        value = _take(atoms, results, key, where)
+        if value is None:
+            raise ValueError(f"{where}: stress_key={key!r} is not in this frame (info keys: "
+                             f"{sorted(atoms.info)}; calculator: {sorted(results)})")
+        if "virial" in key.lower():
+            volume = abs(np.linalg.det(atoms.cell.array))
+            if not volume > 0.0:
+                raise ValueError(f"{where}: {key} given but the cell volume is {volume} Å^3; "
+                                 f"stress = -virial / V needs a cell")
+            results["stress"] = -_to_voigt(value, f"{where}: {key}") / volume
+        else:
+            results["stress"] = _to_voigt(value, f"{where}: {key}")
+        used["stress"] = key
+
+    # conventions mixed in one frame (energy= with REF_forces): the labels may come from two sources
+    standard = ("energy", "free_energy", "forces", "stress", "virial")
+    prefixes = {k: "" if v in standard else v.lower().replace(k, "").replace(k.rstrip("s"), "")
+                .replace("virial", "") for k, v in used.items()}
+    if mixed is not None and len(set(prefixes.values())) > 1:
+        label = ", ".join(f"{k} from {v!r}" for k, v in used.items())
+        mixed.setdefault(label, []).append(i)
+    if unused is not None:
+        for container in (atoms.info, atoms.arrays):
+            for k in container:
+                if (looks_like_label(k) and k not in used.values() and not k.endswith("_unused")
+                        and k not in ("positions", "numbers") and k not in NOISE_KEYS):
+                    unused.setdefault(k, []).append(i)
 
     if "config_type" in atoms.info:
         atoms.info["config_type"] = str(atoms.info["config_type"])
     atoms.calc = SinglePointCalculator(atoms, **results) if results else None
     return atoms
+
+
+def _warn_keys(path: Path, unused: dict, mixed: dict, n_frames: int) -> None:
+    """One warning naming label-like keys that were not used and conventions mixed in a frame."""
+    import warnings
+    lines = []
+    for key, frames in unused.items():
+        lines.append(f"{key!r} looks like a label but is not used ({len(frames)} of {n_frames} frames"
+                     + (f"; kept as {key + '_unused'!r}" if key in ("energy", "free_energy", "forces") else "")
+                     + "); choose it with energy_key=/forces_key=/stress_key=")
+    for label, frames in mixed.items():
+        lines.append(f"labels come from different conventions ({label}) in {len(frames)} of {n_frames} "
+                     f"frames; check they are from the same calculation, or name the keys")
+    if lines:
+        warnings.warn(f"{path}: " + "; ".join(lines), DataWarning, stacklevel=3)
 
 
 def _stored_results(atoms: Atoms, i: int) -> dict[str, Any]:

@@ -1,16 +1,93 @@
-"""Reference labels of training frames, read the ASE way.
+"""What a label is: the one definition used by ``read``, ``validate``, ``fit`` and ``predict``.
 
 Labels live on each frame's calculator (normally a SinglePointCalculator made by
-:func:`kernelpot.read`).  This module is the single place where the GP looks
-them up, so the rules (what counts as present, which frames have a usable
-stress) are written once.
+:func:`kernelpot.read`).  This module is the single place where every layer
+looks them up, so the rules (which keys, which shapes and units, which energy,
+which frames have a usable stress, what a structure must satisfy before a
+model sees it) are written once.
+
+=================  ==========================  ======================================================
+label              shape, unit                 accepted as
+=================  ==========================  ======================================================
+``energy``         scalar, eV, total           ``free_energy`` if present, else ``energy`` (below)
+``forces``         ``(n_atoms, 3)``, eV/Å      any float dtype (float32 is cast to float64)
+``stress``         ``(6,)``, eV/Å^3, ASE sign  ``(6,)`` Voigt ``xx yy zz yz xz xy``, ``(3, 3)`` or ``(9,)``;
+                                               only used for frames periodic in all three directions
+=================  ==========================  ======================================================
+
+Which energy
+------------
+With electronic smearing (Fermi-Dirac, Methfessel-Paxton, ...) DFT codes
+report the force as the derivative of the *free* energy ``E - TS``, not of the
+total energy: VASP's OUTCAR "free energy TOTEN" is the quantity consistent with
+its forces, and ASE's VASP/Quantum ESPRESSO readers store it as ``free_energy``
+beside ``energy`` (the ``sigma -> 0`` extrapolation).  A potential fitted to
+energies and forces must fit one function and its derivatives, so kernelpot
+fits ``free_energy`` whenever a frame has it.  :func:`kernelpot.validate` (and
+so ``SparseGP.fit``) warns when both are present and differ.
+
+Noise given in the data (GAP conventions)
+-----------------------------------------
+:func:`frame_noise` reads per-frame and per-atom noise the way GAP users write
+it in extended XYZ files:
+
+========================  =============  ==========================================================
+key                       where, unit    meaning
+========================  =============  ==========================================================
+``energy_sigma``          info, eV       noise of the **total** energy of the frame (GAP: per
+                                         structure); kernelpot's ``sigma_energy`` is per atom, so
+                                         it corresponds to ``energy_sigma = n_atoms * sigma_energy``
+``force_sigma``           info, eV/Å     noise of every force component of the frame
+``force_atom_sigma``      arrays, eV/Å   per atom (overrides ``force_sigma``)
+``stress_sigma``          info, eV/Å^3   noise of every stress component
+``virial_sigma``          info, eV       GAP's virial noise; ``stress_sigma = virial_sigma / V``
+``force_mask``            arrays, bool   GAP: nonzero = this atom's forces are **not** fitted
+ASE ``FixAtoms``          constraints    (extxyz ``move_mask`` False) forces of fixed atoms are not
+                                         fitted: writers often store the constrained (zeroed) forces
+========================  =============  ==========================================================
+
+How the fit uses them is documented in :func:`kernelpot.gp.assembly.training_rows`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["frame_labels", "is_periodic", "is_isolated_atom", "config_type"]
+__all__ = ["DataWarning", "frame_labels", "parse_labels", "frame_noise", "structure_errors", "check_structure",
+           "frame_name", "is_periodic", "is_isolated_atom", "config_type", "energy_conflict",
+           "ENERGY_KEYS", "FORCES_KEYS", "STRESS_KEYS", "VIRIAL_KEYS", "NOISE_KEYS", "looks_like_label"]
+
+VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
+
+#: Keys recognised by :func:`kernelpot.read` when no ``energy_key``/... is given, in order of
+#: preference (the first present is used; the standard ASE name always wins).
+ENERGY_KEYS = ("energy", "REF_energy", "DFT_energy", "dft_energy", "ref_energy", "QM_energy",
+               "energy_dft", "energy_ref", "TotEnergy")
+FORCES_KEYS = ("forces", "REF_forces", "DFT_forces", "dft_forces", "ref_forces", "QM_forces",
+               "forces_dft", "forces_ref", "force")
+STRESS_KEYS = ("stress", "REF_stress", "DFT_stress", "dft_stress", "ref_stress", "QM_stress")
+VIRIAL_KEYS = ("virial", "REF_virial", "DFT_virial", "dft_virial", "ref_virial", "QM_virial")
+#: Noise and mask keys of :func:`frame_noise` (never mistaken for labels).
+NOISE_KEYS = ("energy_sigma", "force_sigma", "force_atom_sigma", "virial_sigma", "stress_sigma",
+              "hessian_sigma", "force_mask")
+_LABEL_WORDS = ("energy", "energies", "force", "forces", "stress", "virial")
+
+#: relative difference below which energy and free_energy count as equal (no smearing)
+_ENERGY_RTOL = 1e-9
+_ENERGY_ATOL = 1e-6  # eV
+
+
+class DataWarning(UserWarning):
+    """A suspicious but possibly intended value or key in training data (see :func:`kernelpot.validate`)."""
+
+
+def looks_like_label(name: str) -> bool:
+    """True for a key that reads like a reference label (``REF_forces``, ``dft_energy``, ...)."""
+    low = str(name).lower()
+    if name in NOISE_KEYS or low.endswith(("_sigma", "_std", "_mask", "_weight")):
+        return False
+    parts = low.replace("-", "_").split("_")
+    return any(p in _LABEL_WORDS for p in parts)
 
 
 def is_periodic(atoms) -> bool:
@@ -28,36 +105,251 @@ def config_type(atoms, default: str = "default") -> str:
     return str(atoms.info.get("config_type", default))
 
 
-def frame_labels(atoms, index: int | None = None) -> dict:
-    """Available reference labels of one frame.
+def frame_name(index: int | None, atoms) -> str:
+    """``"frame 17 ('Vacancy', 'desc')"``: how every message names a frame (``"structure"`` without index)."""
+    tags = []
+    info = getattr(atoms, "info", {})
+    if "config_type" in info:
+        tags.append(repr(str(info["config_type"])))
+    if "description" in info:
+        tags.append(repr(str(info["description"])))
+    base = "structure" if index is None else f"frame {index}"
+    return base + (f" ({', '.join(tags)})" if tags else "")
+
+
+def _list(indices, limit: int = 20) -> str:
+    shown = ", ".join(str(int(k)) for k in indices[:limit])
+    return f"[{shown}{', ...' if len(indices) > limit else ''}]"
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def structure_errors(atoms, name: str, species=None) -> list[str]:
+    """Cheap checks of a structure before a model sees it (vectorised; no neighbour search).
+
+    Shared by :func:`kernelpot.validate`, ``SparseGP.fit`` and every prediction
+    path so that they say the same thing.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+    name : str
+        How messages name the frame (see :func:`frame_name`).
+    species : array of int, optional
+        Atomic numbers a model knows; others are reported.
 
     Returns
     -------
-    dict with any of ``"energy"`` (float, eV), ``"forces"`` ((n, 3), eV/Å),
-    ``"stress"`` ((6,), eV/Å^3, ASE Voigt order; only for periodic frames).
+    list of str
+        One message per problem: no atoms; non-finite positions (naming the
+        atoms); periodic directions without usable lattice vectors; elements
+        outside ``species``.
+    """
+    errs = []
+    n = len(atoms)
+    if n == 0:
+        errs.append(f"{name}: the structure has no atoms (an empty ase.Atoms); remove it: "
+                    f"it has no energy to fit or predict")
+        return errs
+    positions = atoms.positions
+    finite = np.isfinite(positions)
+    if not finite.all():
+        bad = np.unique(np.nonzero(~finite)[0])
+        errs.append(f"{name}: positions are not finite (NaN/inf) for atoms {_list(bad)}")
+    pbc = atoms.pbc
+    if pbc.any():
+        periodic = atoms.cell.array[pbc]
+        lengths = np.linalg.norm(periodic, axis=1)
+        with np.errstate(all="ignore"):
+            measure = np.sqrt(max(float(np.nan_to_num(np.linalg.det(periodic @ periodic.T))), 0.0))
+        if not (np.all(np.isfinite(periodic)) and np.all(lengths > 0.0)
+                and measure > 1e-8 * np.prod(lengths)):
+            with np.errstate(all="ignore"):
+                volume = atoms.cell.volume
+            errs.append(f"{name}: cell: pbc={pbc.tolist()} but the periodic lattice vectors are missing, "
+                        f"non-finite or linearly dependent (cell volume {volume:.4g} Å^3); "
+                        f"set atoms.cell or pbc=False")
+    if species is not None:
+        missing = sorted(set(np.unique(atoms.numbers).tolist()) - set(np.asarray(species).tolist()))
+        if missing:
+            from ase.data import chemical_symbols
+            errs.append(f"{name}: species: structure contains elements "
+                        f"{[chemical_symbols[z] for z in missing]} that the model was not trained on "
+                        f"(trained: {[chemical_symbols[int(z)] for z in species]})")
+    return errs
+
+
+def check_structure(atoms, index: int | None = None, species=None) -> None:
+    """Raise ``ValueError`` with the messages of :func:`structure_errors` if there are any."""
+    errs = structure_errors(atoms, frame_name(index, atoms), species)
+    if errs:
+        raise ValueError("; ".join(errs))
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _energy_of(res) -> tuple[str | None, object]:
+    """(key, value) of the energy to fit: free_energy when present (see module docstring)."""
+    for key in ("free_energy", "energy"):
+        if res.get(key) is not None:
+            return key, res[key]
+    return None, None
+
+
+def energy_conflict(atoms) -> tuple[float, float] | None:
+    """``(energy, free_energy)`` in eV when a frame has both and they differ, else None."""
+    calc = atoms.calc
+    res = getattr(calc, "results", {}) if calc is not None else {}
+    e, fe = res.get("energy"), res.get("free_energy")
+    if e is None or fe is None:
+        return None
+    try:
+        e, fe = float(e), float(fe)
+    except (TypeError, ValueError):
+        return None
+    if not (np.isfinite(e) and np.isfinite(fe)) or np.isclose(e, fe, rtol=_ENERGY_RTOL, atol=_ENERGY_ATOL):
+        return None
+    return e, fe
+
+
+def parse_labels(atoms, name: str) -> tuple[dict, list[str]]:
+    """Labels of one frame in kernelpot's units and shapes, and every problem with them.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+    name : str
+        How messages name the frame.
+
+    Returns
+    -------
+    labels : dict
+        The usable labels: ``"energy"`` (float, eV), ``"forces"`` ((n, 3) float64,
+        eV/Å), ``"stress"`` ((6,) float64, eV/Å^3, Voigt; only for periodic frames).
+        A label with a problem is left out.
+    errors : list of str
+        Messages naming the frame and the field (shape, non-finite values).
     """
     calc = atoms.calc
-    out = {}
+    out, errs = {}, []
     if calc is None:
-        return out
-    res = getattr(calc, "results", {})
-    if "energy" in res and res["energy"] is not None:
-        out["energy"] = float(res["energy"])
-    elif "free_energy" in res and res["free_energy"] is not None:
-        out["energy"] = float(res["free_energy"])
+        return out, errs
+    res = getattr(calc, "results", {}) or {}
+    n = len(atoms)
+    key, value = _energy_of(res)
+    if key is not None:
+        try:
+            energy = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            errs.append(f"{name}: {key} is {value!r}, expected a number (eV, total)")
+            energy = None
+        if energy is None:
+            pass
+        elif energy.shape not in ((), (1,)):
+            errs.append(f"{name}: energy has shape {energy.shape}, expected a scalar (eV, total)")
+        elif not np.isfinite(energy).all():
+            errs.append(f"{name}: energy is not finite ({float(energy.ravel()[0])})")
+        else:
+            out["energy"] = float(energy.ravel()[0])
     if res.get("forces") is not None:
         f = np.asarray(res["forces"], dtype=float)
-        if f.shape != (len(atoms), 3):
-            where = f"frame {index}" if index is not None else "frame"
-            raise ValueError(f"{where} ({config_type(atoms)!r}): forces have shape {f.shape}, "
-                             f"expected ({len(atoms)}, 3)")
-        out["forces"] = f
-    if res.get("stress") is not None and is_periodic(atoms):
+        if f.shape != (n, 3):
+            errs.append(f"{name}: forces have shape {f.shape}, expected ({n}, 3)")
+        elif not np.isfinite(f).all():
+            bad = np.unique(np.nonzero(~np.isfinite(f))[0])
+            errs.append(f"{name}: forces are not finite (NaN/inf) for atoms {_list(bad)}")
+        else:
+            out["forces"] = f
+    if res.get("stress") is not None:
         s = np.asarray(res["stress"], dtype=float)
+        if s.shape == (9,):
+            s = s.reshape(3, 3)
         if s.shape == (3, 3):
             s = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
         if s.shape != (6,):
-            where = f"frame {index}" if index is not None else "frame"
-            raise ValueError(f"{where} ({config_type(atoms)!r}): stress has shape {s.shape}, expected (6,) or (3, 3)")
-        out["stress"] = s
+            errs.append(f"{name}: stress has shape {s.shape}, expected (6,) (eV/Å^3, Voigt xx yy zz yz xz xy) "
+                        f"or (3, 3)")
+        elif not np.isfinite(s).all():
+            bad = [c for c, ok in zip(VOIGT, np.isfinite(s)) if not ok]
+            errs.append(f"{name}: stress is not finite (NaN/inf) in components {bad}")
+        elif is_periodic(atoms):
+            out["stress"] = s
+    return out, errs
+
+
+def frame_labels(atoms, index: int | None = None) -> dict:
+    """Available reference labels of one frame (see the module table).
+
+    Returns
+    -------
+    dict with any of ``"energy"`` (float, eV; the free energy when the frame
+    has one), ``"forces"`` ((n, 3), eV/Å), ``"stress"`` ((6,), eV/Å^3, ASE
+    Voigt order; only for periodic frames).
+
+    Raises
+    ------
+    ValueError
+        If a label has the wrong shape or non-finite values (message naming
+        the frame and field, as :func:`kernelpot.validate` words it).
+    """
+    out, errs = parse_labels(atoms, frame_name(index, atoms))
+    if errs:
+        raise ValueError("; ".join(errs))
+    return out
+
+
+def _positive(value, what: str, name: str, shape=()) -> np.ndarray:
+    v = np.asarray(value, dtype=float)
+    if v.shape != shape or not np.all(np.isfinite(v)) or not np.all(v > 0):
+        raise ValueError(f"{name}: {what} = {value!r} must be {'a positive number' if shape == () else f'positive numbers of shape {shape}'}")
+    return v
+
+
+def frame_noise(atoms, index: int | None = None) -> dict:
+    """Noise and force mask given in the data of one frame (GAP conventions; module table).
+
+    Returns
+    -------
+    dict with any of ``"energy_sigma"`` (float, eV, total energy),
+    ``"forces_sigma"`` ((n_atoms,), eV/Å per component of each atom),
+    ``"stress_sigma"`` (float, eV/Å^3 per component) and ``"force_mask"``
+    ((n_atoms,) bool, True = the atom's forces are fitted).  Empty when the
+    frame gives none.
+
+    Raises
+    ------
+    ValueError
+        If a sigma is not positive and finite, or a per-atom array has the
+        wrong length (naming frame and field).
+    """
+    name = frame_name(index, atoms)
+    info, arrays, n = atoms.info, atoms.arrays, len(atoms)
+    out = {}
+    if info.get("energy_sigma") is not None:
+        out["energy_sigma"] = float(_positive(info["energy_sigma"], "energy_sigma (eV)", name))
+    if info.get("force_sigma") is not None:
+        out["forces_sigma"] = np.full(n, float(_positive(info["force_sigma"], "force_sigma (eV/Å)", name)))
+    if "force_atom_sigma" in arrays:
+        out["forces_sigma"] = _positive(np.ravel(arrays["force_atom_sigma"]), "force_atom_sigma (eV/Å)",
+                                        name, (n,))
+    if info.get("stress_sigma") is not None:
+        out["stress_sigma"] = float(_positive(info["stress_sigma"], "stress_sigma (eV/Å^3)", name))
+    elif info.get("virial_sigma") is not None:
+        v = float(_positive(info["virial_sigma"], "virial_sigma (eV)", name))
+        if is_periodic(atoms):
+            out["stress_sigma"] = v / abs(atoms.cell.volume)
+    mask = np.ones(n, dtype=bool)
+    if "force_mask" in arrays:
+        fm = np.asarray(arrays["force_mask"])
+        if fm.shape[:1] != (n,):
+            raise ValueError(f"{name}: force_mask has shape {fm.shape}, expected ({n},)")
+        mask &= ~(fm.reshape(n, -1) != 0).any(axis=1)
+    from ase.constraints import FixAtoms
+    for c in atoms.constraints:
+        if isinstance(c, FixAtoms):
+            mask[c.get_indices()] = False
+    if not mask.all():
+        out["force_mask"] = mask
     return out

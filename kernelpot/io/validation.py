@@ -7,9 +7,13 @@ never modified or dropped.
 
 Errors (make the data unusable as it stands):
 
+- a structure without atoms;
 - non-finite positions, energy, forces or stress;
-- forces not of shape ``(n_atoms, 3)``, stress not of shape ``(6,)``, energy not a scalar;
-- two atoms (or an atom and a periodic image) closer than ``min_distance``;
+- forces not of shape ``(n_atoms, 3)``, stress not of shape ``(6,)`` or ``(3, 3)``, energy not
+  a number;
+- two atoms (or an atom and a periodic image) closer than 0.35 x the sum of their covalent
+  radii (or a fixed ``min_distance``);
+- a noise (``energy_sigma``, ``force_sigma``, ...) that is not positive, or of the wrong shape;
 - periodic directions without lattice vectors (zero cell volume);
 - a required label (``require``) that is missing;
 - labels attached to a structure that has since moved (stale calculator).
@@ -19,7 +23,14 @@ Warnings (plausible but suspicious, usually a unit mistake):
 - ``|F| > 100 eV/Å`` on some atom;
 - ``|stress| > 100 GPa`` in some component;
 - ``|E/atom| > 1e4 eV``;
-- ``E/atom > 0`` (reported once for the data set, listing the frames).
+- ``E/atom > 0`` (reported once for the data set, listing the frames);
+- ``energy`` and ``free_energy`` both given and different (once, listing the frames): the fit
+  uses ``free_energy`` (see :mod:`kernelpot.io.labels`);
+- two atoms closer than 0.6 x the sum of their covalent radii (short but possible).
+
+The label rules (keys, shapes, which energy) are those of :mod:`kernelpot.io.labels`, the same
+that ``SparseGP.fit`` uses; ``SparseGP.fit`` runs :func:`validate` and issues its warnings as one
+:class:`DataWarning`.
 """
 
 from __future__ import annotations
@@ -30,10 +41,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
 from scipy.spatial import cKDTree
 
-__all__ = ["validate", "ValidationReport"]
+from kernelpot.io.labels import (DataWarning, energy_conflict, frame_name, frame_noise, parse_labels,
+                                 structure_errors)
+
+__all__ = ["validate", "ValidationReport", "DataWarning", "warn_report"]
 
 #: Labels that ``require`` may name.
 LABELS = ("energy", "forces", "stress")
@@ -42,6 +57,12 @@ LABELS = ("energy", "forces", "stress")
 MAX_FORCE = 100.0            # eV/Å
 MAX_STRESS_GPA = 100.0       # GPa
 MAX_ENERGY_PER_ATOM = 1.0e4  # eV
+
+#: Distance thresholds as fractions of the sum of the pair's covalent radii: H-H (0.62 Å) errors
+#: below 0.22 Å and warns below 0.37 Å; Cu-Cu (2.64 Å) errors below 0.92 Å, warns below 1.58 Å.
+DISTANCE_ERROR_FACTOR = 0.35
+DISTANCE_WARN_FACTOR = 0.6
+_DISTANCE_TOL = 1e-6         # Å: a pair written at the threshold is not flagged by round-off
 
 _MAX_PAIRS_LISTED = 5
 _MAX_INDICES_LISTED = 20
@@ -81,7 +102,7 @@ class ValidationReport:
 def validate(
     frames: Atoms | Sequence[Atoms],
     require: Iterable[str] = ("energy",),
-    min_distance: float = 0.5,
+    min_distance: float | None = None,
     raise_on_error: bool = True,
 ) -> ValidationReport:
     """Check frames and labels; report every problem with frame index and field.
@@ -96,8 +117,12 @@ def validate(
     require : iterable of {"energy", "forces", "stress"}, default ("energy",)
         Labels every frame must have. ``"stress"`` is only required of frames
         periodic in all three directions.
-    min_distance : float, default 0.5
-        Å. Pairs of atoms closer than this (periodic images included) are errors.
+    min_distance : float, optional
+        Å. ``None`` (default): thresholds scaled by each pair's covalent radii,
+        an error below ``0.35 (r_a + r_b)`` and a warning below ``0.6 (r_a + r_b)``
+        (H-H: 0.22 and 0.37 Å; Si-Si: 0.78 and 1.33 Å). A number: pairs closer
+        than this many Å (periodic images included) are errors, whatever the
+        elements; 0 switches the check off.
     raise_on_error : bool, default True
         Raise ``ValueError`` listing all errors (and warnings) if there are any.
         Otherwise return the report.
@@ -126,13 +151,14 @@ def validate(
     unknown = [r for r in require if r not in LABELS]
     if unknown:
         raise ValueError(f"require: unknown label(s) {unknown}; allowed are {list(LABELS)}")
-    if not min_distance >= 0.0:
-        raise ValueError(f"min_distance must be >= 0 Å, got {min_distance}")
+    if min_distance is not None and not min_distance >= 0.0:
+        raise ValueError(f"min_distance must be None (covalent radii) or >= 0 Å, got {min_distance}")
 
     report = ValidationReport(n_frames=len(frames))
     positive_energy: list[int] = []
+    free_energy: list[int] = []
     for i, atoms in enumerate(frames):
-        _check_frame(i, atoms, require, min_distance, report, positive_energy)
+        _check_frame(i, atoms, require, min_distance, report, positive_energy, free_energy)
 
     if positive_energy:
         shown = ", ".join(str(i) for i in positive_energy[:_MAX_INDICES_LISTED])
@@ -143,108 +169,103 @@ def validate(
             f"(frames {shown}{more}); total DFT energies are negative, so check the sign or "
             f"reference (expected for EMT or reference-subtracted energies)")
 
+    if free_energy:
+        report.warnings.append(
+            f"energy: energy and free_energy differ in {len(free_energy)} of {len(frames)} frames "
+            f"(frames {_list(np.array(free_energy))}); kernelpot fits free_energy, the energy the "
+            f"forces are derivatives of with electronic smearing (VASP's 'free energy TOTEN', "
+            f"ASE's free_energy)")
+
     if raise_on_error and report.errors:
         raise ValueError(str(report))
     return report
 
 
-def _frame_name(i: int, atoms: Atoms) -> str:
-    tags = []
-    if "config_type" in atoms.info:
-        tags.append(repr(str(atoms.info["config_type"])))
-    if "description" in atoms.info:
-        tags.append(repr(str(atoms.info["description"])))
-    return f"frame {i}" + (f" ({', '.join(tags)})" if tags else "")
+def warn_report(report: ValidationReport, where: str = "data", stacklevel: int = 3,
+                max_lines: int = 10) -> None:
+    """Issue a report's warnings as **one** :class:`DataWarning` (first ``max_lines`` listed).
+
+    Parameters
+    ----------
+    report : ValidationReport
+    where : str
+        What was checked, for the first line (``"fit"``, a file name).
+    """
+    if not report.warnings:
+        return
+    import warnings
+    lines = report.warnings[:max_lines]
+    more = len(report.warnings) - len(lines)
+    text = (f"{where}: {len(report.warnings)} validation warning(s) in {report.n_frames} frames:\n  "
+            + "\n  ".join(lines)
+            + (f"\n  ... and {more} more; run kernelpot.validate(frames) for the full list" if more else ""))
+    warnings.warn(text, DataWarning, stacklevel=stacklevel)
 
 
-def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: float,
-                 report: ValidationReport, positive_energy: list[int]) -> None:
+def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: float | None,
+                 report: ValidationReport, positive_energy: list[int], free_energy: list[int]) -> None:
     if not isinstance(atoms, Atoms):
         report.errors.append(f"frame {i}: expected ase.Atoms, got {type(atoms).__name__}")
         return
-    name = _frame_name(i, atoms)
+    name = frame_name(i, atoms)
     err = report.errors.append
     warn = report.warnings.append
     n = len(atoms)
 
-    positions = atoms.positions
-    positions_ok = bool(np.all(np.isfinite(positions)))
-    if not positions_ok:
-        bad = np.unique(np.nonzero(~np.isfinite(positions))[0])
-        err(f"{name}: positions are not finite (NaN/inf) for atoms {_list(bad)}")
-
-    cell_ok = True
-    pbc = atoms.pbc
-    if pbc.any():
-        periodic = atoms.cell.array[pbc]
-        lengths = np.linalg.norm(periodic, axis=1)
-        measure = np.sqrt(max(float(np.linalg.det(periodic @ periodic.T)), 0.0))
-        if not (np.all(np.isfinite(periodic)) and np.all(lengths > 0.0)
-                and measure > 1e-8 * np.prod(lengths)):
-            cell_ok = False
-            err(f"{name}: cell: pbc={pbc.tolist()} but the periodic lattice vectors are missing, "
-                f"non-finite or linearly dependent (cell volume {atoms.cell.volume:.4g} Å^3); "
-                f"set atoms.cell or pbc=False")
-
-    if positions_ok and cell_ok and n > 0:
+    structural = structure_errors(atoms, name)
+    report.errors.extend(structural)
+    if n == 0:
+        return
+    positions_ok = bool(np.all(np.isfinite(atoms.positions)))
+    cell_ok = not any(": cell:" in m for m in structural)
+    if positions_ok and cell_ok:
         _check_distances(name, atoms, min_distance, report)
 
-    results = _results(name, atoms, report, check_state=positions_ok)
-    periodic3 = bool(pbc.all()) and cell_ok
+    _results(name, atoms, report, check_state=positions_ok)
+    results, label_errors = parse_labels(atoms, name)
+    report.errors.extend(label_errors)
+    present = {("energy" if k in ("energy", "free_energy") else k)
+               for k, v in (atoms.calc.results.items() if atoms.calc is not None else ()) if v is not None}
+    periodic3 = bool(atoms.pbc.all()) and cell_ok
 
     for label in require:
         if label == "stress" and not periodic3:
             continue
-        if label not in results:
+        if label not in present:
             err(f"{name}: {label} is missing (required; no value in atoms.calc.results — "
                 f"read the file with kernelpot.io.read to attach labels)")
 
+    if energy_conflict(atoms) is not None:
+        free_energy.append(i)
     if "energy" in results:
-        energy = np.asarray(results["energy"], dtype=float)
-        if energy.shape not in ((), (1,)):
-            err(f"{name}: energy has shape {energy.shape}, expected a scalar (eV, total)")
-        elif not np.isfinite(energy).all():
-            err(f"{name}: energy is not finite ({float(energy.ravel()[0])})")
-        elif n > 0:
-            e_atom = float(energy.ravel()[0]) / n
-            if abs(e_atom) > MAX_ENERGY_PER_ATOM:
-                warn(f"{name}: energy per atom is {e_atom:.6g} eV, |E/atom| > "
-                     f"{MAX_ENERGY_PER_ATOM:g} eV; wrong units (meV? kJ/mol?) or an all-electron "
-                     f"total energy?")
-            if e_atom > 0.0:
-                positive_energy.append(i)
+        e_atom = results["energy"] / n
+        if abs(e_atom) > MAX_ENERGY_PER_ATOM:
+            warn(f"{name}: energy per atom is {e_atom:.6g} eV, |E/atom| > "
+                 f"{MAX_ENERGY_PER_ATOM:g} eV; wrong units (meV? kJ/mol?) or an all-electron "
+                 f"total energy?")
+        if e_atom > 0.0:
+            positive_energy.append(i)
 
     if "forces" in results:
-        forces = np.asarray(results["forces"], dtype=float)
-        if forces.shape != (n, 3):
-            err(f"{name}: forces have shape {forces.shape}, expected ({n}, 3)")
-        elif not np.isfinite(forces).all():
-            bad = np.unique(np.nonzero(~np.isfinite(forces))[0])
-            err(f"{name}: forces are not finite (NaN/inf) for atoms {_list(bad)}")
-        elif n > 0:
-            norms = np.linalg.norm(forces, axis=1)
-            k = int(np.argmax(norms))
-            if norms[k] > MAX_FORCE:
-                warn(f"{name}: forces: |F| = {norms[k]:.4g} eV/Å on atom {k} exceeds "
-                     f"{MAX_FORCE:g} eV/Å; wrong units (Hartree/Bohr = 51.42 eV/Å, kcal/mol/Å)?")
+        norms = np.linalg.norm(results["forces"], axis=1)
+        k = int(np.argmax(norms))
+        if norms[k] > MAX_FORCE:
+            warn(f"{name}: forces: |F| = {norms[k]:.4g} eV/Å on atom {k} exceeds "
+                 f"{MAX_FORCE:g} eV/Å; wrong units (Hartree/Bohr = 51.42 eV/Å, kcal/mol/Å)?")
 
     if "stress" in results:
-        stress = np.asarray(results["stress"], dtype=float)
-        if stress.shape != (6,):
-            err(f"{name}: stress has shape {stress.shape}, expected (6,) "
-                f"(eV/Å^3, Voigt xx yy zz yz xz xy)")
-        elif not np.isfinite(stress).all():
-            bad = [c for c, ok in zip(("xx", "yy", "zz", "yz", "xz", "xy"),
-                                      np.isfinite(stress)) if not ok]
-            err(f"{name}: stress is not finite (NaN/inf) in components {bad}")
-        else:
-            s_max = float(np.max(np.abs(stress))) / units.GPa
-            if s_max > MAX_STRESS_GPA:
-                warn(f"{name}: stress: max |component| = {s_max:.4g} GPa exceeds "
-                     f"{MAX_STRESS_GPA:g} GPa; wrong units (kBar or GPa stored as eV/Å^3)?")
-        if not periodic3:
-            warn(f"{name}: stress is given but the frame is not periodic in all directions "
-                 f"(pbc={pbc.tolist()}); it is not a bulk stress")
+        s_max = float(np.max(np.abs(results["stress"]))) / units.GPa
+        if s_max > MAX_STRESS_GPA:
+            warn(f"{name}: stress: max |component| = {s_max:.4g} GPa exceeds "
+                 f"{MAX_STRESS_GPA:g} GPa; wrong units (kBar or GPa stored as eV/Å^3)?")
+    elif atoms.calc is not None and atoms.calc.results.get("stress") is not None and not periodic3:
+        warn(f"{name}: stress is given but the frame is not periodic in all directions "
+             f"(pbc={atoms.pbc.tolist()}); it is not a bulk stress")
+
+    try:
+        frame_noise(atoms, i)
+    except ValueError as exc:
+        err(str(exc))
 
 
 def _results(name: str, atoms: Atoms, report: ValidationReport, check_state: bool) -> dict:
@@ -261,36 +282,69 @@ def _results(name: str, atoms: Atoms, report: ValidationReport, check_state: boo
     return dict(calc.results)
 
 
-def _check_distances(name: str, atoms: Atoms, min_distance: float,
-                     report: ValidationReport) -> None:
-    if min_distance <= 0.0:
-        return
+def _close_pairs(atoms: Atoms, cutoff: float):
+    """Pairs (i, j, d, shift) closer than ``cutoff`` Å, each once (periodic images included)."""
     if atoms.pbc.any():
-        i, j, d, shift = neighbor_list("ijdS", atoms, min_distance)
+        i, j, d, shift = neighbor_list("ijdS", atoms, cutoff)
         # neighbor_list lists each pair twice ((i, j, S) and (j, i, -S)); keep one.
         shift_key = shift @ np.array([9, 3, 1])
         keep = (i < j) | ((i == j) & (shift_key > 0))
-        i, j, d, shift = i[keep], j[keep], d[keep], shift[keep]
+        return i[keep], j[keep], d[keep], shift[keep]
+    # ASE bins the whole (often 50 Å vacuum) box; a k-d tree does not care about the box.
+    pairs = cKDTree(atoms.positions).query_pairs(cutoff, output_type="ndarray")
+    i, j = pairs[:, 0], pairs[:, 1]
+    d = np.linalg.norm(atoms.positions[j] - atoms.positions[i], axis=1)
+    return i, j, d, np.zeros((len(d), 3), dtype=int)
+
+
+def _check_distances(name: str, atoms: Atoms, min_distance: float | None,
+                     report: ValidationReport) -> None:
+    """Too-close pairs: errors below the hard threshold, warnings below the soft one.
+
+    With ``min_distance=None`` the thresholds scale with the pair's covalent
+    radii (``ase.data.covalent_radii``, Cordero et al. 2008): an error below
+    ``DISTANCE_ERROR_FACTOR * (r_a + r_b)``, a warning below
+    ``DISTANCE_WARN_FACTOR * (r_a + r_b)``.  A fixed ``min_distance`` (Å) is an
+    error threshold for every pair, without warnings.  A pair at the threshold
+    to within ``_DISTANCE_TOL`` Å (round-off of a value written as the
+    threshold) is not flagged.
+    """
+    if min_distance is not None and min_distance <= 0.0:
+        return
+    radii = covalent_radii[atoms.numbers]
+    if min_distance is None:
+        cutoff = DISTANCE_WARN_FACTOR * 2.0 * float(radii.max())
     else:
-        # ASE bins the whole (often 50 Å vacuum) box; a k-d tree does not care about the box.
-        pairs = cKDTree(atoms.positions).query_pairs(min_distance, output_type="ndarray")
-        i, j = pairs[:, 0], pairs[:, 1]
-        d = np.linalg.norm(atoms.positions[j] - atoms.positions[i], axis=1)
-        shift = np.zeros((len(d), 3), dtype=int)
+        cutoff = float(min_distance)
+    i, j, d, shift = _close_pairs(atoms, cutoff)
     if len(d) == 0:
         return
-    order = np.argsort(d, kind="stable")
+    if min_distance is None:
+        rsum = radii[i] + radii[j]
+        hard = d < DISTANCE_ERROR_FACTOR * rsum - _DISTANCE_TOL
+        soft = ~hard & (d < DISTANCE_WARN_FACTOR * rsum - _DISTANCE_TOL)
+        rule_err = f"{DISTANCE_ERROR_FACTOR:g} x the sum of covalent radii"
+        rule_warn = (f"{DISTANCE_WARN_FACTOR:g} x the sum of covalent radii (short but possible: a "
+                     f"dimer curve or a high-temperature snapshot?)")
+    else:
+        hard = d < min_distance - _DISTANCE_TOL
+        soft = np.zeros_like(hard)
+        rule_err = rule_warn = f"min_distance={min_distance} Å"
     symbols = atoms.get_chemical_symbols()
-    pairs = []
-    for k in order[:_MAX_PAIRS_LISTED]:
-        image = " (periodic image)" if np.any(shift[k]) else ""
-        pairs.append(f"atoms {i[k]} ({symbols[i[k]]}) and {j[k]} ({symbols[j[k]]}){image} "
-                     f"at {d[k]:.4f} Å")
-    more = f"; and {len(d) - _MAX_PAIRS_LISTED} more pairs" if len(d) > _MAX_PAIRS_LISTED else ""
-    report.errors.append(f"{name}: distances: {len(d)} pair(s) closer than min_distance="
-                         f"{min_distance} Å: {'; '.join(pairs)}{more}")
+    for sel, out, rule in ((hard, report.errors, rule_err), (soft, report.warnings, rule_warn)):
+        if not sel.any():
+            continue
+        idx = np.flatnonzero(sel)
+        idx = idx[np.argsort(d[idx], kind="stable")]
+        pairs = []
+        for k in idx[:_MAX_PAIRS_LISTED]:
+            image = " (periodic image)" if np.any(shift[k]) else ""
+            pairs.append(f"atoms {i[k]} ({symbols[i[k]]}) and {j[k]} ({symbols[j[k]]}){image} "
+                         f"at {d[k]:.4f} Å")
+        more = f"; and {len(idx) - _MAX_PAIRS_LISTED} more pairs" if len(idx) > _MAX_PAIRS_LISTED else ""
+        out.append(f"{name}: distances: {len(idx)} pair(s) closer than {rule}: {'; '.join(pairs)}{more}")
 
 
-def _list(indices: np.ndarray) -> str:
+def _list(indices: np.ndarray) -> str:  # noqa: F811 (the io-wide one lives in labels)
     shown = ", ".join(str(int(k)) for k in indices[:_MAX_INDICES_LISTED])
     return f"[{shown}{', ...' if len(indices) > _MAX_INDICES_LISTED else ''}]"
