@@ -40,8 +40,8 @@ def interactive() -> bool:
     """
     import sys
     from tqdm.auto import tqdm
-    from tqdm.std import tqdm as std_tqdm
-    if tqdm is not std_tqdm:  # tqdm.auto chose the notebook widget
+    from tqdm.notebook import tqdm_notebook
+    if issubclass(tqdm, tqdm_notebook):  # tqdm.auto chose the notebook widget
         return True
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
