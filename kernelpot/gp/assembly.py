@@ -153,6 +153,11 @@ def force_atoms(atoms, given=None) -> np.ndarray:
     return np.arange(len(atoms)) if mask is None else np.flatnonzero(mask)
 
 
+def force_rows(atoms, given=None) -> np.ndarray:
+    """Indices into the flattened ``(n_atoms * 3,)`` force components of the fitted atoms."""
+    return (3 * force_atoms(atoms, given)[:, None] + np.arange(3)).ravel()
+
+
 def training_rows(model, atoms, lab, priors=False):
     """Reduced design rows, targets and noise scales of one frame's labels.
 
@@ -188,7 +193,7 @@ def training_rows(model, atoms, lab, priors=False):
         scales["energy"] = np.array([given["energy_sigma"] / noise_reference(model, "energy")
                                      if "energy_sigma" in given else float(n)])
     if want_f:
-        keep = np.repeat(force_atoms(atoms, given), 3)
+        keep = force_rows(atoms, given)
         rows["forces"] = d["forces"][keep]
         ys["forces"] = (lab["forces"] - fb).ravel()[keep]
         scales["forces"] = (np.repeat(given["forces_sigma"], 3)[keep] / noise_reference(model, "forces")
@@ -209,7 +214,7 @@ def training_rows(model, atoms, lab, priors=False):
         pv["energy"] = np.array([prior_energy_var(feat, model.zeta)
                                  + getattr(model, "offset_kappa_", 0.0) ** 2 * float(counts @ counts)])
     if want_f and "forces" in kinds:
-        pv["forces"] = prior_force_var(feat, model.zeta).ravel()[np.repeat(force_atoms(atoms, given), 3)]
+        pv["forces"] = prior_force_var(feat, model.zeta).ravel()[force_rows(atoms, given)]
     if want_s and "stress" in kinds:
         pv["stress"] = prior_stress_var(feat, model.zeta, vol)
     return rows, ys, scales, pv
