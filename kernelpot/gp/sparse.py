@@ -37,7 +37,9 @@ from sklearn.base import BaseEstimator, clone
 from kernelpot import modelfile
 from kernelpot.calculator import Calculator
 from kernelpot.descriptors import SOAP
-from kernelpot.io.labels import config_type, frame_labels, is_periodic
+from kernelpot.io.labels import (check_structure, config_type, frame_labels, frame_name, is_periodic,
+                                 structure_errors)
+from kernelpot.io.validation import validate, warn_report
 from kernelpot.gp import assembly, hyperparameters
 from kernelpot.gp.calibration import recalibrate
 from kernelpot.gp.design import SparseSet
@@ -202,21 +204,40 @@ class SparseGP(BaseEstimator):
         Raises
         ------
         ValueError
-            If ``frames`` is empty, a frame has no labels or non-finite labels,
-            or a parameter is out of range.
+            If ``frames`` is empty, a parameter is out of range, a frame has
+            no labels, or :func:`kernelpot.validate` finds an error in any frame
+            (all listed, with its messages: empty structures, non-finite
+            positions or labels, bad cells, label shapes, atoms on top of each
+            other).
+
+        Warns
+        -----
+        kernelpot.io.validation.DataWarning
+            One warning listing :func:`kernelpot.validate`'s warnings (a
+            stress of 500 GPa, energy and free_energy that differ, ...).
+
+        Notes
+        -----
+        Labels follow :mod:`kernelpot.io.labels` (``free_energy`` when given).
+        Noise given in the data (GAP's ``energy_sigma``, ``force_sigma``,
+        ``force_atom_sigma``, ``virial_sigma``/``stress_sigma``, ``force_mask``)
+        is honoured; see :func:`kernelpot.gp.assembly.training_rows`.
         """
         self._check_params()
         frames = list(frames)
         if len(frames) == 0:
             raise ValueError("fit needs at least one labelled frame, got an empty list")
+        # the checks of kernelpot.validate, with its messages: errors raise, warnings reach the user
+        report = validate(frames, require=(), raise_on_error=False)
+        if report.errors:
+            raise ValueError(f"fit: {len(report.errors)} problem(s) in the training frames:\n  "
+                             + "\n  ".join(report.errors))
+        warn_report(report, "fit")
         labels = [frame_labels(a, i) for i, a in enumerate(frames)]
         for i, (a, lab) in enumerate(zip(frames, labels)):
             if not lab:
-                raise ValueError(f"frame {i} ({config_type(a)!r}): no reference labels "
+                raise ValueError(f"{frame_name(i, a)}: no reference labels "
                                  "(attach energy/forces with a SinglePointCalculator or use kernelpot.read)")
-            for k, v in lab.items():
-                if not np.all(np.isfinite(v)):
-                    raise ValueError(f"frame {i} ({config_type(a)!r}): {k} contains NaN or inf")
         self.species_ = np.unique(np.concatenate([a.numbers for a in frames])).astype(int)
         self.descriptor_ = self._make_descriptor(self.species_)
         self.e0_, self.mean_ = fit_offsets(frames, labels, self.species_, self.e0,
@@ -371,15 +392,14 @@ class SparseGP(BaseEstimator):
         Raises
         ------
         ValueError
-            If the structure contains an element the model was not trained on.
+            If the structure has no atoms, non-finite positions, a periodic
+            direction without a usable lattice vector, or an element the model
+            was not trained on (the messages of :func:`kernelpot.validate`).
+            An empty structure has no defined prediction: every entry point
+            (``validate``, ``fit``, ``predict``, the calculator) rejects it.
         """
         self._check_fitted()
-        missing = set(np.unique(atoms.numbers)) - set(self.species_.tolist())
-        if missing:
-            from ase.data import chemical_symbols
-            raise ValueError(f"structure contains elements {[chemical_symbols[z] for z in sorted(missing)]} "
-                             f"that the model was not trained on (trained: "
-                             f"{[chemical_symbols[z] for z in self.species_]})")
+        check_structure(atoms, species=self.species_)
         post = self.posterior_
         per = is_periodic(atoms)
         stress = per if stress is None else (stress and per)
@@ -429,6 +449,11 @@ class SparseGP(BaseEstimator):
         """
         if hasattr(frames, "positions"):
             frames = [frames]
+        frames = list(frames)
+        # every frame is checked before any work, so a bad frame is named at once, not after the batch
+        errors = [m for i, a in enumerate(frames) for m in structure_errors(a, frame_name(i, a), self.species_)]
+        if errors:
+            raise ValueError(f"predict: {len(errors)} problem(s) in the frames:\n  " + "\n  ".join(errors))
         res = [self.predict_frame(a, return_std=return_std)
                for a in assembly.progress(frames, self.verbose, "predict")]
         out = {"n_atoms": np.array([len(a) for a in frames]),
