@@ -28,6 +28,8 @@ import numpy as np
 from ase import Atoms
 from scipy.stats import norm
 
+from kernelpot.io.labels import frame_labels
+
 __all__ = ["AuditReport", "OffsetTest", "SettingsGroup", "audit", "dft_settings", "kpoint_density"]
 
 # canonical field -> accepted key names (lower case)
@@ -293,6 +295,13 @@ class AuditReport:
         Family-wise significance level used for flagging.
     settings_found : bool
         Whether any frame carried DFT settings.
+    residuals : str
+        Where the offset tests' residuals came from: ``"leave-one-out"`` (the
+        model's own training frames, from its ``training_diagnostics_``),
+        ``"model"`` (predictions on frames the model was not trained on),
+        ``"in-sample"`` (its training frames without leave-one-out
+        diagnostics: offsets are absorbed by the fit and understated),
+        ``"given"`` or ``"none"``.
     """
 
     n_frames: int
@@ -303,6 +312,7 @@ class AuditReport:
     threshold_meV: float = 5.0
     alpha: float = 0.01
     settings_found: bool = True
+    residuals: str = "none"
 
     @property
     def settings_consistent(self) -> bool:
@@ -402,15 +412,60 @@ def _cluster(values: np.ndarray, rtol: float) -> np.ndarray:
     return labels
 
 
-def _residuals(frames: Sequence[Atoms], model_residuals) -> np.ndarray:
+def _is_training_set(frames: Sequence[Atoms], model) -> bool:
+    """Whether ``frames`` are the model's training frames (same order, numbers and positions)."""
+    train = getattr(model, "_train_frames", None)
+    if train is None or len(train) != len(frames):
+        return False
+    return all(a is b or (len(a) == len(b) and np.array_equal(a.numbers, b.numbers)
+                          and np.allclose(a.positions, b.positions, rtol=0, atol=1e-8))
+               for a, b in zip(frames, train))
+
+
+def _loo_residuals(frames: Sequence[Atoms], model) -> np.ndarray | None:
+    """Structure-leave-one-out energy residuals (eV) from ``model.training_diagnostics_`` (duck typed).
+
+    The diagnostics hold one ``loo_residual`` per observation with ``kind``
+    and ``frame``; energies are per atom (eV/atom), so the frame's residual is
+    that times its number of atoms.  None when the model has no diagnostics.
+    """
+    diag = getattr(model, "training_diagnostics_", None)
+    if diag is None:
+        return None
+    kind, frame, r = np.asarray(diag.kind), np.asarray(diag.frame), np.asarray(diag.loo_residual, float)
+    res = np.full(len(frames), np.nan)
+    sel = kind == "energy"
+    res[frame[sel]] = r[sel] * np.array([len(frames[i]) for i in frame[sel]])
+    missing = np.flatnonzero(~np.isfinite(res))
+    if missing.size:
+        raise ValueError(f"frame {missing[0]}: no leave-one-out energy residual in the model's "
+                         f"training_diagnostics_ (the frame has no energy label?)")
+    return res
+
+
+def _residuals(frames: Sequence[Atoms], model_residuals) -> tuple[np.ndarray, str]:
     if hasattr(model_residuals, "predict"):
+        if _is_training_set(frames, model_residuals):
+            # in-sample residuals of a flexible fit absorb a group's offset: use leave-one-out
+            loo = _loo_residuals(frames, model_residuals)
+            if loo is not None:
+                return loo, "leave-one-out"
+            import warnings
+            warnings.warn("audit: the frames are the model's training set but it has no leave-one-out "
+                          "diagnostics (fitted with calibrate=False, or refit/updated); in-sample residuals "
+                          "understate offsets: fit with calibrate=True or audit held-out frames",
+                          UserWarning, stacklevel=3)
+            how = "in-sample"
+        else:
+            how = "model"
         ref = np.empty(len(frames))
         for i, a in enumerate(frames):
-            if a.calc is None:
-                raise ValueError(f"frame {i}: no reference energy (atoms.calc is None)")
-            ref[i] = a.get_potential_energy()
+            lab = frame_labels(a, i)
+            if "energy" not in lab:
+                raise ValueError(f"frame {i}: no reference energy (atoms.calc is None or has no energy)")
+            ref[i] = lab["energy"]
         pred = np.asarray(model_residuals.predict(list(frames))["energy"], dtype=float)
-        return ref - pred
+        return ref - pred, how
     res = np.asarray(model_residuals, dtype=float)
     if res.shape != (len(frames),):
         raise ValueError(
@@ -420,7 +475,7 @@ def _residuals(frames: Sequence[Atoms], model_residuals) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(res))
     if bad.size:
         raise ValueError(f"frame {bad[0]}: energy residual is {res[bad[0]]}")
-    return res
+    return res, "given"
 
 
 def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
@@ -521,7 +576,11 @@ def audit(
     model_residuals : array of shape (n_frames,) or fitted model, optional
         Per-frame energy residuals ``E_reference - E_model`` (eV), or a model
         exposing ``predict(frames) -> {"energy": (n_frames,)}`` from which they
-        are computed against the frames' reference energies.
+        are computed against the frames' reference energies
+        (:func:`kernelpot.io.labels.frame_labels`).  When ``frames`` are the
+        model's own training frames, its structure-leave-one-out residuals
+        (``model.training_diagnostics_``, kept by a fit with ``calibrate=True``)
+        are used instead: in-sample residuals absorb a group's offset.
     n_atoms : sequence of int, optional
         Atoms per frame for the per-atom normalisation; defaults to ``len(frame)``.
     threshold_meV : float, default 5.0
@@ -629,7 +688,7 @@ def audit(
 
     offsets: list[OffsetTest] = []
     if model_residuals is not None:
-        res = _residuals(frames, model_residuals)
+        res, how = _residuals(frames, model_residuals)
         counts = np.asarray([len(a) for a in frames] if n_atoms is None else n_atoms, dtype=float)
         if counts.shape != (len(frames),) or np.any(counts < 1):
             raise ValueError(
@@ -653,4 +712,5 @@ def audit(
         threshold_meV=threshold_meV,
         alpha=alpha,
         settings_found=settings_found,
+        residuals="none" if model_residuals is None else how,
     )

@@ -302,25 +302,73 @@ def _index_list(n: int, index: int | slice | str) -> list[int]:
 def _read_mlearn(path: Path, index: int | slice | str) -> list[Atoms]:
     """Read the mlearn/maml JSON format without pymatgen (see the module table)."""
     with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    if not isinstance(data, list) or not all(
-        isinstance(d, dict) and "structure" in d and "outputs" in d for d in data
-    ):
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno} "
+                             f"({exc.msg}); is the file truncated?") from exc
+    if not isinstance(data, list):
         raise ValueError(f"{path}: not in the mlearn format (expected a JSON list of dicts "
-                         f"with 'structure' and 'outputs' keys)")
+                         f"with 'structure' and 'outputs' keys, got a {type(data).__name__})")
+    for i, d in enumerate(data):
+        if not (isinstance(d, dict) and "structure" in d and "outputs" in d):
+            raise ValueError(f"{path}: frame {i}: not in the mlearn format (expected a dict with "
+                             f"'structure' and 'outputs' keys, got {_short(d)})")
     frames = []
     for i in _index_list(len(data), index):
         frames.append(_mlearn_item_to_atoms(data[i], i, path))
     return frames
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _field(where: str, name: str, value: Any, shape: tuple | None, unit: str) -> np.ndarray:
+    """``value`` as a float array of ``shape`` (-1: any length), or a ValueError naming the field."""
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {name} = {_short(value)} is not numeric (expected {unit})") from None
+    if isinstance(value, str):
+        raise ValueError(f"{where}: {name} = {value!r} is a string, expected a number ({unit})")
+    if shape is not None and (arr.ndim != len(shape)
+                              or any(s != -1 and s != a for s, a in zip(shape, arr.shape))):
+        want = "(" + ", ".join("n" if s == -1 else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise ValueError(f"{where}: {name} has shape {arr.shape}, expected {want} ({unit})")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{where}: {name} is not finite (NaN/inf)")
+    return arr
+
+
 def _mlearn_item_to_atoms(item: dict, i: int, path: Path) -> Atoms:
+    where = f"{path}: frame {i}"
     structure, outputs = item["structure"], item["outputs"]
-    cell = np.asarray(structure["lattice"]["matrix"], dtype=float)
-    sites = structure["sites"]
-    symbols = [site["species"][0]["element"] for site in sites]
-    positions = np.array([site["xyz"] for site in sites], dtype=float).reshape(-1, 3)
-    atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=True)
+    if not isinstance(structure, dict):
+        raise ValueError(f"{where}: structure is {_short(structure)}, expected a pymatgen Structure dict")
+    if not isinstance(outputs, dict):
+        raise ValueError(f"{where}: outputs is {_short(outputs)}, expected a dict")
+    try:
+        matrix = structure["lattice"]["matrix"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{where}: structure.lattice.matrix is missing") from None
+    cell = _field(where, "structure.lattice.matrix", matrix, (3, 3), "Å, rows = lattice vectors")
+    sites = structure.get("sites")
+    if not isinstance(sites, list):
+        raise ValueError(f"{where}: structure.sites is {_short(sites)}, expected a list of sites")
+    symbols, positions = [], []
+    for k, site in enumerate(sites):
+        try:
+            symbols.append(str(site["species"][0]["element"]))
+            xyz = site["xyz"]
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(f"{where}: structure.sites[{k}] has no species[0].element or xyz") from None
+        positions.append(_field(where, f"structure.sites[{k}].xyz", xyz, (3,), "Å, Cartesian"))
+    try:
+        atoms = Atoms(symbols=symbols, positions=np.reshape(positions, (-1, 3)), cell=cell, pbc=True)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{where}: structure.sites: {exc}") from None
 
     for key, value in item.items():
         if key in ("structure", "outputs"):
@@ -334,15 +382,13 @@ def _mlearn_item_to_atoms(item: dict, i: int, path: Path) -> Atoms:
 
     results: dict[str, Any] = {}
     if outputs.get("energy") is not None:
-        results["energy"] = float(outputs["energy"])
+        results["energy"] = float(_field(where, "outputs.energy", outputs["energy"], (), "eV, total"))
     if outputs.get("forces") is not None:
-        forces = np.asarray(outputs["forces"], dtype=float)
-        if forces.shape != (len(atoms), 3):
-            raise ValueError(f"{path}: structure {i}: outputs.forces has shape {forces.shape}, "
-                             f"expected ({len(atoms)}, 3)")
-        results["forces"] = forces
+        results["forces"] = _field(where, "outputs.forces", outputs["forces"], (len(atoms), 3), "eV/Å")
     if outputs.get("virial_stress") is not None:
-        results["stress"] = mlearn_stress_to_ase(outputs["virial_stress"])
+        v = _field(where, "outputs.virial_stress", outputs["virial_stress"], (6,),
+                   "kBar, VASP order xx yy zz xy yz zx")
+        results["stress"] = mlearn_stress_to_ase(v)
     if results:
         atoms.calc = SinglePointCalculator(atoms, **results)
     return atoms

@@ -1,0 +1,210 @@
+"""Checks at every entrance: fit, predict_frame, predict and the calculator say what validate says.
+
+Also: warnings reach the user at fit time, and noise given in the data (GAP keys) is honoured.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from kernelpot import SparseGP, validate
+from kernelpot.io.validation import DataWarning
+
+
+def _validate_errors(frames):
+    return validate(frames, require=(), raise_on_error=False).errors
+
+
+def _nan_frame(frames, k=3):
+    bad = frames[1].copy()
+    bad.calc = SinglePointCalculator(bad, **frames[1].calc.results)
+    bad.positions[k, 2] = np.nan
+    return bad
+
+
+# ------------------------------------------------------------------------------------ fit
+
+
+def test_fit_rejects_nan_positions_with_validates_message(cu_frames, small_soap):
+    frames = [cu_frames[0], _nan_frame(cu_frames)]
+    msg = _validate_errors(frames)
+    assert msg == ["frame 1 ('rattle'): positions are not finite (NaN/inf) for atoms [3]"]
+    with pytest.raises(ValueError) as exc:
+        SparseGP(descriptor=small_soap, n_sparse=10).fit(frames)
+    assert msg[0] in str(exc.value)
+
+
+def test_fit_rejects_empty_structure_and_degenerate_cell(cu_frames, small_soap):
+    empty = Atoms()
+    empty.calc = SinglePointCalculator(empty, energy=0.0)
+    flat = cu_frames[2].copy()
+    flat.calc = SinglePointCalculator(flat, energy=cu_frames[2].get_potential_energy())
+    flat.cell[2] = flat.cell[0] + flat.cell[1]                   # linearly dependent
+    frames = [cu_frames[0], empty, flat]
+    errors = _validate_errors(frames)
+    assert [e.split(":")[0] for e in errors] == ["frame 1", "frame 2 ('rattle')"]
+    with pytest.raises(ValueError) as exc:
+        SparseGP(descriptor=small_soap, n_sparse=10).fit(frames)
+    for e in errors:
+        assert e in str(exc.value)
+    assert "posterior precision" not in str(exc.value)
+
+
+def test_fit_warns_once_for_many_unit_slips(cu_frames, small_soap):
+    """A stress of 507 GPa (a GPa value stored as eV/Å^3 ... ) in several frames: one DataWarning."""
+    frames = []
+    for i, a in enumerate(cu_frames[:6]):
+        b = a.copy()
+        res = dict(a.calc.results)
+        if i in (1, 2, 4):
+            res["stress"] = np.full(6, 507.0 * units.GPa)
+        b.calc = SinglePointCalculator(b, **res)
+        frames.append(b)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        SparseGP(descriptor=small_soap, n_sparse=10, calibrate=False, sigma_stress=1.0).fit(frames)
+    data = [w for w in rec if issubclass(w.category, DataWarning)]
+    assert len(data) == 1
+    text = str(data[0].message)
+    # EMT energies are positive: validate's data-set warning about that is the fourth line
+    assert "4 validation warning(s) in 6 frames" in text
+    for i in (1, 2, 4):
+        assert f"frame {i} ('rattle'): stress: max |component| = 507 GPa" in text
+
+
+# -------------------------------------------------------------------------------- predict
+
+
+def test_predict_frame_rejects_nan_positions(cuau_model, cuau_frames):
+    bad = _nan_frame(cuau_frames, k=1)
+    with pytest.raises(ValueError, match=r"structure \('rattle'\): positions are not finite \(NaN/inf\) for "
+                                         r"atoms \[1\]"):
+        cuau_model.predict_frame(bad)
+    # the calculator goes through predict_frame
+    bad.calc = cuau_model.calculator()
+    with pytest.raises(ValueError, match="positions are not finite"):
+        bad.get_potential_energy()
+    # a batch names the frame before computing anything
+    with pytest.raises(ValueError, match=r"frame 2 \('rattle'\): positions are not finite"):
+        cuau_model.predict([cuau_frames[0], cuau_frames[1], bad])
+
+
+def test_predict_rejects_inf_position_and_bad_cell(cuau_model, cuau_frames):
+    a = cuau_frames[0].copy()
+    a.positions[0, 0] = np.inf
+    with pytest.raises(ValueError, match="positions are not finite"):
+        cuau_model.predict_frame(a)
+    b = cuau_frames[0].copy()
+    b.cell[1] = 0.0
+    with pytest.raises(ValueError, match=r"cell: pbc=\[True, True, True\] but the periodic lattice vectors"):
+        cuau_model.predict_frame(b)
+
+
+def test_empty_structure_is_rejected_by_every_prediction_path(cuau_model, cuau_frames):
+    empty = Atoms()
+    with pytest.raises(ValueError, match="structure: the structure has no atoms"):
+        cuau_model.predict_frame(empty)
+    with pytest.raises(ValueError, match=r"(?s)predict: 1 problem\(s\).*frame 1: the structure has no atoms"):
+        cuau_model.predict([cuau_frames[0], empty, cuau_frames[1]])
+    empty.calc = cuau_model.calculator()
+    with pytest.raises(ValueError, match="no atoms"):
+        empty.get_potential_energy()
+    # the good frames of the batch still predict on their own, unchanged
+    p = cuau_model.predict([cuau_frames[0], cuau_frames[1]])
+    assert p["energy"][0] == pytest.approx(cuau_model.predict_frame(cuau_frames[0])["energy"])
+
+
+def test_unknown_species_named_in_every_path(cuau_model):
+    al = bulk("Al", "fcc", 4.05)
+    with pytest.raises(ValueError, match=r"species: structure contains elements \['Al'\] that the model was "
+                                         r"not trained on"):
+        cuau_model.predict_frame(al)
+    with pytest.raises(ValueError, match=r"frame 0: species: .*\['Al'\]"):
+        cuau_model.predict([al])
+
+
+# ------------------------------------------------------------------ noise given in the data
+
+
+def _fit(frames, small_soap):
+    model = SparseGP(descriptor=small_soap, n_sparse=30, sigma_energy=0.002, sigma_force=0.05,
+                     sigma_stress=0.005, delta=1.0, calibrate=False)
+    return model.fit(frames)
+
+
+def _copy(a, **changes):
+    b = a.copy()
+    res = dict(a.calc.results) | changes
+    b.calc = SinglePointCalculator(b, **res)
+    return b
+
+
+def test_huge_given_sigma_removes_a_frames_influence(cu_frames, small_soap):
+    """A frame with wrong labels and huge energy/force/virial sigma changes the predictions ~not at all."""
+    clean = [_copy(a) for a in cu_frames]
+    wrong = _copy(cu_frames[3], energy=cu_frames[3].get_potential_energy() + 2.0,
+                  forces=cu_frames[3].get_forces() + 1.0, stress=cu_frames[3].get_stress() + 0.05)
+    test = cu_frames[:3]
+    ref = _fit(clean, small_soap).predict(test, return_std=False)
+    naive = _fit(clean[:3] + [wrong] + clean[4:], small_soap).predict(test, return_std=False)
+    def with_sigma(a):
+        b = _copy(a)
+        b.info.update(energy_sigma=1e4, force_sigma=1e4, virial_sigma=1e6)
+        return b
+
+    given = _fit(clean[:3] + [with_sigma(wrong)] + clean[4:], small_soap).predict(test, return_std=False)
+    # (the frame stays in the data, so the sparse set is the same: only its labels' weight changes)
+    right = _fit(clean[:3] + [with_sigma(clean[3])] + clean[4:], small_soap).predict(test, return_std=False)
+    # without the sigmas the wrong labels move the forces by ~9 meV/Å ...
+    assert np.abs(naive["forces"] - ref["forces"]).max() > 0.005
+    # ... with them the labels of that frame, right or wrong, do not matter
+    np.testing.assert_allclose(given["forces"], right["forces"], atol=1e-4)
+    np.testing.assert_allclose(given["energy"] / 8, right["energy"] / 8, atol=1e-4)
+
+
+def test_given_sigmas_are_absolute_when_noise_is_fixed(cu_frames, small_soap):
+    """energy_sigma (eV, total) equal to n * sigma_energy is the same fit as no sigma (GAP units)."""
+    frames = [_copy(a) for a in cu_frames]
+    base = _fit(frames, small_soap).predict(cu_frames[:2], return_std=False)
+    same = [_copy(a) for a in cu_frames]
+    for a in same:
+        a.info.update(energy_sigma=0.002 * len(a), force_sigma=0.05)
+    again = _fit(same, small_soap).predict(cu_frames[:2], return_std=False)
+    np.testing.assert_allclose(again["forces"], base["forces"], atol=1e-9)
+    np.testing.assert_allclose(again["energy"], base["energy"], atol=1e-9)
+
+
+def test_masked_forces_do_not_enter(cu_frames, small_soap):
+    frames = [_copy(a) for a in cu_frames]
+    f = cu_frames[5].get_forces().copy()
+    f[[0, 4]] += 3.0                                          # wrong forces on two atoms ...
+    mask = np.zeros(len(f), dtype=bool)
+    mask[[0, 4]] = True                                        # ... masked (GAP force_mask)
+    bad = _copy(cu_frames[5], forces=f)
+    bad.arrays["force_mask"] = mask
+    good = _copy(cu_frames[5])
+    good.arrays["force_mask"] = mask.copy()
+    p_bad = _fit(frames[:5] + [bad] + frames[6:], small_soap).predict(cu_frames[:2], return_std=False)
+    p_good = _fit(frames[:5] + [good] + frames[6:], small_soap).predict(cu_frames[:2], return_std=False)
+    np.testing.assert_allclose(p_bad["forces"], p_good["forces"], atol=1e-9)
+    unmasked = _copy(cu_frames[5], forces=f)
+    p_un = _fit(frames[:5] + [unmasked] + frames[6:], small_soap).predict(cu_frames[:2], return_std=False)
+    assert np.abs(p_un["forces"] - p_good["forces"]).max() > 0.01
+
+
+def test_masked_forces_with_leave_one_out(cu_frames, small_soap):
+    """The calibration pass (leave-one-out) runs with masked atoms and lists only the fitted ones."""
+    frames = [_copy(a) for a in cu_frames]
+    mask = np.zeros(len(frames[2]), dtype=bool)
+    mask[[1, 2]] = True
+    frames[2].arrays["force_mask"] = mask
+    model = SparseGP(descriptor=small_soap, n_sparse=30).fit(frames)
+    d = model.training_diagnostics_
+    atoms2 = d.atom[(d.frame == 2) & (d.kind == "forces")]
+    assert sorted(set(atoms2.tolist())) == [0] + list(range(3, len(frames[2])))

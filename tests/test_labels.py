@@ -1,0 +1,188 @@
+"""Tests for kernelpot.io.labels: one definition of a label for read, validate, fit and predict."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixAtoms
+
+import kernelpot
+from kernelpot.io.labels import DataWarning, frame_labels, frame_noise, looks_like_label
+from kernelpot.io.validation import validate
+
+
+def _cu(energy=-28.0, **res):
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
+    atoms.positions += np.random.default_rng(0).normal(0, 0.02, atoms.positions.shape)
+    atoms.calc = SinglePointCalculator(atoms, **({"energy": energy} | res) if energy is not None else res)
+    return atoms
+
+
+def test_free_energy_only_frame_is_one_label_everywhere():
+    atoms = _cu(energy=None, free_energy=-27.5, forces=np.zeros((8, 3)))
+    assert frame_labels(atoms)["energy"] == -27.5
+    report = validate([atoms], require=("energy", "forces"))
+    assert report.ok and report.warnings == []
+
+
+def test_free_energy_is_fitted_when_both_differ_and_validate_says_so():
+    frames = [_cu(), _cu(energy=-28.0, free_energy=-28.3), _cu(energy=-28.0, free_energy=-28.0 + 1e-9)]
+    assert frame_labels(frames[1])["energy"] == -28.3          # the energy the forces belong to
+    assert frame_labels(frames[2])["energy"] == pytest.approx(-28.0)
+    report = validate(frames)
+    assert report.ok
+    assert len(report.warnings) == 1                          # one warning for the data set
+    assert report.warnings[0].startswith("energy: energy and free_energy differ in 1 of 3 frames (frames [1])")
+    assert "fits free_energy" in report.warnings[0]
+
+
+@pytest.mark.parametrize("stress", [
+    np.array([[1.0, 6.0, 5.0], [6.0, 2.0, 4.0], [5.0, 4.0, 3.0]]) * 1e-3,
+    (np.array([[1.0, 6.0, 5.0], [6.0, 2.0, 4.0], [5.0, 4.0, 3.0]]) * 1e-3).ravel(),
+    np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], dtype=np.float32) * np.float32(1e-3),
+])
+def test_3x3_and_float32_stress_accepted_by_validate_and_labels(stress):
+    atoms = _cu(forces=np.zeros((8, 3), dtype=np.float32), stress=stress)
+    lab = frame_labels(atoms)
+    np.testing.assert_allclose(lab["stress"], np.array([1, 2, 3, 4, 5, 6]) * 1e-3, rtol=1e-6)
+    assert lab["stress"].dtype == np.float64 and lab["forces"].dtype == np.float64
+    assert validate([atoms], require=("energy", "forces", "stress")).ok
+
+
+def test_bad_label_messages_match_between_validate_and_frame_labels():
+    atoms = _cu(forces=np.zeros((8, 2)))
+    atoms.info["config_type"] = "Vacancy"
+    msg = "frame 4 ('Vacancy'): forces have shape (8, 2), expected (8, 3)"
+    with pytest.raises(ValueError) as exc:
+        frame_labels(atoms, 4)
+    assert str(exc.value) == msg
+    report = validate([_cu()] * 4 + [atoms], raise_on_error=False)
+    assert report.errors == [msg]
+    atoms.calc.results["energy"] = "abc"
+    with pytest.raises(ValueError, match="energy is 'abc', expected a number"):
+        frame_labels(atoms)
+
+
+def test_frame_noise_reads_gap_keys_with_units():
+    atoms = _cu()
+    atoms.info.update(energy_sigma=0.02, force_sigma=0.3, virial_sigma=0.5)
+    noise = frame_noise(atoms)
+    assert noise["energy_sigma"] == 0.02
+    np.testing.assert_array_equal(noise["forces_sigma"], np.full(8, 0.3))
+    assert noise["stress_sigma"] == pytest.approx(0.5 / atoms.get_volume())   # virial (eV) -> eV/Å^3
+    atoms.arrays["force_atom_sigma"] = np.linspace(0.1, 0.8, 8)
+    np.testing.assert_array_equal(frame_noise(atoms)["forces_sigma"], np.linspace(0.1, 0.8, 8))
+    assert "force_mask" not in noise
+
+
+def test_force_mask_and_fixed_atoms():
+    atoms = _cu()
+    mask = np.zeros(8, dtype=bool)
+    mask[[1, 5]] = True                        # GAP: nonzero = not fitted
+    atoms.arrays["force_mask"] = mask
+    atoms.set_constraint(FixAtoms(indices=[7]))
+    fitted = frame_noise(atoms)["force_mask"]
+    assert fitted.tolist() == [True, False, True, True, True, False, True, False]
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("energy_sigma", -1.0, "energy_sigma"),
+    ("force_sigma", np.nan, "force_sigma"),
+    ("stress_sigma", 0.0, "stress_sigma"),
+])
+def test_bad_sigma_named_by_frame_and_field(key, value, match):
+    atoms = _cu()
+    atoms.info[key] = value
+    with pytest.raises(ValueError, match=rf"frame 3: {match}"):
+        frame_noise(atoms, 3)
+    report = validate([_cu(), _cu(), _cu(), atoms], raise_on_error=False)
+    assert len(report.errors) == 1 and report.errors[0].startswith(f"frame 3: {match}")
+
+
+def test_looks_like_label():
+    for name in ("REF_energy", "DFT_forces", "dft_virial", "REF_stress", "energy_dft", "forces"):
+        assert looks_like_label(name), name
+    for name in ("energy_sigma", "force_atom_sigma", "force_mask", "config_type", "energy_std", "numbers"):
+        assert not looks_like_label(name), name
+
+
+# ---------------------------------------------------------------- read: keys and conventions
+
+_XYZ = """2
+Lattice="4 0 0 0 4 0 0 0 4" Properties=species:S:1:pos:R:3:REF_forces:R:3 energy=-1.5 REF_energy=-2.0 REF_stress="0.01 0 0 0 0.02 0 0 0 0.03" pbc="T T T"
+Cu 0 0 0 0.1 0.2 0.3
+Cu 2 0 0 -0.1 -0.2 -0.3
+"""
+
+
+def _write(tmp_path, text=_XYZ, name="ref.xyz"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_ref_columns_are_not_dropped_and_unused_keys_are_named(tmp_path):
+    """``energy=`` plus REF_forces/REF_stress: forces and stress are read, and the user is told."""
+    path = _write(tmp_path)
+    with pytest.warns(DataWarning) as rec:
+        (atoms,) = kernelpot.read(path)
+    assert len(rec) == 1
+    text = str(rec[0].message)
+    assert "'REF_energy' looks like a label but is not used" in text
+    assert "different conventions" in text
+    lab = frame_labels(atoms)
+    assert lab["energy"] == -1.5
+    np.testing.assert_allclose(lab["forces"], [[0.1, 0.2, 0.3], [-0.1, -0.2, -0.3]])
+    np.testing.assert_allclose(lab["stress"], [0.01, 0.02, 0.03, 0, 0, 0])
+
+
+def test_label_keys_are_configurable(tmp_path):
+    path = _write(tmp_path)
+    with pytest.warns(DataWarning) as rec:
+        (atoms,) = kernelpot.read(path, ":", None, energy_key="REF_energy", forces_key="REF_forces",
+                                  stress_key="REF_stress")
+    assert "'energy' looks like a label but is not used" in str(rec[0].message)
+    lab = frame_labels(atoms)
+    assert lab["energy"] == -2.0
+    assert atoms.info["energy_unused"] == -1.5                # nothing lost
+    # a key given explicitly must be there
+    with pytest.raises(ValueError, match=r"ref.xyz: frame 0: forces_key='DFT_forces' is not in this frame"):
+        kernelpot.read(path, forces_key="DFT_forces")
+
+
+def test_consistent_ref_convention_reads_without_warning(tmp_path):
+    text = _XYZ.replace("energy=-1.5 ", "")
+    path = _write(tmp_path, text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (atoms,) = kernelpot.read(path)
+    assert frame_labels(atoms)["energy"] == -2.0
+
+
+def test_ref_virial_is_converted_to_stress(tmp_path):
+    text = _XYZ.replace('REF_stress="0.01 0 0 0 0.02 0 0 0 0.03"', 'REF_virial="-0.64 0 0 0 -1.28 0 0 0 -1.92"')
+    path = _write(tmp_path, text.replace("energy=-1.5 ", ""))
+    (atoms,) = kernelpot.read(path)
+    np.testing.assert_allclose(frame_labels(atoms)["stress"], [0.01, 0.02, 0.03, 0, 0, 0])  # -virial / 64 Å^3
+
+
+def test_free_energy_key_in_extxyz(tmp_path):
+    text = _XYZ.replace("energy=-1.5 REF_energy=-2.0", "energy=-1.5 free_energy=-1.7")
+    path = _write(tmp_path, text)
+    with pytest.warns(DataWarning):                             # REF_* with energy=
+        (atoms,) = kernelpot.read(path)
+    assert frame_labels(atoms)["energy"] == -1.7
+    assert any("differ" in w for w in validate([atoms]).warnings)
+
+
+def test_empty_structure_is_an_error_in_validate():
+    atoms = Atoms()
+    atoms.calc = SinglePointCalculator(atoms, energy=0.0)
+    report = validate([_cu(), atoms], raise_on_error=False)
+    assert report.errors == ["frame 1: the structure has no atoms (an empty ase.Atoms); remove it: it has no "
+                             "energy to fit or predict"]
