@@ -42,6 +42,7 @@ _MAX_HEADER = 64 * 2**20
 # settings a loaded file may hold: beyond these a descriptor would need absurd memory
 _DESCRIPTOR_LIMITS = {"r_cut": (0.0, 30.0), "n_max": (1, 40), "l_max": (0, 30), "atom_sigma": (0.0, 10.0)}
 _MAX_SPARSE = 10**6
+_MAX_RATIO = 200  # largest uncompressed / compressed size of a member (deflate reaches ~1000 on zeros)
 
 
 def jsonable(d: dict) -> dict:
@@ -96,7 +97,45 @@ def _member_header(zf, name):
         if version not in reader:
             raise ValueError(f"unsupported npy version {version}")
         shape, _fortran, dtype = reader[version](fh)
-    return shape, dtype
+        offset = fh.tell()
+    return shape, dtype, offset
+
+
+def _check_sizes(path, zf, meta):
+    """Refuse, before any allocation, members whose declared size their stored bytes cannot hold.
+
+    The npy header's shape decides what numpy allocates; it must equal the
+    bytes the member holds (the zip directory's uncompressed size), and that
+    size must be one deflate can produce from the compressed bytes on disk
+    (a model's arrays compress by a few times; a file of zeros by ~1000).
+    """
+    total = 0
+    for n, (shape, dtype, offset) in meta.items():
+        info = zf.getinfo(n + ".npy")
+        declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        held = info.file_size - offset
+        if declared != held:
+            raise _fail(path, f"array {n!r} declares shape {tuple(shape)} ({declared} bytes) but holds "
+                              f"{held} bytes")
+        if info.compress_type != zipfile.ZIP_STORED and held > _MAX_RATIO * info.compress_size + 2**16:
+            raise _fail(path, f"array {n!r} claims {held} bytes from {info.compress_size} compressed bytes "
+                              f"(ratio > {_MAX_RATIO}); a model's arrays are not that compressible")
+        total += info.compress_size
+    size = path.stat().st_size
+    if total > size:
+        raise _fail(path, f"its members claim {total} compressed bytes but the file has {size}")
+
+
+def _max_sparse(path, header) -> int:
+    """Largest number of sparse points the header's settings allow (n_sparse per species)."""
+    params = header.get("params") or {}
+    species = (header.get("fitted") or {}).get("species_") or []
+    if params.get("sparse_points") is not None:
+        return len(params["sparse_points"])
+    n_sparse = params.get("n_sparse")
+    if not isinstance(n_sparse, int) or isinstance(n_sparse, bool) or not 1 <= n_sparse <= _MAX_SPARSE:
+        raise _fail(path, f"n_sparse = {n_sparse!r} is outside [1, {_MAX_SPARSE}]")
+    return n_sparse * max(len(species), 1)
 
 
 def _check_settings(path, header):
@@ -176,10 +215,12 @@ def read_model_file(path, names) -> tuple[dict, dict]:
             raise _fail(path, f"arrays {sorted(missing)} are missing")
         _check_settings(path, header)
         try:
-            meta = {n: _member_header(zf, n) for n in names}
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            sized = {n: _member_header(zf, n) for n in names}
+            meta = {n: m[:2] for n, m in sized.items()}
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, SyntaxError) as exc:
             raise _fail(path, f"it is truncated or corrupted ({exc})") from exc
-        _check_shapes(path, meta)
+        _check_shapes(path, meta, max_sparse=_max_sparse(path, header))
+        _check_sizes(path, zf, sized)
         arrays = {}
         try:
             for n in names:
@@ -190,16 +231,17 @@ def read_model_file(path, names) -> tuple[dict, dict]:
     return header, arrays
 
 
-def _check_shapes(path, meta):
+def _check_shapes(path, meta, max_sparse=None):
     for n, (shape, dtype) in meta.items():
         if dtype.hasobject or dtype.kind not in "fiu":
             raise _fail(path, f"array {n!r} has dtype {dtype}, expected numbers")
     if "sparse_numbers" not in meta:
         return
     M = meta["sparse_numbers"][0][0] if len(meta["sparse_numbers"][0]) == 1 else -1
-    if not 0 < M <= _MAX_SPARSE:
+    limit = _MAX_SPARSE if max_sparse is None else min(max_sparse, _MAX_SPARSE)
+    if not 0 < M <= limit:
         raise _fail(path, f"sparse_numbers has shape {meta['sparse_numbers'][0]}, expected (M,) with "
-                          f"0 < M <= {_MAX_SPARSE}")
+                          f"0 < M <= {limit} (n_sparse x species in the header)")
     expect = {"Lmm": (M, M), "Lc": (M, M), "Kmm": (M, M), "a": (M,), "alpha_": (M,), "sparse_index_": (M,)}
     for n, shp in expect.items():
         if n in meta and tuple(meta[n][0]) != shp:
