@@ -115,6 +115,24 @@ def _next_color(ax: Axes) -> str:
     return PALETTE[n % len(PALETTE)]
 
 
+def _log_ticks(ax: Axes) -> None:
+    """Readable tick labels on log axes whose limits are set.
+
+    Matplotlib's default labels minor ticks on axes spanning about a decade
+    or less, and ``2×10^-2``, ``3×10^-2`` ... then run into each other.  Here
+    only the major ticks carry labels, plain numbers (``0.02``), at 1-2-5
+    steps when the range is short and at powers of ten when it is long.
+    """
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if axis.get_scale() != "log" or not (0 < lo < hi):
+            continue
+        decades = np.log10(hi / lo)
+        subs = (1.0,) if decades > 2.5 else (1.0, 2.0, 5.0) if decades > 0.8 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+        axis.set_major_locator(mpl.ticker.LogLocator(base=10.0, subs=subs))
+        axis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(mpl.ticker.NullFormatter())
+
+
 def _axis_label(text: str, units: str | None) -> str:
     return f"{text} ({units})" if units else text
 
@@ -182,7 +200,11 @@ def parity(
     if s is not None:
         cmap = mpl.colormaps[_CMAP].with_extremes(bad="0.6")
         points = ax.scatter(t, p, c=s[keep], cmap=cmap, **common)
-        fig.colorbar(points, ax=ax, label=_axis_label(f"predicted σ ({quantity})", units))
+        # on top, not at the side: a side colour bar's label crowds the next panel of parity_panel
+        cbar = fig.colorbar(points, ax=ax, location="top", fraction=0.05, pad=0.02, aspect=30)
+        cbar.set_label(_axis_label("predicted σ", units), fontsize=9)
+        cbar.ax.tick_params(labelsize=8)
+        cbar.ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(4))
     else:
         ax.scatter(t, p, color=PALETTE[0], **common)
 
@@ -369,6 +391,7 @@ def calibration(
         )
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
+    _log_ticks(ax)
     ax.set_xlabel(_axis_label("root mean variance (RMV)", units))
     ax.set_ylabel(_axis_label("RMSE", units))
     _legend(ax, loc="upper left")
@@ -430,6 +453,14 @@ def error_vs_sigma(
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.autoscale_view()
+    # the points fill the lower 70 % of the height, the legend the band above them
+    pos = abs_e[abs_e > 0]
+    if pos.size:
+        lo = float(pos.min()) / 1.5
+        hi = float(pos.max()) * 1.5
+        ax.set_ylim(lo, 10 ** (np.log10(lo) + np.log10(hi / lo) / 0.7))
+    _log_ticks(ax)
     ax.set_xlabel(_axis_label("predicted σ", units))
     ax.set_ylabel(_axis_label("|error|", units))
     _legend(ax, loc="upper left")
@@ -488,9 +519,12 @@ def z_histogram(
     x = np.linspace(-lim, lim, 400)
     ax.plot(x, stats.norm.pdf(x), color=_REF_COLOR, linewidth=1.2, label="N(0, 1)")
     ax.set_xlim(-lim, lim)
-    ax.set_xlabel("z = error / σ")
-    ax.set_ylabel("density")
-    _legend(ax, loc="upper right")
+    # headroom above the tallest bar or curve, so the legend covers no bar
+    top = max(max((p.get_height() for p in ax.patches), default=0.0), float(stats.norm.pdf(0.0)))
+    ax.set_ylim(0.0, 1.5 * top)
+    ax.set_xlabel("z = error / σ (dimensionless)")
+    ax.set_ylabel("probability density")
+    _legend(ax, loc="upper center")
     return fig, ax
 
 
@@ -616,16 +650,20 @@ def learning_curve(
                 f"({n.size}, n_repeats) to match n_train"
             )
         color = _next_color(ax)
+        text = str(label)
         if a.ndim == 2:
             mean = np.nanmean(a, axis=1)
             ax.fill_between(n, np.nanmin(a, axis=1), np.nanmax(a, axis=1), color=color,
                             alpha=0.2, linewidth=0)
+            text += f" (mean; band: min-max of {a.shape[1]} fits)"
         else:
             mean = a
-        ax.plot(n, mean, marker="o", markersize=4, color=color, label=str(label), gid="data")
+        ax.plot(n, mean, marker="o", markersize=4, color=color, label=text, gid="data")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("training-set size")
+    ax.autoscale_view()
+    _log_ticks(ax)
+    ax.set_xlabel("training-set size (structures)")
     ax.set_ylabel(_axis_label(ylabel, units))
     _legend(ax, loc="best")
     return fig, ax

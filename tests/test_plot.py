@@ -238,7 +238,7 @@ def test_learning_curve(tmp_path):
     assert len(ax.collections) == 1  # min-max band of the repeated model
     np.testing.assert_allclose(ax.lines[1].get_ydata(), repeats.mean(axis=1))
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    assert _legend_texts(ax) == ["GP", "committee"]
+    assert _legend_texts(ax) == ["GP", "committee (mean; band: min-max of 2 fits)"]
     assert ax.get_ylabel() == "RMSE (meV/atom)"
     _save(fig, tmp_path)
     with pytest.raises(ValueError, match=r"errors\['bad'\] has shape \(3,\)"):
@@ -277,3 +277,108 @@ def test_plot_is_not_imported_by_package():
     code = "import sys, kernelpot; print('kernelpot.plot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------
+# layout: every figure read at a glance (no text on text, nothing clipped, units on axes)
+# --------------------------------------------------------------------------
+def _figures():
+    """One rendered figure per plotting function (influence is tested with the screen)."""
+    rng = np.random.default_rng(3)
+    n = 40
+    e_ref = rng.uniform(-3.9, -3.5, n)
+    f_ref = rng.normal(size=(n * 8, 3))
+    s_ref = rng.normal(scale=0.01, size=(n, 6))
+    ref = {"energy": e_ref * 8, "forces": f_ref, "stress": s_ref, "n_atoms": np.full(n, 8)}
+    pred = {"energy": (e_ref + rng.normal(scale=0.002, size=n)) * 8,
+            "forces": f_ref + rng.normal(scale=0.05, size=f_ref.shape),
+            "stress": s_ref + rng.normal(scale=1e-4, size=s_ref.shape),
+            "energy_std": np.full(n, 0.016) * rng.uniform(0.5, 2, n),
+            "forces_std": rng.uniform(0.01, 0.1, f_ref.shape), "stress_std": rng.uniform(5e-5, 2e-4, (n, 6))}
+    sigma = rng.uniform(0.02, 0.3, 3000)
+    err = rng.normal(size=sigma.size) * sigma
+    yield "parity_panel", plot.parity_panel(pred, ref)[0], True
+    yield "parity", plot.parity(e_ref, e_ref + 0.001, sigma=np.full(n, 0.002), units="eV/atom")[0], True
+    fig, ax = plot.calibration(err, sigma, units="eV/Å", label="raw")
+    plot.calibration(err, 0.7 * sigma, ax=ax, units="eV/Å", label="calibrated")
+    yield "calibration", fig, True
+    yield "error_vs_sigma", plot.error_vs_sigma(err, sigma, units="eV/Å")[0], True
+    yield "z_histogram", plot.z_histogram(err, sigma)[0], False
+    reps = np.array([[30.0, 36.0], [12.0, 14.0], [5.0, 6.5], [2.1, 2.4]])
+    yield "learning_curve", plot.learning_curve([10, 30, 100, 300], {"GP": [25.0, 10.0, 4.0, 2.0],
+                                                 "committee": reps}, units="meV/atom")[0], True
+    yield "sparse_coverage", plot.sparse_coverage(rng.normal(size=(200, 8)), np.arange(0, 200, 9))[0], False
+
+
+def _texts(fig, renderer):
+    """Visible, non-empty text artists that are drawn (tick labels beyond the view limits are not)."""
+    from matplotlib.text import Text
+    hidden = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            tol = 1e-9 * max(abs(lo), abs(hi), 1e-300)
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not lo - tol <= tick.get_loc() <= hi + tol:
+                    hidden.update((id(tick.label1), id(tick.label2)))
+    out = []
+    for t in fig.findobj(Text):
+        if t.get_visible() and t.get_text().strip() and id(t) not in hidden:
+            out.append((t, t.get_window_extent(renderer)))
+    return out
+
+
+@pytest.mark.parametrize("name, fig, units", list(_figures()), ids=[f[0] for f in _figures()])
+def test_layout_no_overlap_inside_figure_units(name, fig, units, tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    FigureCanvasAgg(fig)
+    fig.savefig(tmp_path / f"{name}.png", dpi=100)  # the constrained layout runs on draw
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    texts = _texts(fig, renderer)
+    assert texts
+    for t, bb in texts:
+        assert (bb.x0 >= box.x0 - 1 and bb.y0 >= box.y0 - 1 and bb.x1 <= box.x1 + 1 and bb.y1 <= box.y1 + 1), \
+            f"{name}: {t.get_text()!r} falls outside the figure"
+    for i, (t1, b1) in enumerate(texts):
+        for t2, b2 in texts[i + 1:]:
+            if b1.overlaps(b2):
+                inter = min(b1.x1, b2.x1) - max(b1.x0, b2.x0), min(b1.y1, b2.y1) - max(b1.y0, b2.y0)
+                # touching edges (a pixel) are not an overlap a reader sees
+                assert min(inter) <= 1.0, f"{name}: {t1.get_text()!r} overlaps {t2.get_text()!r}"
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        lb = legend.get_window_extent(renderer)
+        # the legend covers no data point and no bar
+        for coll in ax.collections:
+            offsets = coll.get_offsets()
+            if len(offsets) and coll.get_gid() != "diagonal":
+                xy = ax.transData.transform(np.asarray(offsets))
+                inside = (xy[:, 0] > lb.x0) & (xy[:, 0] < lb.x1) & (xy[:, 1] > lb.y0) & (xy[:, 1] < lb.y1)
+                assert not inside.any(), f"{name}: legend covers {int(inside.sum())} points"
+        for patch in ax.patches:
+            pb = patch.get_window_extent(renderer)
+            if pb.height > 1:
+                assert not (pb.overlaps(lb) and min(pb.y1, lb.y1) - max(pb.y0, lb.y0) > 1), \
+                    f"{name}: legend covers a bar"
+    if units:
+        for ax in fig.axes:
+            if ax.get_label() == "<colorbar>":
+                label = ax.get_xlabel() or ax.get_ylabel()
+                assert label.endswith(")"), f"{name}: colour bar label {label!r} has no units"
+                continue
+            for label in (ax.get_xlabel(), ax.get_ylabel()):
+                assert label.endswith(")") and "(" in label, f"{name}: axis label {label!r} has no units"
+    else:
+        for ax in fig.axes:
+            assert ax.get_xlabel() and ax.get_ylabel()
+
+
+def test_parity_panel_labels_do_not_repeat_the_quantity():
+    y = np.linspace(0, 1, 20)
+    fig, _ = plot.parity(y, y, sigma=np.full(20, 0.1), quantity="energy", units="meV/atom")
+    cbar = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"][0]
+    assert cbar.get_xlabel() == "predicted σ (meV/atom)"
