@@ -3,49 +3,177 @@
 Thin front end over the Python API: every command is a few calls to functions
 that notebooks use too.  Units on output: energies meV/atom, forces eV/Å,
 stresses GPa (tables); files keep ASE units (eV, eV/Å, eV/Å^3).
+
+User errors (a missing or unreadable file, an element the model does not
+know, a folder that does not exist, a flag out of range) end with one line
+``kernelpot: error: ...`` on stderr and exit code 2; ``--debug`` re-raises
+them for the traceback.  Library warnings are printed as one line
+``kernelpot: warning: ...`` without source paths.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+from kernelpot._version import __version__
 
 UNITS_HELP = ("Units: input files in ASE units (eV, eV/Å, eV/Å^3 with ASE's stress sign; mlearn JSON "
               "is converted from kBar on reading). Tables print energies per atom in meV/atom, force "
               "components in eV/Å and stress components in GPa.")
 
+PREDICT_FIELDS = """\
+The output is extended XYZ (read it back with kernelpot.read or ase.io.read). Per structure:
+  energy                 predicted total energy, eV
+  stress                 predicted stress, eV/Å^3, ASE sign (periodic cells only)
+  energy_std             standard deviation of the total energy, eV (aleatoric + epistemic, calibrated)
+  energy_std_epistemic   model (posterior) part of it, eV
+  stress_std, stress_std_epistemic   per Voigt component xx yy zz yz xz xy, eV/Å^3 (periodic only)
+Per atom:
+  forces                 predicted forces, eV/Å
+  forces_std, forces_std_epistemic   per Cartesian component, eV/Å
+  local_energy           per-atom energies summing to the total, eV
+Input labels (energy, forces, stress) are not copied to the output."""
 
-def _add_common(p):
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+EVAL_COLUMNS = """\
+Printed: an error table (MAE, RMSE and number n of values) for energy per atom (meV/atom), force
+components (eV/Å) and stress components (GPa), and an uncertainty table for the same three:
+  within 1σ, 2σ   share of errors inside one and two predicted standard deviations
+                  (68 %% and 95 %% when the σ are calibrated)
+  miscal. area    miscalibration area: mean gap between expected and observed coverage over all
+                  confidence levels (0 = calibrated; < 0.05 is good)
+  msz             mean squared z-score, mean((error/σ)^2): 1 when calibrated, > 1 when σ are too
+                  small (over-confident), < 1 when too large
+  spearman        rank correlation of |error| with σ (does a larger σ mean a larger error?)"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (usage stays in ``--help``)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _UserError(Exception):
+    """An error whose message is the whole story (no traceback needed)."""
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None):
+    """One line per warning, without the source path and line of the installed package."""
+    text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    print(f"kernelpot: warning: {text}", file=sys.stderr if file is None else file)
+
+
+def _fit(model, frames):
+    """``model.fit(frames)`` without repeating the validation warnings :func:`_validate` printed."""
+    try:
+        from kernelpot.io.labels import DataWarning
+    except ImportError:  # older io without the category: nothing to de-duplicate
+        return model.fit(frames)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="fit: ", category=DataWarning)
+        return model.fit(frames)
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (np.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
+    return v
+
+
+def _read(path, args=None):
+    """Frames of ``path``; label keys passed only when given (so older ``read`` works)."""
+    import kernelpot
+    if not Path(path).exists():
+        raise _UserError(f"no such file: {str(path)!r}")
+    kw = {}
+    for name in ("energy_key", "forces_key", "stress_key"):
+        if args is not None and getattr(args, name, None) is not None:
+            kw[name] = getattr(args, name)
+    try:
+        frames = kernelpot.read(path, **kw)
+    except (ValueError, KeyError, OSError, StopIteration, IndexError) as exc:
+        if isinstance(exc, ValueError) and str(path) in str(exc):
+            raise
+        raise _UserError(f"cannot read {str(path)!r}: {exc}") from exc
+    if not frames:
+        raise _UserError(f"no structures in {str(path)!r} (is it a structure file?)")
+    return frames
+
+
+def _validate(frames, path, quiet):
+    """Run :func:`kernelpot.validate`; errors stop, warnings are printed (unless ``quiet``)."""
+    import kernelpot
+    report = kernelpot.validate(frames, raise_on_error=False)
+    if report.errors:
+        more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        raise _UserError(f"{path}: {report.errors[0]}{more}")
+    if not quiet:
+        for w in report.warnings:
+            print(f"kernelpot: warning: {path}: {w}", file=sys.stderr)
+    return report
+
+
+def _model_kwargs(args) -> dict:
+    kw = {"verbose": not args.quiet, "n_sparse": args.n_sparse, "random_state": args.seed,
+          "calibrate": not args.no_calibrate}
+    if args.r_cut is not None:
+        from kernelpot import SOAP
+        kw["descriptor"] = SOAP(r_cut=args.r_cut)
+    return kw
+
+
+def _savefig(fig, path):
+    from kernelpot.io.files import atomic_write
+    with atomic_write(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def _cmd_fit(args) -> int:
     import kernelpot
-    from kernelpot.uq.evaluation import evaluate, error_table, format_error_table, parity_dicts
-    train = kernelpot.read(args.train)
-    kernelpot.validate(train)
-    kw = {"verbose": not args.quiet}
-    if args.n_sparse is not None:
-        kw["n_sparse"] = args.n_sparse
-    model = kernelpot.SparseGP(**kw).fit(train)
+    from kernelpot.io.files import check_writable
     out = Path(args.output)
-    model.save(out)
+    if out.suffix != ".npz":
+        out = Path(str(out) + ".npz")
+    check_writable(out)
+    png = Path(out.with_suffix("").as_posix() + "_parity.png")
+    train = _read(args.train, args)
+    _validate(train, args.train, args.quiet)
+    test = None
+    if args.test:
+        test = _read(args.test, args)
+        _validate(test, args.test, args.quiet)
+    model = _fit(kernelpot.SparseGP(**_model_kwargs(args)), train)
+    model.save(out, compact=args.compact)
     if not args.quiet:
         print(f"model written to {out}")
         print(_noise_table(model))
-    if args.test:
-        test = kernelpot.read(args.test)
-        kernelpot.validate(test)
+    if test is not None:
+        from kernelpot.uq.evaluation import evaluate, error_table, format_error_table, parity_dicts
         ev = evaluate(model, test)
         print(f"test set {args.test} ({len(test)} structures):")
         print(format_error_table(error_table(ev)))
-        png = out.with_suffix("").as_posix() + "_parity.png"
         from kernelpot.plot import parity_panel
         fig, _ = parity_panel(*parity_dicts(ev))
-        fig.savefig(png, dpi=120)
+        _savefig(fig, png)
         if not args.quiet:
             print(f"parity plots written to {png}")
     return 0
@@ -61,10 +189,17 @@ def _noise_table(model) -> str:
     return "\n".join(lines)
 
 
+def _load(path):
+    import kernelpot
+    return kernelpot.load(path)
+
+
 def _cmd_predict(args) -> int:
     import kernelpot
-    model = kernelpot.load(args.model)
-    frames = kernelpot.read(args.frames)
+    from kernelpot.io.files import atomic_write, check_writable
+    check_writable(args.output)
+    model = _load(args.model)
+    frames = _read(args.frames)
     out = []
     from ase.calculators.singlepoint import SinglePointCalculator
     for a in frames:
@@ -84,42 +219,50 @@ def _cmd_predict(args) -> int:
             b.info["stress_std_epistemic"] = r["stress_std_epistemic"]
         b.calc = SinglePointCalculator(b, **res)
         out.append(b)
-    kernelpot.write(args.output, out)
+    with atomic_write(args.output, suffix=Path(args.output).suffix) as tmp:
+        kernelpot.write(tmp, out)
     if not args.quiet:
         print(f"{len(out)} predictions with standard deviations written to {args.output}")
     return 0
 
 
-def _cmd_eval(args) -> int:
-    import kernelpot
-    from kernelpot.uq.evaluation import evaluate, error_table, format_error_table
+def _uncertainty_table(ev) -> str:
     from kernelpot.uq import metrics
-    model = kernelpot.load(args.model)
-    frames = kernelpot.read(args.frames)
+    lines = [f"{'quantity':<10}{'within 1σ':>11}{'within 2σ':>11}{'miscal. area':>14}{'msz':>9}"
+             f"{'spearman':>10}{'n':>9}"]
+    for k in ("energy", "forces", "stress"):
+        if k in ev and "std" in ev[k]:
+            s = metrics.summary(np.ravel(ev[k]["err"]), np.ravel(ev[k]["std"]))
+            lines.append(f"{k:<10}{100 * s['coverage_1']:>10.0f}%{100 * s['coverage_2']:>10.0f}%"
+                         f"{s['miscal_area']:>14.3f}{s['msz']:>9.2f}{s['spearman']:>10.2f}{s['n']:>9d}")
+    return "\n".join(lines)
+
+
+def _cmd_eval(args) -> int:
+    from kernelpot.uq.evaluation import evaluate, error_table, format_error_table
+    model = _load(args.model)
+    frames = _read(args.frames, args)
     ev = evaluate(model, frames)
+    print("errors (energy per atom in meV/atom, force components in eV/Å, stress components in GPa):")
     print(format_error_table(error_table(ev)))
-    if "forces" in ev:
-        s = metrics.summary(ev["forces"]["err"].ravel(), ev["forces"]["std"].ravel())
-        print("force uncertainty: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items() if isinstance(v, float)))
+    print("uncertainty coverage and calibration (see kernelpot eval --help for the columns):")
+    print(_uncertainty_table(ev))
     return 0
 
 
 def _cmd_screen(args) -> int:
     import kernelpot
-    frames = kernelpot.read(args.train)
-    kernelpot.validate(frames)
-    if args.model:
-        model = kernelpot.load(args.model)
-    else:
-        kw = {"verbose": not args.quiet}
-        if args.n_sparse is not None:
-            kw["n_sparse"] = args.n_sparse
-        model = kernelpot.SparseGP(**kw).fit(frames)
+    from kernelpot.io.files import check_writable
+    if args.plot:
+        check_writable(args.plot)
+    frames = _read(args.train, args)
+    _validate(frames, args.train, args.quiet)
+    model = _load(args.model) if args.model else _fit(kernelpot.SparseGP(**_model_kwargs(args)), frames)
     table = kernelpot.screen(model, frames, alpha=args.alpha, refit_rounds=args.refit_rounds)
     print(table.to_string(top=args.top))
     if args.plot:
         fig, _ = table.plot()
-        fig.savefig(args.plot, dpi=120)
+        _savefig(fig, args.plot)
         if not args.quiet:
             print(f"influence plot written to {args.plot}")
     return 0
@@ -127,49 +270,90 @@ def _cmd_screen(args) -> int:
 
 def _cmd_audit(args) -> int:
     import kernelpot
-    frames = kernelpot.read(args.frames)
-    model = kernelpot.load(args.model) if args.model else None
+    frames = _read(args.frames, args)
+    model = _load(args.model) if args.model else None
     report = kernelpot.audit(frames, model, threshold_meV=args.threshold)
     print(report)
     return 0
 
 
+def _add_common(p):
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars, phase lines or summaries (tables are still printed)")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+
+
+def _add_label_keys(p):
+    p.add_argument("--energy-key", metavar="KEY", help="name of the energy label in the file "
+                   "(default: the calculator's energy, else info['energy'])")
+    p.add_argument("--forces-key", metavar="KEY", help="name of the per-atom forces array (default: forces)")
+    p.add_argument("--stress-key", metavar="KEY", help="name of the stress label (default: stress)")
+
+
+def _add_model_settings(p, when=""):
+    p.add_argument("--n-sparse", type=_positive_int, default=1000, metavar="M",
+                   help=f"sparse environments per species{when} (default 1000; fewer is faster and coarser)")
+    p.add_argument("--r-cut", type=_positive_float, default=None, metavar="Å",
+                   help=f"SOAP cutoff radius in Å{when} (default: the SOAP default, 5 Å)")
+    p.add_argument("--seed", type=int, default=0, help=f"seed of the sparse selection{when} (default 0); "
+                   "fits are deterministic given it")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help=f"skip the leave-one-out pass that calibrates the standard deviations{when} "
+                        "(faster; the std are then the raw GP ones; default: calibrate)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kernelpot", description="Sparse GP interatomic potentials. " + UNITS_HELP)
-    sub = p.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fit", help="fit a model to labelled structures", description=UNITS_HELP)
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="kernelpot", description="Sparse GP interatomic potentials. " + UNITS_HELP)
+    p.add_argument("--version", action="version", version=f"kernelpot {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    f = sub.add_parser("fit", help="fit a model to labelled structures", formatter_class=fmt,
+                       description="Fit a sparse GP to energies, forces and stresses; print each phase with "
+                       "its elapsed time, the learned noise and, with --test, the test errors.\n" + UNITS_HELP)
     f.add_argument("train", help="training structures (extxyz, ASE db, mlearn JSON, anything ase.io.read reads)")
-    f.add_argument("--test", help="test structures: prints MAE/RMSE and writes parity plots")
-    f.add_argument("-o", "--output", default="model.npz", help="model file to write (default model.npz)")
-    f.add_argument("--n-sparse", type=int, default=None, help="sparse environments per species")
+    f.add_argument("--test", help="test structures: prints MAE/RMSE (meV/atom, eV/Å, GPa) and writes parity "
+                                  "plots to OUTPUT_parity.png (default: no test set)")
+    f.add_argument("-o", "--output", default="model.npz",
+                   help="model file to write; its folder must exist (default model.npz)")
+    f.add_argument("--compact", action="store_true",
+                   help="write a prediction-only model file (values and standard deviations; no "
+                        "leave-one-out screening from it; default: full file)")
+    _add_model_settings(f)
+    _add_label_keys(f)
     _add_common(f)
     f.set_defaults(func=_cmd_fit)
-    pr = sub.add_parser("predict", help="predict energies, forces, stresses and their std", description=UNITS_HELP)
-    pr.add_argument("model")
-    pr.add_argument("frames")
-    pr.add_argument("-o", "--output", required=True, help="extxyz file with predictions and *_std fields")
+    pr = sub.add_parser("predict", help="predict energies, forces, stresses and their std", formatter_class=fmt,
+                        description="Predict structures with a fitted model.\n\n" + PREDICT_FIELDS)
+    pr.add_argument("model", help="model file written by kernelpot fit (.npz)")
+    pr.add_argument("frames", help="structures to predict (any format kernelpot.read reads; labels not needed)")
+    pr.add_argument("-o", "--output", required=True,
+                    help="extxyz file to write (required); fields and units listed above")
     _add_common(pr)
     pr.set_defaults(func=_cmd_predict)
     ev = sub.add_parser("eval", help="error table and uncertainty calibration on labelled structures",
-                        description=UNITS_HELP)
-    ev.add_argument("model")
-    ev.add_argument("frames")
+                        formatter_class=fmt,
+                        description="Compare a model with labelled structures.\n\n" + EVAL_COLUMNS)
+    ev.add_argument("model", help="model file written by kernelpot fit (.npz)")
+    ev.add_argument("frames", help="labelled structures (energy, and forces/stress where available)")
+    _add_label_keys(ev)
     _add_common(ev)
     ev.set_defaults(func=_cmd_eval)
     sc = sub.add_parser("screen", help="rank training structures by how suspicious their labels are",
                         description="Leave-one-out screen of a training set for mislabelled structures "
                                     "(see kernelpot.screen). " + UNITS_HELP)
     sc.add_argument("train", help="training structures")
-    sc.add_argument("--model", help="a fitted model file whose training set is TRAIN (default: fit one "
-                                    "with default settings)")
-    sc.add_argument("--top", type=int, default=20, help="rows to print (default 20)")
-    sc.add_argument("--plot", help="write the leverage / z-score influence plot to this file")
-    sc.add_argument("--alpha", type=float, default=0.05,
+    sc.add_argument("--model", help="a full (not --compact) model file whose training set is TRAIN (default: "
+                                    "fit one with the settings below)")
+    sc.add_argument("--top", type=_positive_int, default=20, help="rows to print (default 20)")
+    sc.add_argument("--plot", help="write the leverage / z-score influence plot to this PNG file "
+                                   "(default: no plot)")
+    sc.add_argument("--alpha", type=_positive_float, default=0.05,
                     help="family-wise false-flag rate over the training set (default 0.05)")
-    sc.add_argument("--refit-rounds", type=int, default=1,
+    sc.add_argument("--refit-rounds", type=int, default=1, choices=range(0, 10), metavar="N",
                     help="refits without the flagged structures, against masking (default 1; 0 for a "
                          "single pass in half the time)")
-    sc.add_argument("--n-sparse", type=int, default=None, help="sparse environments per species (when fitting)")
+    _add_model_settings(sc, when=" (when fitting)")
+    _add_label_keys(sc)
     _add_common(sc)
     sc.set_defaults(func=_cmd_screen)
     au = sub.add_parser("audit", help="check DFT settings consistency and per-group energy offsets",
@@ -177,17 +361,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "pseudopotentials, cutoff, k-point density in k-points per Å^-1, smearing) and, "
                         "with --model, flags config_types whose energies are offset by a constant per atom "
                         "(meV/atom) from the rest: the signature of mixed DFT settings. Drops nothing.")
-    au.add_argument("frames")
-    au.add_argument("--model", help="fitted model whose residuals are used for the offset test")
-    au.add_argument("--threshold", type=float, default=5.0, help="smallest offset to flag, meV/atom (default 5)")
+    au.add_argument("frames", help="labelled structures with their DFT settings in info")
+    au.add_argument("--model", help="fitted model whose residuals are used for the offset test (default: "
+                                    "settings only)")
+    au.add_argument("--threshold", type=_positive_float, default=5.0,
+                    help="smallest offset to flag, meV/atom (default 5)")
+    _add_label_keys(au)
     _add_common(au)
     au.set_defaults(func=_cmd_audit)
     return p
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit code (0 success, 2 usage or input error)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.showwarning = _showwarning
+        try:
+            return args.func(args)
+        except (_UserError, ValueError, TypeError, OSError, KeyError) as exc:
+            if args.debug:
+                raise
+            msg = str(exc).strip().splitlines()
+            msg = msg[0] if len(msg) == 1 else " ".join(m.strip() for m in msg)
+            if isinstance(exc, KeyError):
+                msg = f"missing key {msg}"
+            print(f"kernelpot: error: {msg or type(exc).__name__}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

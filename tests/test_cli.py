@@ -1,24 +1,30 @@
-"""The command line on the shipped data: fit, predict, eval."""
+"""The command line on the shipped data: fit, predict, eval, and what a user sees when something is wrong."""
 
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import kernelpot
-from kernelpot.cli import main
+from kernelpot import cli
+from kernelpot.cli import build_parser, main
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+TEST = str(DATA / "emt_cu_test.xyz")
 
 
 @pytest.fixture(scope="module")
 def fit_run(tmp_path_factory):
-    import contextlib
-    import io
     out = tmp_path_factory.mktemp("cli") / "cu.npz"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(["fit", str(DATA / "emt_cu_train.xyz"), "--test", str(DATA / "emt_cu_test.xyz"),
+        rc = main(["fit", str(DATA / "emt_cu_train.xyz"), "--test", TEST,
                    "-o", str(out), "--n-sparse", "100", "--quiet"])
     assert rc == 0
     return out, buf.getvalue()
@@ -29,10 +35,20 @@ def fitted_model(fit_run):
     return fit_run[0]
 
 
-def test_fit_writes_model_and_parity_plot(fitted_model, capsys):
+@pytest.fixture(scope="module")
+def small_train(tmp_path_factory):
+    """Six training frames: enough for a fit of a few seconds."""
+    path = tmp_path_factory.mktemp("small") / "train.xyz"
+    kernelpot.write(path, kernelpot.read(DATA / "emt_cu_train.xyz")[:6])
+    return path
+
+
+def test_fit_writes_model_and_parity_plot(fitted_model):
     assert fitted_model.exists()
     png = Path(str(fitted_model.with_suffix("")) + "_parity.png")
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # atomic writes leave no temporary files behind
+    assert sorted(p.name for p in fitted_model.parent.iterdir()) == ["cu.npz", "cu_parity.png"]
 
 
 def test_fit_prints_test_errors(fit_run):
@@ -47,9 +63,9 @@ def test_fit_prints_test_errors(fit_run):
 
 def test_predict_writes_values_and_stds(fitted_model, tmp_path):
     out = tmp_path / "pred.xyz"
-    assert main(["predict", str(fitted_model), str(DATA / "emt_cu_test.xyz"), "-o", str(out), "--quiet"]) == 0
+    assert main(["predict", str(fitted_model), TEST, "-o", str(out), "--quiet"]) == 0
     pred = kernelpot.read(out)
-    ref = kernelpot.read(DATA / "emt_cu_test.xyz")
+    ref = kernelpot.read(TEST)
     assert len(pred) == len(ref)
     model = kernelpot.load(fitted_model)
     direct = model.predict_frame(ref[0])
@@ -57,26 +73,184 @@ def test_predict_writes_values_and_stds(fitted_model, tmp_path):
     # extxyz stores per-atom arrays with 8 decimals
     np.testing.assert_allclose(pred[0].arrays["forces_std"], direct["forces_std"], rtol=0, atol=1e-8)
     assert pred[0].info["energy_std"] == pytest.approx(direct["energy_std"], rel=1e-8)
+    # every field the help promises is in the file
+    help_text = build_parser()._subparsers._group_actions[0].choices["predict"].format_help()
+    for field in ("energy_std", "energy_std_epistemic", "stress_std", "stress_std_epistemic", "forces_std",
+                  "forces_std_epistemic", "local_energy"):
+        assert field in help_text
+        assert field in pred[0].info or field in pred[0].arrays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.xyz"]
 
 
-def test_eval_and_help(fitted_model, capsys):
-    assert main(["eval", str(fitted_model), str(DATA / "emt_cu_test.xyz")]) == 0
+def test_eval_prints_uncertainty_for_every_quantity(fitted_model, capsys):
+    assert main(["eval", str(fitted_model), TEST]) == 0
     out = capsys.readouterr().out
-    assert "forces" in out and "coverage" in out
-    with pytest.raises(SystemExit):
-        main(["fit", "--help"])
-    assert "meV/atom" in capsys.readouterr().out
+    unc = out.split("uncertainty")[1].splitlines()
+    header = unc[1]
+    assert "within 1σ" in header and "miscal. area" in header and "msz" in header
+    rows = {line.split()[0]: line.split() for line in unc[2:] if line.strip()}
+    assert set(rows) == {"energy", "forces", "stress"}
+    for r in rows.values():
+        assert 0 <= float(r[1].rstrip("%")) <= 100 and float(r[4]) > 0   # coverage in %, msz > 0
 
 
-def test_bad_model_file_message(tmp_path, capsys):
+def test_compact_model_predicts_identically(fitted_model, tmp_path):
+    model = kernelpot.load(fitted_model)
+    model.save(tmp_path / "compact.npz", compact=True)
+    small = kernelpot.load(tmp_path / "compact.npz")
+    # Kmm and Lmm are left out (on the 854-point Cu model of the README: 12.6 MB -> 4.5 MB)
+    assert (tmp_path / "compact.npz").stat().st_size < 0.8 * fitted_model.stat().st_size
+    atoms = kernelpot.read(TEST)[3]
+    a, b = model.predict_frame(atoms), small.predict_frame(atoms)
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# ------------------------------------------------------------------ user errors
+def _run(argv, capsys):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def _one_line_error(rc, err):
+    assert rc == 2
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "error: " in lines[0], err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["fit", "no_such_file.xyz"], "no such file"),
+    (["eval", "no_such_model.npz", TEST], "no such file"),
+    (["predict", "no_such_model.npz", TEST, "-o", "x.xyz"], "no such file"),
+    (["fit", str(DATA.parent / "README.md")], "no structures"),
+    (["screen", str(DATA / "emt_cu_train.xyz"), "--plot", "no_such_folder/p.png"], "does not exist"),
+    (["audit", "no_such_file.xyz"], "no such file"),
+])
+def test_input_errors_are_one_line_exit_2(argv, words, capsys):
+    assert words in _one_line_error(*_run(argv, capsys))
+
+
+@pytest.mark.parametrize("argv", [
+    ["fit", TEST, "--n-sparse", "0"],
+    ["fit", TEST, "--n-sparse", "many"],
+    ["fit", TEST, "--r-cut", "-2"],
+    ["screen", TEST, "--alpha", "0"],
+    ["screen", TEST, "--refit-rounds", "-1"],
+    ["eval", "only_one_argument"],
+    ["frobnicate"],
+])
+def test_bad_flags_are_one_line_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "error:" in err
+
+
+def test_missing_output_folder_fails_before_fitting(capsys, monkeypatch):
+    monkeypatch.setattr(kernelpot, "read", lambda *a, **k: pytest.fail("read before checking the output folder"))
+    line = _one_line_error(*_run(["fit", TEST, "-o", "no_such_folder/m.npz"], capsys))
+    assert "no_such_folder" in line and "does not exist" in line
+
+
+def test_bad_model_file_and_unknown_species(fitted_model, tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"garbage")
+    assert "truncated or corrupted" in _one_line_error(*_run(["eval", str(bad), TEST], capsys))
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    au = bulk("Au", cubic=True)
+    au.calc = SinglePointCalculator(au, energy=-10.0, forces=np.zeros((len(au), 3)))
+    kernelpot.write(tmp_path / "au.xyz", [au])
+    line = _one_line_error(*_run(["predict", str(fitted_model), str(tmp_path / "au.xyz"), "-o",
+                                  str(tmp_path / "p.xyz")], capsys))
+    assert "Au" in line and "not trained on" in line
     with pytest.raises(ValueError, match="truncated or corrupted"):
-        main(["eval", str(bad), str(DATA / "emt_cu_test.xyz")])
+        main(["eval", str(bad), TEST, "--debug"])
+
+
+def test_library_warnings_are_one_line_without_paths(monkeypatch, capsys):
+    def warns(args):
+        warnings.warn("hyperparameters at their bounds:\n  ['delta']", RuntimeWarning)
+        return 0
+    monkeypatch.setattr(cli, "_cmd_audit", warns)
+    assert main(["audit", TEST]) == 0
+    err = capsys.readouterr().err
+    assert err == "kernelpot: warning: hyperparameters at their bounds: ['delta']\n"
+
+
+def test_validation_warnings_are_printed(capsys, tmp_path):
+    # EMT energies are positive: validate warns, and the command says so (it used to throw it away)
+    cli._validate(kernelpot.read(TEST), TEST, quiet=False)
+    err = capsys.readouterr().err
+    assert err.startswith("kernelpot: warning: ") and "energy per atom > 0 eV" in err
+
+
+# ------------------------------------------------------------------ help and version
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kernelpot {kernelpot.__version__}"
+
+
+def _subparsers():
+    return build_parser()._subparsers._group_actions[0].choices
+
+
+@pytest.mark.parametrize("command", ["fit", "predict", "eval", "screen", "audit"])
+def test_help_documents_every_argument_and_default(command):
+    p = _subparsers()[command]
+    for action in p._actions:
+        if action.dest in ("help",):
+            continue
+        assert action.help, f"{command} {action.dest}: no help"
+        if action.option_strings and action.default not in (None, False) and action.required is False:
+            shown = f"{action.default:g}" if isinstance(action.default, float) else str(action.default)
+            assert "default" in action.help and shown in action.help, (command, action.dest)
+    text = p.format_help()
+    assert "meV/atom" in text or "eV" in text
+
+
+def test_help_explains_outputs():
+    sub = _subparsers()
+    ev = sub["eval"].format_help()
+    for word in ("msz", "miscalibration area", "energy", "forces", "stress", "within 1σ", "spearman"):
+        assert word in ev.replace("force components", "forces"), word
+    pr = sub["predict"].format_help()
+    assert "eV/Å^3" in pr and "eV/Å" in pr and "forces_std" in pr
+    assert "default 1000" in sub["fit"].format_help()
+
+
+# ------------------------------------------------------------------ console output
+def test_redirected_fit_has_phase_lines_and_no_carriage_returns(small_train, tmp_path):
+    """A fit with output redirected to files: one line per phase, no progress-bar floods."""
+    env = dict(os.environ, PYTHONWARNINGS="default")
+    r = subprocess.run([sys.executable, "-m", "kernelpot", "fit", str(small_train), "--n-sparse", "30",
+                        "-o", str(tmp_path / "m.npz")], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stdout and "\r" not in r.stderr
+    for phase in ("descriptors", "sparse selection", "assembly", "hyperparameters", "calibration (LOO)"):
+        line = [x for x in r.stdout.splitlines() if x.startswith(f"kernelpot: {phase}")]
+        assert len(line) == 1 and line[0].split()[-1].endswith(")") or line[0].rstrip().endswith(" s"), phase
+    assert "site-packages" not in r.stderr and "Traceback" not in r.stderr
+    assert all(x.startswith("kernelpot: ") for x in r.stderr.splitlines()), r.stderr
+
+
+def test_subprocess_error_has_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "kernelpot", "fit", "missing.xyz"], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr == "kernelpot: error: no such file: 'missing.xyz'\n"
 
 
 def test_audit_reports_mixed_settings_and_offsets(fitted_model, tmp_path, capsys):
-    frames = kernelpot.read(DATA / "emt_cu_test.xyz")
+    frames = kernelpot.read(TEST)
     for i, a in enumerate(frames):
         a.info["encut"] = 520.0 if i % 2 else 400.0
     path = tmp_path / "mixed.xyz"
