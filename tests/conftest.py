@@ -1,5 +1,10 @@
-"""Shared fixtures: small, fast, deterministic labelled data."""
+"""Shared fixtures: small, fast, deterministic labelled data.
 
+Tests on real DFT data read it from ``$KERNELPOT_DATA`` (default: ``../shared/data``
+beside the repository) and skip with a reason naming the variable when it is absent.
+"""
+
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +13,22 @@ from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(os.environ.get("KERNELPOT_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def shared_missing(*parts) -> str | None:
+    """Why a test on ``SHARED / parts`` cannot run (``None`` when the data are there)."""
+    path = SHARED.joinpath(*parts)
+    if path.exists():
+        return None
+    return (f"real DFT data {path} not found; set KERNELPOT_DATA to the data folder "
+            f"(default ../shared/data beside the repository)")
+
+
+def needs_shared(*parts):
+    """``skipif`` marker for tests that read ``SHARED / parts``."""
+    reason = shared_missing(*parts)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
 
 
 def label(atoms, calc, noise=None, rng=None):

@@ -11,10 +11,9 @@ import pytest
 
 import kernelpot
 from kernelpot.uq.evaluation import evaluate, error_table
-from conftest import SHARED
+from conftest import SHARED, needs_shared
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (SHARED / "mlearn").exists(), reason="../shared/data/mlearn not present")]
+pytestmark = [pytest.mark.slow, needs_shared("mlearn")]
 
 LIMITS = {"Si": {"energy": 8.0, "forces": 0.12, "stress": 0.6},
           "Li": {"energy": 1.0, "forces": 0.015, "stress": 0.06}}
