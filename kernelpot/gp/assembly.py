@@ -73,17 +73,20 @@ def kernels_compiled() -> bool:
     """Whether numba's on-disk cache holds the descriptor kernels (``False``: the first call compiles them).
 
     Looks for numba's index files (``*.nbi``) of the modules in
-    ``kernelpot/descriptors`` beside them (``__pycache__``) or under
-    ``NUMBA_CACHE_DIR``.  A cache built for another Python version does not count.
+    ``kernelpot/descriptors`` where numba keeps them: under ``NUMBA_CACHE_DIR``
+    when it is set, else beside the sources (``__pycache__``) or in numba's
+    user-wide cache folder.  A cache built for another Python version does not count.
     """
     import os
     import sys
     from pathlib import Path
     import kernelpot.descriptors as d
     tag = f"py{sys.version_info.major}{sys.version_info.minor}"
-    roots = [Path(d.__file__).parent / "__pycache__"]
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        roots.append(Path(os.environ["NUMBA_CACHE_DIR"]))
+    if os.environ.get("NUMBA_CACHE_DIR"):  # numba then caches there only
+        roots = [Path(os.environ["NUMBA_CACHE_DIR"])]
+    else:  # beside the sources, or numba's user-wide folder when the package folder is read-only
+        cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        roots = [Path(d.__file__).parent / "__pycache__", cache_home / "numba"]
     for mod in _KERNEL_MODULES:
         if not any(next(root.rglob(f"{mod}.*{tag}.nbi"), None) for root in roots if root.is_dir()):
             return False
