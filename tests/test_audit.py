@@ -222,3 +222,47 @@ def test_input_errors():
         audit(["x"])
     with pytest.raises(ValueError, match="at least one frame"):
         audit([])
+
+
+# ------------------------------------------------------------------ the model's own training set
+
+
+def _shifted_training_set(shift_meV=15.0):
+    from conftest import emt_frames
+    frames = emt_frames(24, seed=5)
+    for k, a in enumerate(frames):
+        group = ("A", "B", "C")[k % 3]
+        a.info["config_type"] = group
+        if group == "B":                                      # a different DFT setting: +15 meV/atom
+            res = dict(a.calc.results)
+            res["energy"] = res["energy"] + shift_meV * 1e-3 * len(a)
+            a.calc = SinglePointCalculator(a, **res)
+    return frames
+
+
+def test_audit_of_the_training_set_uses_leave_one_out(small_soap):
+    """In-sample residuals absorb the offset; the fit's leave-one-out residuals show it."""
+    from kernelpot import SparseGP
+    frames = _shifted_training_set()
+    # a flexible fit with small energy noise: it can bend to the shifted group in-sample
+    model = SparseGP(descriptor=small_soap, n_sparse=100, sigma_energy=1e-4).fit(frames)
+    report = audit(frames, model)
+    assert report.residuals == "leave-one-out"
+    b = next(t for t in report.offsets if t.grouping == "config_type" and t.group == "B")
+    assert b.flagged
+    assert 12.0 < b.offset_meV < 20.0                          # the 15 meV/atom put in, seen held out
+    assert not any(t.flagged for t in report.offsets if t.group in ("A", "C"))
+    # the old way, in-sample residuals of the same model: the offset is absorbed and not flagged
+    in_sample = np.array([a.get_potential_energy() for a in frames]) - model.predict(frames)["energy"]
+    old = audit(frames, in_sample)
+    assert old.residuals == "given"
+    b_old = next(t for t in old.offsets if t.grouping == "config_type" and t.group == "B")
+    assert not b_old.flagged and abs(b_old.offset_meV) < 5.0
+
+
+def test_audit_of_other_frames_uses_predictions(cu_frames, small_soap):
+    from kernelpot import SparseGP
+    model = SparseGP(descriptor=small_soap, n_sparse=30, calibrate=False).fit(cu_frames[:8])
+    assert audit(cu_frames[8:], model).residuals == "model"
+    with pytest.warns(UserWarning, match="no leave-one-out diagnostics"):
+        assert audit(cu_frames[:8], model).residuals == "in-sample"

@@ -460,3 +460,112 @@ def test_default_data_labels_are_emt(name, n_frames, n_atoms):
             np.testing.assert_allclose(a.get_stress(), ref.get_stress(), atol=1e-11)
         else:
             assert a.info["config_type"] == "isolated_atom"
+
+
+# --------------------------------------------------------------------------- bad fields name file, frame, field
+
+
+def _mlearn_item(**outputs):
+    item = {"structure": {"lattice": {"matrix": [[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0]]},
+                          "sites": [{"species": [{"element": "Si", "occu": 1}], "xyz": [0, 0, 0]},
+                                    {"species": [{"element": "Si", "occu": 1}], "xyz": [1.5, 1.5, 1.5]}]},
+            "outputs": {"energy": -10.0, "forces": [[0.1, 0, 0], [-0.1, 0, 0]],
+                        "virial_stress": [1, 2, 3, 4, 5, 6]}}
+    item["outputs"].update(outputs)
+    return item
+
+
+@pytest.mark.parametrize("outputs,field,what", [
+    ({"virial_stress": [1, 2, 3, 4, 5]}, "outputs.virial_stress", r"has shape \(5,\), expected \(6,\)"),
+    ({"virial_stress": [[1, 2, 3], [4, 5, 6]]}, "outputs.virial_stress", "has shape"),
+    ({"energy": "-10.0"}, "outputs.energy", "is a string"),
+    ({"energy": "abc"}, "outputs.energy", "not numeric"),
+    ({"energy": [1.0, 2.0]}, "outputs.energy", r"has shape \(2,\)"),
+    ({"forces": [[0.1, 0, 0]]}, "outputs.forces", r"has shape \(1, 3\), expected \(2, 3\)"),
+    ({"forces": [[0.1, 0, "x"], [0, 0, 0]]}, "outputs.forces", "not numeric"),
+    ({"energy": float("nan")}, "outputs.energy", "not finite"),
+])
+def test_mlearn_bad_fields_name_file_frame_and_field(tmp_path, outputs, field, what):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([_mlearn_item(), _mlearn_item(), _mlearn_item(**outputs)]))
+    with pytest.raises(ValueError, match=rf"bad\.json: frame 2: {re.escape(field)} .*{what}"):
+        read(path)
+
+
+def test_mlearn_bad_structure_fields(tmp_path):
+    item = _mlearn_item()
+    item["structure"]["lattice"]["matrix"] = [[3.0, 0], [0, 3.0]]
+    path = tmp_path / "cell.json"
+    path.write_text(json.dumps([_mlearn_item(), item]))
+    with pytest.raises(ValueError, match=r"cell\.json: frame 1: structure\.lattice\.matrix has shape \(2, 2\)"):
+        read(path)
+    item = _mlearn_item()
+    item["structure"]["sites"][1]["xyz"] = [1.5, 1.5]
+    path.write_text(json.dumps([item]))
+    with pytest.raises(ValueError, match=r"frame 0: structure\.sites\[1\]\.xyz has shape \(2,\)"):
+        read(path)
+    item = _mlearn_item()
+    del item["structure"]["sites"][0]["species"]
+    path.write_text(json.dumps([item]))
+    with pytest.raises(ValueError, match=r"frame 0: structure\.sites\[0\] has no species"):
+        read(path)
+    path.write_text(json.dumps([_mlearn_item(), {"structure": {}}]))
+    with pytest.raises(ValueError, match=r"cell\.json: frame 1: not in the mlearn format"):
+        read(path)
+
+
+def test_truncated_mlearn_json_names_file_and_position(tmp_path):
+    path = tmp_path / "trunc.json"
+    text = json.dumps([_mlearn_item(), _mlearn_item()])
+    path.write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"trunc\.json: not valid JSON at line 1, column \d+ .*truncated"):
+        read(path)
+
+
+def test_extxyz_bad_fields_name_file_and_frame(tmp_path):
+    good = '2\nLattice="4 0 0 0 4 0 0 0 4" Properties=species:S:1:pos:R:3 energy=-1.0 pbc="T T T"\nCu 0 0 0\nCu 2 0 0\n'
+    bad = good.replace("energy=-1.0", 'energy=-1.0 REF_virial="1 2 3 4"')
+    path = tmp_path / "bad.xyz"
+    path.write_text(good.replace("energy=-1.0", 'energy=-1.0 REF_virial="1 0 0 0 1 0 0 0 1"') + bad)
+    with pytest.raises(ValueError, match=r"bad\.xyz: frame 1: REF_virial has shape \(4,\)"):
+        read(path, stress_key="REF_virial")
+    path.write_text(good + good.replace("energy=-1.0", 'energy=-1.0 virial="1 2 3 4"'))
+    with pytest.raises(ValueError, match=r"bad\.xyz: cannot be read .*virial"):   # ASE's own check
+        read(path)
+    path.write_text(good + good[: len(good) - 10])
+    with pytest.raises(ValueError, match=r"bad\.xyz: cannot be read"):
+        read(path)
+    path.write_text(good.replace("energy=-1.0", "REF_energy=abc"))
+    with pytest.raises(ValueError, match=r"bad\.xyz: frame 0: REF_energy = 'abc' is not a number"):
+        read(path)
+
+
+# --------------------------------------------------------------------------- safe writes
+
+
+def test_write_checks_the_folder_before_work(tmp_path):
+    with pytest.raises(ValueError, match="folder .*nodir.* does not exist"):
+        write(tmp_path / "nodir" / "p.xyz", [_emt_frame(0)])
+    with pytest.raises(ValueError, match="is a folder"):
+        write(tmp_path, [_emt_frame(0)])
+
+
+@pytest.mark.parametrize("append", [False, True])
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch, append):
+    path = tmp_path / "pred.xyz"
+    write(path, [_emt_frame(0), _emt_frame(1)])
+    before = path.read_bytes()
+    real = ase.io.write
+
+    def partial_then_fail(filename, images, **kwargs):
+        real(filename, images[:1], **kwargs)          # half the frames reach the disk ...
+        raise KeyboardInterrupt                        # ... then Ctrl-C
+
+    monkeypatch.setattr(ase.io, "write", partial_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        write(path, [_emt_frame(2), _emt_frame(3)], append=append)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.xyz"]
+    monkeypatch.undo()
+    write(path, [_emt_frame(2)], append=True)          # appending keeps the old frames
+    assert len(read(path)) == 3

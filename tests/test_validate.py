@@ -253,3 +253,48 @@ def test_real_data_problems_are_found():
     name = f"frame {k} ('Vacancy', {bad.info['description']!r})"
     assert report.errors == [f"{name}: forces have shape ({n}, 2), expected ({n}, 3)"]
     assert len(report.warnings) == 1 and report.warnings[0].startswith(f"{name}: stress")
+
+
+def _dimer(symbol, d):
+    atoms = Atoms(symbol * 2, positions=[[0, 0, 0], [0, 0, d]])
+    atoms.calc = SinglePointCalculator(atoms, energy=1.0)
+    return atoms
+
+
+def test_hh_dimer_scan_is_not_an_error():
+    """A dimer curve at 0.35-0.50 Å is legitimate data: never an error, a warning only below 0.6 x 0.62 Å."""
+    frames = [_dimer("H", d) for d in np.linspace(0.35, 0.50, 7)]
+    report = validate(frames)
+    assert report.ok
+    flagged = [w for w in report.warnings if "distances" in w]
+    assert [w.split(":")[0] for w in flagged] == ["frame 0"]           # 0.35 Å < 0.372 Å only
+    assert "0.6 x the sum of covalent radii" in flagged[0] and "at 0.3500 Å" in flagged[0]
+
+
+@pytest.mark.parametrize("symbol", ["H", "Si", "Cu"])
+def test_distance_exactly_at_the_threshold_is_not_flagged(symbol):
+    from ase.data import atomic_numbers, covalent_radii
+    from kernelpot.io.validation import DISTANCE_ERROR_FACTOR, DISTANCE_WARN_FACTOR
+    r = 2 * covalent_radii[atomic_numbers[symbol]]
+    for factor, field in ((DISTANCE_ERROR_FACTOR, "errors"), (DISTANCE_WARN_FACTOR, "warnings")):
+        d = float(f"{factor * r:.4f}")             # written to 4 decimals, as files do
+        at = validate([_dimer(symbol, d)], raise_on_error=False)
+        below = validate([_dimer(symbol, d - 0.01)], raise_on_error=False)
+        assert not any("distances" in m for m in getattr(at, field) + at.errors), (symbol, factor)
+        assert any("distances" in m for m in getattr(below, field)), (symbol, factor)
+
+
+def test_distance_thresholds_scale_with_the_pair():
+    """0.9 Å is an error for Cu-Cu (< 0.92 Å) but fine for a C-H bond (1.07 Å sum, warns < 0.64 Å)."""
+    cu = _dimer("Cu", 0.9)
+    ch = Atoms("CH", positions=[[0, 0, 0], [0, 0, 0.9]])
+    ch.calc = SinglePointCalculator(ch, energy=-1.0)
+    assert _single_error([cu]).startswith("frame 0: distances: 1 pair(s) closer than 0.35 x")
+    report = validate([ch])
+    assert report.ok and report.warnings == []
+
+
+def test_fixed_min_distance_still_works_and_rounds_safely():
+    atoms = _dimer("H", 0.5)
+    assert validate([atoms], min_distance=0.5).ok                       # at the threshold: not flagged
+    assert not validate([atoms], min_distance=0.5001, raise_on_error=False).ok

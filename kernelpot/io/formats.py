@@ -151,7 +151,7 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
         import ase.io  # ase.io and ase.db take ~0.4 s to import: loaded when a file is read
         try:
             images = ase.io.read(path, index=index, format=format)
-        except (OSError, TypeError):
+        except (FileNotFoundError, PermissionError, IsADirectoryError, TypeError):
             raise
         except Exception as exc:  # ASE's parsers raise many types; say which file, keep the cause
             raise ValueError(f"{path}: cannot be read as {format or 'a format ASE recognises'} "
