@@ -25,7 +25,7 @@ from kernelpot.gp.likelihood import GroupStats, whiten
 from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_stress_var
 
 __all__ = ["KINDS", "training_rows", "offset_columns", "n_columns", "add_frame", "accumulate", "group_names", "group_of", "chunks",
-           "labels_in_groups", "compute_features", "worker_view", "memory_estimate", "progress", "phase",
+           "labels_in_groups", "compute_features", "worker_view", "memory_estimate", "progress", "note", "phase",
            "interactive", "kernels_compiled", "announce_compilation"]
 
 KINDS = ("energy", "forces", "stress")
@@ -54,15 +54,25 @@ def progress(it, verbose, desc, total=None):
     return tqdm(it, desc=desc, total=total, leave=False)
 
 
+def note(verbose, text: str) -> None:
+    """Print ``kernelpot: <text>`` on stderr when ``verbose``.
+
+    Progress goes to stderr, like tqdm's bars and warnings, so that results
+    printed on stdout (tables of the command line) can be redirected alone.
+    """
+    if verbose:
+        import sys
+        print(f"kernelpot: {text}", file=sys.stderr, flush=True)
+
+
 def phase(verbose, name: str, start: float, detail: str = "") -> float:
-    """Print ``kernelpot: <name> ... <elapsed> s`` when ``verbose``; returns the current time.
+    """Note ``kernelpot: <name> ... <elapsed> s`` (see :func:`note`); returns the current time.
 
     ``start`` is a :func:`time.perf_counter` value; the return value starts the next phase.
     """
     import time
     now = time.perf_counter()
-    if verbose:
-        print(f"kernelpot: {name:<18}{now - start:7.1f} s" + (f"  ({detail})" if detail else ""), flush=True)
+    note(verbose, f"{name:<18}{now - start:7.1f} s" + (f"  ({detail})" if detail else ""))
     return now
 
 
@@ -96,7 +106,7 @@ def kernels_compiled() -> bool:
 def announce_compilation(verbose) -> None:
     """Say, before the first descriptor call, that numba compiles the kernels (minutes, once)."""
     if verbose and not kernels_compiled():
-        print("kernelpot: compiling kernels (first run only; a few minutes, cached for later runs)", flush=True)
+        note(True, "compiling kernels (first run only; a few minutes, cached for later runs)")
 
 
 def group_of(model, kind: str, atoms) -> str:

@@ -256,8 +256,8 @@ class SparseGP(BaseEstimator):
         t = assembly.phase(self.verbose, "sparse selection", t, f"{self.sparse_.size} sparse points")
         if self.verbose:
             n_obs = sum(sum(np.size(v) for v in lab.values()) for lab in labels)
-            print(f"kernelpot: assembling {n_obs} observations of {len(frames)} frames; "
-                  f"peak memory ~{assembly.memory_estimate(self, frames) / 2**20:.0f} MiB", flush=True)
+            assembly.note(True, f"assembling {n_obs} observations of {len(frames)} frames; "
+                                f"peak memory ~{assembly.memory_estimate(self, frames) / 2**20:.0f} MiB")
         self._stats = assembly.accumulate(self, frames, labels)
         t = assembly.phase(self.verbose, "assembly", t)
         theta0, bounds, fixed = self._initial_theta()
