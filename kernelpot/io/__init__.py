@@ -7,6 +7,7 @@
 """
 
 from kernelpot.io.formats import KBAR, mlearn_stress_to_ase, read, write
+from kernelpot.io.labels import DataWarning
 from kernelpot.io.validation import ValidationReport, validate
 
-__all__ = ["read", "write", "validate", "ValidationReport", "KBAR", "mlearn_stress_to_ase"]
+__all__ = ["read", "write", "validate", "ValidationReport", "DataWarning", "KBAR", "mlearn_stress_to_ase"]

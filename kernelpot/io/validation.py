@@ -45,6 +45,7 @@ from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
 from scipy.spatial import cKDTree
 
+from kernelpot.io.labels import _list  # one way to list atom/frame indices in messages
 from kernelpot.io.labels import (DataWarning, energy_conflict, frame_name, frame_noise, parse_labels,
                                  structure_errors)
 
@@ -343,8 +344,3 @@ def _check_distances(name: str, atoms: Atoms, min_distance: float | None,
                          f"at {d[k]:.4f} Å")
         more = f"; and {len(idx) - _MAX_PAIRS_LISTED} more pairs" if len(idx) > _MAX_PAIRS_LISTED else ""
         out.append(f"{name}: distances: {len(idx)} pair(s) closer than {rule}: {'; '.join(pairs)}{more}")
-
-
-def _list(indices: np.ndarray) -> str:  # noqa: F811 (the io-wide one lives in labels)
-    shown = ", ".join(str(int(k)) for k in indices[:_MAX_INDICES_LISTED])
-    return f"[{shown}{', ...' if len(indices) > _MAX_INDICES_LISTED else ''}]"
