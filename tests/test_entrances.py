@@ -208,3 +208,40 @@ def test_masked_forces_with_leave_one_out(cu_frames, small_soap):
     d = model.training_diagnostics_
     atoms2 = d.atom[(d.frame == 2) & (d.kind == "forces")]
     assert sorted(set(atoms2.tolist())) == [0] + list(range(3, len(frames[2])))
+
+
+# ------------------------------------------------------------------ one label definition in fit
+
+
+def test_fit_uses_free_energy_and_says_so(cu_frames, small_soap):
+    """energy and free_energy differ: the fit is that of free_energy alone, with one DataWarning."""
+    plain = [_copy(a) for a in cu_frames]
+    both = []
+    for a in cu_frames:
+        e = a.get_potential_energy()
+        both.append(_copy(a, energy=e + 0.4, free_energy=e))   # 'energy' is the sigma->0 value: not fitted
+    only_free = []
+    for a in cu_frames:
+        b = a.copy()
+        res = {k: v for k, v in a.calc.results.items() if k != "energy"}
+        b.calc = SinglePointCalculator(b, free_energy=a.get_potential_energy(), **res)
+        only_free.append(b)
+    ref = _fit(plain, small_soap).predict(cu_frames[:2], return_std=False)
+    with pytest.warns(DataWarning, match=r"energy and free_energy differ in 12 of 12 frames"):
+        p_both = _fit(both, small_soap).predict(cu_frames[:2], return_std=False)
+    p_free = _fit(only_free, small_soap).predict(cu_frames[:2], return_std=False)
+    for p in (p_both, p_free):
+        np.testing.assert_allclose(p["energy"], ref["energy"], atol=1e-8)
+        np.testing.assert_allclose(p["forces"], ref["forces"], atol=1e-8)
+
+
+def test_fit_accepts_3x3_float32_stress_as_voigt(cu_frames, small_soap):
+    from ase.stress import voigt_6_to_full_3x3_stress
+    plain = [_copy(a) for a in cu_frames]
+    full = [_copy(a, stress=voigt_6_to_full_3x3_stress(a.get_stress()).astype(np.float32),
+                  forces=a.get_forces().astype(np.float32)) for a in cu_frames]
+    assert validate(full, require=("energy", "forces", "stress")).ok
+    ref = _fit(plain, small_soap).predict(cu_frames[:2], return_std=False)
+    p = _fit(full, small_soap).predict(cu_frames[:2], return_std=False)
+    np.testing.assert_allclose(p["stress"], ref["stress"], rtol=1e-4, atol=1e-6)   # float32 round-off
+    np.testing.assert_allclose(p["forces"], ref["forces"], atol=1e-5)
