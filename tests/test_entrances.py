@@ -115,6 +115,8 @@ def test_empty_structure_is_rejected_by_every_prediction_path(cuau_model, cuau_f
     empty.calc = cuau_model.calculator()
     with pytest.raises(ValueError, match="no atoms"):
         empty.get_potential_energy()
+    with pytest.raises(ValueError, match="at least one frame"):
+        cuau_model.predict([])
     # the good frames of the batch still predict on their own, unchanged
     p = cuau_model.predict([cuau_frames[0], cuau_frames[1]])
     assert p["energy"][0] == pytest.approx(cuau_model.predict_frame(cuau_frames[0])["energy"])

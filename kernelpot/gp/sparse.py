@@ -450,6 +450,8 @@ class SparseGP(BaseEstimator):
         if hasattr(frames, "positions"):
             frames = [frames]
         frames = list(frames)
+        if not frames:
+            raise ValueError("predict needs at least one frame, got an empty list")
         # every frame is checked before any work, so a bad frame is named at once, not after the batch
         errors = [m for i, a in enumerate(frames) for m in structure_errors(a, frame_name(i, a), self.species_)]
         if errors:
