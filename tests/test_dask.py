@@ -22,13 +22,17 @@ def test_local_cluster_fit_equals_in_memory(small_soap):
     assert np.array_equal(ref.sparse_index_, dist.sparse_index_)
     np.testing.assert_allclose(dist._stats.D, ref._stats.D, rtol=1e-12, atol=1e-12 * np.abs(ref._stats.D).max())
     np.testing.assert_allclose(dist._stats.e, ref._stats.e, rtol=1e-12, atol=1e-12 * np.abs(ref._stats.e).max())
-    # a minimum is located to ~sqrt(machine epsilon) in its parameters; the fitted function to 1e-8
-    np.testing.assert_allclose(dist.theta_, ref.theta_, rtol=1e-7, atol=1e-9)
+    # The minimum is located only to ~1e-6 in its log parameters: the gradient of the likelihood is a
+    # sum of terms as large as the number of observations, with a round-off floor ~1e-5 here, and
+    # perturbing the statistics by 1e-13 moves theta by ~3e-6 and predictions by <1e-6 even with
+    # every stopping tolerance at zero (measured). The search now stops at that floor instead of
+    # replaying line searches there, so the two summation orders no longer follow identical paths.
+    np.testing.assert_allclose(dist.theta_, ref.theta_, rtol=1e-5, atol=1e-7)
     test = emt_frames(2, symbols=("Cu", "Au"), size=(1, 1, 2), seed=22)
     p1, p2 = ref.predict(test), dist.predict(test)
     for k in ("energy", "forces", "stress", "energy_std", "forces_std", "stress_std"):
         scale = np.abs(p1[k]).max()
-        np.testing.assert_allclose(p2[k], p1[k], rtol=1e-8, atol=1e-8 * scale)
+        np.testing.assert_allclose(p2[k], p1[k], rtol=5e-6, atol=5e-6 * scale)
     # the calibration's leave-one-out ran on the workers, chunk by chunk, and agrees frame by frame
     # with the same model's leave-one-out in memory (to round-off) ...
     d1, d2 = ref.training_diagnostics_, dist.training_diagnostics_

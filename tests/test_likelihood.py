@@ -92,3 +92,46 @@ def test_loo_predictive_density_matches_brute_force():
         var = u * v @ v + (np.exp(theta[1]) * scales[0][i]) ** 2
         expected += 0.5 * (np.log(2 * np.pi * var / scales[0][i] ** 2) + (ys[0][i] - mean) ** 2 / var)
     assert got == pytest.approx(expected, rel=1e-9)
+
+
+def _model_problem(seed=3, M=8, sizes=(40, 600, 30), theta=(0.4, -3.0, -2.0, -4.0)):
+    """Labels drawn from the DTC model itself, so the optimum is interior and well defined."""
+    rng = np.random.default_rng(seed)
+    S = rng.normal(size=(M, M))
+    Kmm = S @ S.T + 0.5 * np.eye(M)
+    Lmm, _ = safe_cholesky(Kmm)
+    w = rng.normal(size=M)
+    stats = GroupStats.empty(["energy", "forces", "stress"], M)
+    for g, n in enumerate(sizes):
+        K = rng.normal(size=(n, M))
+        A = whiten(Lmm, K)
+        y = np.exp(theta[0]) * A @ w + np.exp(theta[1 + g]) * rng.normal(size=n)
+        stats.add(g, A, y)
+    return stats
+
+
+def test_search_stops_at_the_optimum_when_converged():
+    # the value/gradient tolerances end the search where a search with every tolerance at zero
+    # ends, in fewer evaluations (the zero-tolerance run replays line searches at round-off level)
+    ws = _model_problem()
+    bounds = [(np.log(1e-3), np.log(1e2))] + [(np.log(1e-4), np.log(10.0))] * 3
+    theta, res = optimize_hyperparameters(ws, np.zeros(4), bounds)
+    ref, res_ref = optimize_hyperparameters(ws, np.zeros(4), bounds, ftol_abs=0.0, ftol_rel=0.0,
+                                            gtol_abs=0.0, gtol_rel=0.0)
+    assert res.n_evaluations < res_ref.n_evaluations
+    assert res.n_evaluations >= 13 + 1  # the delta scan is counted
+    np.testing.assert_allclose(theta, ref, atol=1e-5)
+    f, g = neg_log_marginal_likelihood(theta, ws)
+    f_ref = neg_log_marginal_likelihood(ref, ws, grad=False)
+    assert f - f_ref <= 1e-8 * abs(f_ref)
+    assert np.max(np.abs(g)) <= 1e-5 + 1e-8 * abs(f)  # interior optimum: the gradient itself is small
+
+
+def test_search_from_an_optimum_stops_at_once():
+    # refining a converged fit (e.g. after adding frames that change nothing) costs ~1 evaluation
+    ws = _model_problem(seed=4)
+    bounds = [(np.log(1e-3), np.log(1e2))] + [(np.log(1e-4), np.log(10.0))] * 3
+    theta, _ = optimize_hyperparameters(ws, np.zeros(4), bounds)
+    again, res = optimize_hyperparameters(ws, theta, bounds, scan_delta=False)
+    assert res.n_evaluations <= 3
+    np.testing.assert_allclose(again, theta, atol=1e-6)

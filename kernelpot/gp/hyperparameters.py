@@ -58,12 +58,12 @@ def initial_theta(stats: GroupStats, delta=None, sigma_energy=None, sigma_force=
     return np.array(theta0), bounds, np.array(fixed)
 
 
-def _energy_noise_by_loo(stats, theta, bounds, fixed):
+def _energy_noise_by_loo(stats, theta, bounds, fixed, progress=None):
     groups = [k for k, g in enumerate(stats.names) if g.split(":")[0] == "energy"]
     n_rows = sum(len(y) for y in stats.loo_y)
     if not groups or n_rows < _MIN_LOO_ENERGIES:
         return theta
-    return select_noise_by_loo(stats, theta, groups, bounds, fixed)
+    return select_noise_by_loo(stats, theta, groups, bounds, fixed, progress=progress)
 
 
 def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_delta=True, verbose=False,
@@ -87,22 +87,31 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
     Returns
     -------
     theta : (1 + G,) array
+    n_evaluations : int
+        Evaluations of the marginal likelihood (the ``delta`` scan, L-BFGS-B,
+        and the re-optimisations around the leave-one-out energy noise).
     """
     bar = None
     if verbose and interactive():  # redirected output: only the phase line of the caller
         from tqdm.auto import tqdm
         bar = tqdm(desc="hyperparameters (-log L)", leave=False, unit=" eval")
-    theta, _ = optimize_hyperparameters(
-        stats, theta0, bounds, fixed, scan_delta=scan_delta,
-        progress=None if bar is None else (lambda v: (bar.update(1), bar.set_postfix_str(f"{v:.6g}"))))
+    count = [0]
+
+    def progress(v):
+        count[0] += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{v:.6g}")
+
+    theta, _ = optimize_hyperparameters(stats, theta0, bounds, fixed, scan_delta=scan_delta, progress=progress)
     if bar is not None:
         bar.close()
     if energy_noise == "loo":
-        theta = _energy_noise_by_loo(stats, theta, bounds, fixed)
+        theta = _energy_noise_by_loo(stats, theta, bounds, fixed, progress)
     if warn:
         at_bound = [name for name, t, (lo, hi), f in zip(["delta"] + list(stats.names), theta, bounds, fixed)
                     if not f and (t - lo < 1e-3 or hi - t < 1e-3)]
         if at_bound:
             warnings.warn(f"hyperparameters at their bounds after optimisation: {at_bound}; "
                           "the data may not constrain them (see model.noise_)", RuntimeWarning, stacklevel=3)
-    return theta
+    return theta, count[0]

@@ -261,7 +261,8 @@ class SparseGP(BaseEstimator):
         self._stats = assembly.accumulate(self, frames, labels)
         t = assembly.phase(self.verbose, "assembly", t)
         theta0, bounds, fixed = self._initial_theta()
-        theta = hyperparameters.search(self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose)
+        theta, self.n_likelihood_evaluations_ = hyperparameters.search(
+            self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose)
         self._train_frames = frames
         self._solve(theta)
         t = assembly.phase(self.verbose, "hyperparameters", t)
@@ -292,7 +293,8 @@ class SparseGP(BaseEstimator):
         if optimize:
             theta0, bounds, fixed = self._initial_theta()
             theta0[~fixed] = self.theta_[~fixed]
-            theta = hyperparameters.search(self._stats, theta0, bounds, fixed, self.energy_noise,
+            theta, self.n_likelihood_evaluations_ = hyperparameters.search(self._stats, theta0, bounds, fixed,
+                                                                           self.energy_noise,
                                            scan_delta=False, warn=False)
         self._solve(theta)
 
