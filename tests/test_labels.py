@@ -107,7 +107,9 @@ def test_bad_sigma_named_by_frame_and_field(key, value, match):
 def test_looks_like_label():
     for name in ("REF_energy", "DFT_forces", "dft_virial", "REF_stress", "energy_dft", "forces"):
         assert looks_like_label(name), name
-    for name in ("energy_sigma", "force_atom_sigma", "force_mask", "config_type", "energy_std", "numbers"):
+    # kernelpot's own prediction columns (SparseGP.predict written by kernelpot.write) are not labels
+    for name in ("energy_sigma", "force_atom_sigma", "force_mask", "config_type", "energy_std", "numbers",
+                 "energy_std_epistemic", "forces_std", "local_energy", "energy_pred", "energies"):
         assert not looks_like_label(name), name
 
 

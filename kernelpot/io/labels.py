@@ -70,7 +70,9 @@ VIRIAL_KEYS = ("virial", "REF_virial", "DFT_virial", "dft_virial", "ref_virial",
 #: Noise and mask keys of :func:`frame_noise` (never mistaken for labels).
 NOISE_KEYS = ("energy_sigma", "force_sigma", "force_atom_sigma", "virial_sigma", "stress_sigma",
               "hessian_sigma", "force_mask")
-_LABEL_WORDS = ("energy", "energies", "force", "forces", "stress", "virial")
+_LABEL_WORDS = ("energy", "force", "forces", "stress", "virial")
+_NOT_LABEL_WORDS = ("sigma", "std", "mask", "weight", "weights", "epistemic", "pred", "predicted", "local",
+                    "unused", "error", "err", "uncertainty", "var", "variance")
 
 #: relative difference below which energy and free_energy count as equal (no smearing)
 _ENERGY_RTOL = 1e-9
@@ -83,10 +85,12 @@ class DataWarning(UserWarning):
 
 def looks_like_label(name: str) -> bool:
     """True for a key that reads like a reference label (``REF_forces``, ``dft_energy``, ...)."""
-    low = str(name).lower()
-    if name in NOISE_KEYS or low.endswith(("_sigma", "_std", "_mask", "_weight")):
+    if name in NOISE_KEYS:
         return False
-    parts = low.replace("-", "_").split("_")
+    parts = str(name).lower().replace("-", "_").split("_")
+    # predictions, uncertainties, weights and per-atom energies are not reference labels
+    if any(p in _NOT_LABEL_WORDS for p in parts):
+        return False
     return any(p in _LABEL_WORDS for p in parts)
 
 
