@@ -31,7 +31,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from kernelpot.io.labels import frame_labels
-from kernelpot.gp.assembly import chunks, progress, training_rows, worker_view
+from kernelpot.gp.assembly import chunks, offset_columns, progress, training_rows, worker_view
 from kernelpot.gp.likelihood import whiten
 
 __all__ = ["TrainingDiagnostics", "leave_one_out"]
