@@ -260,3 +260,24 @@ def test_audit_reports_mixed_settings_and_offsets(fitted_model, tmp_path, capsys
     assert main(["audit", str(path), "--model", str(fitted_model)]) == 0
     out = capsys.readouterr().out
     assert "encut" in out and "400" in out and "520" in out
+
+
+def test_compile_note_only_without_numba_cache(tmp_path, monkeypatch, capsys):
+    import sys as _sys
+    from kernelpot.gp import assembly
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    assert not assembly.kernels_compiled()
+    assembly.announce_compilation(True)
+    assert capsys.readouterr().err == ("kernelpot: compiling kernels (first run only; a few minutes, "
+                                       "cached for later runs)\n")
+    assembly.announce_compilation(False)
+    assert capsys.readouterr().err == ""
+    # numba's index files for every kernel module (as numba names them): nothing to say
+    tag = f"py{_sys.version_info.major}{_sys.version_info.minor}"
+    mods = {"_soap_kernels", "neighbors"} | {m.rsplit(".", 1)[1] for m in _sys.modules
+                                            if m.startswith("kernelpot.descriptors._") and "kernels" in m}
+    for mod in mods:
+        (tmp_path / f"{mod}.f-1.{tag}.nbi").write_bytes(b"")
+    assert assembly.kernels_compiled()
+    assembly.announce_compilation(True)
+    assert capsys.readouterr().err == ""

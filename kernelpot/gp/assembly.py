@@ -97,7 +97,10 @@ def kernels_compiled() -> bool:
     else:  # beside the sources, or numba's user-wide folder when the package folder is read-only
         cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         roots = [Path(d.__file__).parent / "__pycache__", cache_home / "numba"]
-    for mod in _KERNEL_MODULES:
+    # the numba modules the descriptors use (imported with them), whatever they are called
+    mods = set(_KERNEL_MODULES) | {name.rsplit(".", 1)[1] for name in list(sys.modules)
+                                   if name.startswith(d.__name__ + "._") and "kernels" in name}
+    for mod in sorted(mods):
         if not any(next(root.rglob(f"{mod}.*{tag}.nbi"), None) for root in roots if root.is_dir()):
             return False
     return True
