@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parents[1] / "kernelpot"
 # so the model can offer ``calculator()`` and ``save()`` without a circle.  plot draws the
 # numbers of uq (its tables offer ``.plot()``); the CLI and the package root sit on top.
 LAYERS = [
-    ("kernelpot._version", "kernelpot.io"),
+    ("kernelpot._version", "kernelpot._threads", "kernelpot.io"),
     ("kernelpot.descriptors", "kernelpot.baselines", "kernelpot.calculator", "kernelpot.modelfile"),
     ("kernelpot.gp",),
     ("kernelpot.uq", "kernelpot.plot"),

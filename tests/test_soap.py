@@ -332,3 +332,53 @@ def test_unknown_element_is_named():
         soap.compute(molecule("NH3"))
     with pytest.raises(ValueError, match=r"structure 1 contains element\(s\) \[C \(6\)\]"):
         soap.create([molecule("H2O"), molecule("CH4")])
+
+
+# --------------------------------------------------------------- output buffers
+def test_output_buffers_reused_only_when_released():
+    # MD calls the descriptor every step: the gradient outputs come from a buffer kept on the
+    # descriptor, reused once the previous results are released, never while they are held
+    kw = dict(species=["Na", "Cl", "O"], **SMALL)
+    a, b = rattled_rocksalt(1), triclinic_nacl(2)
+    fresh_a = SOAP(**kw).compute(a, gradients=True, strain=True)
+    fresh_b = SOAP(**kw).compute(b, gradients=True, strain=True)
+    soap = SOAP(**kw)
+    out_a = soap.compute(a, gradients=True, strain=True)
+    address = out_a.pair_grad.__array_interface__["data"][0]
+    out_b = soap.compute(b, gradients=True, strain=True)  # out_a still held
+    assert not np.shares_memory(out_a.pair_grad, out_b.pair_grad)
+    assert not np.shares_memory(out_a.strain_grad, out_b.strain_grad)
+    for out, ref in ((out_a, fresh_a), (out_b, fresh_b)):
+        np.testing.assert_array_equal(out.pair_grad, ref.pair_grad)
+        np.testing.assert_array_equal(out.strain_grad, ref.strain_grad)
+        np.testing.assert_array_equal(out.features, ref.features)
+    del out_a, out_b
+    again = soap.compute(a, gradients=True, strain=True)
+    assert again.pair_grad.__array_interface__["data"][0] == address  # released: reused
+    np.testing.assert_array_equal(again.pair_grad, fresh_a.pair_grad)
+    np.testing.assert_array_equal(again.strain_grad, fresh_a.strain_grad)
+
+
+def test_md_steps_with_reused_buffers_match_fresh_descriptor():
+    kw = dict(species=["Si"], **SMALL)
+    soap = SOAP(**kw)
+    cell = bulk("Si", "diamond", 5.43, cubic=True)
+    for step in range(3):
+        atoms = cell.copy()
+        atoms.rattle(0.05, seed=step)
+        out = soap.compute(atoms, gradients=True, strain=True)
+        ref = SOAP(**kw).compute(atoms, gradients=True, strain=True)
+        np.testing.assert_array_equal(out.pair_grad, ref.pair_grad)
+        np.testing.assert_array_equal(out.strain_grad, ref.strain_grad)
+        assert out.pair_grad.flags.c_contiguous
+
+
+def test_buffers_are_not_pickled():
+    import pickle
+
+    soap = SOAP(species=["Si"], **SMALL)
+    out = soap.compute(bulk("Si", "diamond", 5.43), gradients=True)
+    twin = pickle.loads(pickle.dumps(soap))
+    assert "_buffers" in soap.__dict__ and "_buffers" not in twin.__dict__
+    np.testing.assert_array_equal(twin.compute(bulk("Si", "diamond", 5.43), gradients=True).pair_grad,
+                                  out.pair_grad)

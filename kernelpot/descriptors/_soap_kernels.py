@@ -5,15 +5,18 @@ happens in :mod:`kernelpot.descriptors.soap`. Index conventions:
 
 * ``lm = l * l + l + m`` for real spherical harmonics, ``m = -l..l``;
 * density coefficients ``c[species, n, lm]``;
-* derivative rows ``D[lm, row]`` with ``row = block * n_max + n``: one block per
-  Cartesian component of the density derivative with respect to one
-  neighbour atom (positions), per (species, alpha) for the self term, and per
-  (species, Voigt component) for strain. Contracting them with ``c`` gives
-  ``T[(l, b, n'), row] = sum_m D[lm, row] c[b, n', lm]``, from which every
-  feature derivative is assembled.
+* density derivatives of one neighbour atom in one contiguous block
+  ``D[lm, alpha * n_max + n]`` (3 n_max rows); strain rows of the images that
+  need them (images of the centre, atoms seen through several images) in
+  ``D[lm, voigt * n_max + n]`` per species. Contracting a block with ``c``
+  gives ``T[(l, b, n'), row] = sum_m D[lm, row] c[b, n', lm]``, from which
+  every feature derivative of that neighbour is assembled.
 
-Cost per centre is dominated by the contraction (long inner loops over all
-rows, vectorised) and by writing the F-long derivative rows.
+Per neighbour pair the work is: the coefficients (n_max (l_max+1)^2
+multiply-adds), their gradients (3 n_max (l_max+1)^2 x 2), the contraction
+(3 n_max (l_max+1)^2 n_species n_max) and the assembly, normalisation and one
+write of the 3 F-long output rows. Every output row is written exactly once,
+and the per-centre scratch that is cleared is O(n_species n_max (l_max+1)^2).
 """
 
 import numba
@@ -121,24 +124,83 @@ def _real_sph(ux, uy, uz, l_max, norm, want_grad, ylm, gylm, cm, sm, plm, dplm):
 
 
 @numba.njit(cache=True, inline="always")
-def _assemble(tmat, base, s, n_species, n_max, n_l, feat_factor, p, tblock, gout):
-    """Derivative of every feature for one block of n_max derivative rows of species s.
+def _density_derivative(g, dg, ylm, gylm, ux, uy, uz, inv_r, l_of_lm, n_max, out, accumulate):
+    """d c_{nlm} / d r_ij = G' u Y + G grad Y / r into ``out[lm, alpha * n_max + n]``.
 
-    ``tmat[l * nq + b * n_max + n', base + n]`` holds sum_m D[n, lm] c[b, n', lm].
-    The block is first copied to ``tblock[n, (b, n'), l]`` (one cache line per
-    (l, b, n') row of ``tmat``), then features are produced in their storage
-    order (a <= b, n, n' [>= n if a == b], l) with
-    d p = [a == s] T[n; b, n'] + [b == s] T[n'; a, n], times the prefactor.
-    Species pairs without s are exactly zero. Returns the dot product of the
-    derivative with ``p`` (for the normalisation chain rule).
+    ``accumulate`` adds instead of writing: only atoms seen through several
+    periodic images need it, so the usual single-image pair is written once.
+    """
+    n_lm = ylm.shape[0]
+    gx = gylm[0]
+    gy = gylm[1]
+    gz = gylm[2]
+    for lm in range(n_lm):
+        l = l_of_lm[lm]
+        y = ylm[lm]
+        ax = gx[lm] * inv_r
+        ay = gy[lm] * inv_r
+        az = gz[lm] * inv_r
+        row = out[lm]
+        if accumulate:
+            for n in range(n_max):
+                gl = g[n, l]
+                dgl = dg[n, l] * y
+                row[n] += dgl * ux + gl * ax
+                row[n_max + n] += dgl * uy + gl * ay
+                row[2 * n_max + n] += dgl * uz + gl * az
+        else:
+            for n in range(n_max):
+                gl = g[n, l]
+                dgl = dg[n, l] * y
+                row[n] = dgl * ux + gl * ax
+                row[n_max + n] = dgl * uy + gl * ay
+                row[2 * n_max + n] = dgl * uz + gl * az
+
+
+@numba.njit(cache=True, inline="always")
+def _contract(blk, n_rows, ct, n_l, nq, tmat):
+    """``tmat[l * nq + q, r] = sum_m blk[lm, r] ct[lm, q]`` for the first ``n_rows`` columns.
+
+    The first m of each l writes, so ``tmat`` needs no clearing; two m per
+    pass halve the loads and stores of the (L1-resident) ``tmat`` row.
+    """
+    for l in range(n_l):
+        lm0 = l * l
+        lm_end = lm0 + 2 * l + 1
+        for q in range(nq):
+            trow = tmat[l * nq + q]
+            c0 = ct[lm0, q]
+            b0 = blk[lm0]
+            for r in range(n_rows):
+                trow[r] = c0 * b0[r]
+            lm = lm0 + 1
+            while lm + 1 < lm_end:
+                c1 = ct[lm, q]
+                c2 = ct[lm + 1, q]
+                b1 = blk[lm]
+                b2 = blk[lm + 1]
+                for r in range(n_rows):
+                    trow[r] += c1 * b1[r] + c2 * b2[r]
+                lm += 2
+            if lm < lm_end:
+                c1 = ct[lm, q]
+                b1 = blk[lm]
+                for r in range(n_rows):
+                    trow[r] += c1 * b1[r]
+
+
+@numba.njit(cache=True, inline="always")
+def _assemble(tmat, col, s, n_species, n_max, n_l, feat_factor, p, gout):
+    """Derivative of every feature for the derivative rows ``col .. col + n_max`` of species s.
+
+    ``tmat[l * nq + b * n_max + n', col + n]`` holds sum_m D[lm, n] c[b, n', lm].
+    Features are produced in their storage order (a <= b, n, n' [>= n if
+    a == b], l) with d p = [a == s] T[n; b, n'] + [b == s] T[n'; a, n], times
+    the prefactor. Species pairs without s are exactly zero. Returns the dot
+    product of the derivative with ``p`` (for the normalisation chain rule).
     """
     dot = 0.0
     nq = n_species * n_max
-    for l in range(n_l):
-        for q in range(nq):
-            tr = l * nq + q
-            for n in range(n_max):
-                tblock[n, q, l] = tmat[tr, base + n]
     f = 0
     for a in range(n_species):
         for b in range(a, n_species):
@@ -153,17 +215,22 @@ def _assemble(tmat, base, s, n_species, n_max, n_l, feat_factor, p, tblock, gout
                 for n2 in range(n2_start, n_max):
                     if a == s and b == s:
                         for l in range(n_l):
-                            gout[f + l] = feat_factor[f + l] * (
-                                tblock[n, b * n_max + n2, l] + tblock[n2, a * n_max + n, l]
+                            v = feat_factor[f + l] * (
+                                tmat[l * nq + b * n_max + n2, col + n]
+                                + tmat[l * nq + a * n_max + n, col + n2]
                             )
+                            gout[f + l] = v
+                            dot += p[f + l] * v
                     elif a == s:
                         for l in range(n_l):
-                            gout[f + l] = feat_factor[f + l] * tblock[n, b * n_max + n2, l]
+                            v = feat_factor[f + l] * tmat[l * nq + b * n_max + n2, col + n]
+                            gout[f + l] = v
+                            dot += p[f + l] * v
                     else:
                         for l in range(n_l):
-                            gout[f + l] = feat_factor[f + l] * tblock[n2, a * n_max + n, l]
-                    for l in range(n_l):
-                        dot += p[f + l] * gout[f + l]
+                            v = feat_factor[f + l] * tmat[l * nq + a * n_max + n, col + n2]
+                            gout[f + l] = v
+                            dot += p[f + l] * v
                     f += n_l
     return dot
 
@@ -206,7 +273,18 @@ def _soap_centres(
     pair_grad,
     strain_grad,
 ):
-    """Body of :func:`soap_kernel` for centres i_start..i_end-1, with scratch allocated once."""
+    """Body of :func:`soap_kernel` for centres i_start..i_end-1, with scratch allocated once.
+
+    Per centre: (1) one pass over the neighbour images accumulates the density
+    coefficients c and writes each neighbour's density derivative into its own
+    contiguous block ``dcs[slot, lm, (alpha, n)]`` (written, not accumulated,
+    unless the atom is seen through several images); (2) the power spectrum
+    and its norm; (3) per neighbour, the contraction with c into a small
+    L1-resident ``tmat`` and the assembly of its three feature rows, written
+    once to ``pair_grad`` with the normalisation applied. The self block is
+    minus the sum of the other blocks (translation invariance), accumulated
+    from the rows as they are written.
+    """
     n_max = gtab.shape[1]
     n_l = gtab.shape[2]
     l_max = n_l - 1
@@ -216,21 +294,38 @@ def _soap_centres(
     need_d = do_grad or do_strain
     y00 = ylm_norm[0]
     r_on = r_cut - cutoff_width
+    r3 = 3 * n_max  # derivative rows of one block: (alpha, n)
+    r6 = 6 * n_max  # strain rows of one species: (voigt, n)
 
-    # Scratch sized for the largest centre of this range, allocated once:
-    # per-centre allocation of these buffers (hundreds of kB) churns the
-    # allocator and page-faults.
+    # Scratch sized for the largest centre of this range, allocated once per
+    # chunk: per-centre allocation churns the allocator and page-faults.
     max_slots = 0
     if do_grad:
         for i in range(i_start, i_end):
             max_slots = max(max_slots, pair_offsets[i + 1] - pair_offsets[i])
-    max_rows = (max_slots * 3 + (n_species * 3 if do_grad else 0)
-                + (n_species * 6 if do_strain else 0)) * n_max
-    dbuf = np.empty(n_lm * max_rows)
-    tbuf = np.empty(n_l * nq * max_rows) if need_d else np.empty(0)
-    slot_species_buf = np.empty(max_slots, dtype=np.int64)
-    slot_count_buf = np.empty(max_slots, dtype=np.int64)
-    slot_vec_buf = np.empty((max_slots, 3))
+    dcs = np.empty((max_slots, n_lm, r3))
+    dstr = np.empty((n_species if do_strain else 0, n_lm, r6))
+    str_used = np.zeros(n_species, dtype=np.bool_)
+    dcl = np.empty((n_lm, r3))
+    tmat = np.empty((n_l * nq, r6 if do_strain else r3))
+    slot_species = np.empty(max_slots, dtype=np.int64)
+    slot_count = np.empty(max_slots, dtype=np.int64)
+    slot_vec = np.empty((max_slots, 3))
+    c = np.empty((n_species, n_max, n_lm))
+    ct = np.empty((n_lm, nq))
+    g = np.empty((n_max, n_l))
+    dg = np.empty((n_max, n_l))
+    ylm = np.empty(n_lm)
+    gylm = np.zeros((3, n_lm))
+    cm = np.empty(l_max + 1)
+    sm = np.empty(l_max + 1)
+    plm = np.empty((l_max + 1, l_max + 1))
+    dplm = np.empty((l_max + 1, l_max + 1))
+    pfull = np.empty(n_l * nq * nq)
+    p = np.empty(n_feat)
+    gout = np.empty(n_feat)
+    gself = np.empty((3, n_feat))
+    s6 = np.empty((6, n_feat))
 
     for i in range(i_start, i_end):
         a0 = img_offsets[i]
@@ -238,40 +333,20 @@ def _soap_centres(
         n_slots = 0
         if do_grad:
             n_slots = pair_offsets[i + 1] - pair_offsets[i]
-        # Derivative rows: (slot, alpha, n) for positions, (species, alpha, n)
-        # for the self term -sum_j d/dr_j (summed here, on the density
-        # derivatives, which is cheaper than summing F-long feature rows), then
-        # (species, voigt, n) for strain. An atom seen through a single image
-        # gets its strain term from its assembled position derivative
-        # (d p / d r_ij,a * r_ij,b); the strain rows only collect images of
-        # the centre itself and atoms seen through several images.
-        r_self = n_slots * 3 * n_max
-        r_pos = r_self + (n_species * 3 * n_max if do_grad else 0)
-        r_tot = r_pos + (n_species * 6 * n_max if do_strain else 0)
-        c = np.zeros((n_species, n_max, n_lm))
-        g = np.empty((n_max, n_l))
-        dg = np.empty((n_max, n_l))
-        ylm = np.empty(n_lm)
-        gylm = np.empty((3, n_lm))
-        cm = np.empty(l_max + 1)
-        sm = np.empty(l_max + 1)
-        plm = np.empty((l_max + 1, l_max + 1))
-        dplm = np.empty((l_max + 1, l_max + 1))
-        dcl = np.empty((3, n_max, n_lm))
-        dmat = dbuf[: n_lm * r_tot].reshape((n_lm, r_tot))
-        dmat[:, :] = 0.0
-        slot_species = slot_species_buf[:n_slots]
-        slot_species[:] = -1
-        slot_count = slot_count_buf[:n_slots]
-        slot_count[:] = 0
-        slot_vec = slot_vec_buf[:n_slots]
+        c[:, :, :] = 0.0
+        for s in range(n_species):
+            str_used[s] = False
+        for slot in range(n_slots):
+            slot_species[slot] = -1
+            slot_count[slot] = 0
         if do_grad:
             for k in range(a0, a1):
-                if img_slot[k] >= 0:
-                    slot_count[img_slot[k]] += 1
-                    slot_vec[img_slot[k], 0] = img_vectors[k, 0]
-                    slot_vec[img_slot[k], 1] = img_vectors[k, 1]
-                    slot_vec[img_slot[k], 2] = img_vectors[k, 2]
+                sl = img_slot[k]
+                if sl >= 0:
+                    slot_count[sl] += 1
+                    slot_vec[sl, 0] = img_vectors[k, 0]
+                    slot_vec[sl, 1] = img_vectors[k, 1]
+                    slot_vec[sl, 2] = img_vectors[k, 2]
 
         for k in range(a0, a1):
             vx = img_vectors[k, 0]
@@ -302,43 +377,41 @@ def _soap_centres(
                     c[s, n, lm] += g[n, l_of_lm[lm]] * ylm[lm]
             if not need_d:
                 continue
-            # d c_{nlm} / d r_ij = G' u Y + G grad Y / r
-            for n in range(n_max):
-                for lm in range(n_lm):
-                    gl = g[n, l_of_lm[lm]] * inv_r
-                    dgl = dg[n, l_of_lm[lm]] * ylm[lm]
-                    dcl[0, n, lm] = dgl * ux + gl * gylm[0, lm]
-                    dcl[1, n, lm] = dgl * uy + gl * gylm[1, lm]
-                    dcl[2, n, lm] = dgl * uz + gl * gylm[2, lm]
             slot = img_slot[k] if do_grad else -1
-            if slot >= 0:
+            if slot >= 0 and slot_count[slot] == 1:
+                # the common case: one image, one block, written once
                 slot_species[slot] = s
-                for al in range(3):
-                    base = (slot * 3 + al) * n_max
+                _density_derivative(g, dg, ylm, gylm, ux, uy, uz, inv_r, l_of_lm, n_max, dcs[slot],
+                                    False)
+                continue
+            # Several images of one atom, or an image of the centre itself: the
+            # strain rows collect them (an atom seen through a single image gets
+            # its strain term from its position derivative, d p / d r_ij,a * r_ij,b).
+            _density_derivative(g, dg, ylm, gylm, ux, uy, uz, inv_r, l_of_lm, n_max, dcl, False)
+            if slot >= 0:
+                first = slot_species[slot] < 0
+                slot_species[slot] = s
+                blk = dcs[slot]
+                if first:
                     for lm in range(n_lm):
-                        for n in range(n_max):
-                            dmat[lm, base + n] += dcl[al, n, lm]
-            if do_strain and (slot < 0 or slot_count[slot] > 1):
+                        for r in range(r3):
+                            blk[lm, r] = dcl[lm, r]
+                else:
+                    for lm in range(n_lm):
+                        for r in range(r3):
+                            blk[lm, r] += dcl[lm, r]
+            if do_strain:
+                ds = dstr[s]
+                if not str_used[s]:
+                    ds[:, :] = 0.0
+                    str_used[s] = True
                 for vo in range(6):
                     al = _VOIGT_A[vo]
                     be = _VOIGT_B[vo]
                     vb = vx if be == 0 else (vy if be == 1 else vz)
-                    base = r_pos + (s * 6 + vo) * n_max
                     for lm in range(n_lm):
                         for n in range(n_max):
-                            dmat[lm, base + n] += dcl[al, n, lm] * vb
-
-        if do_grad:
-            for slot in range(n_slots):
-                s = slot_species[slot]
-                if s < 0:
-                    continue
-                for al in range(3):
-                    src = (slot * 3 + al) * n_max
-                    dst = r_self + (s * 3 + al) * n_max
-                    for lm in range(n_lm):
-                        for n in range(n_max):
-                            dmat[lm, dst + n] -= dmat[lm, src + n]
+                            ds[lm, vo * n_max + n] += dcl[lm, al * n_max + n] * vb
 
         # Central-atom Gaussian: l = 0 only, constant in positions.
         sc = center_species[i]
@@ -346,13 +419,12 @@ def _soap_centres(
             c[sc, n, 0] += center_weight * gtab[0, n, 0] * y00
 
         # ct[lm, (b, n')] = c[b, n', lm]: contiguous (b, n') axis for the contractions.
-        ct = np.empty((n_lm, nq))
         for b in range(n_species):
             for n2 in range(n_max):
                 for lm in range(n_lm):
                     ct[lm, b * n_max + n2] = c[b, n2, lm]
         # Power spectrum P[l, (a, n), (b, n')].
-        pfull = np.zeros(n_l * nq * nq)
+        pfull[:] = 0.0
         for l in range(n_l):
             for lm in range(l * l, (l + 1) * (l + 1)):
                 for an in range(nq):
@@ -360,7 +432,6 @@ def _soap_centres(
                     off = (l * nq + an) * nq
                     for q in range(nq):
                         pfull[off + q] += cv * ct[lm, q]
-        p = np.empty(n_feat)
         for f in range(n_feat):
             p[f] = feat_factor[f] * pfull[feat_index[f]]
         nrm = 1.0
@@ -376,78 +447,70 @@ def _soap_centres(
             features[i, f] = p[f]
         if not need_d:
             continue
+        inv = 1.0 / nrm
 
-        # T[(l, b, n'), row] = sum_{m} D[lm, row] c[b, n', lm]: long inner
-        # loops over all derivative rows of this centre.
-        tmat = tbuf[: n_l * nq * r_tot].reshape((n_l * nq, r_tot))
-        tmat[:, :] = 0.0
-        for l in range(n_l):
-            for lm in range(l * l, (l + 1) * (l + 1)):
-                for q in range(nq):
-                    coef = ct[lm, q]
-                    tr = l * nq + q
-                    for row in range(r_tot):
-                        tmat[tr, row] += coef * dmat[lm, row]
-
-        gout = np.empty(n_feat)
-        tblock = np.empty((n_max, nq, n_l))
-        s6 = np.zeros((6, n_feat))
+        if do_strain:
+            s6[:, :] = 0.0
         if do_grad:
+            gself[:, :] = 0.0
             pb = pair_offsets[i]
+            own = self_slot[i]
             for slot in range(n_slots):
+                if slot == own:
+                    continue
                 s = slot_species[slot]
+                out = pair_grad[pb + slot]
                 if s < 0:
                     # only a coincident atom (r == 0) can leave a slot empty
-                    for al in range(3):
-                        for f in range(n_feat):
-                            pair_grad[pb + slot, al, f] = 0.0
+                    out[:, :] = 0.0
                     continue
+                _contract(dcs[slot], r3, ct, n_l, nq, tmat)
+                single = do_strain and slot_count[slot] == 1
                 for al in range(3):
-                    dot = _assemble(tmat, (slot * 3 + al) * n_max, s, n_species, n_max, n_l,
-                                    feat_factor, p, tblock, gout)
-                    if do_strain and slot_count[slot] == 1:
+                    dot = _assemble(tmat, al * n_max, s, n_species, n_max, n_l, feat_factor, p, gout)
+                    if single:
                         for vo in range(6):
                             if _VOIGT_A[vo] == al:
                                 vb = slot_vec[slot, _VOIGT_B[vo]]
+                                s6v = s6[vo]
                                 for f in range(n_feat):
-                                    s6[vo, f] += gout[f] * vb
-                    # normalisation chain rule (I - p p^T) / |p|, fused with the store
-                    inv = 1.0 / nrm
+                                    s6v[f] += gout[f] * vb
+                    # normalisation chain rule (I - p p^T) / |p|, fused with the one store
                     pd = dot * inv if normalize else 0.0
-                    row = pb + slot
+                    row = out[al]
+                    gs = gself[al]
                     for f in range(n_feat):
-                        pair_grad[row, al, f] = gout[f] * inv - p[f] * pd
-            srow = pb + self_slot[i]
+                        v = gout[f] * inv - p[f] * pd
+                        row[f] = v
+                        gs[f] -= v
+            out = pair_grad[pb + own]
             for al in range(3):
                 for f in range(n_feat):
-                    pair_grad[srow, al, f] = 0.0
-            for s in range(n_species):
-                for al in range(3):
-                    dot = _assemble(tmat, r_self + (s * 3 + al) * n_max, s, n_species, n_max,
-                                    n_l, feat_factor, p, tblock, gout)
-                    inv = 1.0 / nrm
-                    pd = dot * inv if normalize else 0.0
-                    for f in range(n_feat):
-                        pair_grad[srow, al, f] += gout[f] * inv - p[f] * pd
+                    out[al, f] = gself[al, f]
         if do_strain:
             for s in range(n_species):
+                if not str_used[s]:
+                    continue
+                _contract(dstr[s], r6, ct, n_l, nq, tmat)
                 for vo in range(6):
-                    _assemble(tmat, r_pos + (s * 6 + vo) * n_max, s, n_species, n_max, n_l,
-                              feat_factor, p, tblock, gout)
+                    _assemble(tmat, vo * n_max, s, n_species, n_max, n_l, feat_factor, p, gout)
+                    s6v = s6[vo]
                     for f in range(n_feat):
-                        s6[vo, f] += gout[f]
+                        s6v[f] += gout[f]
             # S_ab = sum_k dp/dr_k,a r_k,b is symmetric for a rotation-invariant
             # p, so the upper triangle (Voigt order xx yy zz yz xz xy) suffices.
             for vo in range(6):
-                for f in range(n_feat):
-                    strain_grad[i, vo, f] = s6[vo, f]
-            if normalize:
-                for vo in range(6):
+                out6 = strain_grad[i, vo]
+                s6v = s6[vo]
+                if normalize:
                     dot = 0.0
                     for f in range(n_feat):
-                        dot += p[f] * strain_grad[i, vo, f]
+                        dot += p[f] * s6v[f]
                     for f in range(n_feat):
-                        strain_grad[i, vo, f] = (strain_grad[i, vo, f] - p[f] * dot) / nrm
+                        out6[f] = (s6v[f] - p[f] * dot) * inv
+                else:
+                    for f in range(n_feat):
+                        out6[f] = s6v[f]
 
 
 @numba.njit(cache=True, parallel=True)

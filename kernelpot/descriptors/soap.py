@@ -51,15 +51,17 @@ from __future__ import annotations
 
 import math
 import numbers as _numbers
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
-import numba
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 from scipy.special import ive
 from sklearn.base import BaseEstimator
 
+from kernelpot import _threads
 from kernelpot.descriptors import _soap_kernels
 from kernelpot.descriptors.neighbors import neighbor_list
 
@@ -67,6 +69,17 @@ __all__ = ["SOAP", "SOAPFeatures"]
 
 _TABLE_RTOL = 1e-8
 _GL_ORDER = 20
+_BUFFER_LOCK = threading.Lock()
+
+
+def _refcount(pool: dict, name: str) -> int:
+    buf = pool[name]
+    return sys.getrefcount(buf)
+
+
+# references to a pooled buffer that nothing else holds, counted through the same code
+# path (the count of a local name differs between Python versions)
+_FREE_REFCOUNT = _refcount({"probe": np.empty(1)}, "probe")
 
 
 @dataclass
@@ -85,11 +98,15 @@ class SOAPFeatures:
         Atom j of each block; periodic images are folded into their atom and
         the self term (i, i) is included. Sorted by i, then j.
     pair_grad : ndarray, shape (n_pairs, 3, F) or None
-        d features[i] / d positions[j, alpha], 1/Å.
+        d features[i] / d positions[j, alpha], 1/Å. Contiguous, one (3, F)
+        block per pair. A view of an output buffer that the descriptor hands
+        out again on a later call only once every array from this call has
+        been released: results that are kept are never overwritten.
     strain_grad : ndarray, shape (n_atoms, 6, F) or None
         d features[i] / d eps_v (``strain=True``), Voigt order xx yy zz yz xz
         xy, for the strain cell -> cell @ (I + eps) with symmetric eps (atoms
         move with the cell), so stress_v = (1/V) sum_i dE/dfeatures[i] . strain_grad[i, v].
+        Pooled like ``pair_grad``.
     """
 
     features: np.ndarray
@@ -500,6 +517,37 @@ class SOAP(BaseEstimator):
         out = [res.features for res in self._run(frames, spec, False, False)]
         return out[0] if single else out
 
+    # ------------------------------------------------------------------ buffers
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_buffers", None)  # scratch, not state: never pickled or shipped to workers
+        return state
+
+    def _output(self, name: str, shape: tuple) -> np.ndarray:
+        """A C-contiguous float64 array of ``shape`` from a buffer reused across calls.
+
+        MD calls the descriptor every step with the same sizes; a fresh output
+        array of tens to hundreds of MB each call costs more in page faults
+        than the kernel that fills it. The pooled buffer is reused only when
+        no array from an earlier call still refers to it (checked by reference
+        count under a lock), so a caller that keeps a result gets a new buffer
+        next time and never sees its arrays change. A buffer is replaced when
+        it is too small or more than 4x too large.
+        """
+        size = int(np.prod(shape))
+        if size == 0:
+            return np.empty(shape)
+        with _BUFFER_LOCK:
+            pool = self.__dict__.setdefault("_buffers", {})
+            if name in pool:
+                if _refcount(pool, name) != _FREE_REFCOUNT:
+                    return np.empty(shape)  # still in use by an earlier result: leave it alone
+                if size <= pool[name].size <= 4 * size:
+                    return pool[name][:size].reshape(shape)
+            buf = np.empty(size)
+            pool[name] = buf
+            return buf.reshape(shape)
+
     # ------------------------------------------------------------------ engine
     def _run(self, frames, spec_idx, gradients, strain):
         radial, ylm_norm, l_of_lm, feat_index, feat_factor = self._tables()
@@ -550,16 +598,19 @@ class SOAP(BaseEstimator):
             pair_offsets = np.zeros(n_done + 1, dtype=np.int64)
             self_slot = np.zeros(n_done, dtype=np.int64)
         features = np.empty((n_done, n_feat))
-        pair_grad = np.empty((n_pairs_done if gradients else 0, 3, n_feat))
-        strain_grad = np.empty((n_done if strain else 0, 6, n_feat))
-        _soap_kernels.soap_kernel(
-            img_offsets, img_species, img_vectors, img_slot, center_species, pair_offsets,
-            self_slot, radial.values, radial.derivatives, radial.h, r_cut,
-            float(self.cutoff_width), float(self.center_weight), ylm_norm, l_of_lm,
-            feat_index, feat_factor, len(self.species_), bool(gradients), bool(strain),
-            bool(self.normalize), features, pair_grad, strain_grad,
-            4 * numba.get_num_threads(),
-        )
+        pair_grad = self._output("pair_grad", (n_pairs_done if gradients else 0, 3, n_feat))
+        strain_grad = self._output("strain_grad", (n_done if strain else 0, 6, n_feat))
+        # numba threads by work size (kernelpot._threads); no BLAS inside the parallel region
+        n_threads = _threads.threads_for(n_done)
+        with _threads.limit(numba_threads=n_threads, blas_threads=1):
+            _soap_kernels.soap_kernel(
+                img_offsets, img_species, img_vectors, img_slot, center_species, pair_offsets,
+                self_slot, radial.values, radial.derivatives, radial.h, r_cut,
+                float(self.cutoff_width), float(self.center_weight), ylm_norm, l_of_lm,
+                feat_index, feat_factor, len(self.species_), bool(gradients), bool(strain),
+                bool(self.normalize), features, pair_grad, strain_grad,
+                1 if n_threads == 1 else 4 * n_threads,
+            )
         results = []
         a0 = 0
         p0 = 0

@@ -34,7 +34,7 @@ import time
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
-from kernelpot import modelfile
+from kernelpot import _threads, modelfile
 from kernelpot.calculator import Calculator
 from kernelpot.descriptors import SOAP
 from kernelpot.io.labels import (check_structure, config_type, frame_labels, frame_name, is_periodic,
@@ -362,6 +362,7 @@ class SparseGP(BaseEstimator):
         vals = [v for k, v in self.noise_.items() if k.split(":")[0] == kind]
         return float(np.sqrt(np.mean(np.square(vals)))) if vals else 0.0
 
+    @_threads.for_atoms  # numba and BLAS threads fitted to the cell size (KERNELPOT_NUM_THREADS caps them)
     def predict_frame(self, atoms, return_std=True, forces=True, stress=None, alpha=None, calibrated=True):
         """Predictions and uncertainties for one structure.
 
