@@ -1,0 +1,218 @@
+"""What is wrong with a flagged training structure, and which structures are duplicates.
+
+Used by :func:`kernelpot.uq.screening.screen`; numbers only (the figures are
+in :mod:`kernelpot.plot`).
+
+Diagnosis
+---------
+For a flagged structure the label under suspicion is the one whose test has
+the smallest p-value (energy, the energy left out with the structure's own
+forces kept, forces, the net force, stress), except that when two or more of
+energy / forces / stress are each significant the structure itself is
+suspected (``"geometry"``: wrong positions, species or cell; a labels-only
+error rarely spoils all three).  The kind is then read off the labels and the
+leave-one-out prediction ``P`` of the same label:
+
+* a least-squares factor ``c = <L, P> / <P, P>`` near a known unit ratio
+  (Hartree, Rydberg, kcal/mol, kJ/mol per eV; Bohr per Å; kBar, eV/Å^3 per GPa)
+  -> unit slip; close to -1 -> sign error;
+* energies of two flagged structures of the same size that match each
+  other's predictions -> swapped labels; a duplicate with another energy ->
+  conflicting duplicate;
+* otherwise an energy error is a reference shift (a per-atom constant);
+* force residuals concentrated on one or two atoms -> one atom (its sign
+  flipped when label and prediction point apart); spread over all atoms and
+  uncorrelated with the prediction -> stale forces (from another geometry);
+  spread but correlated -> noisy forces (unconverged SCF);
+* a net force far above its noise -> the forces are not the gradient of
+  any translation-invariant energy.
+
+The rules are physics of how labels go wrong, not fitted to a benchmark.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["UNIT_FACTORS", "diagnose", "duplicates", "mean_descriptors"]
+
+_HARTREE, _RYDBERG, _KCAL, _KJ = 27.211386, 13.605693, 23.060548, 96.485332  # per eV
+_BOHR = 0.52917721  # Å
+#: label -> {factor label/true: description}; the nearest factor counts when within half the
+#: smallest log-gap between the label's factors (8 % for energies, 20 % for forces and stress).
+UNIT_FACTORS = {
+    "energy": {1 / _HARTREE: "Hartree read as eV", _HARTREE: "eV read as Hartree",
+               1 / _RYDBERG: "Rydberg read as eV", _RYDBERG: "eV read as Rydberg",
+               _KCAL: "kcal/mol read as eV", 1 / _KCAL: "eV read as kcal/mol",
+               _KJ: "kJ/mol read as eV", 1 / _KJ: "eV read as kJ/mol"},
+    "forces": {1 / (_HARTREE / _BOHR): "Hartree/Bohr read as eV/Å", _HARTREE / _BOHR: "eV/Å read as Hartree/Bohr",
+               _BOHR: "eV/Bohr read as eV/Å", 1 / _BOHR: "eV/Å read as eV/Bohr",
+               _KCAL: "kcal/mol/Å read as eV/Å", 1 / _KCAL: "eV/Å read as kcal/mol/Å"},
+    "stress": {10.0: "kBar read as GPa", 0.1: "GPa read as kBar", 160.21766: "eV/Å^3 read as GPa",
+               1 / 160.21766: "GPa read as eV/Å^3"},
+}
+_UNIT_TOL = 0.03  # sign error: label / prediction within 3 % of -1
+
+
+def _factor(label: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    """Least-squares factor ``c`` with ``label ~ c pred`` and the cosine between them."""
+    label, pred = np.ravel(label), np.ravel(pred)
+    pp, ll = float(pred @ pred), float(label @ label)
+    if pp <= 0 or ll <= 0:
+        return np.nan, np.nan
+    lp = float(label @ pred)
+    return lp / pp, lp / np.sqrt(pp * ll)
+
+
+def _unit_tolerance(kind: str) -> float:
+    """Half the smallest log-ratio between the kind's unit factors, at most 0.2 (~20 %)."""
+    f = np.sort(np.log(np.array(list(UNIT_FACTORS[kind]))))
+    return float(min(0.2, 0.5 * np.min(np.diff(f))))
+
+
+def _unit_slip(kind: str, c: float, cos: float) -> str | None:
+    """The unit slip nearest to the factor ``c`` (in log ratio), if within the kind's tolerance."""
+    if not np.isfinite(c) or c <= 0 or (cos < 0.9 and kind != "energy"):
+        return None
+    facs = list(UNIT_FACTORS[kind].items())
+    dist = [abs(np.log(c / f)) for f, _ in facs]
+    k = int(np.argmin(dist))
+    if dist[k] < _unit_tolerance(kind):
+        f, what = facs[k]
+        return f"unit slip ({what}, x{f:.3g})"
+    return None
+
+
+def diagnose(suspect: str, labels: dict, pred: dict, n_atoms: int, *, net_force_significant: bool = False,
+             partner: str | None = None) -> str:
+    """Most likely kind of error of one structure, given the label under suspicion.
+
+    Parameters
+    ----------
+    suspect : {"energy", "forces", "stress", "geometry"}
+        The label the evidence points at.
+    labels, pred : dict
+        The structure's labels and their leave-one-out prediction: ``"energy"``
+        (total, eV), ``"forces"`` ((n_atoms, 3), eV/Å), ``"stress"`` ((6,), eV/Å^3);
+        missing keys are allowed.
+    n_atoms : int
+    net_force_significant : bool
+        Whether the net-force test is significant.
+    partner : str, optional
+        Description of a swap partner or a conflicting duplicate, found by
+        the caller from the other structures (takes precedence for energies).
+
+    Returns
+    -------
+    str
+        Short text, e.g. ``"sign error on atom 12"`` or ``"reference shift"``.
+
+    Examples
+    --------
+    >>> diagnose("stress", {"stress": np.ones(6) * 10}, {"stress": np.ones(6)}, 8)
+    'unit slip (kBar read as GPa, x10)'
+    """
+    if suspect == "geometry":
+        return "geometry or species: energy, forces and stress all inconsistent"
+    if suspect == "duplicate":
+        return partner or "conflicting duplicate"
+    if suspect not in labels or suspect not in pred:
+        return ""
+    L, P = np.asarray(labels[suspect], float), np.asarray(pred[suspect], float)
+    if suspect == "energy":
+        if partner:
+            return partner
+        c, _ = _factor(L, P)
+        slip = _unit_slip("energy", c, 1.0)
+        if slip:
+            return slip
+        if np.isfinite(c) and abs(c + 1.0) < _UNIT_TOL:
+            return "sign error"
+        return f"reference shift ({1000.0 * float(L - P) / n_atoms:+.0f} meV/atom)"
+    c, cos = _factor(L, P)
+    slip = _unit_slip(suspect, c, cos)
+    if slip:
+        return slip
+    if np.isfinite(cos) and cos < -0.8:
+        return "sign error (all components)"
+    if suspect == "stress":
+        return f"stress off (label ~ {c:.2g} x prediction)" if np.isfinite(c) else "stress off"
+    # forces
+    r2 = np.sum((L - P) ** 2, axis=1)
+    top = np.argsort(r2)[::-1]
+    share = r2[top[:2]].sum() / max(r2.sum(), 1e-300)
+    if n_atoms > 4 and share > 0.6:
+        j = int(top[0])
+        if float(L[j] @ P[j]) < 0:
+            return f"sign error on atom {j}"
+        return f"one atom wrong (atom {j})"
+    if net_force_significant:
+        return "not a gradient (net force)"
+    if not np.isfinite(cos) or cos < 0.5:
+        return "stale forces (uncorrelated with this geometry)"
+    return "noisy forces (unconverged SCF?)"
+
+
+def mean_descriptors(model, frames) -> np.ndarray:
+    """Mean and spread of each structure's atomic descriptors, shape ``(n_frames, 2 F)``.
+
+    The spread (standard deviation over the atoms, per feature) tells a
+    rattled cell from the perfect crystal, whose mean descriptors are almost
+    equal.
+    """
+    desc = getattr(model, "descriptor_", None)
+    if desc is None:
+        raise ValueError("the model has no fitted descriptor_; fit it first")
+    feats = desc.create(list(frames))
+    return np.array([np.concatenate([np.mean(f, axis=0), np.std(f, axis=0)]) for f in feats])
+
+
+def duplicates(frames, features: np.ndarray, tol: float = 1e-4) -> np.ndarray:
+    """For each structure the index of an earlier near-duplicate, -1 when none.
+
+    Two structures are near-duplicates when they have the same composition
+    (atom counts per element, up to a common factor: a supercell of the same
+    crystal is one) and mean descriptors closer than ``tol`` relative to
+    their norm.
+
+    Parameters
+    ----------
+    frames : list of ase.Atoms
+    features : ndarray, shape (n_frames, F)
+        From :func:`mean_descriptors`.
+    tol : float, default 1e-4
+        Relative distance below which two mean descriptors are the same.
+
+    Returns
+    -------
+    ndarray of int, shape (n_frames,)
+
+    Examples
+    --------
+    >>> from ase.build import bulk
+    >>> a = bulk("Cu"); b = a.repeat(2)
+    >>> duplicates([a, b], np.ones((2, 3))).tolist()
+    [-1, 0]
+    """
+    n = len(frames)
+    out = np.full(n, -1)
+    comp = []
+    for a in frames:
+        z, c = np.unique(a.numbers, return_counts=True)
+        comp.append((tuple(z.tolist()), tuple((c / np.gcd.reduce(c)).tolist())))
+    groups: dict = {}
+    for i, key in enumerate(comp):
+        groups.setdefault(key, []).append(i)
+    norm = np.linalg.norm(features, axis=1)
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        X = features[idx]
+        d = np.linalg.norm(X[:, None, :] - X[None, :, :], axis=-1)
+        scale = np.maximum(norm[idx][:, None], norm[idx][None, :])
+        close = d <= tol * np.maximum(scale, 1e-300)
+        for a_, i in enumerate(idx):
+            earlier = np.flatnonzero(close[a_, :a_])
+            if earlier.size:
+                out[i] = idx[int(earlier[0])]
+    return out

@@ -1,0 +1,60 @@
+"""Diagnosis of flagged structures: each kind of error on a small crafted case."""
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from kernelpot.uq.diagnosis import UNIT_FACTORS, diagnose, duplicates
+
+rng = np.random.default_rng(0)
+F = rng.normal(size=(16, 3))
+S = rng.normal(size=6) * 0.01
+
+
+def test_energy_kinds():
+    assert diagnose("energy", {"energy": -80.0 + 0.32}, {"energy": -80.0}, 16) == "reference shift (+20 meV/atom)"
+    assert "Hartree read as eV" in diagnose("energy", {"energy": -80.0 / 27.211386}, {"energy": -80.0}, 16)
+    assert diagnose("energy", {"energy": 80.0}, {"energy": -80.0}, 16) == "sign error"
+    assert diagnose("energy", {"energy": -79.0}, {"energy": -80.0}, 16, partner="swapped with #4") == "swapped with #4"
+
+
+def test_force_kinds():
+    g = F.copy()
+    g[5] *= -1.0
+    g[5] += 0.5 * F[5]  # make atom 5 dominate the residual
+    assert diagnose("forces", {"forces": g}, {"forces": F}, 16) == "sign error on atom 5"
+    assert diagnose("forces", {"forces": -F}, {"forces": F}, 16) == "sign error (all components)"
+    assert "eV/Bohr read as eV/Å" in diagnose("forces", {"forces": 0.52917721 * F}, {"forces": F}, 16)
+    stale = rng.normal(size=F.shape)
+    assert diagnose("forces", {"forces": stale}, {"forces": F}, 16).startswith("stale forces")
+    noisy = F + 0.3 * rng.normal(size=F.shape)
+    assert diagnose("forces", {"forces": noisy}, {"forces": F}, 16).startswith("noisy forces")
+    assert diagnose("forces", {"forces": noisy}, {"forces": F}, 16,
+                    net_force_significant=True) == "not a gradient (net force)"
+
+
+def test_stress_and_geometry_kinds():
+    assert "kBar read as GPa" in diagnose("stress", {"stress": 10 * S}, {"stress": S}, 16)
+    assert "eV/Å^3 read as GPa" in diagnose("stress", {"stress": 160.21766 * S}, {"stress": S}, 16)
+    assert diagnose("stress", {"stress": -S}, {"stress": S}, 16) == "sign error (all components)"
+    assert diagnose("geometry", {}, {}, 16).startswith("geometry or species")
+
+
+def test_unit_factors_are_distinct_and_tolerant():
+    # the nearest factor decides, within half the smallest gap: unambiguous, and a factor a
+    # contaminated prediction blurs (a kBar stress seen as 11x) is still recognised
+    for kind, table in UNIT_FACTORS.items():
+        f = np.sort(np.array(list(table)))
+        assert np.all(f[1:] / f[:-1] > 1.15), kind
+    assert "kBar read as GPa" in diagnose("stress", {"stress": 11.0 * S}, {"stress": S}, 16)
+    assert "kcal/mol" not in diagnose("energy", {"energy": -80.0 / 27.9}, {"energy": -80.0}, 16)
+    assert diagnose("stress", {"stress": 3.0 * S}, {"stress": S}, 16).startswith("stress off")
+
+
+def test_duplicates_by_composition_and_descriptor():
+    a = bulk("Cu", cubic=True)
+    frames = [a, a.repeat(2), bulk("Au", cubic=True), a.copy()]
+    X = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0, 2.0 + 1e-3]])
+    out = duplicates(frames, X, tol=1e-4)
+    assert out.tolist() == [-1, 0, -1, -1]   # a supercell is a duplicate; another element or descriptor not
+    assert duplicates(frames, X, tol=1e-3).tolist() == [-1, 0, -1, 0]
