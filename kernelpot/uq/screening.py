@@ -15,45 +15,83 @@ includes the Nystrom residual exactly as :meth:`SparseGP.predict` does for a
 structure it has not seen; the same std the held-out rows of a refit round
 use):
 
-1. Robust calibration.  Each kind's z-scores are centred on their median and
-   divided by a robust global spread ``s_k = max(1, 1.4826 MAD(z_k))`` over
-   the whole training set (``MAD``: median absolute deviation from the
-   median; ``1.4826 MAD`` estimates the standard deviation of a normal sample
-   without being moved by the outliers themselves), so an over-confident
-   model does not flag everything.  Spreads below one are not applied: they
-   occur when outliers have inflated the learned noise, and dividing by them
-   would amplify the heavy tails of the clean structures' residuals instead
-   (swamping).  The median is subtracted because an energy offset fitted
-   with outliers in the data shifts every clean structure's residual alike.
-   Both are estimates: the spread is widened by ``sqrt(1 + pi / (2 n))`` for
-   the uncertainty of the median, and when ``s_k`` is applied the
-   standardised values are referred to Student's t with ``0.3675 n_k``
-   degrees of freedom (the MAD's efficiency) instead of N(0, 1) -- this
-   matters for energies, one per structure, and keeps the false-flag rate
-   near ``alpha`` on small training sets.
+1. Robust calibration per config_type.  Each kind's z-scores are centred on
+   their median and divided by a robust spread ``1.4826 MAD`` (``MAD``:
+   median absolute deviation from the median; it estimates the standard
+   deviation of a normal sample without being moved by the outliers
+   themselves), so an over-confident model does not flag everything.
+   Honest errors are heteroscedastic -- hot MD frames have larger ones than
+   a perfect crystal -- so the median and the spread are estimated per
+   ``config_type``, shrunk towards the global ones with the weight of
+   :data:`_PRIOR_COUNT` pseudo-observations (ten energies of one config_type
+   are too few for a MAD of their own), and never below the global scale nor
+   below one: spreads below one occur when outliers have inflated the learned
+   noise, and dividing by them would amplify the heavy tails of the clean
+   structures' residuals (swamping).  The spread is widened by
+   ``sqrt(1 + pi / (2 n))`` for the uncertainty of the median, and when a
+   MAD scale is applied the standardised values are referred to Student's t
+   with ``0.3675 n`` degrees of freedom (the MAD's efficiency) instead of
+   N(0, 1).
 2. One p-value per test (``F`` the tail of N(0, 1) or of that t):
 
-   * energy: two-sided, ``p = 2 F(|z_E|)``;
-   * forces: Bonferroni over the structure's ``3 n`` components with the
-     largest ``|z|``, ``p = min(1, 3 n * 2 F(max |z_F|))``;
-   * stress: the same over the 6 components;
-   * whole structure: the Mahalanobis norm ``chi2_g`` of all the structure's
+   * ``energy``: two-sided, ``p = 2 F(|z_E|)``;
+   * ``energy_self``: the energy with *only its own label* left out, the
+     structure's forces and stress kept (single-observation closed-form
+     LOO, ``TrainingDiagnostics.z_obs``).  The forces are the negative
+     gradient of the energy that labels the structure: under the model's
+     local-energy decomposition they fix the energy up to what the rest of
+     the data says about the constant, so an energy inconsistent with its
+     own forces stands out even for a structure with no neighbours in the
+     data.  Equal to an explicit refit without that energy label
+     (``SparseGP.refit``, tested);
+   * ``forces``: the largest ``|z|`` of the structure's ``3 n`` components,
+     Sidak-corrected, ``p = 1 - (1 - 2 F(max |z_F|))^(3 n)``;
+   * ``net_force``: forces that are the gradient of a translation-invariant
+     energy sum to zero.  With the learned force noise ``sigma`` per
+     component, honest errors give a net force ``~ N(0, n sigma^2)`` per
+     axis, so ``q = |sum F|^2 / (n sigma^2)`` is referred to ``chi2(3)``
+     (conservative: most DFT codes remove the drift exactly).  A sign error
+     on one atom shows up here without any model;
+   * ``stress``: the largest of the 6 components, as for forces;
+   * ``chi2``: the Mahalanobis norm ``chi2_g`` of all the structure's
      LOO residuals together (``frame_chi2``, under the fitted DTC model
      without the Nystrom residual, ``dof_g`` observations; catches
-     many moderate errors that no single component shows).  Model errors are
-     correlated within a structure, which widens the distribution of
-     ``chi2_g`` beyond ``chi2(dof_g)`` (for a 64-atom cell, ``chi2/dof`` of 2
-     would be a 7-sigma event).  So ``chi2_g`` is mapped to a normal deviate
-     with the Wilson-Hilferty transformation,
-     ``w = ((chi2/dof)^(1/3) - 1 + 2/(9 dof)) / sqrt(2/(9 dof))``, which is
-     robustly standardised over the training set like the z-scores (location
-     ``max(0, median w)``), and ``p = F(w_std)`` (one-sided: only too-large
-     residuals are suspicious).
+     many moderate errors that no single component shows, e.g. a wrong
+     geometry).  Model errors are correlated within a structure, which
+     widens the distribution of ``chi2_g`` beyond ``chi2(dof_g)``, so
+     ``chi2_g`` is mapped to a normal deviate with the Wilson-Hilferty
+     transformation and robustly standardised per config_type (location
+     ``>= 0``), ``p = F(w_std)`` (one-sided);
+   * ``duplicate``: a near-duplicate (same composition, equal mean and
+     spread of the atomic descriptors, :func:`kernelpot.uq.diagnosis.duplicates`)
+     whose energy per atom differs from the earlier one's by more than the
+     model's energy noise of both and 1 meV/atom allow.
+
+   Empirical null: the maximum-type tests (forces, stress, net force) are
+   turned into normal deviates ``u = F^-1(1 - p)`` and robustly standardised
+   per config_type like ``chi2`` (location ``>= 0``, scale ``>= 1``):
+   heavy tails and correlated components of honest model errors widen the
+   distribution of a maximum beyond what the per-component calibration
+   predicts (Efron's empirical null for large-scale testing).
+
+   Isolated-atom reference frames (one atom) are not energy-screened: their
+   energy is the per-element reference ``e0`` itself, so leaving it out
+   leaves the whole cohesive energy as "residual" (thousands of meV/atom),
+   which says nothing about the label.
 
 3. Combined (Bonferroni over the tests present): ``p = min(1, T min_t p_t)``,
    score ``= -log10 p``; flagged when ``p < alpha / n_structures``
    (Bonferroni over the training set, so on data that follow the model up to
-   a global miscalibration the chance of any false flag is about ``alpha``).
+   a per-config_type miscalibration the chance of any false flag is about
+   ``alpha``).
+
+4. Diagnosis of each flagged structure (:mod:`kernelpot.uq.diagnosis`):
+   the label the evidence points at (``suspect``: energy, forces, stress, or
+   geometry when two or more labels are off at once) and the most likely
+   kind of error (``diagnosis``: reference shift, unit slip, sign error,
+   swapped labels, conflicting duplicate, stale or noisy forces, ...).  A
+   flagged structure with a leverage far above the median is said to be
+   unusual: its labels may be right and the data around it missing.
 
 p-values are computed in log space, so scores stay finite for any z.
 
@@ -78,13 +116,17 @@ from sklearn.base import clone
 
 from kernelpot.io.labels import config_type, frame_labels
 from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
+from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors
 
 __all__ = ["COLUMNS", "ScreenTable", "screen", "robust_scale"]
 
 _MAD_TO_SD = 1.4826  # 1 / Phi^-1(3/4): MAD of a normal sample times this is its std
 _MAD_EFFICIENCY = 0.3675  # asymptotic efficiency of the MAD scale relative to the std (normal data)
 _KINDS = ("energy", "forces", "stress")
-_TESTS = ("energy", "forces", "stress", "chi2")
+_TESTS = ("energy", "energy_self", "forces", "net_force", "stress", "chi2", "duplicate")
+_DUPLICATE_PRECISION = 0.001  # eV/atom: energies of the same structure differ by less in a converged DFT set
+_HIGH_LEVERAGE = 5.0  # leverage this many times the median: the structure mostly fits itself
+_PRIOR_COUNT = 30  # pseudo-observations of the global scale in each config_type's robust scale
 _LN10 = float(np.log(10.0))
 
 #: column name -> (unit, description); the order is the column order.
@@ -92,18 +134,27 @@ COLUMNS = {
     "index": ("", "training structure index"),
     "config_type": ("", "atoms.info['config_type']"),
     "n_atoms": ("", "number of atoms"),
-    "leverage": ("", "trace of the structure's hat-matrix block H_GG"),
-    "energy_residual": ("meV/atom", "energy label minus LOO prediction, per atom"),
-    "energy_z": ("", "LOO energy z-score, robustly standardised"),
+    "leverage": ("", "trace of the structure's hat-matrix block H_GG: how much its own labels decide its fit"),
+    "energy_residual": ("meV/atom", "energy label minus LOO prediction, per atom (NaN for isolated-atom "
+                        "reference frames: their energy is the e0 reference itself, so leaving it out "
+                        "leaves the cohesive energy as residual, not an error; not screened)"),
+    "energy_z": ("", "LOO energy z-score, robustly standardised per config_type"),
+    "energy_self_residual": ("meV/atom", "energy label minus its prediction with only the energy left out "
+                             "(the structure's own forces and stress kept)"),
+    "energy_self_z": ("", "z-score of energy_self_residual, robustly standardised per config_type"),
     "forces_rms": ("eV/Å", "RMS of the LOO force residual over the structure's components"),
-    "forces_max_z": ("", "largest |LOO force z-score|, robustly standardised"),
+    "forces_max_z": ("", "largest |LOO force z-score|, robustly standardised per config_type"),
+    "net_force": ("eV/Å", "|sum of the force labels| (zero for the gradient of a translation-invariant energy)"),
     "stress_rms": ("GPa", "RMS of the LOO stress residual over the 6 components"),
-    "stress_max_z": ("", "largest |LOO stress z-score|, robustly standardised"),
+    "stress_max_z": ("", "largest |LOO stress z-score|, robustly standardised per config_type"),
     "chi2_dof": ("", "structure chi-square per degree of freedom (before standardisation)"),
+    "duplicate_of": ("", "index of an earlier near-duplicate (same composition, mean descriptor equal), -1 none"),
     "worst": ("", "test with the smallest p-value"),
     "p_value": ("", "combined p-value (Bonferroni over tests)"),
     "score": ("", "-log10 p_value"),
     "flag": ("", "p_value < alpha / n_structures"),
+    "suspect": ("", "flagged: the label the evidence points at (energy, forces, stress, geometry)"),
+    "diagnosis": ("", "flagged: the most likely kind of error (kernelpot.uq.diagnosis)"),
     "held_out": ("", "statistics from an out-of-sample prediction of a refitted model (refit rounds)"),
 }
 
@@ -137,7 +188,23 @@ def robust_scale(z) -> float:
 
 def _log_sf(x, nu: float):
     """log of the upper tail of N(0, 1) (``nu`` infinite) or of Student's t with ``nu`` dof."""
-    return stats.norm.logsf(x) if not np.isfinite(nu) else stats.t.logsf(x, nu)
+    x, nu = np.broadcast_arrays(np.asarray(x, float), np.asarray(nu, float))
+    fin = np.isfinite(nu)
+    out = stats.norm.logsf(x)
+    if np.any(fin):
+        out = np.where(fin, stats.t.logsf(x, np.where(fin, nu, 1.0)), out)
+    return out if out.ndim else float(out)
+
+
+def _isf_log(logp: np.ndarray) -> np.ndarray:
+    """Normal deviate ``u`` with upper tail ``exp(logp)``, finite for any ``logp <= 0``."""
+    logp = np.minimum(np.asarray(logp, float), 0.0)
+    out = stats.norm.isf(np.exp(np.maximum(logp, -700.0)))
+    tiny = logp < -700.0
+    # asymptotic inverse of log sf(u) ~ -u^2/2 - log(u sqrt(2 pi))
+    v = -2.0 * logp[tiny]
+    out[tiny] = np.sqrt(v - np.log(v) - np.log(2.0 * np.pi))
+    return np.clip(out, -8.3, None)
 
 
 def _calibration(v: np.ndarray, robust: bool, clip_location: bool = False) -> tuple[float, float, float]:
@@ -201,6 +268,7 @@ class ScreenTable:
         self.diagnostics = diagnostics
         self.rounds = rounds
         self.model = model
+        self.features = None
         self.flagged = columns["index"][columns["flag"]]
 
     def __len__(self) -> int:
@@ -229,12 +297,14 @@ class ScreenTable:
         """Aligned text table of the ``top`` most suspicious rows (all when None)."""
         n = len(self) if top is None else min(int(top), len(self))
         fmt = {"leverage": "{:.2f}", "energy_residual": "{:.2f}", "energy_z": "{:+.1f}",
-               "forces_rms": "{:.3f}", "forces_max_z": "{:.1f}", "stress_rms": "{:.3f}",
-               "stress_max_z": "{:.1f}", "chi2_dof": "{:.2f}", "p_value": "{:.2g}", "score": "{:.1f}"}
+               "energy_self_z": "{:+.1f}", "forces_rms": "{:.3f}", "forces_max_z": "{:.1f}",
+               "stress_rms": "{:.3f}", "stress_max_z": "{:.1f}", "chi2_dof": "{:.2f}", "p_value": "{:.2g}",
+               "score": "{:.1f}"}
         head = {"index": "index", "config_type": "config_type", "n_atoms": "atoms", "leverage": "lev",
-                "energy_residual": "dE meV/at", "energy_z": "zE", "forces_rms": "dF eV/Å",
-                "forces_max_z": "max|zF|", "stress_rms": "dS GPa", "stress_max_z": "max|zS|",
-                "chi2_dof": "chi2/dof", "worst": "worst", "p_value": "p", "score": "score", "flag": "flag"}
+                "energy_residual": "dE meV/at", "energy_z": "zE", "energy_self_z": "zE|F",
+                "forces_rms": "dF eV/Å", "forces_max_z": "max|zF|", "stress_rms": "dS GPa",
+                "stress_max_z": "max|zS|", "chi2_dof": "chi2/dof", "worst": "worst", "p_value": "p",
+                "score": "score", "flag": "flag", "diagnosis": "diagnosis (suspect: kind)"}
         cells = [list(head.values())]
         for r in range(n):
             row = []
@@ -242,6 +312,13 @@ class ScreenTable:
                 v = self.columns[k][r]
                 if k == "flag":
                     row.append(("*" if v else "") + (" (held out)" if self.columns["held_out"][r] else ""))
+                elif k == "diagnosis":
+                    sus = self.columns["suspect"][r]
+                    dup = self.columns["duplicate_of"][r]
+                    txt = f"{sus}: {v}" if sus else ""
+                    if dup >= 0 and "duplicate" not in txt:
+                        txt = (txt + "; " if txt else "") + f"duplicate of #{dup}"
+                    row.append(txt)
                 elif k == "config_type":
                     row.append(str(v)[:18])
                 elif k in fmt:
@@ -250,7 +327,7 @@ class ScreenTable:
                     row.append(str(v))
             cells.append(row)
         widths = [max(len(c[j]) for c in cells) for j in range(len(head))]
-        left = {1, 11}  # config_type and worst are text
+        left = {list(head).index(k) for k in ("config_type", "worst", "diagnosis")}  # text columns
         lines = ["  ".join(c.ljust(w) if j in left else c.rjust(w)
                            for j, (c, w) in enumerate(zip(row, widths))).rstrip() for row in cells]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -261,6 +338,85 @@ class ScreenTable:
 
     def __str__(self) -> str:
         return self.to_string()
+
+    def to_chemiscope(self, path, frames, features=None, name: str = "kernelpot screening") -> None:
+        """Write an interactive chemiscope file: structures, screening columns and a descriptor map.
+
+        Open it at https://chemiscope.org or with ``chemiscope.show_input(path)``
+        in a notebook, and click through the flagged structures.  The map is
+        the first two principal components of each structure's mean
+        descriptor (SOAP power spectrum), coloured by ``score``.
+
+        Parameters
+        ----------
+        path : str or Path
+            Output file, ``.json`` or ``.json.gz`` (written atomically).
+        frames : list of ase.Atoms
+            The training frames, in training order (the ``frames`` given to
+            :func:`screen`).
+        features : ndarray, shape (n_frames, F), optional
+            Per-structure descriptors for the map; default the mean descriptors
+            computed by :func:`screen` (``duplicate_tol`` not None), else none.
+        name : str
+            Dataset name shown by chemiscope.
+
+        Raises
+        ------
+        ImportError
+            When chemiscope is not installed (``pip install chemiscope``).
+        ValueError
+            When ``frames`` does not match the table.
+
+        Examples
+        --------
+        >>> table.to_chemiscope("screen.json.gz", frames)   # doctest: +SKIP
+        """
+        try:
+            import chemiscope
+        except ImportError as err:
+            raise ImportError("ScreenTable.to_chemiscope needs chemiscope (pip install chemiscope, "
+                              "or pip install kernelpot[chemiscope])") from err
+        from kernelpot.io.files import atomic_write
+        frames = list(frames)
+        if len(frames) != len(self):
+            raise ValueError(f"frames has {len(frames)} structures, the table {len(self)}; "
+                             "pass the training frames in training order")
+        order = np.argsort(self.columns["index"])  # rows back to frame order
+        props = {}
+        for k, (unit, desc) in COLUMNS.items():
+            v = self.columns[k][order]
+            if k in ("config_type", "worst", "suspect", "diagnosis"):
+                props[k] = {"target": "structure", "values": [str(x) or "-" for x in v], "description": desc}
+            else:
+                v = np.asarray(v, dtype=float)
+                # chemiscope's JSON has no NaN: missing values (no label of that kind) become 0 with
+                # the description saying so
+                props[k] = {"target": "structure", "values": np.where(np.isfinite(v), v, 0.0),
+                            "description": desc + ("; 0 where missing" if not np.all(np.isfinite(v)) else "")}
+                if unit:
+                    props[k]["units"] = unit
+        feats = self.features if features is None else np.asarray(features, float)
+        settings = None
+        if feats is not None and len(feats) == len(frames) and len(frames) >= 2:
+            X = feats - feats.mean(axis=0)
+            u, sv, _ = np.linalg.svd(X, full_matrices=False)
+            pcs = u[:, :2] * sv[:2]
+            if pcs.shape[1] < 2:
+                pcs = np.column_stack([pcs, np.zeros(len(frames))])
+            props["PCA"] = {"target": "structure", "values": pcs,
+                            "description": "principal components of the mean descriptor per structure"}
+            settings = {"map": {"x": {"property": "PCA[1]"}, "y": {"property": "PCA[2]"},
+                                "color": {"property": "score"}}}
+        data = chemiscope.create_input(
+            structures=frames, properties=props, settings=settings,
+            metadata={"name": name, "description": (f"{len(self)} structures, {len(self.flagged)} flagged "
+                                                    f"(alpha {self.alpha:g}); columns from kernelpot.screen")})
+        import gzip
+        import json
+        gz = str(path).endswith(".gz")
+        with atomic_write(path, suffix=".json.gz" if gz else ".json") as tmp:
+            with (gzip.open(tmp, "wt", encoding="utf-8") if gz else open(tmp, "w", encoding="utf-8")) as fh:
+                json.dump(data, fh)
 
     def __repr__(self) -> str:
         return f"<ScreenTable: {len(self)} structures, {len(self.flagged)} flagged>"
@@ -284,15 +440,22 @@ class ScreenTable:
         tiny = logp < -700
         zc[tiny] = np.sqrt(-2.0 * logp[tiny])
         zthr = float(-stats.norm.ppf(self.threshold / 2.0))
-        labels = [f"{i} {ct}" for i, ct in zip(self.columns["index"], self.columns["config_type"])]
+        labels = []
+        for i, ct, sus, dg in zip(self.columns["index"], self.columns["config_type"], self.columns["suspect"],
+                                  self.columns["diagnosis"]):
+            short = str(dg).split("; ")[-1].split(" (")[0].split(":")[0]
+            short = ("unusual, " if str(dg).startswith("unusual") else "") + short
+            labels.append(f"{i} {ct}" + (f" - {sus}: {short}" if sus and sus != "geometry" else
+                                         (f" - geometry{', unusual' if short.startswith('unusual') else ''}"
+                                          if sus else "")))
         fig, ax = influence(self.columns["leverage"], zc, labels=labels, flagged=self.columns["flag"],
                             ax=ax, z_threshold=zthr)
-        ax.set_ylabel("combined LOO z-score")
+        ax.set_ylabel("combined z-score (from p-value)")
         return fig, ax
 
 
 def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
-           refit_rounds: int = 1) -> ScreenTable:
+           refit_rounds: int = 1, duplicate_tol: float | None = 1e-4) -> ScreenTable:
     """Rank the training structures of a fitted model by how suspicious their labels are.
 
     Parameters
@@ -320,6 +483,11 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         with 5 % corrupted: ROC AUC 0.887 / 0.955 in a single pass, 0.961 /
         1.0 with one round; ``benchmarks/outliers.py``); ``0`` is a single
         pass in about half the time.
+    duplicate_tol : float or None, default 1e-4
+        Relative distance of mean descriptors below which two structures of
+        the same composition are near-duplicates (:func:`kernelpot.uq.diagnosis.duplicates`);
+        their energies per atom are compared.  None skips the check (and the
+        descriptor pass it needs).
 
     Returns
     -------
@@ -351,9 +519,11 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
     diag = getattr(model, "training_diagnostics_", None)
     if diag is None or known is None or any(a is not b for a, b in zip(frames, known)):
         diag = leave_one_out(model, frames)
+    extra = _physics(model, frames, diag, duplicate_tol)
     ev = _loo_evidence(diag, np.arange(n))
-    table = _table(ev, frames, alpha, robust)
+    table = _table(ev, frames, alpha, robust, extra)
     table.diagnostics, table.model = diag, model
+    table.features = extra.get("features")
     removed = np.zeros(n, bool)
     for r in range(refit_rounds):
         flag = np.zeros(n, bool)
@@ -366,17 +536,46 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         rdiag = getattr(refit, "training_diagnostics_", None)
         ev = _merge(_loo_evidence(leave_one_out(refit) if rdiag is None else rdiag, keep),
                     _heldout_evidence(refit, frames, np.flatnonzero(removed), diag.frame_leverage), n)
-        table = _table(ev, frames, alpha, robust)
+        table = _table(ev, frames, alpha, robust, extra)
         table.diagnostics, table.model, table.rounds = diag, refit, r + 1
+        table.features = extra.get("features")
     return table
+
+
+def _physics(model, frames, diag: TrainingDiagnostics, duplicate_tol: float) -> dict:
+    """Per-frame inputs of the label-only tests: force and energy noise, near-duplicates."""
+    n = len(frames)
+    kind = np.asarray(diag.kind)
+    fsig, esig = np.full(n, np.nan), np.full(n, np.nan)
+    f = kind == "forces"
+    if f.any():
+        # rms noise std of the frame's force components
+        fsig[:] = np.sqrt(np.bincount(diag.frame[f], weights=diag.sigma[f] ** 2, minlength=n)
+                          / np.maximum(np.bincount(diag.frame[f], minlength=n), 1))
+        fsig[np.bincount(diag.frame[f], minlength=n) == 0] = np.nan
+    e = kind == "energy"
+    esig[diag.frame[e]] = diag.sigma[e]
+    out = {"force_sigma": fsig, "energy_sigma": esig}
+    if duplicate_tol is not None and duplicate_tol > 0:
+        feats = mean_descriptors(model, frames)
+        out["features"] = feats
+        out["duplicate_of"] = duplicates(frames, feats, duplicate_tol)
+    return out
 
 
 def _loo_evidence(diag: TrainingDiagnostics, frame_ids: np.ndarray) -> dict:
     """Per-observation and per-frame statistics from closed-form LOO; frames renumbered by ``frame_ids``."""
-    return {"kind": np.asarray(diag.kind), "frame": frame_ids[diag.frame], "residual": diag.loo_residual,
+    kind = np.asarray(diag.kind)
+    e = kind == "energy"
+    self_z = np.full(len(frame_ids), np.nan)
+    self_r = np.full(len(frame_ids), np.nan)
+    # energy left out alone, the structure's own forces and stress kept (single-observation LOO)
+    self_z[diag.frame[e]] = diag.z_obs[e]
+    self_r[diag.frame[e]] = diag.loo_residual_obs[e]
+    return {"kind": kind, "frame": frame_ids[diag.frame], "residual": diag.loo_residual,
             "z": diag.z_predictive, "chi2": diag.frame_chi2, "dof": diag.frame_dof.astype(float),
             "leverage": np.asarray(diag.frame_leverage, float), "frames": frame_ids,
-            "held_out": np.zeros(len(frame_ids), bool)}
+            "held_out": np.zeros(len(frame_ids), bool), "energy_self_z": self_z, "energy_self_residual": self_r}
 
 
 def _heldout_evidence(model, frames, ids: np.ndarray, leverage: np.ndarray) -> dict:
@@ -413,12 +612,13 @@ def _heldout_evidence(model, frames, ids: np.ndarray, leverage: np.ndarray) -> d
     cat = (lambda v: np.concatenate(v)) if fr else (lambda v: np.zeros(0))
     return {"kind": np.array(kinds, dtype=str) if kinds else np.zeros(0, str), "frame": cat(fr).astype(int),
             "residual": cat(res), "z": cat(zs), "chi2": np.array(chi2), "dof": np.array(dof),
-            "leverage": leverage[ids], "frames": ids, "held_out": np.ones(len(ids), bool)}
+            "leverage": leverage[ids], "frames": ids, "held_out": np.ones(len(ids), bool),
+            "energy_self_z": np.full(len(ids), np.nan), "energy_self_residual": np.full(len(ids), np.nan)}
 
 
 def _merge(a: dict, b: dict, n: int) -> dict:
     out = {k: np.concatenate([a[k], b[k]]) for k in ("kind", "frame", "residual", "z")}
-    for k in ("chi2", "dof", "leverage", "held_out"):
+    for k in ("chi2", "dof", "leverage", "held_out", "energy_self_z", "energy_self_residual"):
         v = np.zeros(n, dtype=a[k].dtype)
         v[a["frames"]] = a[k]
         v[b["frames"]] = b[k]
@@ -427,31 +627,89 @@ def _merge(a: dict, b: dict, n: int) -> dict:
     return out
 
 
-def _table(ev: dict, frames, alpha: float, robust: bool) -> ScreenTable:
-    """The screening table from per-observation statistics (see :func:`_loo_evidence`)."""
+def _group_calibration(v: np.ndarray, groups: np.ndarray, robust: bool, clip_location: bool = False):
+    """Per-element ``(location, scale, dof)`` arrays to standardise ``v``, per config_type group.
+
+    Each group's median and MAD scale are shrunk towards the global ones with
+    the weight of :data:`_PRIOR_COUNT` pseudo-observations (a config_type with
+    ten structures has ten energies: too few for its own MAD), and a group's
+    scale is never below the global one (a tight group does not amplify the
+    tails of its residuals).  Returns the arrays and the global calibration.
+    """
+    glob = _calibration(v, robust, clip_location)
+    loc = np.full(v.shape, glob[0])
+    scale = np.full(v.shape, glob[1])
+    dof = np.full(v.shape, glob[2])
+    if not robust or v.size < 2:
+        return loc, scale, dof, glob
+    med_all, s_all = float(np.median(v)), robust_scale(v)
+    for g in np.unique(groups):
+        sel = groups == g
+        n_g = int(sel.sum())
+        if n_g == v.size or n_g < 2:
+            continue
+        w = n_g / (n_g + _PRIOR_COUNT)
+        lo = w * float(np.median(v[sel])) + (1 - w) * med_all
+        if clip_location:
+            lo = max(lo, 0.0)
+        s_g = np.sqrt(w * robust_scale(v[sel]) ** 2 + (1 - w) * s_all ** 2) * np.sqrt(1.0 + np.pi / (2.0 * n_g))
+        loc[sel] = lo
+        if s_g > glob[1]:
+            scale[sel] = s_g
+            dof[sel] = _MAD_EFFICIENCY * (n_g + _PRIOR_COUNT)
+    return loc, scale, dof, glob
+
+
+def _is_reference_atom(a) -> bool:
+    """An isolated-atom reference frame: one atom, no periodic neighbours."""
+    return len(a) == 1
+
+
+def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = None) -> ScreenTable:
+    """The screening table from per-observation statistics (see :func:`_loo_evidence`).
+
+    ``extra`` (from :func:`_physics`): per-frame force noise ``force_sigma``
+    for the net-force test, and ``duplicate_of`` for the duplicate check.
+    """
+    extra = extra or {}
     n_frames = len(frames)
     order_f = np.argsort(ev["frames"])
     chi2_raw, dof = ev["chi2"][order_f], ev["dof"][order_f]
     lev, held = ev["leverage"][order_f], ev["held_out"][order_f]
+    self_z = ev.get("energy_self_z", np.full(n_frames, np.nan))[order_f]
+    self_r = ev.get("energy_self_residual", np.full(n_frames, np.nan))[order_f]
+    ctype = np.array([config_type(a, "") for a in frames], dtype=object)
+    ref_atom = np.array([_is_reference_atom(a) for a in frames], bool)
     # observations sorted by frame (stable: keeps component order within a frame)
     o = np.argsort(ev["frame"], kind="stable")
     kind_obs, frame_obs, r_obs, z_obs = ev["kind"][o], ev["frame"][o], ev["residual"][o], ev["z"][o]
-    fitted_obs = ~held[frame_obs]
-    cal = {k: _calibration(z_obs[(kind_obs == k) & fitted_obs], robust) for k in _KINDS}
-    obs_scale, obs_centre = np.ones(z_obs.shape), np.zeros(z_obs.shape)
+    # isolated-atom reference frames: their energy defines e0, leaving it out removes the reference
+    use_obs = ~((kind_obs == "energy") & ref_atom[frame_obs])
+    fitted_obs = ~held[frame_obs] & use_obs
+    group_obs = ctype[frame_obs].astype(str)
+    obs_scale, obs_centre, obs_dof = np.ones(z_obs.shape), np.zeros(z_obs.shape), np.full(z_obs.shape, np.inf)
+    cal = {}
     for k in _KINDS:
-        obs_centre[kind_obs == k], obs_scale[kind_obs == k] = cal[k][:2]
+        sel = (kind_obs == k) & fitted_obs
+        lo, sc, nu, cal[k] = _group_calibration(z_obs[sel], group_obs[sel], robust)
+        obs_centre[kind_obs == k], obs_scale[kind_obs == k], obs_dof[kind_obs == k] = cal[k][:3]
+        # per-group values for every observation of kind k (held-out frames use their group's)
+        for g in np.unique(group_obs[sel]):
+            m_all = (kind_obs == k) & (group_obs == g)
+            m_fit = group_obs[sel] == g
+            obs_centre[m_all], obs_scale[m_all], obs_dof[m_all] = lo[m_fit][0], sc[m_fit][0], nu[m_fit][0]
     z = (z_obs - obs_centre) / obs_scale
 
     cols = {k: np.full(n_frames, np.nan) for k in
-            ("energy_residual", "energy_z", "forces_rms", "forces_max_z", "stress_rms", "stress_max_z")}
+            ("energy_residual", "energy_z", "energy_self_z", "forces_rms", "forces_max_z", "net_force",
+             "stress_rms", "stress_max_z")}
     logp = np.full((n_frames, len(_TESTS)), np.nan)
     for kind in _KINDS:
-        sel = kind_obs == kind
+        sel = (kind_obs == kind) & use_obs
         fr = frame_obs[sel]
         if fr.size == 0:
             continue
-        zk, rk = z[sel], r_obs[sel]
+        zk, rk, nuk = z[sel], r_obs[sel], obs_dof[sel]
         starts = np.flatnonzero(np.r_[True, fr[1:] != fr[:-1]])
         ids = fr[starts]
         count = np.diff(np.r_[starts, fr.size])
@@ -460,21 +718,95 @@ def _table(ev: dict, frames, alpha: float, robust: bool) -> ScreenTable:
         if kind == "energy":
             cols["energy_residual"][ids] = rk[starts] * 1000.0
             cols["energy_z"][ids] = zk[starts]
-            logp[ids, 0] = np.log(2.0) + _log_sf(maxz, cal[kind][2])
+            logp[ids, _TESTS.index("energy")] = np.log(2.0) + _log_sf(maxz, nuk[starts])
         else:
             cols[f"{kind}_rms"][ids] = rms / GPa if kind == "stress" else rms
             cols[f"{kind}_max_z"][ids] = maxz
-            logp[ids, _TESTS.index(kind)] = np.minimum(np.log(2.0 * count) + _log_sf(maxz, cal[kind][2]), 0.0)
-    has_obs = dof > 0
+            # Sidak: the p-value of the largest of ``count`` two-sided |z| (uniform under the null,
+            # which the empirical null below needs; ~ count * p1 for small p1)
+            lp1 = np.log(2.0) + _log_sf(maxz, nuk[starts])
+            small = lp1 < -30.0
+            sidak = np.log(-np.expm1(count * np.log1p(-np.exp(np.where(small, -30.0, lp1)))))
+            logp[ids, _TESTS.index(kind)] = np.minimum(np.where(small, np.log(count) + lp1, sidak), 0.0)
+
+    # energy with only its own label left out (own forces/stress kept): robust per config_type
+    ok = np.isfinite(self_z) & ~ref_atom
+    if ok.any():
+        lo, sc, nu, cal["energy_self"] = _group_calibration(self_z[ok], ctype[ok].astype(str), robust)
+        zs = (self_z[ok] - lo) / sc
+        cols["energy_self_z"][ok] = zs
+        logp[ok, _TESTS.index("energy_self")] = np.log(2.0) + _log_sf(np.abs(zs), nu)
+
+    # net force: forces that are the gradient of a translation-invariant energy sum to zero
+    fsig = extra.get("force_sigma")
+    if fsig is not None:
+        for g, a in enumerate(frames):
+            lab = frame_labels(a, g)
+            if "forces" not in lab or not np.isfinite(fsig[g]) or fsig[g] <= 0:
+                continue
+            net = lab["forces"].sum(axis=0)
+            cols["net_force"][g] = float(np.linalg.norm(net))
+            # honest per-component errors of size sigma give a net force ~ N(0, n sigma^2) per axis
+            q = float(net @ net) / (len(a) * fsig[g] ** 2)
+            logp[g, _TESTS.index("net_force")] = float(stats.chi2.logsf(q, 3))
+
+    # duplicates with conflicting energies
+    dup = np.asarray(extra.get("duplicate_of", np.full(n_frames, -1)))
+    dup_conflict = np.zeros(n_frames, bool)
+    esig = extra.get("energy_sigma")
+    if esig is not None:
+        # the learned noise is inflated by gross errors elsewhere; the robust spread of the energy
+        # LOO residuals (per atom) bounds honest label noise without being moved by them
+        e_fit = (kind_obs == "energy") & fitted_obs
+        if e_fit.sum() >= 2:
+            esig = np.minimum(esig, robust_scale(r_obs[e_fit]))
+    for g in np.flatnonzero(dup >= 0):
+        j = int(dup[g])
+        li, lj = frame_labels(frames[g], g), frame_labels(frames[j], j)
+        if "energy" not in li or "energy" not in lj or esig is None:
+            continue
+        de = li["energy"] / len(frames[g]) - lj["energy"] / len(frames[j])
+        # the model's energy noise of both, and DFT precision (1 meV/atom) as a floor
+        s2 = esig[g] ** 2 + esig[j] ** 2 + _DUPLICATE_PRECISION ** 2
+        if s2 > 0 and np.isfinite(s2):
+            lp = np.log(2.0) + float(stats.norm.logsf(abs(de) / np.sqrt(s2)))
+            logp[g, _TESTS.index("duplicate")] = lp
+            dup_conflict[g] = lp < np.log(alpha / n_frames)
+
+    has_obs = (dof > 0) & ~ref_atom
     d = np.where(has_obs, dof, 1.0)
     w = ((chi2_raw / d) ** (1.0 / 3.0) - (1.0 - 2.0 / (9.0 * d))) / np.sqrt(2.0 / (9.0 * d))
     ref = has_obs & ~held
-    cal["chi2"] = _calibration(w[ref], robust, clip_location=True)
-    loc, sc, nu = cal["chi2"]
-    logp[has_obs, 3] = _log_sf((w[has_obs] - loc) / sc, nu)
+    loc_w, sc_w, nu_w, cal["chi2"] = _group_calibration(w[ref], ctype[ref].astype(str), robust, clip_location=True)
+    lw, sw, nw = np.full(n_frames, cal["chi2"][0]), np.full(n_frames, cal["chi2"][1]), np.full(n_frames, cal["chi2"][2])
+    for g in np.unique(ctype[ref].astype(str)):
+        m_fit = ctype[ref].astype(str) == g
+        m_all = ctype.astype(str) == g
+        lw[m_all], sw[m_all], nw[m_all] = loc_w[m_fit][0], sc_w[m_fit][0], nu_w[m_fit][0]
+    logp[has_obs, _TESTS.index("chi2")] = _log_sf((w[has_obs] - lw[has_obs]) / sw[has_obs], nw[has_obs])
+    # empirical null of the max-type tests (Efron): their p-values as normal deviates, robustly
+    # standardised per config_type like the chi-square -- heavy tails and correlated components of
+    # honest model errors widen the distribution of a maximum beyond what the per-component
+    # calibration predicts; the location is never below 0 nor the scale below 1
+    if robust:
+        for t in ("forces", "stress", "net_force"):
+            c = _TESTS.index(t)
+            have = np.isfinite(logp[:, c])
+            refm = have & ~held
+            if refm.sum() < 2:
+                continue
+            u = _isf_log(logp[:, c])
+            lo_u, sc_u, nu_u, cal[f"{t}_null"] = _group_calibration(u[refm], ctype[refm].astype(str), robust,
+                                                                    clip_location=True)
+            lu, su, nuu = (np.full(n_frames, cal[f"{t}_null"][i]) for i in range(3))
+            for g in np.unique(ctype[refm].astype(str)):
+                m_fit = ctype[refm].astype(str) == g
+                m_all = ctype.astype(str) == g
+                lu[m_all], su[m_all], nuu[m_all] = lo_u[m_fit][0], sc_u[m_fit][0], nu_u[m_fit][0]
+            logp[have, c] = _log_sf((u[have] - lu[have]) / su[have], nuu[have])
     scales = {}
-    for k, (lo, s_, nu_) in cal.items():
-        scales.update({f"{k}_location": lo, f"{k}_scale": s_, f"{k}_dof": nu_})
+    for k, (lo_, s_, nu_) in cal.items():
+        scales.update({f"{k}_location": lo_, f"{k}_scale": s_, f"{k}_dof": nu_})
     n_tests = np.sum(np.isfinite(logp), axis=1)
     filled = np.where(np.isfinite(logp), logp, np.inf)
     worst = np.argmin(filled, axis=1)
@@ -482,21 +814,87 @@ def _table(ev: dict, frames, alpha: float, robust: bool) -> ScreenTable:
     logp_comb[n_tests == 0] = 0.0
     score = -logp_comb / _LN10 + 0.0  # + 0.0 turns -0.0 into 0.0 for printing
     threshold = alpha / n_frames
+    flag = logp_comb < np.log(threshold)
+    suspect, kind_txt = _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, dup_conflict)
+    # a structure far from the rest of the data can be right and still unpredictable: say so
+    lev_med = float(np.median(lev[np.isfinite(lev)])) if np.isfinite(lev).any() else np.nan
+    for g in np.flatnonzero(flag & (lev > _HIGH_LEVERAGE * lev_med)):
+        kind_txt[g] = f"unusual structure (leverage {lev[g]:.1f}), labels may be right; " + kind_txt[g]
 
     out = {
         "index": np.arange(n_frames),
-        "config_type": np.array([config_type(a, "") for a in frames], dtype=object),
+        "config_type": ctype,
         "n_atoms": np.array([len(a) for a in frames]),
         "leverage": lev,
         **cols,
+        "energy_self_residual": self_r * 1000.0,
         "chi2_dof": np.where(has_obs, chi2_raw / d, np.nan),
+        "duplicate_of": dup,
         "worst": np.array([_TESTS[k] if t else "" for k, t in zip(worst, n_tests)], dtype=object),
         "p_value": np.exp(logp_comb),
         "score": score,
-        "flag": logp_comb < np.log(threshold),
+        "flag": flag,
+        "suspect": suspect,
+        "diagnosis": kind_txt,
         "held_out": held,
     }
     out = {k: out[k] for k in COLUMNS}
     order = np.lexsort((out["index"], -score))
     out = {k: v[order] for k, v in out.items()}
     return ScreenTable(out, alpha, threshold, scales, None)
+
+
+_LABEL_OF_TEST = {"energy": "energy", "energy_self": "energy", "forces": "forces", "net_force": "forces",
+                  "stress": "stress", "chi2": "geometry", "duplicate": "duplicate"}
+
+
+def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, dup_conflict):
+    """Suspected label and most likely kind of error of each flagged structure (see :mod:`.diagnosis`)."""
+    n = len(frames)
+    suspect = np.full(n, "", dtype=object)
+    what = np.full(n, "", dtype=object)
+    lt = np.log(threshold)
+    col = {t: i for i, t in enumerate(_TESTS)}
+    labs, preds = {}, {}
+    for g in np.flatnonzero(flag):
+        row = np.where(np.isfinite(logp[g]), logp[g], np.inf)
+        sig_labels = {lab for t, lab in _LABEL_OF_TEST.items()
+                      if lab in _KINDS and row[col[t]] < lt}
+        best = _TESTS[int(np.argmin(row))]
+        s = _LABEL_OF_TEST[best]
+        if len(sig_labels) >= 2:
+            s = "geometry"
+        elif s == "geometry" and len(sig_labels) == 1:
+            s = sig_labels.pop()
+        suspect[g] = s
+        lab = frame_labels(frames[g], g)
+        pred = {}
+        for k in _KINDS:
+            m = (frame_obs == g) & (kind_obs == k)
+            if k not in lab or not m.any():
+                continue
+            r = r_obs[m] * (len(frames[g]) if k == "energy" else 1.0)
+            L = np.asarray(lab[k], float)
+            if r.size != L.size:
+                continue
+            pred[k] = L - r.reshape(L.shape) if k != "energy" else float(L - r[0])
+        labs[g], preds[g] = lab, pred
+    # swapped energies: two flagged energy suspects of the same size matching each other's predictions
+    partner = {}
+    e_sus = [g for g in np.flatnonzero(flag) if suspect[g] == "energy" and "energy" in preds[g]]
+    for g in e_sus:
+        for h in e_sus:
+            if h == g or len(frames[h]) != len(frames[g]):
+                continue
+            eg, eh, pg, ph = labs[g]["energy"], labs[h]["energy"], preds[g]["energy"], preds[h]["energy"]
+            if abs(eg - ph) + abs(eh - pg) < 0.25 * (abs(eg - pg) + abs(eh - ph)):
+                partner[g] = f"swapped with #{h}"
+                break
+    for g in np.flatnonzero(flag):
+        if dup_conflict[g] and suspect[g] in ("energy", "duplicate"):
+            suspect[g] = "energy"
+            partner.setdefault(g, f"conflicts with duplicate #{int(dup[g])}")
+        net_sig = np.isfinite(logp[g, col["net_force"]]) and logp[g, col["net_force"]] < lt
+        what[g] = diagnose(suspect[g], labs[g], preds[g], len(frames[g]), net_force_significant=net_sig,
+                           partner=partner.get(g))
+    return suspect, what
