@@ -554,7 +554,11 @@ def influence(
     ax : Axes, optional
         Axes to draw into; a new figure is made otherwise.
     z_threshold : float or None, default 3.0
-        Draw horizontal guides at ``±z_threshold``; None for none.
+        Draw horizontal guides at ``±z_threshold`` (named in the legend); None for none.
+
+    Log (symlog for z) axes are used where the values span more than two
+    decades; flagged labels are stacked so that they neither overlap nor
+    leave the axes.
 
     Returns
     -------
@@ -585,19 +589,66 @@ def influence(
     if shown.size:
         ax.scatter(h[shown], zz[shown], s=28, color=PALETTE[1], edgecolors="k",
                    linewidths=0.5, label=f"flagged ({shown.size})", zorder=3)
-        for i in shown:
-            ax.annotate(
-                str(labels[i]) if labels is not None else str(i),
-                (h[i], zz[i]), xytext=(4, 4), textcoords="offset points", fontsize=7,
-            )
     if z_threshold is not None:
         for sign in (1.0, -1.0):
-            ax.axhline(sign * z_threshold, color=_REF_COLOR, linestyle="--", linewidth=0.8,
-                       zorder=1)
-    ax.set_xlabel("leverage")
+            ax.axhline(sign * z_threshold, color=_REF_COLOR, linestyle="--", linewidth=0.8, zorder=1,
+                       label=f"flag threshold |z| = {z_threshold:.3g}" if sign > 0 else None)
+    # log axes where the values span decades (a gross error at z ~ 1000 next to clean ones at 1)
+    hp = h[finite & (h > 0)]
+    if hp.size and hp.max() > 100 * hp.min():
+        ax.set_xscale("log")
+    az = np.abs(zz[finite])
+    if az.size and az.max() > 100 * max(np.median(az), 1e-12):
+        lin = max(float(z_threshold) if z_threshold is not None else 1.0, 1.0)
+        if np.all(zz[finite] >= 0):
+            ax.set_yscale("symlog", linthresh=lin, linscale=0.5)
+            ax.set_ylim(bottom=0)
+        else:
+            ax.set_yscale("symlog", linthresh=lin, linscale=0.5)
+    if ax.get_yscale() == "symlog":
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * 2.0)  # headroom for the top label
+    if shown.size:
+        _label_points(ax, fig, h, zz, shown, labels)
+    ax.set_xlabel("leverage (own labels' weight in own fit, tr H)")
     ax.set_ylabel("leave-one-out z-score")
     _legend(ax, loc="best")
     return fig, ax
+
+
+def _label_points(ax: Axes, fig: Figure, x: np.ndarray, y: np.ndarray, idx: np.ndarray, labels) -> None:
+    """One annotation per point in ``idx``, stacked so that none overlaps another or leaves the axes.
+
+    Labels go to the right of their point (to the left in the right third of
+    the axes) and are pushed apart vertically in display space, top down;
+    a thin line joins a moved label to its point.
+    """
+    fig.canvas.draw()  # the transforms of log/symlog axes need the final limits
+    to_disp = ax.transData.transform
+    pts = to_disp(np.column_stack([x[idx], y[idx]]))
+    bbox = ax.get_window_extent()
+    fontsize = 7
+    step = 1.3 * fontsize * fig.dpi / 72.0  # line height, pixels
+    order = np.argsort(-pts[:, 1])
+    placed_y = []
+    for k in order:
+        px, py = pts[k]
+        ty = min(py, bbox.y1 - step / 2)
+        for other in sorted(placed_y, reverse=True):
+            if abs(ty - other) < step:
+                ty = other - step
+        ty = max(ty, bbox.y0 + step / 2)
+        placed_y.append(ty)
+        right = px < bbox.x0 + 0.66 * bbox.width
+        i = idx[k]
+        text = str(labels[i]) if labels is not None else str(i)
+        # offsets in points from the point itself: they follow the point when the layout moves the axes
+        dpp = fig.dpi / 72.0
+        ax.annotate(
+            text, (x[i], y[i]), xytext=((6 if right else -6), (ty - py) / dpp), textcoords="offset points",
+            fontsize=fontsize, ha="left" if right else "right", va="center", annotation_clip=False,
+            arrowprops={"arrowstyle": "-", "color": _REF_COLOR, "linewidth": 0.5, "shrinkA": 0, "shrinkB": 2},
+        )
 
 
 def learning_curve(
