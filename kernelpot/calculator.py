@@ -18,6 +18,11 @@ key                        shape       meaning
 ``energy_std_epistemic``   scalar      posterior std of the model alone
 ``forces_std_epistemic``   (n, 3)      posterior std of the model alone
 ``stress_std_epistemic``   (6,)        posterior std of the model alone
+``energies_std``           (n,)        posterior std of each local energy (eV); local
+                                       energies are never observed, so this is
+                                       epistemic only (with the energy kind's
+                                       calibration); large where an atom's
+                                       environment is unlike the training data
 =========================  ==========  =============================================
 
 The uncertainty keys are filled when the calculator was made with
@@ -33,7 +38,7 @@ from ase.calculators.calculator import Calculator as _ASECalculator, all_changes
 __all__ = ["Calculator"]
 
 UNCERTAINTY_KEYS = ("energy_std", "forces_std", "stress_std",
-                    "energy_std_epistemic", "forces_std_epistemic", "stress_std_epistemic")
+                    "energy_std_epistemic", "forces_std_epistemic", "stress_std_epistemic", "energies_std")
 
 
 class Calculator(_ASECalculator):
@@ -75,6 +80,6 @@ class Calculator(_ASECalculator):
             self.results["stress"] = r["stress"]
         if self.uncertainty:
             for k in UNCERTAINTY_KEYS:
-                if k.startswith("stress") and not periodic:
-                    continue
+                if (k.startswith("stress") and not periodic) or k not in r:
+                    continue  # e.g. a Committee has no local-energy std
                 self.results[k] = r[k]

@@ -219,7 +219,8 @@ def read_model_file(path, names) -> tuple[dict, dict]:
             meta = {n: m[:2] for n, m in sized.items()}
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, SyntaxError) as exc:
             raise _fail(path, f"it is truncated or corrupted ({exc})") from exc
-        _check_shapes(path, meta, max_sparse=_max_sparse(path, header))
+        _check_shapes(path, meta, len(header["fitted"].get("offset_species_", [])),
+                      max_sparse=_max_sparse(path, header))
         _check_sizes(path, zf, sized)
         arrays = {}
         try:
@@ -231,7 +232,7 @@ def read_model_file(path, names) -> tuple[dict, dict]:
     return header, arrays
 
 
-def _check_shapes(path, meta, max_sparse=None):
+def _check_shapes(path, meta, n_offsets=0, max_sparse=None):
     for n, (shape, dtype) in meta.items():
         if dtype.hasobject or dtype.kind not in "fiu":
             raise _fail(path, f"array {n!r} has dtype {dtype}, expected numbers")
@@ -242,7 +243,10 @@ def _check_shapes(path, meta, max_sparse=None):
     if not 0 < M <= limit:
         raise _fail(path, f"sparse_numbers has shape {meta['sparse_numbers'][0]}, expected (M,) with "
                           f"0 < M <= {limit} (n_sparse x species in the header)")
-    expect = {"Lmm": (M, M), "Lc": (M, M), "Kmm": (M, M), "a": (M,), "alpha_": (M,), "sparse_index_": (M,)}
+    if not (isinstance(n_offsets, int) and 0 <= n_offsets <= 200):
+        raise _fail(path, f"{n_offsets!r} offset parameters, expected one per species")
+    W = M + n_offsets  # whitened weights: sparse environments, then per-species offsets
+    expect = {"Lmm": (M, M), "Kmm": (M, M), "Lc": (W, W), "a": (W,), "alpha_": (W,), "sparse_index_": (M,)}
     for n, shp in expect.items():
         if n in meta and tuple(meta[n][0]) != shp:
             raise _fail(path, f"array {n!r} has shape {tuple(meta[n][0])}, expected {shp} for {M} sparse points")

@@ -45,5 +45,6 @@ def test_local_cluster_fit_equals_in_memory(small_soap):
         # residual moves by up to ~1e-5 of the largest one with them
         v = getattr(d1, k)
         np.testing.assert_allclose(getattr(d2, k), v, rtol=1e-6, atol=1e-5 * np.abs(v).max())
+    # the calibration parameters are fitted to those residuals, which agree to ~1e-5 of their scale
     for kind, w in ref.std_weights_.items():
-        np.testing.assert_allclose(dist.std_weights_[kind], w, rtol=1e-5)
+        np.testing.assert_allclose(dist.std_weights_[kind], w, rtol=1e-4)

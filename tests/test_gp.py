@@ -171,3 +171,25 @@ def test_clear_errors(cuau_model, cu_frames, small_soap):
         SparseGP(descriptor=small_soap, n_sparse=0).fit(cu_frames)
     with pytest.raises(RuntimeError, match="not fitted"):
         SparseGP().predict_frame(cu_frames[0])
+
+
+def test_local_energy_std_is_largest_where_the_environment_is_new(small_soap):
+    """``energies_std``: a model trained on bulk copper is least sure of the surface atoms of a slab."""
+    from ase.build import fcc100
+    from conftest import emt_frames
+    model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False).fit(emt_frames(10, seed=7))
+    slab = fcc100("Cu", size=(2, 2, 4), a=3.61, vacuum=6.0)
+    slab.pbc = True
+    r = model.predict_frame(slab)
+    z = slab.positions[:, 2]
+    surface = (z < z.min() + 0.1) | (z > z.max() - 0.1)
+    assert r["energies_std"].shape == (len(slab),) and np.all(r["energies_std"] > 0)
+    assert r["energies_std"][surface].min() > 2 * r["energies_std"][~surface].max()
+    # the calculator reports the same, and permuting atoms permutes it
+    slab.calc = model.calculator()
+    slab.get_potential_energy()
+    np.testing.assert_allclose(slab.calc.results["energies_std"], r["energies_std"], rtol=1e-12)
+    perm = np.random.default_rng(0).permutation(len(slab))
+    # (bulk-atom variances are differences of O(1) numbers: round-off ~1e-11 eV)
+    np.testing.assert_allclose(model.predict_frame(slab[perm])["energies_std"], r["energies_std"][perm],
+                               rtol=1e-8, atol=1e-9)

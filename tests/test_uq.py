@@ -7,7 +7,7 @@ import pytest
 
 from kernelpot import SparseGP, uq
 from kernelpot.io.labels import frame_labels
-from kernelpot.gp.assembly import training_rows
+from kernelpot.gp.assembly import offset_columns, training_rows
 from kernelpot import load as load_model
 from conftest import emt_frames
 
@@ -46,7 +46,8 @@ def test_single_observation_loo_matches_refit(fitted):
     rows, ys, _ = training_rows(m2, frames[2], frame_labels(frames[2]))
     from kernelpot.gp.likelihood import whiten
     k = 3 * atom + comp
-    m2._stats.add(m2.noise_groups_.index("forces"), whiten(m2._Lmm, rows["forces"][k:k + 1]),
+    m2._stats.add(m2.noise_groups_.index("forces"),
+                  offset_columns(m2, frames[2], "forces", whiten(m2._Lmm, rows["forces"][k:k + 1])),
                   ys["forces"][k:k + 1], None, sign=-1.0)
     m2._solve()
     p = m2.predict_frame(frames[2], return_std=False)
@@ -63,54 +64,80 @@ def test_leverage_properties(fitted):
     assert np.all(d.loo_std >= d.sigma - 1e-15)
 
 
-def _synthetic_diag(w_a, w_e, n=4000, seed=0):
-    """LOO diagnostics whose residuals follow N(0, w_a noise^2 + w_e epistemic), heteroscedastic parts."""
+def _synthetic_diag(w_a, w_e, gamma=1.0, n=4000, seed=0):
+    """LOO diagnostics whose residuals follow the calibration model with known parameters.
+
+    ``r ~ N(0, w_a noise^2 + w_e v (max(v, v_ref) / v_ref)^(gamma - 1))`` with heteroscedastic latent
+    variance ``v``; each observation is its own atom, so its invariant amplitude is ``v``.
+    """
     rng = np.random.default_rng(seed)
     sigma = np.full(n, 0.1)
     epi = 0.2 * rng.lognormal(sigma=1.0, size=n) ** 2      # raw epistemic variance, from 0.003 to 3
+    vref = np.median(epi)
     loo_std = np.sqrt(sigma ** 2 + 0.3 * epi)              # split between DTC posterior and Nystrom
     loo_pred = np.sqrt(sigma ** 2 + epi)
-    r = rng.normal(size=n) * np.sqrt(w_a * sigma ** 2 + w_e * epi)
+    r = rng.normal(size=n) * np.sqrt(w_a * sigma ** 2 + w_e * epi * (np.maximum(epi, vref) / vref) ** (gamma - 1))
     # components fixed by symmetry: zero epistemic variance and zero residual; must be ignored
     sigma, loo_std, loo_pred, r = (np.r_[x, v] for x, v in
                                    zip((sigma, loo_std, loo_pred, r), (np.full(500, 0.1),) * 3 + (np.zeros(500),)))
     z = np.zeros(r.size)
-    i = np.full(r.size, -1)
-    return uq.TrainingDiagnostics(kind=np.array(["forces"] * r.size), frame=i, atom=i, component=i, residual=r,
-                                  leverage=z, sigma=sigma, loo_residual_obs=r, z_obs=z, loo_residual=r,
+    frame = np.arange(r.size)
+    zero = np.zeros(r.size, dtype=int)
+    return uq.TrainingDiagnostics(kind=np.array(["forces"] * r.size), frame=frame, atom=zero, component=zero,
+                                  residual=r, leverage=z, sigma=sigma, loo_residual_obs=r, z_obs=z, loo_residual=r,
                                   loo_std=loo_std, z=z, loo_std_predictive=loo_pred, z_predictive=r / loo_pred,
                                   frame_chi2=z, frame_dof=z, frame_leverage=z)
 
 
-@pytest.mark.parametrize("w_a, w_e", [(0.05, 0.3), (2.0, 3.0), (1.0, 1.0)])
-def test_recalibration_weights_recover_known_split(w_a, w_e):
-    w = uq.recalibration_weights(_synthetic_diag(w_a, w_e))["forces"]
-    assert w[0] == pytest.approx(w_a, rel=0.15)
-    assert w[1] == pytest.approx(w_e, rel=0.1)
+@pytest.mark.parametrize("w_a, w_e, gamma", [(0.05, 0.3, 1.0), (2.0, 3.0, 1.0), (1.0, 1.0, 1.6), (3.0, 0.5, 2.2)])
+def test_recalibration_weights_recover_known_parameters(w_a, w_e, gamma):
+    wa, we, g, vref, amax = uq.recalibration_weights(_synthetic_diag(w_a, w_e, gamma))["forces"]
+    assert wa == pytest.approx(w_a, rel=0.15)
+    assert we == pytest.approx(w_e, rel=0.1)
+    assert g == pytest.approx(gamma, abs=0.08)
 
 
-def test_epistemic_weight_never_below_one_scale():
-    # the epistemic variance is over-estimated 20x: the free optimum would shrink it to 0.05,
-    # leaving sigma far from the data to the noise; the bound keeps it at the single scale
-    d = _synthetic_diag(2.0, 0.05)
-    epi = d.loo_std_predictive ** 2 - d.sigma ** 2
-    ok = epi > 1e-6 * epi.max()                 # the informative observations, as in the function
-    s2 = np.mean(d.z_predictive[ok] ** 2)
-    wa, we = uq.recalibration_weights(d)["forces"]
-    assert we == pytest.approx(s2, rel=1e-6)
-    assert wa > s2                      # the rest of the misfit goes to the noise
+def test_total_sigma_never_below_the_noise_floor():
+    # residuals much smaller than the learned noise: the noise weight follows them down, but
+    # never so far that a total sigma falls below the floor (here 0.05 with a learned noise of 0.1)
+    d = _synthetic_diag(0.01, 0.3)
+    w = uq.recalibration_weights(d, floors={"forces": 0.05})["forces"]
+    assert w[0] == pytest.approx(0.25, rel=1e-6)
+    epi, total = uq.variance(w, 0.1, np.array([0.0, 1e-8, 1.0]))
+    assert np.all(total >= 0.05 ** 2 * (1 - 1e-9))
+    w_free = uq.recalibration_weights(d, floors={"forces": 1e-4})["forces"]
+    assert w_free[0] == pytest.approx(0.01, rel=0.3)   # the bound is what held it: the data ask for less
 
 
 def test_recalibration_weights_edge_cases():
-    # too few informative observations: one scale, sqrt(mean z^2), for both parts
+    # too few informative observations: one scale, mean z^2, for both parts (noise part at least 1)
     d = _synthetic_diag(0.05, 0.3, n=10)
-    wa, we = uq.recalibration_weights(d)["forces"]
+    wa, we, gamma, _, _ = uq.recalibration_weights(d)["forces"]
     ok = d.loo_std_predictive > d.sigma * (1 + 1e-12)
-    assert wa == we == pytest.approx(np.mean(d.z_predictive[ok] ** 2))
+    s2 = np.mean(d.z_predictive[ok] ** 2)
+    assert we == pytest.approx(s2) and wa == pytest.approx(s2) and gamma == 1.0
     # all residuals zero: nothing to calibrate against, the kind is left raw
     d = _synthetic_diag(1.0, 1.0)
     d.loo_residual[:] = 0.0
     assert uq.recalibration_weights(d) == {}
+
+
+def _calibration_nll(d, kind, w):
+    """The objective of recalibration_weights, written out independently: mean NLL of each held-out set."""
+    from kernelpot.gp.calibration import amplitudes
+    epi = np.maximum(d.loo_std_predictive ** 2 - d.sigma ** 2, 0.0)
+    amp = amplitudes(d.kind, d.frame, d.atom, d.component, epi)
+    ok = uq.informative(d) & (d.kind == kind)
+    sets = [(d.loo_residual[ok], d.sigma[ok], epi[ok], amp[ok])]
+    g = d.group_loo
+    gamp = amplitudes(g["kind"], g["frame"], g["atom"], g["component"], g["epistemic"])
+    sel = (g["kind"] == kind) & (g["epistemic"] > 1e-6 * g["epistemic"][g["kind"] == kind].max())
+    sets.append((g["residual"][sel], g["sigma"][sel], g["epistemic"][sel], gamp[sel]))
+    total = 0.0
+    for r, s, e, a in sets:
+        _, v = uq.variance(w, s, e, a)
+        total += np.mean(np.log(v) + r ** 2 / v)
+    return total / len(sets)
 
 
 def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
@@ -119,26 +146,25 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     weights = uq.recalibrate(m)
     assert set(weights) == {"energy", "forces", "stress"}
     assert all(np.all(np.isfinite(v)) and min(v) > 0 for v in weights.values())
-    # the weights are the maximum of the training LOO likelihood: no nearby pair does better
-    d = uq.leave_one_out(model)
-    sel = d.kind == "forces"
-    r, s2 = d.loo_residual[sel], d.sigma[sel] ** 2
-    epi = d.loo_std_predictive[sel] ** 2 - s2
-    ok = epi > 1e-6 * epi.max()
-
-    def nll(wa, we):
-        v = wa * s2[ok] + we * epi[ok]
-        return np.mean(np.log(v) + r[ok] ** 2 / v)
-
-    wa, we = weights["forces"]
-    for fa, fe in [(1.2, 1), (1 / 1.2, 1), (1, 1.2), (1, 1 / 1.2)]:
-        assert nll(wa, we) < nll(fa * wa, fe * we)
+    # the parameters are the maximum of the held-out likelihood: no nearby point does better
+    from kernelpot.gp.group_loo import calibration_groups
+    groups, _ = calibration_groups(model, model._train_frames)
+    d = uq.leave_one_out(model, groups=groups)
+    assert d.group_loo is not None and len(d.group_loo["residual"]) > 0
+    wa, we, gamma, vref, amax = weights["forces"]
+    best = _calibration_nll(d, "forces", weights["forces"])
+    for step in [(1.2, 1, 0), (1, 1.2, 0), (1, 1 / 1.2, 0), (1, 1, 0.1), (1 / 1.2, 1, 0)] \
+            + ([(1, 1, -0.1)] if gamma > 1.1 else []):
+        assert best < _calibration_nll(d, "forces", (wa * step[0], we * step[1], gamma + step[2], vref, amax))
     a = emt_frames(1, symbols=("Cu", "Au"), size=(1, 1, 2), seed=99)[0]
     r0, r1 = model.predict_frame(a), m.predict_frame(a)
     noise2 = r0["forces_std"] ** 2 - r0["forces_std_epistemic"] ** 2
-    np.testing.assert_allclose(r1["forces_std_epistemic"], np.sqrt(we) * r0["forces_std_epistemic"], rtol=1e-12)
-    np.testing.assert_allclose(r1["forces_std"] ** 2, wa * noise2 + we * r0["forces_std_epistemic"] ** 2,
-                               rtol=1e-10)
+    v = r0["forces_std_epistemic"] ** 2                        # raw latent variance (model has no weights)
+    amp = v.mean(axis=1, keepdims=True)                        # rotation-invariant: a third of the trace per atom
+    epi = we * v * (np.clip(amp, vref, amax) / vref) ** (gamma - 1)
+    np.testing.assert_allclose(r1["forces_std_epistemic"] ** 2, epi, rtol=1e-10)
+    np.testing.assert_allclose(r1["forces_std"] ** 2, wa * noise2 + epi, rtol=1e-10)
+    assert np.all(r1["forces_std"] >= 1e-3 * (1 - 1e-12))   # never below the noise floor
     np.testing.assert_allclose(r1["forces"], r0["forces"], rtol=0, atol=0)
     raw = m.predict_frame(a, calibrated=False)
     for k in ("energy_std", "forces_std", "stress_std", "forces_std_epistemic"):
@@ -160,3 +186,108 @@ def test_predictive_loo_std_matches_refit_prediction_std(fitted):
     np.testing.assert_allclose(d.loo_std_predictive[sel], p["forces_std"].ravel(), rtol=1e-6)
     e = (d.frame == g) & (d.kind == "energy")
     assert d.loo_std_predictive[e][0] == pytest.approx(p["energy_std"] / len(frames[g]), rel=1e-6)
+
+
+def test_group_loo_matches_refit_without_the_group(fitted):
+    """Leave-one-group-out residuals and variances equal a brute-force refit without the group's frames."""
+    model, frames = fitted
+    groups = np.array([0, 0, 1, 1, 1, 2, 2, -1])          # the last frame is in no group
+    d = uq.leave_one_out(model, groups=groups)
+    g = d.group_loo
+    assert set(np.unique(g["group"])) == {0, 1, 2}
+    for k in (1, 2):
+        ref = copy.deepcopy(model).refit([a for i, a in enumerate(frames) if groups[i] != k])
+        for fi in np.flatnonzero(groups == k):
+            p = ref.predict_frame(frames[fi], calibrated=False)
+            lab = frame_labels(frames[fi])
+            n = len(frames[fi])
+            sel = g["frame"] == fi
+            e = sel & (g["kind"] == "energy")
+            assert g["residual"][e][0] == pytest.approx((lab["energy"] - p["energy"]) / n, rel=1e-6)
+            total = g["sigma"][e][0] ** 2 + g["epistemic"][e][0]
+            assert total == pytest.approx((p["energy_std"] / n) ** 2, rel=1e-6)
+            f = sel & (g["kind"] == "forces")
+            assert f.sum() == 12                      # all three components of 4 atoms
+            atom, comp = g["atom"][f], g["component"][f]
+            np.testing.assert_allclose(g["residual"][f], lab["forces"][atom, comp] - p["forces"][atom, comp],
+                                       rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(g["sigma"][f] ** 2 + g["epistemic"][f], p["forces_std"][atom, comp] ** 2,
+                                       rtol=1e-6)
+            s = sel & (g["kind"] == "stress")
+            np.testing.assert_allclose(g["residual"][s], lab["stress"] - p["stress"], rtol=1e-6, atol=1e-11)
+
+
+def test_offsets_are_bayesian_parameters_equal_to_brute_force_regression(small_soap):
+    """Per-species offsets and GP weights have the joint posterior of one Bayesian linear regression.
+
+    Built independently from the design rows: prior N(0, I) on whitened weights
+    [v (GP), b (offsets)], observations y = delta (A v + kappa c . b) + noise.  A
+    composition direction that the data do not determine keeps its prior variance
+    (kappa delta)^2 per atom, and a structure of another composition shows it in its sigma.
+    """
+    import warnings
+    from kernelpot.gp.likelihood import whiten
+    frames = emt_frames(6, symbols=("Cu", "Au"), size=(1, 1, 2), seed=5, noise={"energy": 0.003})
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        model = SparseGP(descriptor=small_soap, n_sparse=30, fit_forces=False, fit_stress=False,
+                         calibrate=False, verbose=False).fit(frames)
+    assert any("cannot separate the energy offsets of Au, Cu" in str(x.message) for x in w)
+    post, delta = model.posterior_, model.delta_
+    Phi, y, sig = [], [], []
+    for a in frames:
+        rows, ys, scales = training_rows(model, a, frame_labels(a))
+        Phi.append(delta * offset_columns(model, a, "energy", whiten(model._Lmm, rows["energy"])))
+        y.append(ys["energy"])
+        sig.append(model.noise_["energy"] * scales["energy"])
+    Phi, y, sig = np.vstack(Phi), np.concatenate(y), np.concatenate(sig)
+    prec = np.eye(Phi.shape[1]) + Phi.T @ (Phi / sig[:, None] ** 2)
+    cov = np.linalg.inv(prec)
+    mean = cov @ Phi.T @ (y / sig ** 2)
+    M = model.sparse_.size
+    kappa = model.offset_kappa_
+    # offsets per atom: delta * kappa * b
+    np.testing.assert_allclose(post.alpha[M:], delta * kappa * mean[M:], rtol=1e-6, atol=1e-9)
+    cov_off = (delta * kappa) ** 2 * cov[M:, M:]
+    # every frame has Cu:Au 1:1, so Cu - Au is undetermined: its posterior variance is the prior's
+    d = np.array([1.0, -1.0]) / np.sqrt(2) if model.offset_species_[0] == 29 else np.array([-1.0, 1.0]) / np.sqrt(2)
+    assert d @ cov_off @ d == pytest.approx((delta * kappa) ** 2, rel=1e-6)
+    # weight samples reproduce that covariance (sampling error ~ sqrt(2 / 4000))
+    samples = model.sample_weights(4000, random_state=1)[:, M:]
+    np.testing.assert_allclose(np.cov(samples.T), cov_off, rtol=0.1, atol=0.1 * np.abs(cov_off).max())
+    # a pure-Cu cell (another composition): its energy sigma includes that direction
+    pure = emt_frames(1, symbols=("Cu",), size=(1, 1, 2), seed=6)[0]
+    c = np.array([np.sum(pure.numbers == z) for z in model.offset_species_], float)
+    p = model.predict_frame(pure, forces=False, stress=False)
+    assert p["energy_std_epistemic"] ** 2 >= c @ cov_off @ c * (1 - 1e-6)
+
+
+def test_posterior_calculators_spread_like_the_calibrated_sigma(fitted):
+    """Sampled energies of the reference structure spread as the calculator's calibrated sigma says."""
+    model, frames = fitted
+    m = copy.deepcopy(model)
+    uq.recalibrate(m)
+    a = emt_frames(1, symbols=("Cu", "Au"), size=(1, 1, 2), seed=42)[0]
+    calcs = m.posterior_calculators(400, random_state=0, reference=a)
+    e = []
+    for c in calcs:
+        b = a.copy()
+        b.calc = c
+        e.append(b.get_potential_energy())
+    want = m.predict_frame(a)["energy_std_epistemic"]
+    # sample std of 400 Gaussian draws: relative error ~ 1 / sqrt(800) = 3.5 %
+    assert np.std(e, ddof=1) == pytest.approx(want, rel=0.12)
+    assert np.mean(e) == pytest.approx(m.predict_frame(a)["energy"], abs=3 * want / np.sqrt(400))
+    # forces of each sample are the derivative of its own energy
+    b = a.copy()
+    b.calc = calcs[0]
+    f = b.get_forces()
+    h = 1e-4
+    b.positions[0, 1] += h
+    ep = b.get_potential_energy()
+    b.positions[0, 1] -= 2 * h
+    em = b.get_potential_energy()
+    assert f[0, 1] == pytest.approx(-(ep - em) / (2 * h), rel=1e-5, abs=1e-7)
+    # without a reference the spread is the raw weight posterior's, which misses the Nystrom part
+    raw = m.posterior_calculators(400, random_state=0)
+    assert raw[0].scale == 1.0 and calcs[0].scale > 1.0

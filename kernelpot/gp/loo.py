@@ -32,6 +32,7 @@ import scipy.linalg as sla
 
 from kernelpot.io.labels import frame_labels
 from kernelpot.gp.assembly import chunks, offset_columns, progress, training_rows, worker_view
+from kernelpot.gp.group_loo import GroupAccumulator
 from kernelpot.gp.likelihood import whiten
 
 __all__ = ["TrainingDiagnostics", "leave_one_out"]
@@ -81,9 +82,11 @@ class TrainingDiagnostics:
     frame_chi2: np.ndarray
     frame_dof: np.ndarray
     frame_leverage: np.ndarray
+    # leave-one-group-out residuals (see kernelpot.gp.group_loo), when groups were given
+    group_loo: dict | None = None
 
 
-def leave_one_out(model, frames=None) -> TrainingDiagnostics:
+def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
     """Leverage and closed-form LOO for every training observation.
 
     Parameters
@@ -94,6 +97,10 @@ def leave_one_out(model, frames=None) -> TrainingDiagnostics:
         The training frames (default: those the model was fitted on).  Passing
         other frames is an error in meaning, not detected: the hat matrix is
         that of the training set.
+    groups : (n_frames,) int array, optional
+        Also leave out each group of frames in turn (``-1``: in no group; see
+        :mod:`kernelpot.gp.group_loo`), in the same pass; the residuals are in
+        ``group_loo``.
 
     With a Dask client on the model (``SparseGP(client=...)``) the frames
     are processed on the workers in chunks of ``chunk_size``; each frame is
@@ -111,28 +118,35 @@ def leave_one_out(model, frames=None) -> TrainingDiagnostics:
     model._check_fitted()
     frames = model._train_frames if frames is None else list(frames)
     client = getattr(model, "client", None)
+    acc = None if groups is None else GroupAccumulator(groups, len(model.posterior_.a))
     if client is None:
-        parts = [_frame_loo(model, a, fi) for fi, a in
+        parts = [_frame_loo(model, a, fi, acc) for fi, a in
                  progress(list(enumerate(frames)), getattr(model, "verbose", False), "leave-one-out")]
     else:
         cs = chunks(len(frames), model.chunk_size)
         futs = client.map(_chunk_loo, [worker_view(model)] * len(cs), [frames[c] for c in cs],
-                          [c.start for c in cs], pure=False)
-        parts = [p for part in client.gather(futs) for p in part]
+                          [c.start for c in cs], [groups] * len(cs), pure=False)
+        parts = []
+        for chunk_parts, chunk_acc in client.gather(futs):
+            parts += chunk_parts
+            if acc is not None:
+                acc.merge(chunk_acc)
     out = {k: (np.array([x for p in parts for x in p[k]]) if k == "kind" else np.concatenate([p[k] for p in parts]))
-           for k in TrainingDiagnostics.__dataclass_fields__ if k not in _FRAME_FIELDS}
-    return TrainingDiagnostics(**out, **{k: np.array([p[k] for p in parts]) for k in _FRAME_FIELDS})
+           for k in TrainingDiagnostics.__dataclass_fields__ if k not in _FRAME_FIELDS + ("group_loo",)}
+    return TrainingDiagnostics(**out, **{k: np.array([p[k] for p in parts]) for k in _FRAME_FIELDS},
+                               group_loo=None if acc is None else acc.residuals(model.posterior_))
 
 
 _FRAME_FIELDS = ("frame_chi2", "frame_dof", "frame_leverage")
 
 
-def _chunk_loo(model, frames, start):
+def _chunk_loo(model, frames, start, groups=None):
     """:func:`_frame_loo` of consecutive training frames ``start, start + 1, ...`` (a Dask task)."""
-    return [_frame_loo(model, a, start + i) for i, a in enumerate(frames)]
+    acc = None if groups is None else GroupAccumulator(groups, len(model.posterior_.a))
+    return [_frame_loo(model, a, start + i, acc) for i, a in enumerate(frames)], acc
 
 
-def _frame_loo(model, a, fi: int) -> dict:
+def _frame_loo(model, a, fi: int, acc=None) -> dict:
     """Per-observation LOO columns of training frame ``fi`` and its per-frame statistics."""
     post = model.posterior_
     u = post.delta ** 2
@@ -176,6 +190,8 @@ def _frame_loo(model, a, fi: int) -> dict:
     cov_diag = np.diag(sla.cho_solve(Lf, np.eye(len(y)), check_finite=False))
     r_loo = sig * rt_loo
     loo_std = sig * np.sqrt(cov_diag)
+    if acc is not None:
+        acc.add(fi, A, y, sig, np.concatenate(nys), kind, unit, np.concatenate(atom), np.concatenate(comp))
     loo_std_pred = np.sqrt(loo_std ** 2 + np.concatenate(nys))
     return {"kind": kind, "frame": np.full(len(y), fi), "atom": np.concatenate(atom),
             "component": np.concatenate(comp), "residual": r * unit, "leverage": h, "sigma": sig * unit,

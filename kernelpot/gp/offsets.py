@@ -1,10 +1,23 @@
 """Per-species energy offsets: isolated-atom energies ``e0`` and mean offsets ``mu``.
 
 The local GP models energies relative to ``sum_i (e0[Z_i] + mu[Z_i])``.
-``e0`` comes from isolated-atom frames (or the user); ``mu`` is the least
-squares fit, on composition, of what ``e0`` and the baseline leave of the
-other frames' energies (for species without an isolated-atom frame this is
-their e0).
+``e0`` comes from isolated-atom frames (or the user); ``mu`` is the
+minimum-norm least-squares fit, on composition, of what ``e0`` and the
+baseline leave of the other frames' energies (for species without an
+isolated-atom frame this is their e0).
+
+``mu`` is only the prior mean of the offsets.  The fit treats a correction
+``b[Z]`` per species and atom as Bayesian parameters with prior
+``N(0, (kappa delta)^2)``, estimated jointly with the GP weights (extra
+columns of the energy observations: the number of atoms of each species;
+:mod:`kernelpot.gp.assembly`, :mod:`kernelpot.gp.posterior`).  Directions of
+composition space that the training energies determine are then fitted as
+before, and the ones they do not -- every structure of Cu3Au has three Cu per
+Au, so Cu and Au offsets cannot be told apart -- keep their prior variance,
+which enters every energy sigma of a structure with another composition.
+``kappa = 1``: a species' offset is a priori as uncertain as one local
+energy (``delta``).  :func:`composition_null_space` names the species that
+cannot be separated; ``SparseGP.fit`` warns with it.
 """
 
 from __future__ import annotations
@@ -13,7 +26,9 @@ import numpy as np
 
 from kernelpot.io.labels import is_isolated_atom
 
-__all__ = ["fit_offsets"]
+__all__ = ["fit_offsets", "composition_matrix", "composition_null_space", "OFFSET_KAPPA"]
+
+OFFSET_KAPPA = 1.0
 
 
 def _e0_table(e0) -> dict:
@@ -58,13 +73,50 @@ def fit_offsets(frames, labels, species, e0, baseline_energy):
     elif e0 is not None:
         raise ValueError(f"e0 must be 'auto', None or a dict {{element: eV}}, got {e0!r}")
     e0_ = {z: table.get(z, 0.0) for z in Zs}
-    rows, ys = [], []
-    for a, lab in zip(frames, labels):
-        if "energy" in lab and not is_isolated_atom(a):
-            comp = np.array([np.sum(a.numbers == z) for z in Zs], float)
-            rows.append(comp)
-            ys.append(lab["energy"] - baseline_energy(a) - sum(e0_[z] * c for z, c in zip(Zs, comp)))
+    A = composition_matrix(frames, labels, Zs)
+    ys = [lab["energy"] - baseline_energy(a) - sum(e0_[z] * np.sum(a.numbers == z) for z in Zs)
+          for a, lab in zip(frames, labels) if "energy" in lab and not is_isolated_atom(a)]
     mu = np.zeros(len(Zs))
-    if rows:
-        mu = np.linalg.lstsq(np.array(rows), np.array(ys), rcond=None)[0]
+    if len(ys):
+        mu = np.linalg.lstsq(A, np.array(ys), rcond=None)[0]
     return e0_, {z: float(m) for z, m in zip(Zs, mu)}
+
+
+def composition_matrix(frames, labels, species) -> np.ndarray:
+    """Atoms of each species (columns, in ``species`` order) in every frame with an energy, isolated atoms excluded.
+
+    Returns
+    -------
+    (n_frames_with_energy, n_species) float array
+    """
+    Zs = [int(z) for z in species]
+    rows = [[np.sum(a.numbers == z) for z in Zs] for a, lab in zip(frames, labels)
+            if "energy" in lab and not is_isolated_atom(a)]
+    return np.array(rows, float).reshape(len(rows), len(Zs))
+
+
+def composition_null_space(A: np.ndarray, species, tol: float = 1e-8) -> list:
+    """Combinations of per-species offsets that the energies with composition matrix ``A`` do not determine.
+
+    Parameters
+    ----------
+    A : (n_frames, n_species) array
+        From :func:`composition_matrix`.
+    species : sequence of int
+
+    Returns
+    -------
+    list of dict
+        One ``{symbol: coefficient}`` per undetermined direction (unit norm,
+        coefficients below 1e-6 dropped); empty when the offsets are all determined.
+    """
+    from ase.data import chemical_symbols
+    S = len(species)
+    if A.size == 0:
+        vs = np.eye(S)
+    else:
+        _, sv, vt = np.linalg.svd(A, full_matrices=True)
+        rank = int(np.sum(sv > tol * max(sv.max(initial=0.0), 1.0)))
+        vs = vt[rank:]
+    return [{chemical_symbols[int(z)]: float(round(c, 6)) for z, c in zip(species, v) if abs(c) > 1e-6}
+            for v in vs]

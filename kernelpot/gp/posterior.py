@@ -16,6 +16,12 @@ whitened solution ``a``.  With reduced design rows ``k`` of an observation
   of the prior the sparse set cannot represent;
 * weight samples: ``alpha + delta L^-T Lc^-T z``, ``z ~ N(0, I)``.
 
+The whitened weights have ``S`` more entries than sparse environments: the
+Bayesian per-species offsets (:mod:`kernelpot.gp.offsets`), whose design
+column in an energy observation is ``kappa`` times the number of atoms of
+that species and zero elsewhere.  ``alpha`` holds the ``M`` kernel weights
+followed by the ``S`` fitted offset corrections (eV per atom).
+
 One :class:`Posterior` object answers these for every consumer (the
 estimator's ``predict``, the leave-one-out, posterior calculators), in the
 spirit of GPflow's ``posteriors.py``: they cannot disagree.
@@ -23,16 +29,17 @@ spirit of GPflow's ``posteriors.py``: they cannot disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.linalg as sla
 
 from kernelpot.gp.design import SparseSet, frame_design, frame_mean
 from kernelpot.gp.likelihood import GroupStats, posterior_factor
-from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_stress_var
+from kernelpot.gp.kernels import dot_kernel
+from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_local_var, prior_stress_var
 
-__all__ = ["Posterior", "tri_solve"]
+__all__ = ["Posterior", "tri_solve", "variance", "invariant_amplitude", "predictive_std"]
 
 
 def tri_solve(L, B, lower=True):
@@ -60,8 +67,13 @@ class Posterior:
         Lower Cholesky factor of the whitened posterior precision.
     a : (M,) array
         Whitened posterior mean.
-    alpha : (M,) array
-        Weights of the sparse kernels in the mean (eV).
+    alpha : (M + S,) array
+        Weights of the sparse kernels in the mean (eV), then the posterior
+        mean of the per-species offset corrections (eV/atom).
+    offset_species : (S,) int array
+        Species of the offset parameters (empty: no offset parameters).
+    kappa : float
+        Prior std of an offset parameter in units of ``delta`` (per atom).
     """
 
     sparse: SparseSet
@@ -72,39 +84,93 @@ class Posterior:
     Lc: np.ndarray
     a: np.ndarray
     alpha: np.ndarray
+    offset_species: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    kappa: float = 0.0
 
     @classmethod
     def from_statistics(cls, theta: np.ndarray, stats: GroupStats, sparse: SparseSet, zeta: float,
-                        Kmm: np.ndarray, Lmm: np.ndarray) -> "Posterior":
+                        Kmm: np.ndarray, Lmm: np.ndarray, offset_species=(), kappa: float = 0.0) -> "Posterior":
         """Solve for the posterior given log hyperparameters and whitened statistics."""
         Lc, a, u, _ = posterior_factor(theta, stats)
-        alpha = u * tri_solve(Lmm.T, a, lower=False)
-        return cls(sparse, float(zeta), float(np.exp(theta[0])), Kmm, Lmm, Lc, a, alpha)
+        post = cls(sparse, float(zeta), float(np.exp(theta[0])), Kmm, Lmm, Lc, a, None,
+                   np.asarray(offset_species, dtype=int), float(kappa))
+        post.alpha = post._weights(a)
+        return post
+
+    @property
+    def n_offsets(self) -> int:
+        return len(self.offset_species)
+
+    def _weights(self, a):
+        """Kernel weights and offset corrections from whitened weights ``a`` (M + S,) or (M + S, k)."""
+        M = self.sparse.size
+        u = self.delta ** 2
+        return np.concatenate([u * tri_solve(self.Lmm.T, a[:M], lower=False), u * self.kappa * a[M:]])
+
+    def _offset_columns(self, numbers) -> np.ndarray:
+        """``kappa`` times the atom count of each offset species, (S,)."""
+        return self.kappa * np.array([np.sum(numbers == z) for z in self.offset_species], float)
 
     # -------------------------------------------------------------- mean
     def mean(self, feat, volume, forces=True, stress=False, alpha=None) -> dict:
-        """Latent local energies (n,), forces (n, 3) and stress (6,) of one structure's features."""
-        return frame_mean(feat, self.sparse, self.alpha if alpha is None else alpha, self.zeta, volume,
-                          forces=forces, stress=stress)
+        """Latent local energies (n,), forces (n, 3) and stress (6,) of one structure's features.
+
+        The local energies include the fitted offset corrections.
+        """
+        w = self.alpha if alpha is None else alpha
+        M = self.sparse.size
+        out = frame_mean(feat, self.sparse, w[:M], self.zeta, volume, forces=forces, stress=stress)
+        if self.n_offsets:
+            shift = dict(zip(self.offset_species.tolist(), w[M:]))
+            out["energies"] = out["energies"] + np.array([shift.get(int(z), 0.0) for z in feat.numbers])
+        return out
 
     def design(self, feat, volume, forces=True, stress=False) -> dict:
         """Reduced design rows (see :func:`kernelpot.gp.design.frame_design`)."""
         return frame_design(feat, self.sparse, self.zeta, volume, forces=forces, stress=stress)
 
     # ---------------------------------------------------------- variance
-    def latent_variance(self, rows: np.ndarray, prior: np.ndarray) -> np.ndarray:
-        """Epistemic variance (eV^2 units of the observation) of observations with design ``rows`` (n, M)."""
+    def latent_variance(self, rows: np.ndarray, prior: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+        """Epistemic variance (squared units of the observation) of observations with design ``rows`` (n, M).
+
+        ``offsets`` (S, n): their offset columns (:meth:`_offset_columns` for a
+        total energy; zeros, the default, for forces and stresses).  The
+        offsets are represented exactly, so they add nothing to the Nystrom
+        residual; their posterior variance enters through ``Lc``.
+        """
         v1 = tri_solve(self.Lmm, rows.T)
+        nystrom = prior - np.sum(v1 ** 2, axis=0)
+        if self.n_offsets:
+            extra = np.zeros((self.n_offsets, v1.shape[1])) if offsets is None else offsets
+            v1 = np.vstack([v1, extra])
         v2 = tri_solve(self.Lc, v1)
-        var = self.delta ** 2 * (prior - np.sum(v1 ** 2, axis=0) + np.sum(v2 ** 2, axis=0))
+        var = self.delta ** 2 * (nystrom + np.sum(v2 ** 2, axis=0))
         return np.maximum(var, 0.0)
 
+    def weight_variance_of_energy(self, feat) -> float:
+        """Variance of a structure's total energy over the posterior of the weights alone (eV^2).
+
+        The part of the latent variance that weight samples carry: the DTC
+        posterior without the Nystrom residual (which no finite set of weights
+        represents).
+        """
+        d = self.design(feat, None, forces=False, stress=False)
+        v1 = tri_solve(self.Lmm, d["energy"][:, None])
+        if self.n_offsets:
+            v1 = np.vstack([v1, self._offset_columns(feat.numbers)[:, None]])
+        return float(self.delta ** 2 * np.sum(tri_solve(self.Lc, v1) ** 2))
+
     def latent_variances(self, feat, volume, forces=True, stress=False, design=None) -> dict:
-        """Epistemic variances of the total energy (scalar), forces (n, 3) and stress (6,)."""
+        """Epistemic variances of the total energy (scalar), local energies (n,), forces (n, 3) and stress (6,)."""
         d = self.design(feat, volume, forces, stress) if design is None else design
         n = len(feat.numbers)
         out = {"energy": float(self.latent_variance(d["energy"][None, :],
-                                                    np.atleast_1d(prior_energy_var(feat, self.zeta)))[0])}
+                                                    np.atleast_1d(prior_energy_var(feat, self.zeta)),
+                                                    self._offset_columns(feat.numbers)[:, None])[0])}
+        # local energies: kernel rows of each atom, and its own offset column
+        K = dot_kernel(feat.features, self.sparse.X, self.zeta) * (feat.numbers[:, None] == self.sparse.numbers[None, :])
+        onehot = self.kappa * (self.offset_species[:, None] == np.asarray(feat.numbers)[None, :]).astype(float)
+        out["energies"] = self.latent_variance(K, prior_local_var(feat, self.zeta), onehot)
         if forces:
             out["forces"] = self.latent_variance(d["forces"], prior_force_var(feat, self.zeta).ravel()).reshape(n, 3)
         if stress:
@@ -113,18 +179,70 @@ class Posterior:
 
     # ----------------------------------------------------------- samples
     def sample_weights(self, n_samples: int, random_state=0) -> np.ndarray:
-        """Samples of the sparse weights from ``N(alpha, C^-1)``, shape (n_samples, M)."""
+        """Samples of the weights (kernel weights and offset corrections) from the posterior, (n_samples, M + S).
+
+        Whitened weights ``a + Lc^-T z / delta`` (``z ~ N(0, I)``) mapped as ``alpha``:
+        for the kernel weights ``Cov = delta^2 L^-T Chat^-1 L^-1``.
+        """
         rng = np.random.default_rng(random_state)
-        z = rng.standard_normal((self.sparse.size, n_samples))
-        # Cov(alpha) = C^-1 = delta^2 L^-T Chat^-1 L^-1 = (delta L^-T Lc^-T)(...)^T
-        eps = self.delta * tri_solve(self.Lmm.T, tri_solve(self.Lc.T, z, lower=False), lower=False)
-        return (self.alpha[:, None] + eps).T
+        z = rng.standard_normal((len(self.a), n_samples))
+        a_s = self.a[:, None] + tri_solve(self.Lc.T, z, lower=False) / self.delta
+        return self._weights(a_s).T
 
 
-def predictive_std(var_epistemic, noise, weights=(1.0, 1.0)):
-    """Epistemic and total std from a latent variance and a noise std, with calibration weights.
+def invariant_amplitude(kind: str, var: np.ndarray) -> np.ndarray:
+    """A rotation-invariant size of the latent variance, per observation, shaped like ``var``.
 
-    ``sigma^2 = w_a noise^2 + w_e var_epistemic`` (see :mod:`kernelpot.gp.calibration`).
+    forces (n, 3): the mean over an atom's three components (a third of the
+    trace of its force covariance); stress (6,) in Voigt order:
+    ``(sum of the diagonal + 2 sum of the off-diagonal variances) / 9`` (the
+    Frobenius norm of the stress variance over its nine entries); energy: itself.
     """
-    wa, we = weights
-    return np.sqrt(we * var_epistemic), np.sqrt(we * var_epistemic + wa * np.square(noise))
+    var = np.asarray(var, float)
+    if kind == "forces":
+        return np.repeat(var.reshape(-1, 3).mean(axis=1, keepdims=True), 3, axis=1).reshape(var.shape)
+    if kind == "stress":
+        v = var.reshape(-1, 6)
+        amp = (v[:, :3].sum(axis=1) + 2.0 * v[:, 3:].sum(axis=1)) / 9.0
+        return np.repeat(amp[:, None], 6, axis=1).reshape(var.shape)
+    return var
+
+
+def variance(weights, noise, var_epistemic, amplitude=None):
+    """Calibrated epistemic and total variance for weights ``(w_a, w_e)`` or ``(w_a, w_e, gamma, v_ref, a_max)``.
+
+    ``epistemic = w_e v (clip(a, v_ref, a_max) / v_ref)^(gamma - 1)``, ``total =
+    epistemic + w_a noise^2`` (the calibration model of
+    :mod:`kernelpot.gp.calibration`), with ``v`` the latent variance and ``a``
+    its rotation-invariant amplitude (:func:`invariant_amplitude`; default
+    ``v``), so that the calibrated variances of a force or stress still
+    transform as a tensor's do.  ``gamma`` describes how much faster than the
+    latent variance the error grows beyond ``v_ref`` (the median of the
+    training set's held-out observations): below it, and beyond ``a_max``
+    (the largest amplitude the calibration data covered), the variance is
+    linear in ``v``, so the fitted growth is neither applied in distribution
+    nor extrapolated.
+
+    Returns
+    -------
+    epistemic, total : arrays shaped like ``var_epistemic``
+    """
+    w = tuple(weights)
+    wa, we = w[0], w[1]
+    gamma, vref = (w[2], w[3]) if len(w) >= 4 else (1.0, 1.0)
+    amax = w[4] if len(w) >= 5 else np.inf
+    v = np.maximum(np.asarray(var_epistemic, float), 0.0)
+    epi = we * v
+    if gamma != 1.0:
+        amp = v if amplitude is None else np.maximum(np.asarray(amplitude, float), 0.0)
+        epi = epi * (np.clip(amp, vref, max(amax, vref)) / vref) ** (gamma - 1.0)
+    return epi, epi + wa * np.square(noise)
+
+
+def predictive_std(var_epistemic, noise, weights=(1.0, 1.0), kind="energy"):
+    """Epistemic and total std of observations of ``kind`` from their latent variance and noise std.
+
+    ``weights``: ``(w_a, w_e)`` or ``(w_a, w_e, gamma, v_ref, a_max)``, see :func:`variance`.
+    """
+    epi, total = variance(weights, noise, var_epistemic, invariant_amplitude(kind, var_epistemic))
+    return np.sqrt(epi), np.sqrt(total)

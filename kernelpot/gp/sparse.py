@@ -44,8 +44,9 @@ from kernelpot.gp import assembly, hyperparameters
 from kernelpot.gp.calibration import recalibrate
 from kernelpot.gp.design import SparseSet
 from kernelpot.gp.likelihood import GroupStats, neg_log_marginal_likelihood
+from kernelpot.gp.group_loo import calibration_groups
 from kernelpot.gp.loo import leave_one_out
-from kernelpot.gp.offsets import fit_offsets
+from kernelpot.gp.offsets import OFFSET_KAPPA, composition_matrix, composition_null_space, fit_offsets
 from kernelpot.gp.posterior import Posterior, predictive_std
 from kernelpot.gp.select import choose_sparse_set
 from kernelpot.gp.solve import safe_cholesky
@@ -243,6 +244,9 @@ class SparseGP(BaseEstimator):
         self.e0_, self.mean_ = fit_offsets(frames, labels, self.species_, self.e0,
                                            lambda a: self._baseline_compute(a)[0])
         self._offset = {z: self.e0_[z] + self.mean_[z] for z in self.e0_}
+        self.offset_species_ = np.array(self.species_, dtype=int)
+        self.offset_kappa_ = OFFSET_KAPPA
+        _warn_unseparable(composition_matrix(frames, labels, self.species_), self.species_)
         assembly.announce_compilation(self.verbose)
         t = time.perf_counter()
         feats = assembly.compute_features(self, frames)
@@ -269,7 +273,8 @@ class SparseGP(BaseEstimator):
         self.std_weights_ = {}
         self.__dict__.pop("training_diagnostics_", None)
         if self.calibrate:
-            self.training_diagnostics_ = leave_one_out(self)
+            groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state)
+            self.training_diagnostics_ = leave_one_out(self, groups=groups)
             recalibrate(self, self.training_diagnostics_)
             assembly.phase(self.verbose, "calibration (LOO)", t)
         return self
@@ -285,7 +290,8 @@ class SparseGP(BaseEstimator):
         self.noise_ = {g: float(np.exp(t)) for g, t in zip(self.noise_groups_, self.theta_[1:])}
         self.log_marginal_likelihood_ = -float(neg_log_marginal_likelihood(self.theta_, self._stats, grad=False))
         self.posterior_ = Posterior.from_statistics(self.theta_, self._stats, self.sparse_, self.zeta,
-                                                    self._Kmm, self._Lmm)
+                                                    self._Kmm, self._Lmm, getattr(self, "offset_species_", ()),
+                                                    getattr(self, "offset_kappa_", 0.0))
         self.alpha_ = self.posterior_.alpha
 
     def _optimize_or_keep(self, optimize):
@@ -312,7 +318,7 @@ class SparseGP(BaseEstimator):
         self._check_fitted()
         frames = list(frames)
         labels = assembly.labels_in_groups(self, frames)
-        stats = GroupStats.empty(self.noise_groups_, self.sparse_.size)
+        stats = GroupStats.empty(self.noise_groups_, assembly.n_columns(self))
         for a, lab in zip(frames, labels):
             assembly.add_frame(self, stats, a, lab)
         self._stats = stats
@@ -385,8 +391,10 @@ class SparseGP(BaseEstimator):
         dict
             ``energy`` (eV), ``energies`` (n,), ``forces`` (n, 3), ``stress``
             (6,) (NaN when not periodic) and, with ``return_std``,
-            ``energy_std``, ``forces_std``, ``stress_std`` (total) and
-            ``*_std_epistemic`` (posterior of the latent GP only), both with the
+            ``energy_std``, ``forces_std``, ``stress_std`` (total),
+            ``*_std_epistemic`` (posterior of the latent GP only) and
+            ``energies_std`` (n,) (posterior std of each local energy, eV: a
+            latent quantity, so epistemic only), all with the
             weights of :func:`kernelpot.gp.calibration.recalibrate` when it was
             run (``std_weights_``) unless ``calibrated=False``.
             ``energies`` includes e0 and mean offsets; a baseline's energy is
@@ -425,8 +433,11 @@ class SparseGP(BaseEstimator):
         for kind in ("forces", "stress"):
             if kind in var:
                 noise[kind] = self._noise_for(kind, atoms)
+        # local energies are latent, never observed: no noise; the energy kind's calibration
+        v_local = var.pop("energies")
+        out["energies_std"] = predictive_std(v_local, 0.0, cal.get("energy", (1.0, 1.0)), "energy")[0]
         for kind, v in var.items():
-            se, st = predictive_std(v, noise[kind], cal.get(kind, (1.0, 1.0)))
+            se, st = predictive_std(v, noise[kind], cal.get(kind, (1.0, 1.0)), kind)
             out[f"{kind}_std_epistemic"], out[f"{kind}_std"] = se, st
         out["energy_std_epistemic"], out["energy_std"] = float(out["energy_std_epistemic"]), float(out["energy_std"])
         if not stress:
@@ -466,7 +477,7 @@ class SparseGP(BaseEstimator):
         for key in res[0]:
             vals = [r[key] for r in res]
             out[key] = np.concatenate(vals) if np.ndim(vals[0]) >= 1 and key in (
-                "forces", "forces_std", "forces_std_epistemic", "energies") else np.array(vals)
+                "forces", "forces_std", "forces_std_epistemic", "energies", "energies_std") else np.array(vals)
         return out
 
     def score(self, frames, y=None):
@@ -493,14 +504,52 @@ class SparseGP(BaseEstimator):
         self._check_fitted()
         return self.posterior_.sample_weights(n_samples, random_state)
 
-    def posterior_calculators(self, n_samples: int = 10, random_state=0):
-        """ASE calculators, one per posterior sample of the GP weights.
+    def posterior_calculators(self, n_samples: int = 10, random_state=0, reference=None):
+        """ASE calculators, one per posterior sample of the model, for properties with error bars.
 
-        A property computed with each gives its posterior spread (the Nyström
-        residual of the DTC variance is not represented by weight samples).
+        Each calculator is one smooth potential (forces and stress are exact
+        derivatives of its energy), so a property computed with each --
+        relaxed lattice constant, elastic constants, phonons -- gives its
+        posterior spread (:func:`kernelpot.workflows.properties.with_error_bars`).
+
+        Parameters
+        ----------
+        n_samples : int
+        random_state : int
+        reference : ase.Atoms, optional
+            The structure the property is computed at (the cell of an EOS or
+            elastic constants, the supercell of a vacancy).  Weight samples
+            carry only the DTC posterior of the weights, neither the Nyström
+            residual nor the calibration of :mod:`kernelpot.gp.calibration`;
+            with ``reference`` their deviations from the mean are scaled by
+            ``f = sigma_E / sigma_E,weights`` at that structure, so the sampled
+            energies of ``reference`` spread exactly as the calculator's
+            calibrated ``energy_std_epistemic`` says, and nearby structures
+            alike (a linearised propagation of the calibrated predictive
+            distribution).  Without it (``f = 1``) the spread is the raw
+            weight posterior's, narrower.
+
+        Returns
+        -------
+        list of :class:`kernelpot.Calculator`
+            With ``calc.scale`` the factor ``f`` used.
         """
-        return [Calculator(_WeightView(self, w), uncertainty=False)
-                for w in self.sample_weights(n_samples, random_state)]
+        self._check_fitted()
+        samples = self.sample_weights(n_samples, random_state)
+        f = 1.0
+        if reference is not None:
+            check_structure(reference, species=self.species_)
+            target = self.predict_frame(reference, forces=False, stress=False)["energy_std_epistemic"] ** 2
+            feat = self.descriptor_.compute(reference)
+            raw = self.posterior_.weight_variance_of_energy(feat)
+            f = float(np.sqrt(target / raw)) if raw > 0 else 1.0
+        alpha = self.posterior_.alpha
+        out = []
+        for w in samples:
+            calc = Calculator(_WeightView(self, alpha + f * (w - alpha)), uncertainty=False)
+            calc.scale = f
+            out.append(calc)
+        return out
 
     def calculator(self, uncertainty: bool = True):
         """An ASE calculator over this model (see :class:`kernelpot.Calculator`)."""
@@ -560,6 +609,8 @@ class SparseGP(BaseEstimator):
                 "species_": [int(z) for z in self.species_],
                 "log_marginal_likelihood_": self.log_marginal_likelihood_,
                 "std_weights_": {k: list(v) for k, v in getattr(self, "std_weights_", {}).items()},
+                "offset_species_": [int(z) for z in getattr(self, "offset_species_", ())],
+                "offset_kappa_": float(getattr(self, "offset_kappa_", 0.0)),
             },
         }
         post = self.posterior_
@@ -590,7 +641,7 @@ class SparseGP(BaseEstimator):
         model._offset = {z: model.e0_[z] + model.mean_[z] for z in model.e0_}
         model.species_ = np.array(fit["species_"], dtype=int)
         if fit.get("std_weights_"):
-            model.std_weights_ = {k: (float(v[0]), float(v[1])) for k, v in fit["std_weights_"].items()}
+            model.std_weights_ = {k: tuple(float(x) for x in v) for k, v in fit["std_weights_"].items()}
         elif fit.get("std_scale_"):  # files written by 0.1.0 before the two-weight recalibration: one scale
             model.std_weights_ = {k: (float(v) ** 2, float(v) ** 2) for k, v in fit["std_scale_"].items()}
         model.theta_ = data["theta_"]
@@ -604,9 +655,27 @@ class SparseGP(BaseEstimator):
             data["Lmm"], _ = safe_cholesky(data["Kmm"], "sparse kernel Kmm", jitter=_KMM_JITTER)
         model._Kmm, model._Lmm = data["Kmm"], data["Lmm"]
         model.alpha_ = data["alpha_"]
+        # files written before the Bayesian offsets have none (S = 0)
+        model.offset_species_ = np.array(fit.get("offset_species_", []), dtype=int)
+        model.offset_kappa_ = float(fit.get("offset_kappa_", 0.0))
         model.posterior_ = Posterior(model.sparse_, float(model.zeta), model.delta_, data["Kmm"], data["Lmm"],
-                                     data["Lc"], data["a"], data["alpha_"])
+                                     data["Lc"], data["a"], data["alpha_"], model.offset_species_, model.offset_kappa_)
         return model
+
+
+def _warn_unseparable(A, species):
+    """Warn when the training energies cannot separate some species' offsets (see gp.offsets)."""
+    null = composition_null_space(A, species)
+    if not null:
+        return
+    import warnings
+    dirs = "; ".join(" ".join(f"{c:+.3g}*{sym}" for sym, c in d.items()) for d in null)
+    names = sorted({sym for d in null for sym in d})
+    warnings.warn(f"the training energies cannot separate the energy offsets of {', '.join(names)}: "
+                  f"every structure has them in fixed proportions (undetermined combinations: {dirs}). "
+                  f"Energies of other compositions get the prior uncertainty of these offsets (delta per atom); "
+                  f"add structures of other compositions (e.g. the pure elements) to pin them down.",
+                  RuntimeWarning, stacklevel=3)
 
 
 _ARRAY_NAMES = ("alpha_", "theta_", "sparse_index_", "sparse_X", "sparse_numbers", "Lmm", "Lc", "Kmm", "a")

@@ -11,9 +11,12 @@ they are re-exported here because this is where users look for them.
 """
 
 from kernelpot.gp.calibration import informative, recalibrate, recalibration_weights
+from kernelpot.gp.group_loo import calibration_groups
 from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
+from kernelpot.gp.posterior import variance
 
-__all__ = ["TrainingDiagnostics", "leave_one_out", "informative", "recalibration_weights", "recalibrate",
+__all__ = ["TrainingDiagnostics", "leave_one_out", "calibration_groups", "informative", "recalibration_weights",
+           "recalibrate", "variance",
            "screen", "Committee"]
 
 

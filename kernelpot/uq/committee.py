@@ -148,6 +148,8 @@ class Committee(BaseEstimator):
                     std = stack.std(axis=0, ddof=1)
                     out[f"{k}_std"] = std
                     out[f"{k}_std_epistemic"] = std.copy()
+                elif return_std and k == "energies":  # local energies: latent, one std (as SparseGP)
+                    out["energies_std"] = stack.std(axis=0, ddof=1)
         for k in ("n_atoms", "frame_index"):
             if k in preds[0]:
                 out[k] = preds[0][k]

@@ -1,0 +1,158 @@
+"""Closed-form leave-one-group-out: held-out residuals that look like extrapolation.
+
+Leaving one structure out (:mod:`kernelpot.gp.loo`) never leaves the model
+far from its data: the structure's neighbours in time or composition stay in.
+Leaving out a whole group -- a ``config_type``, or a cluster of structures in
+descriptor space when the data have no config_types -- does, and its
+residuals show how fast errors grow where the model knows less.  They are what
+the variance calibration (:mod:`kernelpot.gp.calibration`) is fitted to,
+beside the structure-LOO residuals.
+
+For fixed hyperparameters the fit is ridge regression in the whitened basis,
+so removing a group is exact in closed form: with whitened rows ``A_i`` (GP
+columns and offset columns), labels ``y_i`` and noise ``sigma_i``,
+
+    Chat_-G = Chat - delta^2 sum_{i in G} A_i A_i^T / sigma_i^2,
+    b_-G    = Chat a - sum_{i in G} A_i y_i / sigma_i^2,      a_-G = Chat_-G^-1 b_-G,
+
+and an observation ``i`` of the group is predicted with mean
+``delta^2 A_i . a_-G`` and latent variance ``delta^2 |chol(Chat_-G)^-1 A_i|^2``
+plus its Nystrom residual, exactly as :meth:`SparseGP.predict` would after a
+refit without the group (tested against brute-force refits).  The group sums
+are accumulated in the same pass over the training structures as the
+structure LOO; per-observation predictions are made for a fixed subsample of
+each structure's observations (its energy, its stress and the force
+components of up to ``max_force_atoms`` atoms), enough to fit a few calibration
+weights without keeping every design row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+
+from kernelpot.io.labels import config_type, is_isolated_atom
+
+__all__ = ["calibration_groups", "GroupAccumulator"]
+
+MAX_FORCE_ATOMS = 4
+
+
+def calibration_groups(model, frames, max_groups: int = 8, random_state=0) -> tuple[np.ndarray, str]:
+    """Group of each training frame for leave-one-group-out (-1: in no group).
+
+    ``config_type`` when the data have between 2 and 20 of them; otherwise
+    k-means clusters (scikit-learn, fixed seed) of the structures' mean
+    descriptors, ``K = clip(round(sqrt(N / 4)), 2, max_groups)``.  Isolated
+    atoms are in no group: their energies define ``e0`` and are never
+    predicted from other structures.  With fewer than 8 frames there are no
+    groups.
+
+    Returns
+    -------
+    groups : (n_frames,) int array
+    how : str
+        ``"config_type"``, ``"clusters"`` or ``"none"``.
+    """
+    n = len(frames)
+    groups = np.full(n, -1)
+    use = np.array([not is_isolated_atom(a) for a in frames])
+    if use.sum() < 8:
+        return groups, "none"
+    cts = [config_type(a) for a in frames]
+    names = sorted({c for c, u in zip(cts, use) if u})
+    if 2 <= len(names) <= 20:
+        index = {c: k for k, c in enumerate(names)}
+        for i in np.flatnonzero(use):
+            groups[i] = index[cts[i]]
+        return groups, "config_type"
+    from sklearn.cluster import KMeans
+    idx = np.flatnonzero(use)
+    X = np.array([model.descriptor_.compute(frames[i]).features.mean(axis=0) for i in idx])
+    k = int(np.clip(round(np.sqrt(len(idx) / 4)), 2, max_groups))
+    labels = KMeans(n_clusters=k, n_init=4, random_state=random_state).fit_predict(X)
+    groups[idx] = labels
+    return groups, "clusters"
+
+
+class GroupAccumulator:
+    """Sums over each group's observations, and a subsample of rows to predict, from one pass.
+
+    Parameters
+    ----------
+    groups : (n_frames,) int array
+        From :func:`calibration_groups`.
+    n_columns : int
+        Columns of the whitened design (sparse environments + offsets).
+    random_state : int
+        Seed of the force-component subsample.
+    """
+
+    def __init__(self, groups, n_columns: int, random_state=0, max_force_atoms: int = MAX_FORCE_ATOMS):
+        self.groups = np.asarray(groups)
+        self.n_groups = int(self.groups.max(initial=-1)) + 1
+        self.P = np.zeros((self.n_groups, n_columns, n_columns))
+        self.q = np.zeros((self.n_groups, n_columns))
+        self.rows = []
+        self.random_state = random_state
+        self.max_force_atoms = max_force_atoms
+
+    def add(self, fi: int, A, y, sig, nys, kind, unit, atom, component) -> None:
+        """Add training frame ``fi``'s whitened rows ``A`` (n, W) with labels, noise std, Nystrom residual.
+
+        ``kind``, ``unit`` (1/n_atoms for the energy), ``atom`` and ``component``
+        label the rows as in :class:`kernelpot.gp.loo.TrainingDiagnostics`.
+        """
+        g = self.groups[fi]
+        if g < 0:
+            return
+        As = A / sig[:, None]
+        self.P[g] += As.T @ As
+        self.q[g] += As.T @ (y / sig)
+        kind = np.asarray(kind)
+        rng = np.random.default_rng([self.random_state, fi])
+        f = np.flatnonzero(kind == "forces")
+        atoms = np.unique(atom[f])
+        chosen = rng.choice(atoms, min(len(atoms), self.max_force_atoms), replace=False)
+        keep = np.concatenate([np.flatnonzero(kind != "forces"), f[np.isin(atom[f], chosen)]])
+        self.rows.append((fi, g, A[keep], y[keep], sig[keep], nys[keep], kind[keep], unit[keep], atom[keep],
+                          component[keep]))
+
+    def merge(self, other: "GroupAccumulator") -> None:
+        self.P += other.P
+        self.q += other.q
+        self.rows += other.rows
+
+    def residuals(self, posterior) -> dict:
+        """Leave-one-group-out residuals of the kept rows under ``posterior``.
+
+        Returns
+        -------
+        dict of arrays (one entry per kept observation)
+            ``kind``, ``frame``, ``group``, ``atom``, ``component``, ``residual`` (label minus the
+            prediction without the group; energies per atom), ``sigma`` (noise
+            std), ``epistemic`` (latent variance with the Nystrom residual,
+            squared units of the residual).
+        """
+        u = posterior.delta ** 2
+        Lc = posterior.Lc
+        Chat = Lc @ Lc.T
+        b = Chat @ posterior.a
+        out = {k: [] for k in ("kind", "frame", "group", "atom", "component", "residual", "sigma", "epistemic")}
+        for g in range(self.n_groups):
+            mine = [r for r in self.rows if r[1] == g]
+            if not mine:
+                continue
+            Lg = sla.cholesky(Chat - u * self.P[g], lower=True, check_finite=False)
+            ag = sla.cho_solve((Lg, True), b - self.q[g], check_finite=False)
+            for fi, _, A, y, sig, nys, kind, unit, atom, comp in mine:
+                V = sla.solve_triangular(Lg, A.T, lower=True, check_finite=False)
+                out["residual"].append((y - u * (A @ ag)) * unit)
+                out["epistemic"].append((u * np.sum(V ** 2, axis=0) + nys) * unit ** 2)
+                out["sigma"].append(sig * unit)
+                out["kind"].append(kind)
+                out["frame"].append(np.full(len(y), fi))
+                out["group"].append(np.full(len(y), g))
+                out["atom"].append(atom)
+                out["component"].append(comp)
+        return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
