@@ -64,19 +64,24 @@ def test_leverage_properties(fitted):
     assert np.all(d.loo_std >= d.sigma - 1e-15)
 
 
-def _synthetic_diag(w_a, w_e, gamma=1.0, n=4000, seed=0):
+def _synthetic_diag(w_a, w_p, w_n=None, gamma=1.0, n=4000, seed=0):
     """LOO diagnostics whose residuals follow the calibration model with known parameters.
 
-    ``r ~ N(0, w_a noise^2 + w_e v (max(v, v_ref) / v_ref)^(gamma - 1))`` with heteroscedastic latent
-    variance ``v``; each observation is its own atom, so its invariant amplitude is ``v``.
+    Latent variance ``v`` heteroscedastic, 10 % of it sparse-posterior and 90 % Nystrom
+    residual in half of the observations, the reverse in the other half;
+    ``r ~ N(0, w_a noise^2 + (w_p v_post + w_n v_nys) (max(v, v_ref) / v_ref)^(gamma - 1))``.
+    Each observation is its own atom, so its invariant amplitude is ``v``.
     """
+    w_n = w_p if w_n is None else w_n
     rng = np.random.default_rng(seed)
     sigma = np.full(n, 0.1)
     epi = 0.2 * rng.lognormal(sigma=1.0, size=n) ** 2      # raw epistemic variance, from 0.003 to 3
+    share = np.where(np.arange(n) % 2 == 0, 0.1, 0.9)      # sparse-posterior share of it
     vref = np.median(epi)
-    loo_std = np.sqrt(sigma ** 2 + 0.3 * epi)              # split between DTC posterior and Nystrom
+    loo_std = np.sqrt(sigma ** 2 + share * epi)
     loo_pred = np.sqrt(sigma ** 2 + epi)
-    r = rng.normal(size=n) * np.sqrt(w_a * sigma ** 2 + w_e * epi * (np.maximum(epi, vref) / vref) ** (gamma - 1))
+    growth = (np.maximum(epi, vref) / vref) ** (gamma - 1)
+    r = rng.normal(size=n) * np.sqrt(w_a * sigma ** 2 + (w_p * share + w_n * (1 - share)) * epi * growth)
     # components fixed by symmetry: zero epistemic variance and zero residual; must be ignored
     sigma, loo_std, loo_pred, r = (np.r_[x, v] for x, v in
                                    zip((sigma, loo_std, loo_pred, r), (np.full(500, 0.1),) * 3 + (np.zeros(500),)))
@@ -89,15 +94,37 @@ def _synthetic_diag(w_a, w_e, gamma=1.0, n=4000, seed=0):
                                   frame_chi2=z, frame_dof=z, frame_leverage=z)
 
 
-@pytest.mark.parametrize("w_a, w_e, gamma", [(0.05, 0.3, 1.0), (2.0, 3.0, 1.0), (1.0, 1.0, 1.6), (3.0, 0.5, 2.2)])
-def test_recalibration_weights_recover_known_parameters(w_a, w_e, gamma):
-    wa, we, g, vref, amax = uq.recalibration_weights(_synthetic_diag(w_a, w_e, gamma))["forces"]
-    assert wa == pytest.approx(w_a, rel=0.15)
-    assert we == pytest.approx(w_e, rel=0.1)
-    assert g == pytest.approx(gamma, abs=0.08)
+@pytest.mark.parametrize("w_a, w_p, w_n", [(0.05, 0.3, 0.3), (2.0, 3.0, 3.0), (1.0, 4.0, 0.5), (3.0, 0.5, 0.2)])
+def test_recalibration_weights_recover_known_parameters(w_a, w_p, w_n):
+    wa, wp, wn, g, vref, amax = uq.recalibration_weights(_synthetic_diag(w_a, w_p, w_n),
+                                                         floors={"forces": 1e-4})["forces"]
+    assert wa == pytest.approx(w_a, rel=0.2)
+    assert wp == pytest.approx(w_p, rel=0.2)
+    assert wn == pytest.approx(w_n, rel=0.2)
+    assert g == 1.0                     # no group leave-one-out: no evidence of faster growth
 
 
-def test_total_sigma_never_below_the_noise_floor():
+@pytest.mark.parametrize("gamma", [1.0, 1.5, 2.2])
+def test_growth_exponent_recovered_from_group_residuals(gamma):
+    # structure LOO fixes the weights; held-out groups, with latent variances up to 100x the
+    # in-distribution ones, follow the model with a known exponent above the 90th percentile
+    d = _synthetic_diag(1.0, 2.0, 0.5)
+    w = uq.recalibration_weights(d, floors={"forces": 1e-4})["forces"]
+    rng = np.random.default_rng(7)
+    n = 3000
+    epi = w[4] * rng.uniform(0.2, 100.0, n)
+    nys = 0.5 * epi
+    _, total = uq.variance((w[0], w[1], w[2], gamma, w[4], np.inf), 0.1, epi, epi, nys)
+    d.group_loo = {"kind": np.array(["forces"] * n), "frame": np.arange(n), "group": np.zeros(n, int),
+                   "atom": np.zeros(n, int), "component": np.zeros(n, int),
+                   "residual": rng.normal(size=n) * np.sqrt(total), "sigma": np.full(n, 0.1),
+                   "epistemic": epi, "nystrom": nys}
+    w2 = uq.recalibration_weights(d, floors={"forces": 1e-4})["forces"]
+    assert w2[:3] == pytest.approx(w[:3], rel=1e-9)          # stage 1 is untouched by the groups
+    assert w2[3] == pytest.approx(gamma, abs=0.05)
+
+
+def test_total_sigma_never_below_the_floor():
     # residuals much smaller than the learned noise: the noise weight follows them down, but
     # never so far that a total sigma falls below the floor (here 0.05 with a learned noise of 0.1)
     d = _synthetic_diag(0.01, 0.3)
@@ -107,37 +134,41 @@ def test_total_sigma_never_below_the_noise_floor():
     assert np.all(total >= 0.05 ** 2 * (1 - 1e-9))
     w_free = uq.recalibration_weights(d, floors={"forces": 1e-4})["forces"]
     assert w_free[0] == pytest.approx(0.01, rel=0.3)   # the bound is what held it: the data ask for less
+    # the default floor is a tenth of the fit's noise floor, never zero
+    from kernelpot.gp.calibration import SIGMA_FLOOR
+    assert all(v > 0 for v in SIGMA_FLOOR.values())
 
 
 def test_recalibration_weights_edge_cases():
-    # too few informative observations: one scale, mean z^2, for both parts (noise part at least 1)
+    # too few informative observations: one scale, mean z^2, for every part
     d = _synthetic_diag(0.05, 0.3, n=10)
-    wa, we, gamma, _, _ = uq.recalibration_weights(d)["forces"]
+    wa, wp, wn, gamma, _, _ = uq.recalibration_weights(d)["forces"]
     ok = d.loo_std_predictive > d.sigma * (1 + 1e-12)
     s2 = np.mean(d.z_predictive[ok] ** 2)
-    assert we == pytest.approx(s2) and wa == pytest.approx(s2) and gamma == 1.0
+    assert wp == pytest.approx(s2) and wn == pytest.approx(s2) and wa == pytest.approx(s2) and gamma == 1.0
     # all residuals zero: nothing to calibrate against, the kind is left raw
     d = _synthetic_diag(1.0, 1.0)
     d.loo_residual[:] = 0.0
     assert uq.recalibration_weights(d) == {}
 
 
-def _calibration_nll(d, kind, w):
-    """The objective of recalibration_weights, written out independently: mean NLL of each held-out set."""
+def _calibration_nll(d, kind, w, group=False):
+    """The two objectives of recalibration_weights, written out independently (mean NLL of one set)."""
     from kernelpot.gp.calibration import amplitudes
-    epi = np.maximum(d.loo_std_predictive ** 2 - d.sigma ** 2, 0.0)
-    amp = amplitudes(d.kind, d.frame, d.atom, d.component, epi)
-    ok = uq.informative(d) & (d.kind == kind)
-    sets = [(d.loo_residual[ok], d.sigma[ok], epi[ok], amp[ok])]
-    g = d.group_loo
-    gamp = amplitudes(g["kind"], g["frame"], g["atom"], g["component"], g["epistemic"])
-    sel = (g["kind"] == kind) & (g["epistemic"] > 1e-6 * g["epistemic"][g["kind"] == kind].max())
-    sets.append((g["residual"][sel], g["sigma"][sel], g["epistemic"][sel], gamp[sel]))
-    total = 0.0
-    for r, s, e, a in sets:
-        _, v = uq.variance(w, s, e, a)
-        total += np.mean(np.log(v) + r ** 2 / v)
-    return total / len(sets)
+    if not group:
+        noise = d.sigma
+        post = np.maximum(d.loo_std ** 2 - noise ** 2, 0.0)
+        nys = np.maximum(d.loo_std_predictive ** 2 - d.loo_std ** 2, 0.0)
+        amp = amplitudes(d.kind, d.frame, d.atom, d.component, post + nys)
+        ok = uq.informative(d) & (d.kind == kind)
+        r, s, e, ny, a = d.loo_residual[ok], noise[ok], post[ok] + nys[ok], nys[ok], amp[ok]
+    else:
+        g = d.group_loo
+        gamp = amplitudes(g["kind"], g["frame"], g["atom"], g["component"], g["epistemic"])
+        sel = (g["kind"] == kind) & (g["epistemic"] > 1e-6 * g["epistemic"][g["kind"] == kind].max())
+        r, s, e, ny, a = g["residual"][sel], g["sigma"][sel], g["epistemic"][sel], g["nystrom"][sel], gamp[sel]
+    _, v = uq.variance(w, s, e, a, ny)
+    return np.mean(np.log(v) + r ** 2 / v)
 
 
 def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
@@ -151,20 +182,30 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     groups, _ = calibration_groups(model, model._train_frames)
     d = uq.leave_one_out(model, groups=groups)
     assert d.group_loo is not None and len(d.group_loo["residual"]) > 0
-    wa, we, gamma, vref, amax = weights["forces"]
-    best = _calibration_nll(d, "forces", weights["forces"])
-    for step in [(1.2, 1, 0), (1, 1.2, 0), (1, 1 / 1.2, 0), (1, 1, 0.1), (1 / 1.2, 1, 0)] \
-            + ([(1, 1, -0.1)] if gamma > 1.1 else []):
-        assert best < _calibration_nll(d, "forces", (wa * step[0], we * step[1], gamma + step[2], vref, amax))
+    wa, wp, wn, gamma, vref, amax = weights["forces"]
+    # stage 1, the weights: structure LOO with linear growth
+    best = _calibration_nll(d, "forces", (wa, wp, wn, 1.0, vref, amax))
+    for fa, fp, fn in [(1.2, 1, 1), (1, 1.2, 1), (1, 1 / 1.2, 1), (1, 1, 1.2), (1, 1, 1 / 1.2), (1 / 1.2, 1, 1)]:
+        if wp * fp < 2e-10 or wn * fn < 2e-10 or (fa < 1 and wa / 1.2 < 1e-4 ** 2 / 0.1 ** 2):
+            continue                                          # at a bound
+        assert best <= _calibration_nll(d, "forces", (wa * fa, wp * fp, wn * fn, 1.0, vref, amax)) + 1e-9
+    # stage 2, the growth: group LOO
+    best = _calibration_nll(d, "forces", weights["forces"], group=True)
+    for dg in (0.1, -0.1):
+        if 1.0 <= gamma + dg <= 3.0:
+            assert best <= _calibration_nll(d, "forces", (wa, wp, wn, gamma + dg, vref, amax), group=True) + 1e-9
     a = emt_frames(1, symbols=("Cu", "Au"), size=(1, 1, 2), seed=99)[0]
     r0, r1 = model.predict_frame(a), m.predict_frame(a)
     noise2 = r0["forces_std"] ** 2 - r0["forces_std_epistemic"] ** 2
-    v = r0["forces_std_epistemic"] ** 2                        # raw latent variance (model has no weights)
+    # the raw latent variance and its Nystrom part, from the posterior directly
+    feat = model.descriptor_.compute(a, gradients=True, strain=True)
+    v, ny = model.posterior_.latent_variances(feat, a.cell.volume, True, True)["forces"]
+    np.testing.assert_allclose(r0["forces_std_epistemic"] ** 2, v, rtol=1e-10)
     amp = v.mean(axis=1, keepdims=True)                        # rotation-invariant: a third of the trace per atom
-    epi = we * v * (np.clip(amp, vref, amax) / vref) ** (gamma - 1)
+    epi = (wp * (v - ny) + wn * ny) * (np.clip(amp, vref, amax) / vref) ** (gamma - 1)
     np.testing.assert_allclose(r1["forces_std_epistemic"] ** 2, epi, rtol=1e-10)
     np.testing.assert_allclose(r1["forces_std"] ** 2, wa * noise2 + epi, rtol=1e-10)
-    assert np.all(r1["forces_std"] >= 1e-3 * (1 - 1e-12))   # never below the noise floor
+    assert np.all(r1["forces_std"] >= 1e-4 * (1 - 1e-12))   # never below the floor
     np.testing.assert_allclose(r1["forces"], r0["forces"], rtol=0, atol=0)
     raw = m.predict_frame(a, calibrated=False)
     for k in ("energy_std", "forces_std", "stress_std", "forces_std_epistemic"):

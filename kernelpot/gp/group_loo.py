@@ -132,13 +132,14 @@ class GroupAccumulator:
             ``kind``, ``frame``, ``group``, ``atom``, ``component``, ``residual`` (label minus the
             prediction without the group; energies per atom), ``sigma`` (noise
             std), ``epistemic`` (latent variance with the Nystrom residual,
-            squared units of the residual).
+            squared units of the residual), ``nystrom`` (the Nystrom residual alone).
         """
         u = posterior.delta ** 2
         Lc = posterior.Lc
         Chat = Lc @ Lc.T
         b = Chat @ posterior.a
-        out = {k: [] for k in ("kind", "frame", "group", "atom", "component", "residual", "sigma", "epistemic")}
+        out = {k: [] for k in ("kind", "frame", "group", "atom", "component", "residual", "sigma", "epistemic",
+                               "nystrom")}
         for g in range(self.n_groups):
             mine = [r for r in self.rows if r[1] == g]
             if not mine:
@@ -149,6 +150,7 @@ class GroupAccumulator:
                 V = sla.solve_triangular(Lg, A.T, lower=True, check_finite=False)
                 out["residual"].append((y - u * (A @ ag)) * unit)
                 out["epistemic"].append((u * np.sum(V ** 2, axis=0) + nys) * unit ** 2)
+                out["nystrom"].append(nys * unit ** 2)
                 out["sigma"].append(sig * unit)
                 out["kind"].append(kind)
                 out["frame"].append(np.full(len(y), fi))

@@ -130,13 +130,16 @@ class Posterior:
         return frame_design(feat, self.sparse, self.zeta, volume, forces=forces, stress=stress)
 
     # ---------------------------------------------------------- variance
-    def latent_variance(self, rows: np.ndarray, prior: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+    def latent_variance(self, rows: np.ndarray, prior: np.ndarray, offsets: np.ndarray | None = None,
+                        parts: bool = False):
         """Epistemic variance (squared units of the observation) of observations with design ``rows`` (n, M).
 
         ``offsets`` (S, n): their offset columns (:meth:`_offset_columns` for a
         total energy; zeros, the default, for forces and stresses).  The
         offsets are represented exactly, so they add nothing to the Nystrom
-        residual; their posterior variance enters through ``Lc``.
+        residual; their posterior variance enters through ``Lc``.  With
+        ``parts``, returns ``(total, nystrom)``: the Nystrom residual is the
+        part the calibration weights separately (:mod:`kernelpot.gp.calibration`).
         """
         v1 = tri_solve(self.Lmm, rows.T)
         nystrom = prior - np.sum(v1 ** 2, axis=0)
@@ -144,8 +147,9 @@ class Posterior:
             extra = np.zeros((self.n_offsets, v1.shape[1])) if offsets is None else offsets
             v1 = np.vstack([v1, extra])
         v2 = tri_solve(self.Lc, v1)
-        var = self.delta ** 2 * (nystrom + np.sum(v2 ** 2, axis=0))
-        return np.maximum(var, 0.0)
+        nystrom = self.delta ** 2 * np.maximum(nystrom, 0.0)
+        var = nystrom + self.delta ** 2 * np.sum(v2 ** 2, axis=0)
+        return (var, nystrom) if parts else var
 
     def weight_variance_of_energy(self, feat) -> float:
         """Variance of a structure's total energy over the posterior of the weights alone (eV^2).
@@ -161,20 +165,24 @@ class Posterior:
         return float(self.delta ** 2 * np.sum(tri_solve(self.Lc, v1) ** 2))
 
     def latent_variances(self, feat, volume, forces=True, stress=False, design=None) -> dict:
-        """Epistemic variances of the total energy (scalar), local energies (n,), forces (n, 3) and stress (6,)."""
+        """Epistemic variances and their Nystrom parts, ``{kind: (total, nystrom)}``.
+
+        Kinds: ``energy`` (total energy, shape (1,)), ``energies`` (local
+        energies, (n,)), ``forces`` ((n, 3)) and ``stress`` ((6,)).
+        """
         d = self.design(feat, volume, forces, stress) if design is None else design
         n = len(feat.numbers)
-        out = {"energy": float(self.latent_variance(d["energy"][None, :],
-                                                    np.atleast_1d(prior_energy_var(feat, self.zeta)),
-                                                    self._offset_columns(feat.numbers)[:, None])[0])}
+        out = {"energy": self.latent_variance(d["energy"][None, :], np.atleast_1d(prior_energy_var(feat, self.zeta)),
+                                              self._offset_columns(feat.numbers)[:, None], parts=True)}
         # local energies: kernel rows of each atom, and its own offset column
         K = dot_kernel(feat.features, self.sparse.X, self.zeta) * (feat.numbers[:, None] == self.sparse.numbers[None, :])
         onehot = self.kappa * (self.offset_species[:, None] == np.asarray(feat.numbers)[None, :]).astype(float)
-        out["energies"] = self.latent_variance(K, prior_local_var(feat, self.zeta), onehot)
+        out["energies"] = self.latent_variance(K, prior_local_var(feat, self.zeta), onehot, parts=True)
         if forces:
-            out["forces"] = self.latent_variance(d["forces"], prior_force_var(feat, self.zeta).ravel()).reshape(n, 3)
+            v, ny = self.latent_variance(d["forces"], prior_force_var(feat, self.zeta).ravel(), parts=True)
+            out["forces"] = (v.reshape(n, 3), ny.reshape(n, 3))
         if stress:
-            out["stress"] = self.latent_variance(d["stress"], prior_stress_var(feat, self.zeta, volume))
+            out["stress"] = self.latent_variance(d["stress"], prior_stress_var(feat, self.zeta, volume), parts=True)
         return out
 
     # ----------------------------------------------------------- samples
@@ -208,41 +216,54 @@ def invariant_amplitude(kind: str, var: np.ndarray) -> np.ndarray:
     return var
 
 
-def variance(weights, noise, var_epistemic, amplitude=None):
-    """Calibrated epistemic and total variance for weights ``(w_a, w_e)`` or ``(w_a, w_e, gamma, v_ref, a_max)``.
+def _full_weights(weights) -> tuple:
+    """``(w_a, w_p, w_n, gamma, v_ref, a_max)`` from any stored form (files before 0.2 hold ``(w_a, w_e)``)."""
+    w = tuple(float(x) for x in weights)
+    if len(w) == 2:
+        return (w[0], w[1], w[1], 1.0, 1.0, np.inf)
+    if len(w) != 6:
+        raise ValueError(f"calibration weights must have 2 or 6 entries, got {w}")
+    return w
 
-    ``epistemic = w_e v (clip(a, v_ref, a_max) / v_ref)^(gamma - 1)``, ``total =
-    epistemic + w_a noise^2`` (the calibration model of
-    :mod:`kernelpot.gp.calibration`), with ``v`` the latent variance and ``a``
-    its rotation-invariant amplitude (:func:`invariant_amplitude`; default
-    ``v``), so that the calibrated variances of a force or stress still
-    transform as a tensor's do.  ``gamma`` describes how much faster than the
-    latent variance the error grows beyond ``v_ref`` (the median of the
-    training set's held-out observations): below it, and beyond ``a_max``
-    (the largest amplitude the calibration data covered), the variance is
-    linear in ``v``, so the fitted growth is neither applied in distribution
-    nor extrapolated.
+
+def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None):
+    """Calibrated epistemic and total variance.
+
+    With weights ``(w_a, w_p, w_n, gamma, v_ref, a_max)`` (the calibration
+    model of :mod:`kernelpot.gp.calibration`; ``(w_a, w_e)`` means
+    ``w_p = w_n = w_e, gamma = 1``)::
+
+        epistemic = (w_p (v - v_nys) + w_n v_nys) (clip(a, v_ref, a_max) / v_ref)^(gamma - 1)
+        total     = epistemic + w_a noise^2
+
+    ``v`` is the latent variance, ``v_nys`` its Nystrom residual (default 0)
+    and ``a`` its rotation-invariant amplitude (:func:`invariant_amplitude`;
+    default ``v``), so the calibrated variances of a force or stress still
+    transform as a tensor's do.  ``gamma`` says how much faster than the
+    latent variance the error grows beyond ``v_ref`` (the 90th percentile of
+    the training set's held-out observations); below ``v_ref`` and beyond
+    ``a_max`` (the largest amplitude the calibration data covered) the
+    variance is linear in ``v``: the fitted growth is neither applied in
+    distribution nor extrapolated.
 
     Returns
     -------
     epistemic, total : arrays shaped like ``var_epistemic``
     """
-    w = tuple(weights)
-    wa, we = w[0], w[1]
-    gamma, vref = (w[2], w[3]) if len(w) >= 4 else (1.0, 1.0)
-    amax = w[4] if len(w) >= 5 else np.inf
+    wa, wp, wn, gamma, vref, amax = _full_weights(weights)
     v = np.maximum(np.asarray(var_epistemic, float), 0.0)
-    epi = we * v
+    ny = np.zeros_like(v) if nystrom is None else np.clip(np.asarray(nystrom, float), 0.0, v)
+    epi = wp * (v - ny) + wn * ny
     if gamma != 1.0:
         amp = v if amplitude is None else np.maximum(np.asarray(amplitude, float), 0.0)
         epi = epi * (np.clip(amp, vref, max(amax, vref)) / vref) ** (gamma - 1.0)
     return epi, epi + wa * np.square(noise)
 
 
-def predictive_std(var_epistemic, noise, weights=(1.0, 1.0), kind="energy"):
+def predictive_std(var_epistemic, noise, weights=(1.0, 1.0), kind="energy", nystrom=None):
     """Epistemic and total std of observations of ``kind`` from their latent variance and noise std.
 
-    ``weights``: ``(w_a, w_e)`` or ``(w_a, w_e, gamma, v_ref, a_max)``, see :func:`variance`.
+    ``weights`` and ``nystrom`` as in :func:`variance`.
     """
-    epi, total = variance(weights, noise, var_epistemic, invariant_amplitude(kind, var_epistemic))
+    epi, total = variance(weights, noise, var_epistemic, invariant_amplitude(kind, var_epistemic), nystrom)
     return np.sqrt(epi), np.sqrt(total)

@@ -434,12 +434,12 @@ class SparseGP(BaseEstimator):
             if kind in var:
                 noise[kind] = self._noise_for(kind, atoms)
         # local energies are latent, never observed: no noise; the energy kind's calibration
-        v_local = var.pop("energies")
-        out["energies_std"] = predictive_std(v_local, 0.0, cal.get("energy", (1.0, 1.0)), "energy")[0]
-        for kind, v in var.items():
-            se, st = predictive_std(v, noise[kind], cal.get(kind, (1.0, 1.0)), kind)
+        v_local, ny_local = var.pop("energies")
+        out["energies_std"] = predictive_std(v_local, 0.0, cal.get("energy", (1.0, 1.0)), "energy", ny_local)[0]
+        for kind, (v, ny) in var.items():
+            se, st = predictive_std(v, noise[kind], cal.get(kind, (1.0, 1.0)), kind, ny)
             out[f"{kind}_std_epistemic"], out[f"{kind}_std"] = se, st
-        out["energy_std_epistemic"], out["energy_std"] = float(out["energy_std_epistemic"]), float(out["energy_std"])
+        out["energy_std_epistemic"], out["energy_std"] = float(out["energy_std_epistemic"][0]), float(out["energy_std"][0])
         if not stress:
             out["stress_std_epistemic"] = np.full(6, np.nan)
             out["stress_std"] = np.full(6, np.nan)
