@@ -5,18 +5,19 @@ happens in :mod:`kernelpot.descriptors.soap`. Index conventions:
 
 * ``lm = l * l + l + m`` for real spherical harmonics, ``m = -l..l``;
 * density coefficients ``c[species, n, lm]``;
-* density derivatives of one neighbour atom in one contiguous block
-  ``D[lm, alpha * n_max + n]`` (3 n_max rows); strain rows of the images that
-  need them (images of the centre, atoms seen through several images) in
-  ``D[lm, voigt * n_max + n]`` per species. Contracting a block with ``c``
-  gives ``T[(l, b, n'), row] = sum_m D[lm, row] c[b, n', lm]``, from which
-  every feature derivative of that neighbour is assembled.
+* for each neighbour image, its radial values G, G' and harmonics Y, grad Y
+  are kept after the density pass; the contraction of its density derivative
+  with ``c`` factorises (:func:`_pair_tmat`) into
+  ``T[alpha, n, (b, n'), l] = G'_nl u_alpha A[(b, n'), l] + G_nl B_alpha[(b, n'), l]``
+  (images of one atom summed), from which every feature derivative of that
+  atom is assembled; images of the centre and atoms seen through several
+  images also go into per-species strain rows ``T[voigt, n, (b, n'), l]``.
 
-Per neighbour pair the work is: the coefficients (n_max (l_max+1)^2
-multiply-adds), their gradients (3 n_max (l_max+1)^2 x 2), the contraction
-(3 n_max (l_max+1)^2 n_species n_max) and the assembly, normalisation and one
-write of the 3 F-long output rows. Every output row is written exactly once,
-and the per-centre scratch that is cleared is O(n_species n_max (l_max+1)^2).
+Per neighbour image the work is: the coefficients (n_max (l_max+1)^2
+multiply-adds), A and B (4 S n_max (l_max+1)^2), T (6 n_max S n_max (l_max+1))
+and the assembly, normalisation and one write of the 3 F-long output rows.
+Every output row is written exactly once, and the per-centre scratch that is
+cleared is O(S n_max (l_max+1)^2).
 """
 
 import numba
@@ -124,83 +125,78 @@ def _real_sph(ux, uy, uz, l_max, norm, want_grad, ylm, gylm, cm, sm, plm, dplm):
 
 
 @numba.njit(cache=True, inline="always")
-def _density_derivative(g, dg, ylm, gylm, ux, uy, uz, inv_r, l_of_lm, n_max, out, accumulate):
-    """d c_{nlm} / d r_ij = G' u Y + G grad Y / r into ``out[lm, alpha * n_max + n]``.
+def _pair_tmat(g, dg, ylm, gylm, ux, uy, uz, ct, n_l, nq, n_max, ab, abt, tmat, accumulate):
+    """Contraction of one neighbour image's density derivative with the coefficients.
 
-    ``accumulate`` adds instead of writing: only atoms seen through several
-    periodic images need it, so the usual single-image pair is written once.
-    """
-    n_lm = ylm.shape[0]
-    gx = gylm[0]
-    gy = gylm[1]
-    gz = gylm[2]
-    for lm in range(n_lm):
-        l = l_of_lm[lm]
-        y = ylm[lm]
-        ax = gx[lm] * inv_r
-        ay = gy[lm] * inv_r
-        az = gz[lm] * inv_r
-        row = out[lm]
-        if accumulate:
-            for n in range(n_max):
-                gl = g[n, l]
-                dgl = dg[n, l] * y
-                row[n] += dgl * ux + gl * ax
-                row[n_max + n] += dgl * uy + gl * ay
-                row[2 * n_max + n] += dgl * uz + gl * az
-        else:
-            for n in range(n_max):
-                gl = g[n, l]
-                dgl = dg[n, l] * y
-                row[n] = dgl * ux + gl * ax
-                row[n_max + n] = dgl * uy + gl * ay
-                row[2 * n_max + n] = dgl * uz + gl * az
+    ``tmat[alpha, n, q, l] = sum_m dc_{n l m, alpha} c[q, l m]`` with
+    ``dc_{nlm, alpha} = G'_nl u_alpha Y_lm + G_nl dY_lm/dr_alpha`` separable in (n, l) x
+    (l, m), so it factorises through ``A[q, l] = sum_m Y_lm c[q, lm]`` and
+    ``B_alpha[q, l] = sum_m dY_lm/dr_alpha c[q, lm]``::
 
+        tmat[alpha, n, q, l] = G'_nl u_alpha A[q, l] + G_nl B_alpha[q, l]
 
-@numba.njit(cache=True, inline="always")
-def _contract(blk, n_rows, ct, n_l, nq, tmat):
-    """``tmat[l * nq + q, r] = sum_m blk[lm, r] ct[lm, q]`` for the first ``n_rows`` columns.
-
-    The first m of each l writes, so ``tmat`` needs no clearing; two m per
-    pass halve the loads and stores of the (L1-resident) ``tmat`` row.
+    4 nq (l_max+1)^2 + 6 n_max nq (l_max+1) multiply-adds instead of the
+    6 n_max (l_max+1)^2 of dc plus 3 n_max nq (l_max+1)^2 of contracting it.
+    l is the fastest axis, as in the feature order, so the assembly reads
+    contiguous runs. ``g, dg`` are G and G' as ``[n, l]``; ``gylm`` is the
+    gradient of Y (already divided by r); ``ab`` (4, n_l, nq) and ``abt``
+    (4, nq, n_l) are scratch.
     """
     for l in range(n_l):
-        lm0 = l * l
-        lm_end = lm0 + 2 * l + 1
-        for q in range(nq):
-            trow = tmat[l * nq + q]
-            c0 = ct[lm0, q]
-            b0 = blk[lm0]
-            for r in range(n_rows):
-                trow[r] = c0 * b0[r]
-            lm = lm0 + 1
-            while lm + 1 < lm_end:
-                c1 = ct[lm, q]
-                c2 = ct[lm + 1, q]
-                b1 = blk[lm]
-                b2 = blk[lm + 1]
-                for r in range(n_rows):
-                    trow[r] += c1 * b1[r] + c2 * b2[r]
-                lm += 2
-            if lm < lm_end:
-                c1 = ct[lm, q]
-                b1 = blk[lm]
-                for r in range(n_rows):
-                    trow[r] += c1 * b1[r]
+        for w in range(4):
+            for q in range(nq):
+                ab[w, l, q] = 0.0
+        for lm in range(l * l, (l + 1) * (l + 1)):
+            y = ylm[lm]
+            gx = gylm[0, lm]
+            gy = gylm[1, lm]
+            gz = gylm[2, lm]
+            crow = ct[lm]
+            for q in range(nq):
+                cq = crow[q]
+                ab[0, l, q] += y * cq
+                ab[1, l, q] += gx * cq
+                ab[2, l, q] += gy * cq
+                ab[3, l, q] += gz * cq
+    for q in range(nq):
+        for l in range(n_l):
+            a = ab[0, l, q]
+            abt[0, q, l] = ux * a
+            abt[1, q, l] = uy * a
+            abt[2, q, l] = uz * a
+            abt[3, q, l] = ab[1, l, q]
+            abt[4, q, l] = ab[2, l, q]
+            abt[5, q, l] = ab[3, l, q]
+    for al in range(3):
+        ua = abt[al]
+        bb = abt[3 + al]
+        for n in range(n_max):
+            gn = g[n]
+            dgn = dg[n]
+            tn = tmat[al, n]
+            if accumulate:
+                for q in range(nq):
+                    for l in range(n_l):
+                        tn[q, l] += dgn[l] * ua[q, l] + gn[l] * bb[q, l]
+            else:
+                for q in range(nq):
+                    for l in range(n_l):
+                        tn[q, l] = dgn[l] * ua[q, l] + gn[l] * bb[q, l]
 
 
 @numba.njit(cache=True, inline="always")
-def _assemble(tmat, col, s, n_species, n_max, n_l, feat_factor, p, gout):
-    """Derivative of every feature for the derivative rows ``col .. col + n_max`` of species s.
+def _assemble(t, s, n_species, n_max, n_l, feat_factor, p, gout):
+    """Derivative of every feature for one derivative component of species s.
 
-    ``tmat[l * nq + b * n_max + n', col + n]`` holds sum_m D[lm, n] c[b, n', lm].
+    ``t[n, b * n_max + n', l]`` holds sum_m D[n, lm] c[b, n', lm].
     Features are produced in their storage order (a <= b, n, n' [>= n if
     a == b], l) with d p = [a == s] T[n; b, n'] + [b == s] T[n'; a, n], times
-    the prefactor. Species pairs without s are exactly zero. Returns the dot
-    product of the derivative with ``p`` (for the normalisation chain rule).
+    the prefactor: runs along l (and, for a != b, along (n', l)) are contiguous
+    in both ``t`` and the output. Species pairs without s are exactly zero.
+    Returns the dot product of the derivative with ``p`` (for the
+    normalisation chain rule).
     """
     dot = 0.0
-    nq = n_species * n_max
     f = 0
     for a in range(n_species):
         for b in range(a, n_species):
@@ -210,28 +206,36 @@ def _assemble(tmat, col, s, n_species, n_max, n_l, feat_factor, p, gout):
                     gout[f + k] = 0.0
                 f += cnt
                 continue
-            for n in range(n_max):
-                n2_start = n if a == b else 0
-                for n2 in range(n2_start, n_max):
-                    if a == s and b == s:
+            if a == b:
+                for n in range(n_max):
+                    tn = t[n]
+                    for n2 in range(n, n_max):
+                        t1 = tn[a * n_max + n2]
+                        t2 = t[n2, a * n_max + n]
                         for l in range(n_l):
-                            v = feat_factor[f + l] * (
-                                tmat[l * nq + b * n_max + n2, col + n]
-                                + tmat[l * nq + a * n_max + n, col + n2]
-                            )
+                            v = feat_factor[f + l] * (t1[l] + t2[l])
                             gout[f + l] = v
                             dot += p[f + l] * v
-                    elif a == s:
+                        f += n_l
+            elif a == s:
+                for n in range(n_max):
+                    tn = t[n]
+                    for n2 in range(n_max):
+                        t1 = tn[b * n_max + n2]
                         for l in range(n_l):
-                            v = feat_factor[f + l] * tmat[l * nq + b * n_max + n2, col + n]
+                            v = feat_factor[f + l] * t1[l]
                             gout[f + l] = v
                             dot += p[f + l] * v
-                    else:
+                        f += n_l
+            else:
+                for n in range(n_max):
+                    for n2 in range(n_max):
+                        t2 = t[n2, a * n_max + n]
                         for l in range(n_l):
-                            v = feat_factor[f + l] * tmat[l * nq + a * n_max + n, col + n2]
+                            v = feat_factor[f + l] * t2[l]
                             gout[f + l] = v
                             dot += p[f + l] * v
-                    f += n_l
+                        f += n_l
     return dot
 
 
@@ -276,14 +280,16 @@ def _soap_centres(
     """Body of :func:`soap_kernel` for centres i_start..i_end-1, with scratch allocated once.
 
     Per centre: (1) one pass over the neighbour images accumulates the density
-    coefficients c and writes each neighbour's density derivative into its own
-    contiguous block ``dcs[slot, lm, (alpha, n)]`` (written, not accumulated,
-    unless the atom is seen through several images); (2) the power spectrum
-    and its norm; (3) per neighbour, the contraction with c into a small
+    coefficients c and keeps each image's radial values G, G' and spherical
+    harmonics Y, grad Y (a few kB, cache-resident); (2) the power spectrum and
+    its norm; (3) per neighbour atom, the factorised contraction
+    (:func:`_pair_tmat`, summed over the atom's images) into a small
     L1-resident ``tmat`` and the assembly of its three feature rows, written
     once to ``pair_grad`` with the normalisation applied. The self block is
     minus the sum of the other blocks (translation invariance), accumulated
-    from the rows as they are written.
+    from the rows as they are written. Strain: an atom seen through one image
+    adds its assembled row times r_ij,b; images of the centre and atoms seen
+    through several images go through per-species strain rows ``tstr``.
     """
     n_max = gtab.shape[1]
     n_l = gtab.shape[2]
@@ -294,23 +300,33 @@ def _soap_centres(
     need_d = do_grad or do_strain
     y00 = ylm_norm[0]
     r_on = r_cut - cutoff_width
-    r3 = 3 * n_max  # derivative rows of one block: (alpha, n)
-    r6 = 6 * n_max  # strain rows of one species: (voigt, n)
 
     # Scratch sized for the largest centre of this range, allocated once per
     # chunk: per-centre allocation churns the allocator and page-faults.
     max_slots = 0
-    if do_grad:
-        for i in range(i_start, i_end):
+    max_img = 0
+    for i in range(i_start, i_end):
+        max_img = max(max_img, img_offsets[i + 1] - img_offsets[i])
+        if do_grad:
             max_slots = max(max_slots, pair_offsets[i + 1] - pair_offsets[i])
-    dcs = np.empty((max_slots, n_lm, r3))
-    dstr = np.empty((n_species if do_strain else 0, n_lm, r6))
-    str_used = np.zeros(n_species, dtype=np.bool_)
-    dcl = np.empty((n_lm, r3))
-    tmat = np.empty((n_l * nq, r6 if do_strain else r3))
+    n_keep = max_img if need_d else 0
+    g_k = np.empty((n_keep, n_max, n_l))
+    dg_k = np.empty((n_keep, n_max, n_l))
+    ylm_k = np.empty((n_keep, n_lm))
+    gylm_k = np.empty((n_keep, 3, n_lm))
+    u_k = np.empty((n_keep, 3))
+    img_ok = np.zeros(n_keep, dtype=np.bool_)
     slot_species = np.empty(max_slots, dtype=np.int64)
     slot_count = np.empty(max_slots, dtype=np.int64)
-    slot_vec = np.empty((max_slots, 3))
+    slot_start = np.empty(max_slots + 1, dtype=np.int64)
+    slot_fill = np.empty(max_slots, dtype=np.int64)
+    slot_imgs = np.empty(max_img, dtype=np.int64)
+    tstr = np.empty((n_species if do_strain else 0, 6, n_max, nq, n_l))
+    str_used = np.zeros(n_species, dtype=np.bool_)
+    tmat = np.empty((3, n_max, nq, n_l))
+    tk = np.empty((3, n_max, nq, n_l))
+    ab = np.empty((4, n_l, nq))
+    abt = np.empty((6, nq, n_l))
     c = np.empty((n_species, n_max, n_lm))
     ct = np.empty((n_lm, nq))
     g = np.empty((n_max, n_l))
@@ -340,15 +356,23 @@ def _soap_centres(
             slot_species[slot] = -1
             slot_count[slot] = 0
         if do_grad:
+            # images grouped by the atom they belong to (counting sort)
+            for k in range(a0, a1):
+                if img_slot[k] >= 0:
+                    slot_count[img_slot[k]] += 1
+            slot_start[0] = 0
+            for slot in range(n_slots):
+                slot_start[slot + 1] = slot_start[slot] + slot_count[slot]
+                slot_fill[slot] = slot_start[slot]
             for k in range(a0, a1):
                 sl = img_slot[k]
                 if sl >= 0:
-                    slot_count[sl] += 1
-                    slot_vec[sl, 0] = img_vectors[k, 0]
-                    slot_vec[sl, 1] = img_vectors[k, 1]
-                    slot_vec[sl, 2] = img_vectors[k, 2]
+                    slot_imgs[slot_fill[sl]] = k
+                    slot_fill[sl] += 1
 
         for k in range(a0, a1):
+            if need_d:
+                img_ok[k - a0] = False
             vx = img_vectors[k, 0]
             vy = img_vectors[k, 1]
             vz = img_vectors[k, 2]
@@ -377,41 +401,22 @@ def _soap_centres(
                     c[s, n, lm] += g[n, l_of_lm[lm]] * ylm[lm]
             if not need_d:
                 continue
-            slot = img_slot[k] if do_grad else -1
-            if slot >= 0 and slot_count[slot] == 1:
-                # the common case: one image, one block, written once
-                slot_species[slot] = s
-                _density_derivative(g, dg, ylm, gylm, ux, uy, uz, inv_r, l_of_lm, n_max, dcs[slot],
-                                    False)
-                continue
-            # Several images of one atom, or an image of the centre itself: the
-            # strain rows collect them (an atom seen through a single image gets
-            # its strain term from its position derivative, d p / d r_ij,a * r_ij,b).
-            _density_derivative(g, dg, ylm, gylm, ux, uy, uz, inv_r, l_of_lm, n_max, dcl, False)
-            if slot >= 0:
-                first = slot_species[slot] < 0
-                slot_species[slot] = s
-                blk = dcs[slot]
-                if first:
-                    for lm in range(n_lm):
-                        for r in range(r3):
-                            blk[lm, r] = dcl[lm, r]
-                else:
-                    for lm in range(n_lm):
-                        for r in range(r3):
-                            blk[lm, r] += dcl[lm, r]
-            if do_strain:
-                ds = dstr[s]
-                if not str_used[s]:
-                    ds[:, :] = 0.0
-                    str_used[s] = True
-                for vo in range(6):
-                    al = _VOIGT_A[vo]
-                    be = _VOIGT_B[vo]
-                    vb = vx if be == 0 else (vy if be == 1 else vz)
-                    for lm in range(n_lm):
-                        for n in range(n_max):
-                            ds[lm, vo * n_max + n] += dcl[lm, al * n_max + n] * vb
+            kk = k - a0
+            img_ok[kk] = True
+            u_k[kk, 0] = ux
+            u_k[kk, 1] = uy
+            u_k[kk, 2] = uz
+            for n in range(n_max):
+                for l in range(n_l):
+                    g_k[kk, n, l] = g[n, l]
+                    dg_k[kk, n, l] = dg[n, l]
+            for lm in range(n_lm):
+                ylm_k[kk, lm] = ylm[lm]
+                gylm_k[kk, 0, lm] = gylm[0, lm] * inv_r
+                gylm_k[kk, 1, lm] = gylm[1, lm] * inv_r
+                gylm_k[kk, 2, lm] = gylm[2, lm] * inv_r
+            if do_grad and img_slot[k] >= 0:
+                slot_species[img_slot[k]] = s
 
         # Central-atom Gaussian: l = 0 only, constant in positions.
         sc = center_species[i]
@@ -451,6 +456,30 @@ def _soap_centres(
 
         if do_strain:
             s6[:, :] = 0.0
+            # images that need strain rows: of the centre itself, of atoms seen
+            # through several images, or every image when positions are not wanted
+            for k in range(a0, a1):
+                kk = k - a0
+                if not img_ok[kk]:
+                    continue
+                sl = img_slot[k] if do_grad else -1
+                if sl >= 0 and slot_count[sl] == 1:
+                    continue
+                s = img_species[k]
+                _pair_tmat(g_k[kk], dg_k[kk], ylm_k[kk], gylm_k[kk], u_k[kk, 0], u_k[kk, 1],
+                           u_k[kk, 2], ct, n_l, nq, n_max, ab, abt, tk, False)
+                ts = tstr[s]
+                if not str_used[s]:
+                    ts[:, :, :, :] = 0.0
+                    str_used[s] = True
+                for vo in range(6):
+                    vb = img_vectors[k, _VOIGT_B[vo]]
+                    src_t = tk[_VOIGT_A[vo]]
+                    dst_t = ts[vo]
+                    for n in range(n_max):
+                        for q in range(nq):
+                            for l in range(n_l):
+                                dst_t[n, q, l] += src_t[n, q, l] * vb
         if do_grad:
             gself[:, :] = 0.0
             pb = pair_offsets[i]
@@ -464,14 +493,23 @@ def _soap_centres(
                     # only a coincident atom (r == 0) can leave a slot empty
                     out[:, :] = 0.0
                     continue
-                _contract(dcs[slot], r3, ct, n_l, nq, tmat)
+                first = True
+                for t in range(slot_start[slot], slot_start[slot + 1]):
+                    k = slot_imgs[t]
+                    kk = k - a0
+                    if not img_ok[kk]:
+                        continue
+                    _pair_tmat(g_k[kk], dg_k[kk], ylm_k[kk], gylm_k[kk], u_k[kk, 0],
+                               u_k[kk, 1], u_k[kk, 2], ct, n_l, nq, n_max, ab, abt, tmat, not first)
+                    first = False
                 single = do_strain and slot_count[slot] == 1
+                vec = img_vectors[slot_imgs[slot_start[slot]]]
                 for al in range(3):
-                    dot = _assemble(tmat, al * n_max, s, n_species, n_max, n_l, feat_factor, p, gout)
+                    dot = _assemble(tmat[al], s, n_species, n_max, n_l, feat_factor, p, gout)
                     if single:
                         for vo in range(6):
                             if _VOIGT_A[vo] == al:
-                                vb = slot_vec[slot, _VOIGT_B[vo]]
+                                vb = vec[_VOIGT_B[vo]]
                                 s6v = s6[vo]
                                 for f in range(n_feat):
                                     s6v[f] += gout[f] * vb
@@ -491,9 +529,8 @@ def _soap_centres(
             for s in range(n_species):
                 if not str_used[s]:
                     continue
-                _contract(dstr[s], r6, ct, n_l, nq, tmat)
                 for vo in range(6):
-                    _assemble(tmat, vo * n_max, s, n_species, n_max, n_l, feat_factor, p, gout)
+                    _assemble(tstr[s, vo], s, n_species, n_max, n_l, feat_factor, p, gout)
                     s6v = s6[vo]
                     for f in range(n_feat):
                         s6v[f] += gout[f]
