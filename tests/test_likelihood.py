@@ -135,3 +135,17 @@ def test_search_from_an_optimum_stops_at_once():
     again, res = optimize_hyperparameters(ws, theta, bounds, scan_delta=False)
     assert res.n_evaluations <= 3
     np.testing.assert_allclose(again, theta, atol=1e-6)
+
+
+def test_search_reports_its_likelihood_evaluations(monkeypatch):
+    # the count stored on a fitted model (n_likelihood_evaluations_) is every evaluation made
+    from kernelpot.gp import hyperparameters, likelihood
+
+    ws = _model_problem(seed=5)
+    calls = []
+    real = likelihood.neg_log_marginal_likelihood
+    monkeypatch.setattr(likelihood, "neg_log_marginal_likelihood",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    theta0, bounds, fixed = hyperparameters.initial_theta(ws)
+    theta, n = hyperparameters.search(ws, theta0, bounds, fixed, energy_noise="evidence", warn=False)
+    assert n == len(calls) > 13
