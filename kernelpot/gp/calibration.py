@@ -174,7 +174,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
 
         def nll(w, data):
             rr, nn, pp, ny, aa = data
-            v = w[0] * nn + (w[1] * pp + w[2] * ny) * (np.clip(aa, vref, amax) / vref) ** (w[3] - 1.0)
+            _, v = variance((*w, vref, amax), np.sqrt(nn), pp + ny, aa, ny)
             return 0.5 * np.mean(np.log(v) + rr ** 2 / v)
 
         # stage 1: the weights from the structure LOO (in distribution)

@@ -220,7 +220,7 @@ def _full_weights(weights) -> tuple:
     """``(w_a, w_p, w_n, gamma, v_ref, a_max)`` from any stored form (files before 0.2 hold ``(w_a, w_e)``)."""
     w = tuple(float(x) for x in weights)
     if len(w) == 2:
-        return (w[0], w[1], w[1], 1.0, 1.0, np.inf)
+        return (w[0], w[1], w[1], 1.0, np.inf, np.inf)
     if len(w) != 6:
         raise ValueError(f"calibration weights must have 2 or 6 entries, got {w}")
     return w
@@ -231,10 +231,16 @@ def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None):
 
     With weights ``(w_a, w_p, w_n, gamma, v_ref, a_max)`` (the calibration
     model of :mod:`kernelpot.gp.calibration`; ``(w_a, w_e)`` means
-    ``w_p = w_n = w_e, gamma = 1``)::
+    ``w_p = w_n = w_e, gamma = 1`` and no fading)::
 
-        epistemic = (w_p (v - v_nys) + w_n v_nys) (clip(a, v_ref, a_max) / v_ref)^(gamma - 1)
+        epistemic = (W_p (v - v_nys) + W_n v_nys) (clip(a, v_ref, a_max) / v_ref)^(gamma - 1)
+        W         = w + max(0, 1 - w) clip(1 - v_ref / a, 0, 1)
         total     = epistemic + w_a noise^2
+
+    A weight below one (the calibration data say the GP variance is too
+    wide there) applies in full up to ``v_ref`` and fades back to one beyond
+    it: held-out residuals vouch for the variance only where they were
+    measured, and far from the data the GP's own variance stands.
 
     ``v`` is the latent variance, ``v_nys`` its Nystrom residual (default 0)
     and ``a`` its rotation-invariant amplitude (:func:`invariant_amplitude`;
@@ -253,9 +259,13 @@ def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None):
     wa, wp, wn, gamma, vref, amax = _full_weights(weights)
     v = np.maximum(np.asarray(var_epistemic, float), 0.0)
     ny = np.zeros_like(v) if nystrom is None else np.clip(np.asarray(nystrom, float), 0.0, v)
-    epi = wp * (v - ny) + wn * ny
+    amp = v if amplitude is None else np.maximum(np.asarray(amplitude, float), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fade = np.clip(np.nan_to_num(1.0 - vref / amp, nan=0.0, neginf=0.0), 0.0, 1.0)
+    # a weight that shrinks the variance holds where the calibration data were; it fades back to
+    # the GP's own variance (weight 1) where the latent variance exceeds them
+    epi = (wp + max(0.0, 1.0 - wp) * fade) * (v - ny) + (wn + max(0.0, 1.0 - wn) * fade) * ny
     if gamma != 1.0:
-        amp = v if amplitude is None else np.maximum(np.asarray(amplitude, float), 0.0)
         epi = epi * (np.clip(amp, vref, max(amax, vref)) / vref) ** (gamma - 1.0)
     return epi, epi + wa * np.square(noise)
 
