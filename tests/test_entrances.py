@@ -247,3 +247,23 @@ def test_fit_accepts_3x3_float32_stress_as_voigt(cu_frames, small_soap):
     p = _fit(full, small_soap).predict(cu_frames[:2], return_std=False)
     np.testing.assert_allclose(p["stress"], ref["stress"], rtol=1e-4, atol=1e-6)   # float32 round-off
     np.testing.assert_allclose(p["forces"], ref["forces"], atol=1e-5)
+
+
+def test_refit_and_update_check_structures_like_fit(small_soap):
+    """refit/update are entrances too: NaN positions and unknown species are refused, naming the frame."""
+    from kernelpot import SparseGP
+    from conftest import emt_frames
+    frames = emt_frames(6, seed=3)
+    model = SparseGP(descriptor=small_soap, n_sparse=20, verbose=False, calibrate=False).fit(frames)
+    bad = frames[1].copy()
+    bad.calc = frames[1].calc
+    bad.positions[2, 0] = np.nan
+    with pytest.raises(ValueError, match="frame 1"):
+        model.update([frames[0], bad])
+    with pytest.raises(ValueError, match="not finite|NaN"):
+        model.refit([frames[0], bad])
+    au = frames[2].copy()
+    au.calc = frames[2].calc
+    au.numbers[0] = 79
+    with pytest.raises(ValueError, match="Au"):
+        model.update([au])

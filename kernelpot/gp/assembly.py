@@ -19,7 +19,7 @@ import copy
 
 import numpy as np
 
-from kernelpot.io.labels import config_type, frame_labels, frame_noise
+from kernelpot.io.labels import check_structure, config_type, frame_labels, frame_noise
 from kernelpot.gp.design import frame_design
 from kernelpot.gp.likelihood import GroupStats, whiten
 from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_stress_var
@@ -129,9 +129,12 @@ def group_names(model, frames, labels) -> list:
 
 
 def labels_in_groups(model, frames) -> list:
-    """Labels of ``frames``, checking that each has a noise group in ``model``."""
+    """Labels of ``frames`` (for ``refit``/``update``), checking each structure as ``fit`` and
+    ``predict`` do (finite positions, a usable cell, known species) and that each label has a
+    noise group in ``model``."""
     out = []
     for i, a in enumerate(frames):
+        check_structure(a, i, species=model.species_)
         lab = frame_labels(a, i)
         for kind in lab:
             used = (kind != "stress" or model.fit_stress) and (kind != "forces" or model.fit_forces)
