@@ -34,6 +34,34 @@ Parameter matching (r_cut 5 Å, n_max 8, l_max 6, Gaussian width 0.5 Å):
   not normalised. Its derivatives come as a dense (n, n, 3, F) array and are
   numerical for periodic systems; they are skipped where that array would
   exceed 2 GB. dscribe has no strain derivatives.
+
+Flop bound (column ``bound``)
+-----------------------------
+A lower bound on the time of features + position gradients, counted per
+neighbour pair (i, j) with |r_ij| < r_cut, with n = n_max, L = (l_max + 1)^2
+spherical harmonics, S species and F features (``kp/bound`` is kernelpot's
+time over it; the target of issue 16 is <= 5 on Si):
+
+* expansion coefficients c^s_{nlm} += G_nl(r) Y_lm(u): n L multiply-adds;
+* their gradients d c_{nlm} / d r_j = G'_nl u Y_lm + G_nl grad Y_lm / r, three
+  Cartesian components of two terms: 3 x 2 n L;
+* the power-spectrum gradient contraction
+  T[alpha; n, (b, n'), l] = sum_m dc^s_{n l m, alpha} c^b_{n' l m}, from which
+  every d p^{ab}_{n n' l} / d r_j,alpha = T[n; b, n'] + T[n'; a, n] follows:
+  3 n (S n) L.
+
+At r_cut 5 Å, n_max 8, l_max 6 (L = 49) on Si (S = 1) that is
+392 + 2,352 + 9,408 = 12,152 multiply-adds per pair; rattled diamond has ~28
+neighbours within 5 Å (the benchmark counts them), so ~0.35 M multiply-adds
+per atom. Converted to time with the single-thread multiply-add rate that
+numpy's dgemm reaches on this machine in the same run (the practical peak:
+~20-25 G/s on these cores, ~15 µs), plus the time to write the output rows
+(3 F doubles per pair, and the self pair) at the store bandwidth measured in
+the same run (~1 µs/atom per GB/s: 6 kB per pair x 29 pairs = 175 kB/atom).
+The assembly (T + T^T, the normalisation chain rule, ~9 F operations per
+pair) and the power spectrum itself are left out, so the bound is optimistic.
+For strain (c) the bound adds 6 F multiply-adds per pair (sum_j dp/dr_j r_j).
+Periodic cells count every image within r_cut as a neighbour.
 """
 
 from __future__ import annotations
@@ -153,13 +181,25 @@ class Kernelpot:
     def features(self):
         return self.soap.create(self.frames)
 
+    # Structures are processed one at a time and each result is released before the next, as
+    # kernelpot's consumers do (fit assembly, MD steps): the output buffer is then reused.
+    # Keeping all 100 acac results alive instead allocates (and page-faults) a new one per
+    # molecule, as every call did before issue 16.
+    def _each(self, **kw):
+        n_rows = 0
+        for a in self.frames:
+            out = self.soap.compute(a, **kw)
+            n_rows += out.pair_grad.shape[0]
+            del out
+        return n_rows
+
     def positions(self):
-        return [self.soap.compute(a, gradients=True) for a in self.frames]
+        return self._each(gradients=True)
 
     def strain(self):
         if not self.frames[0].pbc.all():
             return None
-        return [self.soap.compute(a, gradients=True, strain=True) for a in self.frames]
+        return self._each(gradients=True, strain=True)
 
 
 class Featomic:
@@ -218,6 +258,55 @@ class Dscribe:
         return None
 
 
+# ---------------------------------------------------------------- flop bound
+def machine_rates(size: int = 1024, stream_mb: int = 256) -> tuple[float, float]:
+    """Single-thread dgemm multiply-adds per second and store bandwidth (bytes/s), CPU time."""
+    rng = np.random.default_rng(0)
+    a = rng.random((size, size))
+    b = rng.random((size, size))
+    a @ b
+    best = np.inf
+    for _ in range(3):
+        t0 = time.process_time()
+        a @ b
+        best = min(best, time.process_time() - t0)
+    mac_rate = size**3 / best
+    buf = np.empty(stream_mb * 2**20 // 8)
+    buf.fill(1.0)  # fault the pages in first: the bound assumes a reused output buffer
+    best = np.inf
+    for _ in range(3):
+        t0 = time.process_time()
+        buf.fill(2.0)
+        best = min(best, time.process_time() - t0)
+    return mac_rate, buf.nbytes / best
+
+
+def flop_bound(frames, mac_rate: float, store_rate: float, strain: bool) -> dict:
+    """Multiply-adds and output bytes per atom for features + position (+ strain) gradients."""
+    from kernelpot import SOAP
+    from kernelpot.descriptors.neighbors import neighbor_list
+
+    species = sorted({int(z) for a in frames for z in a.numbers})
+    n_sp, n, big_l = len(species), N_MAX, (L_MAX + 1) ** 2
+    n_feat = SOAP(species=species, n_max=N_MAX, l_max=L_MAX).get_number_of_features()
+    per_pair = n * big_l + 6 * n * big_l + 3 * n * (n_sp * n) * big_l
+    if strain:
+        per_pair += 6 * n_feat
+    n_atoms = sum(len(a) for a in frames)
+    pairs = images = 0
+    for a in frames:
+        nl = neighbor_list(a, R_CUT)
+        real = nl.neighbors != nl.centers  # images of the centre itself only enter c
+        r = np.linalg.norm(nl.vectors, axis=1)
+        images += int(np.sum((r < R_CUT) & (r > 0)))
+        keys = np.unique(nl.centers[real] * len(a) + nl.neighbors[real])
+        pairs += len(keys) + len(a)  # folded (i, j) blocks plus the self block
+    macs = images / n_atoms * per_pair
+    out_bytes = pairs / n_atoms * 3 * n_feat * 8 + (6 * n_feat * 8 if strain else 0)
+    us = (macs / mac_rate + out_bytes / store_rate) * 1e6
+    return {"neighbours": images / n_atoms, "macs": macs, "bytes": out_bytes, "us": us}
+
+
 # ------------------------------------------------------------- compile time
 _COMPILE_SNIPPET = textwrap.dedent(
     """
@@ -257,6 +346,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="Si 216 and acac only")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the first-call (numba compile) measurement")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "descriptors.txt"))
     parser.add_argument("--worker", nargs=2, metavar=("SYSTEM", "CODE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -271,24 +363,37 @@ def main(argv=None):
 
     from importlib.metadata import version
 
-    print(f"kernelpot {kernelpot.__version__}, dscribe {version('dscribe')}, "
-          f"featomic {featomic.__version__}; numba {numba.__version__}, threads 1")
-    print(f"r_cut {R_CUT} Å, n_max {N_MAX}, l_max {L_MAX}, Gaussian width {SIGMA} Å; "
-          f"CPU µs per atom, median of {args.repeats} after one warm-up call; each (system, code, "
-          f"task) in a fresh process\n")
+    lines = []
 
-    print("first-call cost of kernelpot in a fresh process (Si 16 atoms, gradients + strain):")
-    for label, t_import, t_tables, t_first, t_second in compile_times():
-        print(f"  {label:28s} import {t_import:6.2f} s | radial tables {t_tables:5.2f} s | "
-              f"first call {t_first:6.2f} s | second call {t_second * 1e3:7.2f} ms")
-    print()
+    def out(line=""):
+        print(line, flush=True)
+        lines.append(line)
+
+    out(f"kernelpot {kernelpot.__version__}, dscribe {version('dscribe')}, "
+        f"featomic {featomic.__version__}; numba {numba.__version__}, threads 1; "
+        f"load average {os.getloadavg()[0]:.1f} at start")
+    out(f"r_cut {R_CUT} Å, n_max {N_MAX}, l_max {L_MAX}, Gaussian width {SIGMA} Å; "
+        f"CPU µs per atom, median of {args.repeats} after one warm-up call; each (system, code, "
+        f"task) in a fresh process")
+    mac_rate, store_rate = machine_rates()
+    out(f"machine (same run, one thread): dgemm {mac_rate / 1e9:.1f} G multiply-adds/s, "
+        f"store bandwidth {store_rate / 1e9:.1f} GB/s (the flop bound's rates)")
+    out()
+
+    if not args.no_compile:
+        out("first-call cost of kernelpot in a fresh process (Si 16 atoms, gradients + strain):")
+        for label, t_import, t_tables, t_first, t_second in compile_times():
+            out(f"  {label:28s} import {t_import:6.2f} s | radial tables {t_tables:5.2f} s | "
+                f"first call {t_first:6.2f} s | second call {t_second * 1e3:7.2f} ms")
+        out()
 
     header = (f"{'system':20s} {'task':22s} {'kernelpot':>10s} {'dscribe':>10s} {'kp/ds':>7s} "
-              f"{'featomic':>10s} {'kp/fa':>7s}   peak MB kp / ds / fa")
-    print(header)
-    print("-" * len(header))
+              f"{'featomic':>10s} {'kp/fa':>7s} {'bound':>7s} {'kp/bd':>6s}   peak MB kp / ds / fa")
+    out(header)
+    out("-" * len(header))
     notes = []
-    for sys_name in systems(args.quick):
+    all_systems = systems(args.quick)
+    for sys_name, frames in all_systems.items():
         data = {}
         for code in ("kernelpot", "dscribe", "featomic"):
             cmd = [sys.executable, __file__, "--worker", sys_name, code,
@@ -300,6 +405,8 @@ def main(argv=None):
         if data["dscribe"]["positions"] is None:
             notes.append(f"{sys_name}: dscribe derivatives skipped, its dense (n, n, 3, F) "
                          f"array would take {data['dscribe']['dense_bytes'] / 1e9:.1f} GB")
+        bounds = {task: flop_bound(frames, mac_rate, store_rate, task == "strain")
+                  for task in ("positions", "strain")}
         for task, label in zip(TASKS, ("(a) features", "(b) + d/d positions",
                                        "(c) + d/d pos, strain")):
             res = {code: data[code][task] for code in data}
@@ -312,19 +419,29 @@ def main(argv=None):
                 return (f"{'-':>10s} {'':>7s}" if v is None
                         else f"{v[0]:10.1f} {kp[0] / v[0]:7.3f}")
 
+            bd = (f"{bounds[task]['us']:7.1f} {kp[0] / bounds[task]['us']:6.1f}" if task in bounds
+                  else f"{'-':>7s} {'':>6s}")
             mem = " / ".join("-" if res[c] is None else f"{res[c][1]:.0f}"
                              for c in ("kernelpot", "dscribe", "featomic"))
-            print(f"{sys_name:20s} {label:22s} {kp[0]:10.1f} {cell('dscribe')} {cell('featomic')}"
-                  f"   {mem}", flush=True)
-        print(f"{'':20s} features per atom: kernelpot {data['kernelpot']['n_features']}, dscribe "
-              f"{data['dscribe']['n_features']}, featomic {data['featomic']['n_features']} per "
-              f"(centre, neighbour, neighbour) species block")
-    print()
-    print("dscribe has no strain derivatives; its periodic derivatives are numerical, the "
-          "molecular ones analytical.")
-    print("No strain derivatives are reported for the non-periodic acac molecules.")
+            out(f"{sys_name:20s} {label:22s} {kp[0]:10.1f} {cell('dscribe')} {cell('featomic')} "
+                f"{bd}   {mem}")
+        b = bounds["positions"]
+        out(f"{'':20s} features per atom: kernelpot {data['kernelpot']['n_features']}, dscribe "
+            f"{data['dscribe']['n_features']}, featomic {data['featomic']['n_features']} per "
+            f"(centre, neighbour, neighbour) species block")
+        out(f"{'':20s} bound (b): {b['neighbours']:.1f} neighbours/atom, {b['macs'] / 1e6:.2f} M "
+            f"multiply-adds/atom, {b['bytes'] / 1e3:.0f} kB/atom of output")
+    out()
+    out("dscribe has no strain derivatives; its periodic derivatives are numerical, the "
+        "molecular ones analytical.")
+    out("No strain derivatives are reported for the non-periodic acac molecules.")
+    out("bound: multiply-adds of coefficients, gradients and the gradient contraction at the "
+        "dgemm rate, plus the output at store bandwidth (see the module docstring).")
     for line in notes:
-        print(line)
+        out(line)
+    out(f"load average {os.getloadavg()[0]:.1f} at end")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
