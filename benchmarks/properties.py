@@ -40,7 +40,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 from ase.build import bulk, surface
 from ase.calculators.calculator import Calculator as ASECalculator, all_changes
 from ase.calculators.emt import EMT

@@ -1,7 +1,6 @@
 """Diagnosis of flagged structures: each kind of error on a small crafted case."""
 
 import numpy as np
-import pytest
 from ase.build import bulk
 
 from kernelpot.uq.diagnosis import UNIT_FACTORS, diagnose, duplicates

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from ase.build import molecule
 from ase.calculators.emt import EMT
 
 import kernelpot

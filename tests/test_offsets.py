@@ -8,7 +8,7 @@ from ase import Atoms
 from ase.build import molecule
 from ase.calculators.emt import EMT
 
-from kernelpot import SOAP, SparseGP
+from kernelpot import SparseGP
 from conftest import label
 
 

@@ -7,7 +7,6 @@ from sklearn.model_selection import KFold, cross_validate
 from sklearn.utils import estimator_checks as ec
 
 from kernelpot import SOAP, SparseGP
-from conftest import emt_frames
 
 # checks that only inspect the constructor / parameters (the data-driven ones assume X is a 2-D array,
 # while kernelpot estimators take lists of ase.Atoms)

@@ -5,7 +5,6 @@ import pytest
 
 from kernelpot import SOAP, SparseGP
 from kernelpot.gp.tune import select_settings
-from conftest import emt_frames
 
 
 def test_likelihood_prefers_a_cutoff_that_sees_the_neighbours(cu_frames):

@@ -37,7 +37,7 @@ from sklearn.base import BaseEstimator, clone
 from kernelpot import _threads, modelfile
 from kernelpot.calculator import Calculator
 from kernelpot.descriptors import SOAP
-from kernelpot.io.labels import (check_structure, config_type, frame_labels, frame_name, is_periodic,
+from kernelpot.io.labels import (check_structure, frame_labels, frame_name, is_periodic,
                                  structure_errors)
 from kernelpot.io.validation import validate, warn_report
 from kernelpot.gp import assembly, hyperparameters
@@ -485,13 +485,7 @@ class SparseGP(BaseEstimator):
 
         Higher is better, as scikit-learn expects from ``score``.
         """
-        labels = [frame_labels(a, i) for i, a in enumerate(frames)]
-        pred = self.predict(frames, return_std=False)
-        if all("forces" in lab for lab in labels):
-            ref = np.concatenate([lab["forces"] for lab in labels])
-            return -float(np.sqrt(np.mean((pred["forces"] - ref) ** 2)))
-        ref = np.array([lab["energy"] for lab in labels]) / pred["n_atoms"]
-        return -float(np.sqrt(np.mean((pred["energy"] / pred["n_atoms"] - ref) ** 2)))
+        return score(self, frames)
 
     # ---------------------------------------------------------- posterior
     def sample_weights(self, n_samples: int, random_state=0) -> np.ndarray:
@@ -676,6 +670,18 @@ def _warn_unseparable(A, species):
                   f"Energies of other compositions get the prior uncertainty of these offsets (delta per atom); "
                   f"add structures of other compositions (e.g. the pure elements) to pin them down.",
                   RuntimeWarning, stacklevel=3)
+
+
+def score(model, frames) -> float:
+    """Negative force-component RMSE (eV/Å) of ``model.predict`` on labelled frames (energy per atom if
+    any frame has no forces): the ``score`` of every kernelpot estimator."""
+    labels = [frame_labels(a, i) for i, a in enumerate(frames)]
+    pred = model.predict(frames, return_std=False)
+    if all("forces" in lab for lab in labels):
+        ref = np.concatenate([lab["forces"] for lab in labels])
+        return -float(np.sqrt(np.mean((pred["forces"] - ref) ** 2)))
+    ref = np.array([lab["energy"] for lab in labels]) / pred["n_atoms"]
+    return -float(np.sqrt(np.mean((pred["energy"] / pred["n_atoms"] - ref) ** 2)))
 
 
 _ARRAY_NAMES = ("alpha_", "theta_", "sparse_index_", "sparse_X", "sparse_numbers", "Lmm", "Lc", "Kmm", "a")

@@ -31,7 +31,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, clone
 
 from kernelpot.io.labels import frame_labels, is_isolated_atom
-from kernelpot.gp.sparse import SparseGP
+from kernelpot.gp.sparse import SparseGP, score
 
 __all__ = ["Committee", "COMMITTEE_METHODS"]
 
@@ -201,10 +201,4 @@ class Committee(BaseEstimator):
 
     def score(self, frames, y=None) -> float:
         """Negative force-component RMSE (eV/Å) of the committee mean (energy per atom if no forces)."""
-        labels = [frame_labels(a, i) for i, a in enumerate(frames)]
-        pred = self.predict(frames, return_std=False)
-        if all("forces" in lab for lab in labels):
-            ref = np.concatenate([lab["forces"] for lab in labels])
-            return -float(np.sqrt(np.mean((pred["forces"] - ref) ** 2)))
-        ref = np.array([lab["energy"] for lab in labels]) / pred["n_atoms"]
-        return -float(np.sqrt(np.mean((pred["energy"] / pred["n_atoms"] - ref) ** 2)))
+        return score(self, frames)
