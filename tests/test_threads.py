@@ -54,3 +54,9 @@ def test_results_do_not_depend_on_thread_count(monkeypatch):
     many = soap.compute(atoms, gradients=True, strain=True)
     np.testing.assert_array_equal(one.pair_grad, many.pair_grad)
     np.testing.assert_array_equal(one.strain_grad, many.strain_grad)
+
+
+def test_matrix_work_uses_one_blas_thread_below_the_threshold():
+    from kernelpot import _threads
+    assert _threads.threads_for_matrix(855) == 1
+    assert _threads.threads_for_matrix(_threads.MIN_MATRIX_PER_THREAD) == _threads.max_threads()

@@ -251,9 +251,10 @@ class SparseGP(BaseEstimator):
         t = time.perf_counter()
         feats = assembly.compute_features(self, frames)
         t = assembly.phase(self.verbose, "descriptors", t, f"{len(frames)} frames")
-        self.sparse_index_, self.sparse_ = choose_sparse_set(
-            feats, frames, self.species_, self.n_sparse, self.sparse_method, self.zeta, self.random_state,
-            self.sparse_points, _SPARSE_TOL)
+        with _threads.limit(blas_threads=_threads.threads_for_matrix(int(self.n_sparse) * len(self.species_))):
+            self.sparse_index_, self.sparse_ = choose_sparse_set(
+                feats, frames, self.species_, self.n_sparse, self.sparse_method, self.zeta, self.random_state,
+                self.sparse_points, _SPARSE_TOL)
         self._Kmm = self.sparse_.kernel(self.zeta)
         self._Lmm, _ = safe_cholesky(self._Kmm, "sparse kernel Kmm", jitter=_KMM_JITTER)
         self.noise_groups_ = assembly.group_names(self, frames, labels)
@@ -265,17 +266,20 @@ class SparseGP(BaseEstimator):
         self._stats = assembly.accumulate(self, frames, labels)
         t = assembly.phase(self.verbose, "assembly", t)
         theta0, bounds, fixed = self._initial_theta()
-        theta, self.n_likelihood_evaluations_ = hyperparameters.search(
-            self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose)
-        self._train_frames = frames
-        self._solve(theta)
+        # M x M factorisations: one BLAS thread below a few thousand sparse points (see _threads)
+        with _threads.limit(blas_threads=_threads.threads_for_matrix(assembly.n_columns(self))):
+            theta, self.n_likelihood_evaluations_ = hyperparameters.search(
+                self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose)
+            self._train_frames = frames
+            self._solve(theta)
         t = assembly.phase(self.verbose, "hyperparameters", t)
         self.std_weights_ = {}
         self.__dict__.pop("training_diagnostics_", None)
         if self.calibrate:
             groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state)
-            self.training_diagnostics_ = leave_one_out(self, groups=groups)
-            recalibrate(self, self.training_diagnostics_)
+            with _threads.limit(blas_threads=_threads.threads_for_matrix(assembly.n_columns(self))):
+                self.training_diagnostics_ = leave_one_out(self, groups=groups)
+                recalibrate(self, self.training_diagnostics_)
             assembly.phase(self.verbose, "calibration (LOO)", t)
         return self
 
