@@ -43,7 +43,7 @@ EVAL_COLUMNS = """\
 Printed: an error table (MAE, RMSE and number n of values) for energy per atom (meV/atom), force
 components (eV/Å) and stress components (GPa), and an uncertainty table for the same three:
   within 1σ, 2σ   share of errors inside one and two predicted standard deviations
-                  (68 %% and 95 %% when the σ are calibrated)
+                  (68 % and 95 % when the σ are calibrated)
   miscal. area    miscalibration area: mean gap between expected and observed coverage over all
                   confidence levels (0 = calibrated; < 0.05 is good)
   msz             mean squared z-score, mean((error/σ)^2): 1 when calibrated, > 1 when σ are too
@@ -198,12 +198,18 @@ def _cmd_predict(args) -> int:
     import kernelpot
     from kernelpot.io.files import atomic_write, check_writable
     check_writable(args.output)
+    if Path(args.output).resolve() == Path(args.frames).resolve():
+        raise ValueError(f"-o {args.output} is the input file: predictions would replace its reference labels; "
+                         "write them to another file")
     model = _load(args.model)
     frames = _read(args.frames)
     out = []
     from ase.calculators.singlepoint import SinglePointCalculator
-    for a in frames:
-        r = model.predict_frame(a, return_std=True)
+    for i, a in enumerate(frames):
+        try:
+            r = model.predict_frame(a, return_std=True)
+        except ValueError as exc:
+            raise ValueError(f"{args.frames}: frame {i}: {exc}") from exc
         b = a.copy()
         b.arrays.pop("forces", None)
         b.info = {k: v for k, v in a.info.items() if k not in ("energy", "stress", "free_energy")}

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from kernelpot._version import __version__
+from kernelpot.descriptors.soap import LIMITS as SOAP_LIMITS
 from kernelpot.io.files import atomic_write
 
 __all__ = ["FORMAT", "VERSION", "write_model_file", "read_model_file", "jsonable"]
@@ -40,7 +41,7 @@ FORMAT = "kernelpot-model"
 VERSION = 1
 _MAX_HEADER = 64 * 2**20
 # settings a loaded file may hold: beyond these a descriptor would need absurd memory
-_DESCRIPTOR_LIMITS = {"r_cut": (0.0, 30.0), "n_max": (1, 40), "l_max": (0, 30), "atom_sigma": (0.0, 10.0)}
+_DESCRIPTOR_LIMITS = SOAP_LIMITS
 _MAX_SPARSE = 10**6
 _MAX_RATIO = 200  # largest uncompressed / compressed size of a member (deflate reaches ~1000 on zeros)
 

@@ -281,3 +281,26 @@ def test_compile_note_only_without_numba_cache(tmp_path, monkeypatch, capsys):
     assert assembly.kernels_compiled()
     assembly.announce_compilation(True)
     assert capsys.readouterr().err == ""
+
+
+def test_predict_refuses_to_overwrite_its_input(fitted_model, tmp_path, capsys):
+    """``predict -o`` the input file would replace the reference labels with predictions."""
+    import hashlib
+    data = tmp_path / "mydata.xyz"
+    data.write_bytes(Path(TEST).read_bytes())
+    before = hashlib.md5(data.read_bytes()).hexdigest()
+    line = _one_line_error(*_run(["predict", str(fitted_model), str(data), "-o", str(data)], capsys))
+    assert "input file" in line
+    assert hashlib.md5(data.read_bytes()).hexdigest() == before
+
+
+def test_predict_errors_name_file_and_frame(fitted_model, tmp_path, capsys):
+    import ase.io
+    frames = ase.io.read(TEST, ":3")
+    for a in frames:
+        a.calc = None                       # structures to predict, no labels
+    frames[1].positions[0, 0] = np.nan
+    bad = tmp_path / "nan.xyz"
+    ase.io.write(bad, frames)
+    line = _one_line_error(*_run(["predict", str(fitted_model), str(bad), "-o", str(tmp_path / "p.xyz")], capsys))
+    assert "nan.xyz: frame 1" in line and "not finite" in line

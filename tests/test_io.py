@@ -24,10 +24,10 @@ from kernelpot.io import KBAR, mlearn_stress_to_ase, read, write
 from kernelpot.io.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+from conftest import SHARED  # $KERNELPOT_DATA, default ../shared/data
 DATA = REPO / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(),
-                                  reason=f"real DFT data directory {SHARED} is absent")
+                                  reason=f"real DFT data {SHARED} not found; set KERNELPOT_DATA to the data folder")
 
 
 def _emt_frame(seed: int, periodic: bool = True) -> Atoms:
@@ -569,3 +569,24 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch, append):
     monkeypatch.undo()
     write(path, [_emt_frame(2)], append=True)          # appending keeps the old frames
     assert len(read(path)) == 3
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    """Atomic writes must not leave files private (mkstemp's 0600): new files follow the umask,
+    replaced files keep their mode."""
+    import os
+    from kernelpot.io.files import atomic_write
+    umask = os.umask(0o022)
+    try:
+        new = tmp_path / "new.txt"
+        with atomic_write(new) as tmp:
+            Path(tmp).write_text("x")
+        assert new.stat().st_mode & 0o777 == 0o644
+        old = tmp_path / "old.txt"
+        old.write_text("old")
+        old.chmod(0o640)
+        with atomic_write(old) as tmp:
+            Path(tmp).write_text("y")
+        assert old.stat().st_mode & 0o777 == 0o640 and old.read_text() == "y"
+    finally:
+        os.umask(umask)

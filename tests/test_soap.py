@@ -382,3 +382,15 @@ def test_buffers_are_not_pickled():
     assert "_buffers" in soap.__dict__ and "_buffers" not in twin.__dict__
     np.testing.assert_array_equal(twin.compute(bulk("Si", "diamond", 5.43), gradients=True).pair_grad,
                                   out.pair_grad)
+
+
+def test_settings_beyond_the_limits_are_refused_like_the_model_file_refuses_them():
+    """A SOAP the model loader would refuse cannot be fitted either (r_cut 31 used to save but not load)."""
+    from kernelpot import SOAP
+    from kernelpot.descriptors.soap import LIMITS
+    from kernelpot.modelfile import _DESCRIPTOR_LIMITS
+    assert _DESCRIPTOR_LIMITS is LIMITS
+    for name, value in (("r_cut", 31.0), ("n_max", 10 ** 6), ("l_max", 31)):
+        with pytest.raises(ValueError, match=f"{name} = .* larger than kernelpot allows"):
+            SOAP(**{name: value})._validate_params()
+    SOAP(r_cut=30.0, n_max=40, l_max=30)._validate_params()

@@ -14,9 +14,9 @@ from kernelpot.io import read
 from kernelpot.io.validation import ValidationReport, validate
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+from conftest import SHARED  # $KERNELPOT_DATA, default ../shared/data
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(),
-                                  reason=f"real DFT data directory {SHARED} is absent")
+                                  reason=f"real DFT data {SHARED} not found; set KERNELPOT_DATA to the data folder")
 
 
 def _frame(config_type="bulk", energy=-3.5, forces=None, stress=None, description=None,

@@ -82,6 +82,11 @@ def _refcount(pool: dict, name: str) -> int:
 _FREE_REFCOUNT = _refcount({"probe": np.empty(1)}, "probe")
 
 
+#: Largest settings a SOAP may have (the model file loader uses the same): beyond these the
+#: descriptor's size or neighbour count grows past anything a potential uses.
+LIMITS = {"r_cut": (0.0, 30.0), "n_max": (1, 40), "l_max": (0, 30), "atom_sigma": (0.0, 10.0)}
+
+
 @dataclass
 class SOAPFeatures:
     """SOAP features of one structure and, optionally, their derivatives.
@@ -367,6 +372,11 @@ class SOAP(BaseEstimator):
 
         r_cut = positive_float("r_cut")
         positive_float("atom_sigma")
+        for name, (_, hi) in LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, _numbers.Real) and value > hi:
+                raise ValueError(f"{name} = {value!r} is larger than kernelpot allows ({hi}): the descriptor "
+                                 f"would need far more memory and time than any potential uses")
         width = positive_float("cutoff_width")
         if width > r_cut:
             raise ValueError(

@@ -34,6 +34,15 @@ def check_writable(path) -> Path:
     return path
 
 
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path, suffix: str = ""):
     """Yield a temporary path in the same folder; on success it replaces ``path``.
@@ -67,6 +76,9 @@ def atomic_write(path, suffix: str = ""):
         yield tmp_named
         with open(tmp_named, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would: the old
+        # file's mode when replacing one, else 0666 less the umask
+        os.chmod(tmp_named, _mode_for(path))
         os.replace(tmp_named, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
