@@ -40,6 +40,33 @@ __all__ = ["Calculator"]
 UNCERTAINTY_KEYS = ("energy_std", "forces_std", "stress_std",
                     "energy_std_epistemic", "forces_std_epistemic", "stress_std_epistemic", "energies_std")
 
+_SHAPES = {"energy_std": (), "energy_std_epistemic": (), "forces_std": ("natoms", 3),
+           "forces_std_epistemic": ("natoms", 3), "stress_std": (6,), "stress_std_epistemic": (6,),
+           "energies_std": ("natoms",)}
+
+
+def _register_with_ase() -> None:
+    """Make the uncertainty keys known ASE outputs, so ``atoms.get_properties`` and
+    ``SinglePointCalculator(atoms, **calc.results)`` accept results that carry them.
+
+    ASE keeps a registry of the properties a calculator may return
+    (``ase.outputs.all_outputs``, ``ase.calculators.calculator.all_properties``);
+    unknown keys made both raise.  Registering is idempotent.
+    """
+    from ase.calculators import calculator as ase_calc
+    try:
+        from ase import outputs
+    except ImportError:  # older ASE without the outputs registry
+        outputs = None
+    for name, shape in _SHAPES.items():
+        if outputs is not None and name not in outputs.all_outputs:
+            outputs._defineprop(name, float, shape=shape)
+        if name not in ase_calc.all_properties:
+            ase_calc.all_properties.append(name)
+
+
+_register_with_ase()
+
 
 class Calculator(_ASECalculator):
     """ASE calculator for a fitted :class:`kernelpot.SparseGP`.

@@ -278,6 +278,13 @@ def _cmd_audit(args) -> int:
     import kernelpot
     frames = _read(args.frames, args)
     model = _load(args.model) if args.model else None
+    if model is not None and getattr(model, "n_train_frames_", None) == len(frames) \
+            and not hasattr(model, "training_diagnostics_"):
+        # the model file does not keep the leave-one-out of the fit; with the training file
+        # given (same number of structures), it is recomputed so the audit sees held-out residuals
+        from kernelpot.gp.loo import leave_one_out
+        model._train_frames = frames
+        model.training_diagnostics_ = leave_one_out(model, frames)
     report = kernelpot.audit(frames, model, threshold_meV=args.threshold)
     print(report)
     return 0

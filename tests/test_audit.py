@@ -266,3 +266,19 @@ def test_audit_of_other_frames_uses_predictions(cu_frames, small_soap):
     assert audit(cu_frames[8:], model).residuals == "model"
     with pytest.warns(UserWarning, match="no leave-one-out diagnostics"):
         assert audit(cu_frames[:8], model).residuals == "in-sample"
+
+
+def test_cli_audit_of_a_saved_model_on_its_training_file_uses_leave_one_out(small_soap, tmp_path, capsys):
+    """``kernelpot audit TRAIN --model m.npz``: the saved model keeps no diagnostics, so the leave-one-out is
+    recomputed from the training file; the 15 meV/atom shifted group is flagged (in-sample it was not)."""
+    from kernelpot import SparseGP, write
+    from kernelpot.cli import main
+    frames = _shifted_training_set()
+    model = SparseGP(descriptor=small_soap, n_sparse=100, sigma_energy=1e-4, verbose=False).fit(frames)
+    model.save(tmp_path / "m.npz")
+    write(tmp_path / "train.xyz", frames)
+    assert main(["audit", str(tmp_path / "train.xyz"), "--model", str(tmp_path / "m.npz")]) == 0
+    out = capsys.readouterr().out
+    rows = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith("config_type")}
+    assert "OFFSET" in rows["B"]
+    assert "OFFSET" not in rows["A"] and "OFFSET" not in rows["C"]

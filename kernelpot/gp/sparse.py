@@ -606,6 +606,10 @@ class SparseGP(BaseEstimator):
                 "mean_": {str(k): v for k, v in self.mean_.items()},
                 "species_": [int(z) for z in self.species_],
                 "log_marginal_likelihood_": self.log_marginal_likelihood_,
+                # how many structures the model was fitted on: lets a loaded model's leave-one-out be
+                # recomputed from the same training file (kernelpot audit --model)
+                "n_train_frames_": (len(self._train_frames) if getattr(self, "_train_frames", None) is not None
+                                    else getattr(self, "n_train_frames_", None)),
                 "std_weights_": {k: list(v) for k, v in getattr(self, "std_weights_", {}).items()},
                 "offset_species_": [int(z) for z in getattr(self, "offset_species_", ())],
                 "offset_kappa_": float(getattr(self, "offset_kappa_", 0.0)),
@@ -646,6 +650,8 @@ class SparseGP(BaseEstimator):
         model.delta_ = float(fit["delta_"])
         model.noise_ = {k: float(v) for k, v in fit["noise_"].items()}
         model.log_marginal_likelihood_ = float(fit["log_marginal_likelihood_"])
+        if fit.get("n_train_frames_") is not None:
+            model.n_train_frames_ = int(fit["n_train_frames_"])
         model.sparse_index_ = data["sparse_index_"]
         model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"])
         if "Kmm" not in data:  # compact file: recompute as fit did
