@@ -46,23 +46,23 @@ _SHAPES = {"energy_std": (), "energy_std_epistemic": (), "forces_std": ("natoms"
 
 
 def _register_with_ase() -> None:
-    """Make the uncertainty keys known ASE outputs, so ``atoms.get_properties`` and
-    ``SinglePointCalculator(atoms, **calc.results)`` accept results that carry them.
+    """Make the uncertainty keys known ASE outputs, so ``atoms.get_properties`` accepts results that carry them.
 
-    ASE keeps a registry of the properties a calculator may return
-    (``ase.outputs.all_outputs``, ``ase.calculators.calculator.all_properties``);
-    unknown keys made both raise.  Registering is idempotent.
+    ASE keeps a registry of the outputs a calculator may return
+    (``ase.outputs.all_outputs``); unknown keys made ``get_properties`` raise.
+    Registering is idempotent.  They are deliberately *not* added to
+    ``ase.calculators.calculator.all_properties``: ASE's extxyz reader would then
+    move a ``forces_std`` column of a prediction file into a calculator.  So
+    ``SinglePointCalculator(atoms, **calc.results)`` needs the standard keys only:
+    ``{k: v for k, v in calc.results.items() if k in all_properties}``.
     """
-    from ase.calculators import calculator as ase_calc
     try:
         from ase import outputs
     except ImportError:  # older ASE without the outputs registry
-        outputs = None
+        return
     for name, shape in _SHAPES.items():
-        if outputs is not None and name not in outputs.all_outputs:
+        if name not in outputs.all_outputs:
             outputs._defineprop(name, float, shape=shape)
-        if name not in ase_calc.all_properties:
-            ase_calc.all_properties.append(name)
 
 
 _register_with_ase()

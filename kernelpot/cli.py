@@ -248,6 +248,10 @@ def _cmd_eval(args) -> int:
     from kernelpot.uq.evaluation import evaluate, error_table, format_error_table
     model = _load(args.model)
     frames = _read(args.frames, args)
+    from kernelpot.io.labels import frame_labels
+    if not any(frame_labels(a, i) for i, a in enumerate(frames)):
+        raise ValueError(f"{args.frames} has no reference labels (energy, forces or stress) to evaluate against; "
+                         "use kernelpot predict for unlabelled structures")
     ev = evaluate(model, frames)
     print("errors (energy per atom in meV/atom, force components in eV/Å, stress components in GPa):")
     print(format_error_table(error_table(ev)))
@@ -261,9 +265,19 @@ def _cmd_screen(args) -> int:
     from kernelpot.io.files import check_writable
     if args.plot:
         check_writable(args.plot)
+    if not 0.0 < args.alpha < 1.0:
+        raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
     frames = _read(args.train, args)
+    model = None
+    if args.model:
+        model = _load(args.model)
+        n_fit = getattr(model, "n_train_frames_", None)
+        if n_fit is not None and n_fit != len(frames):
+            raise ValueError(f"{args.model} was fitted on {n_fit} structures but {args.train} has {len(frames)}: "
+                             "screening needs the model's own training file")
     _validate(frames, args.train, args.quiet)
-    model = _load(args.model) if args.model else _fit(kernelpot.SparseGP(**_model_kwargs(args)), frames)
+    if model is None:
+        model = _fit(kernelpot.SparseGP(**_model_kwargs(args)), frames)
     table = kernelpot.screen(model, frames, alpha=args.alpha, refit_rounds=args.refit_rounds)
     print(table.to_string(top=args.top))
     if args.plot:

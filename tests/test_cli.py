@@ -304,3 +304,20 @@ def test_predict_errors_name_file_and_frame(fitted_model, tmp_path, capsys):
     ase.io.write(bad, frames)
     line = _one_line_error(*_run(["predict", str(fitted_model), str(bad), "-o", str(tmp_path / "p.xyz")], capsys))
     assert "nan.xyz: frame 1" in line and "not finite" in line
+
+
+def test_screen_refuses_a_model_fitted_on_other_data(fitted_model, capsys):
+    """The leave-one-out of a model is about its own training set: another file is an error, said in one line."""
+    line = _one_line_error(*_run(["screen", TEST, "--model", str(fitted_model)], capsys))
+    assert "was fitted on" in line and "structures" in line
+
+
+def test_eval_refuses_unlabelled_frames(fitted_model, tmp_path, capsys):
+    import ase.io
+    frames = ase.io.read(TEST, ":2")
+    for a in frames:
+        a.calc = None
+    bare = tmp_path / "bare.xyz"
+    ase.io.write(bare, frames)
+    line = _one_line_error(*_run(["eval", str(fitted_model), str(bare)], capsys))
+    assert "no reference labels" in line
