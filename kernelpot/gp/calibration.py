@@ -155,7 +155,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         if not (np.isfinite(s2) and s2 > 0):  # residuals all zero: nothing to calibrate against
             continue
         vref = float(np.percentile(amp_all[sel], GROWTH_QUANTILE))
-        vref = vref if vref > 0 else float(np.mean(amp_all[sel]))
+        vref = vref if vref > 0 else (float(np.mean(amp_all[sel])) or 1.0)
         # sqrt(w_a) * noise >= floor for every observation (energies per atom)
         lo = float(floors.get(str(k), 0.0) ** 2 / noise[noise > 0].min()) if np.any(noise > 0) else 0.0
         if r.size < min_obs or not np.any(noise > 0):
@@ -167,9 +167,8 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
             gs = (grp["kind"] == k) & g_useful
             if gs.sum() >= min_obs:
                 G = (grp["residual"][gs], grp["sigma"][gs] ** 2, grp["epistemic"][gs] - g_nys[gs], g_nys[gs], g_amp[gs])
-        # growth above the 90th percentile of the in-distribution amplitudes, up to the largest held-out one
-        vref = float(np.percentile(S[4], GROWTH_QUANTILE))
-        vref = vref if vref > 0 else float(np.mean(S[4])) or 1.0
+        # growth above the 90th percentile of the in-distribution amplitudes (vref, above), up to the
+        # largest held-out one
         amax = float(max(S[4].max(), 0.0 if G is None else G[4].max()))
 
         def nll(w, data):
