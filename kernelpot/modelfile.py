@@ -153,6 +153,11 @@ def _check_settings(path, header):
     for key in ("delta_", "log_marginal_likelihood_"):
         if not isinstance(fitted.get(key), (int, float)) or not math.isfinite(fitted[key]):
             raise _fail(path, f"fitted value {key} = {fitted.get(key)!r} is not a finite number")
+    if fitted["delta_"] <= 0:
+        raise _fail(path, f"fitted value delta_ = {fitted['delta_']!r} must be > 0")
+    zeta = (header.get("params") or {}).get("zeta")
+    if not isinstance(zeta, (int, float)) or isinstance(zeta, bool) or not 1 <= zeta <= 20:
+        raise _fail(path, f"parameter zeta = {zeta!r} is outside [1, 20]")
     noise = fitted.get("noise_")
     if not isinstance(noise, dict) or not all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v)
                                               for v in noise.values()):
@@ -230,6 +235,9 @@ def read_model_file(path, names) -> tuple[dict, dict]:
                     arrays[n] = np.lib.format.read_array(fh, allow_pickle=False)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
             raise _fail(path, f"it is truncated or corrupted ({exc})") from exc
+    for n, arr in arrays.items():
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise _fail(path, f"array {n!r} holds NaN or inf")
     return header, arrays
 
 

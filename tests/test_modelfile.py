@@ -189,3 +189,29 @@ def test_old_file_with_one_std_scale_still_loads(saved, tmp_path, cuau_frames):
     assert model.std_weights_ == {"forces": (4.0, 4.0)}
     assert np.isfinite(model.predict_frame(cuau_frames[0])["energy"])
     os.remove(path)
+
+
+@pytest.mark.parametrize("what", ["nan_alpha", "nan_Lc", "negative_delta", "huge_zeta"])
+def test_forged_values_are_refused(saved, tmp_path, what):
+    """Shapes were checked; values too: NaN/inf arrays, delta <= 0 and absurd zeta raise naming the file."""
+    import json
+    import zipfile
+    from kernelpot import load
+    with np.load(saved, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    header = json.loads(str(data["header"]))
+    if what == "nan_alpha":
+        data["alpha_"] = data["alpha_"].copy()
+        data["alpha_"][0] = np.nan
+    elif what == "nan_Lc":
+        data["Lc"] = data["Lc"].copy()
+        data["Lc"][1, 0] = np.inf
+    elif what == "negative_delta":
+        header["fitted"]["delta_"] = -1.0
+    else:
+        header["params"]["zeta"] = 1e9
+    data["header"] = np.array(json.dumps(header))
+    bad = tmp_path / "bad.npz"
+    np.savez_compressed(bad, **data)
+    with pytest.raises(ValueError, match="bad.npz"):
+        load(bad)
