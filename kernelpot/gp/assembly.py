@@ -22,6 +22,7 @@ import numpy as np
 from kernelpot.io.labels import check_structure, config_type, frame_labels, frame_noise
 from kernelpot.gp.design import frame_design
 from kernelpot.gp.likelihood import GroupStats, whiten
+from kernelpot.gp.offsets import offset_column
 from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_stress_var
 
 __all__ = ["KINDS", "training_rows", "offset_columns", "n_columns", "add_frame", "accumulate", "group_names", "group_of", "chunks",
@@ -228,10 +229,8 @@ def training_rows(model, atoms, lab, priors=False):
     pv = {}
     if "energy" in rows and "energy" in kinds:
         # the offset columns are represented exactly: their prior adds to the energy's
-        Z = getattr(model, "offset_species_", ())
-        counts = np.array([np.sum(atoms.numbers == z) for z in Z], float)
-        pv["energy"] = np.array([prior_energy_var(feat, model.zeta)
-                                 + getattr(model, "offset_kappa_", 0.0) ** 2 * float(counts @ counts)])
+        col = offset_column(atoms.numbers, getattr(model, "offset_species_", ()), getattr(model, "offset_kappa_", 0.0))
+        pv["energy"] = np.array([prior_energy_var(feat, model.zeta) + float(col @ col)])
     if want_f and "forces" in kinds:
         pv["forces"] = prior_force_var(feat, model.zeta).ravel()[force_rows(atoms, given)]
     if want_s and "stress" in kinds:
@@ -253,7 +252,7 @@ def offset_columns(model, atoms, kind: str, A: np.ndarray) -> np.ndarray:
         return A
     extra = np.zeros((A.shape[0], len(Z)))
     if kind == "energy":
-        extra[:] = model.offset_kappa_ * np.array([np.sum(atoms.numbers == z) for z in Z], float)
+        extra[:] = offset_column(atoms.numbers, Z, model.offset_kappa_)
     return np.hstack([A, extra])
 
 

@@ -26,9 +26,15 @@ import numpy as np
 
 from kernelpot.io.labels import is_isolated_atom
 
-__all__ = ["fit_offsets", "composition_matrix", "composition_null_space", "OFFSET_KAPPA"]
+__all__ = ["fit_offsets", "composition_matrix", "composition_null_space", "offset_column", "OFFSET_KAPPA"]
 
 OFFSET_KAPPA = 1.0
+
+
+def offset_column(numbers, species, kappa: float) -> np.ndarray:
+    """Design column of the offset parameters in a total energy: ``kappa`` times the atom count of each species, (S,)."""
+    numbers = np.asarray(numbers)
+    return kappa * np.array([np.sum(numbers == z) for z in species], float)
 
 
 def _e0_table(e0) -> dict:

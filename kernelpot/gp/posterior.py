@@ -37,6 +37,7 @@ import scipy.linalg as sla
 from kernelpot.gp.design import SparseSet, frame_design, frame_mean
 from kernelpot.gp.likelihood import GroupStats, posterior_factor
 from kernelpot.gp.kernels import dot_kernel
+from kernelpot.gp.offsets import offset_column
 from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_local_var, prior_stress_var
 
 __all__ = ["Posterior", "tri_solve", "variance", "invariant_amplitude", "predictive_std"]
@@ -109,7 +110,7 @@ class Posterior:
 
     def _offset_columns(self, numbers) -> np.ndarray:
         """``kappa`` times the atom count of each offset species, (S,)."""
-        return self.kappa * np.array([np.sum(numbers == z) for z in self.offset_species], float)
+        return offset_column(numbers, self.offset_species, self.kappa)
 
     # -------------------------------------------------------------- mean
     def mean(self, feat, volume, forces=True, stress=False, alpha=None) -> dict:
