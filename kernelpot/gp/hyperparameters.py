@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from kernelpot import _threads
 from kernelpot.gp.assembly import interactive
 from kernelpot.gp.likelihood import GroupStats, optimize_hyperparameters, select_noise_by_loo
 
@@ -103,11 +104,13 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
             bar.update(1)
             bar.set_postfix_str(f"{v:.6g}")
 
-    theta, _ = optimize_hyperparameters(stats, theta0, bounds, fixed, scan_delta=scan_delta, progress=progress)
-    if bar is not None:
-        bar.close()
-    if energy_noise == "loo":
-        theta = _energy_noise_by_loo(stats, theta, bounds, fixed, progress)
+    # M x M factorisations on every evaluation: one BLAS thread below a few thousand columns (see _threads)
+    with _threads.limit(blas_threads=_threads.threads_for_matrix(stats.D.shape[1])):
+        theta, _ = optimize_hyperparameters(stats, theta0, bounds, fixed, scan_delta=scan_delta, progress=progress)
+        if bar is not None:
+            bar.close()
+        if energy_noise == "loo":
+            theta = _energy_noise_by_loo(stats, theta, bounds, fixed, progress)
     if warn:
         at_bound = [name for name, t, (lo, hi), f in zip(["delta"] + list(stats.names), theta, bounds, fixed)
                     if not f and (t - lo < 1e-3 or hi - t < 1e-3)]

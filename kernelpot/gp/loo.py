@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 
+from kernelpot import _threads
 from kernelpot.io.labels import frame_labels
 from kernelpot.gp.assembly import chunks, offset_columns, progress, training_rows, worker_view
 from kernelpot.gp.group_loo import GroupAccumulator
@@ -120,8 +121,11 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
     client = getattr(model, "client", None)
     acc = None if groups is None else GroupAccumulator(groups, len(model.posterior_.a))
     if client is None:
-        parts = [_frame_loo(model, a, fi, acc) for fi, a in
-                 progress(list(enumerate(frames)), getattr(model, "verbose", False), "leave-one-out")]
+        # per-frame solves against the M x M factors: one BLAS thread below a few thousand columns
+        with _threads.limit(blas_threads=_threads.threads_for_matrix(len(model.posterior_.a))):
+            parts = [_frame_loo(model, a, fi, acc) for fi, a in
+                     progress(list(enumerate(frames)), getattr(model, "verbose", False), "leave-one-out")]
+            group_res = None if acc is None else acc.residuals(model.posterior_)
     else:
         cs = chunks(len(frames), model.chunk_size)
         futs = client.map(_chunk_loo, [worker_view(model)] * len(cs), [frames[c] for c in cs],
@@ -133,8 +137,10 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
                 acc.merge(chunk_acc)
     out = {k: (np.array([x for p in parts for x in p[k]]) if k == "kind" else np.concatenate([p[k] for p in parts]))
            for k in TrainingDiagnostics.__dataclass_fields__ if k not in _FRAME_FIELDS + ("group_loo",)}
+    if client is not None:
+        group_res = None if acc is None else acc.residuals(model.posterior_)
     return TrainingDiagnostics(**out, **{k: np.array([p[k] for p in parts]) for k in _FRAME_FIELDS},
-                               group_loo=None if acc is None else acc.residuals(model.posterior_))
+                               group_loo=group_res)
 
 
 _FRAME_FIELDS = ("frame_chi2", "frame_dof", "frame_leverage")

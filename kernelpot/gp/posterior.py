@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg as sla
 
+from kernelpot import _threads
 from kernelpot.gp.design import SparseSet, frame_design, frame_mean
 from kernelpot.gp.likelihood import GroupStats, posterior_factor
 from kernelpot.gp.kernels import dot_kernel
@@ -92,7 +93,8 @@ class Posterior:
     def from_statistics(cls, theta: np.ndarray, stats: GroupStats, sparse: SparseSet, zeta: float,
                         Kmm: np.ndarray, Lmm: np.ndarray, offset_species=(), kappa: float = 0.0) -> "Posterior":
         """Solve for the posterior given log hyperparameters and whitened statistics."""
-        Lc, a, u, _ = posterior_factor(theta, stats)
+        with _threads.limit(blas_threads=_threads.threads_for_matrix(stats.D.shape[1])):
+            Lc, a, u, _ = posterior_factor(theta, stats)
         post = cls(sparse, float(zeta), float(np.exp(theta[0])), Kmm, Lmm, Lc, a, None,
                    np.asarray(offset_species, dtype=int), float(kappa))
         post.alpha = post._weights(a)

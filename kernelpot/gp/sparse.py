@@ -266,20 +266,17 @@ class SparseGP(BaseEstimator):
         self._stats = assembly.accumulate(self, frames, labels)
         t = assembly.phase(self.verbose, "assembly", t)
         theta0, bounds, fixed = self._initial_theta()
-        # M x M factorisations: one BLAS thread below a few thousand sparse points (see _threads)
-        with _threads.limit(blas_threads=_threads.threads_for_matrix(assembly.n_columns(self))):
-            theta, self.n_likelihood_evaluations_ = hyperparameters.search(
-                self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose)
-            self._train_frames = frames
-            self._solve(theta)
+        theta, self.n_likelihood_evaluations_ = hyperparameters.search(
+            self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose)
+        self._train_frames = frames
+        self._solve(theta)
         t = assembly.phase(self.verbose, "hyperparameters", t)
         self.std_weights_ = {}
         self.__dict__.pop("training_diagnostics_", None)
         if self.calibrate:
             groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state)
-            with _threads.limit(blas_threads=_threads.threads_for_matrix(assembly.n_columns(self))):
-                self.training_diagnostics_ = leave_one_out(self, groups=groups)
-                recalibrate(self, self.training_diagnostics_)
+            self.training_diagnostics_ = leave_one_out(self, groups=groups)
+            recalibrate(self, self.training_diagnostics_)
             assembly.phase(self.verbose, "calibration (LOO)", t)
         return self
 
