@@ -38,7 +38,7 @@ __all__ = ["calibration_groups", "GroupAccumulator"]
 MAX_FORCE_ATOMS = 4
 
 
-def calibration_groups(model, frames, max_groups: int = 8, random_state=0) -> tuple[np.ndarray, str]:
+def calibration_groups(model, frames, max_groups: int = 8, random_state=0, features=None) -> tuple[np.ndarray, str]:
     """Group of each training frame for leave-one-group-out (-1: in no group).
 
     ``config_type`` when the data have between 2 and 20 of them; otherwise
@@ -46,7 +46,8 @@ def calibration_groups(model, frames, max_groups: int = 8, random_state=0) -> tu
     descriptors, ``K = clip(round(sqrt(N / 4)), 2, max_groups)``.  Isolated
     atoms are in no group: their energies define ``e0`` and are never
     predicted from other structures.  With fewer than 8 frames there are no
-    groups.
+    groups.  ``features``: the frames' descriptors when already computed (the
+    fit has them), else computed here.
 
     Returns
     -------
@@ -68,7 +69,8 @@ def calibration_groups(model, frames, max_groups: int = 8, random_state=0) -> tu
         return groups, "config_type"
     from sklearn.cluster import KMeans
     idx = np.flatnonzero(use)
-    X = np.array([model.descriptor_.compute(frames[i]).features.mean(axis=0) for i in idx])
+    X = np.array([(model.descriptor_.compute(frames[i]) if features is None else features[i]).features.mean(axis=0)
+                  for i in idx])
     k = int(np.clip(round(np.sqrt(len(idx) / 4)), 2, max_groups))
     labels = KMeans(n_clusters=k, n_init=4, random_state=random_state).fit_predict(X)
     groups[idx] = labels

@@ -274,7 +274,8 @@ class SparseGP(BaseEstimator):
         self.std_weights_ = {}
         self.__dict__.pop("training_diagnostics_", None)
         if self.calibrate:
-            groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state)
+            groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state,
+                                                                  features=feats)
             self.training_diagnostics_ = leave_one_out(self, groups=groups)
             recalibrate(self, self.training_diagnostics_)
             assembly.phase(self.verbose, "calibration (LOO)", t)
