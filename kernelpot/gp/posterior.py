@@ -154,19 +154,6 @@ class Posterior:
         var = nystrom + self.delta ** 2 * np.sum(v2 ** 2, axis=0)
         return (var, nystrom) if parts else var
 
-    def weight_variance_of_energy(self, feat) -> float:
-        """Variance of a structure's total energy over the posterior of the weights alone (eV^2).
-
-        The part of the latent variance that weight samples carry: the DTC
-        posterior without the Nystrom residual (which no finite set of weights
-        represents).
-        """
-        d = self.design(feat, None, forces=False, stress=False)
-        v1 = tri_solve(self.Lmm, d["energy"][:, None])
-        if self.n_offsets:
-            v1 = np.vstack([v1, self._offset_columns(feat.numbers)[:, None]])
-        return float(self.delta ** 2 * np.sum(tri_solve(self.Lc, v1) ** 2))
-
     def latent_variances(self, feat, volume, forces=True, stress=False, design=None) -> dict:
         """Epistemic variances and their Nystrom parts, ``{kind: (total, nystrom)}``.
 

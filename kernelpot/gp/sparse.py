@@ -537,7 +537,9 @@ class SparseGP(BaseEstimator):
             check_structure(reference, species=self.species_)
             target = self.predict_frame(reference, forces=False, stress=False)["energy_std_epistemic"] ** 2
             feat = self.descriptor_.compute(reference)
-            raw = self.posterior_.weight_variance_of_energy(feat)
+            # the part weight samples carry: the latent variance without its Nystrom residual
+            v, nystrom = self.posterior_.latent_variances(feat, None, forces=False)["energy"]
+            raw = float(v[0] - nystrom[0])
             f = float(np.sqrt(target / raw)) if raw > 0 else 1.0
         alpha = self.posterior_.alpha
         out = []
