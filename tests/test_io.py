@@ -590,3 +590,32 @@ def test_written_files_have_ordinary_permissions(tmp_path):
         assert old.stat().st_mode & 0o777 == 0o640 and old.read_text() == "y"
     finally:
         os.umask(umask)
+
+
+@pytest.mark.parametrize("species,shown", [
+    ([{"element": "Si", "occu": 0.5}], "Si:0.5"),
+    ([{"element": "Si", "occu": 0.5}, {"element": "Ge", "occu": 0.5}], "Si:0.5, Ge:0.5"),
+    ([{"element": "Si", "occu": 1}, {"element": "Ge", "occu": 1}], "Si:1, Ge:1"),
+    ([{"element": "Si", "occu": 1.5}], "Si:1.5"),
+])
+def test_mlearn_partial_occupancy_names_file_frame_and_site(tmp_path, species, shown):
+    """A disordered site is not read as its first species: the error names file, frame, site, occupancies."""
+    item = _mlearn_item()
+    item["structure"]["sites"][1]["species"] = species
+    path = tmp_path / "disordered.json"
+    path.write_text(json.dumps([_mlearn_item(), item]))
+    with pytest.raises(ValueError, match=rf"disordered\.json: frame 1: structure\.sites\[1\]\.species "
+                                         rf"is partially occupied.*{re.escape(shown)}"):
+        read(path)
+    with pytest.raises(ValueError, match="partially occupied"):
+        read(path, index=1)
+    assert len(read(path, index=0)) == 1      # the ordered frame alone still reads
+
+
+def test_mlearn_full_occupancy_with_float_or_missing_occu_reads(tmp_path):
+    item = _mlearn_item()
+    item["structure"]["sites"][0]["species"] = [{"element": "Si", "occu": 1.0}]
+    item["structure"]["sites"][1]["species"] = [{"element": "Si"}]
+    path = tmp_path / "ordered.json"
+    path.write_text(json.dumps([item]))
+    assert read(path)[0].get_chemical_symbols() == ["Si", "Si"]

@@ -14,7 +14,9 @@ Supported inputs
 - ASE databases (``.db``, ASE-style ``.json``): key-value pairs go to ``info``;
 - the mlearn/maml JSON format (Zuo et al., J. Phys. Chem. A 124, 731 (2020)):
   a JSON list of dicts with ``"structure"`` (a pymatgen ``Structure`` as a
-  dict) and ``"outputs"``; read without pymatgen;
+  dict) and ``"outputs"``; read without pymatgen; only ordered structures
+  (one element at ``occu`` 1 per site): a partially occupied or disordered
+  site is a ValueError naming the file, frame and site;
 - anything else :func:`ase.io.read` understands (OUTCAR, vasprun.xml, ...).
 
 Units and conventions
@@ -360,10 +362,12 @@ def _mlearn_item_to_atoms(item: dict, i: int, path: Path) -> Atoms:
     symbols, positions = [], []
     for k, site in enumerate(sites):
         try:
-            symbols.append(str(site["species"][0]["element"]))
+            species = site["species"]
+            symbols.append(str(species[0]["element"]))
             xyz = site["xyz"]
         except (KeyError, IndexError, TypeError):
             raise ValueError(f"{where}: structure.sites[{k}] has no species[0].element or xyz") from None
+        _check_full_occupancy(where, k, species)
         positions.append(_field(where, f"structure.sites[{k}].xyz", xyz, (3,), "Å, Cartesian"))
     try:
         atoms = Atoms(symbols=symbols, positions=np.reshape(positions, (-1, 3)), cell=cell, pbc=True)
@@ -392,6 +396,32 @@ def _mlearn_item_to_atoms(item: dict, i: int, path: Path) -> Atoms:
     if results:
         atoms.calc = SinglePointCalculator(atoms, **results)
     return atoms
+
+
+def _check_full_occupancy(where: str, k: int, species: Any) -> None:
+    """A ValueError unless the site holds exactly one element at occupancy 1.
+
+    A pymatgen site with several ``species`` entries, or with an ``occu`` other
+    than 1, is a disordered (partially occupied) site. An atomistic model needs
+    one atom per site, so such a structure cannot be read as a configuration;
+    taking ``species[0]`` would silently invent a different material.
+    A missing ``occu`` is taken as 1 (pymatgen's ordered-site default).
+    """
+    name = f"structure.sites[{k}].species"
+    if not isinstance(species, list):
+        raise ValueError(f"{where}: {name} = {_short(species)}, expected a list of {{element, occu}}")
+    occus = []
+    for entry in species:
+        occu = entry.get("occu", 1) if isinstance(entry, dict) else None
+        try:
+            occus.append(float(occu))
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: {name} = {_short(species)}: occu {occu!r} is not a number") from None
+    if len(species) != 1 or not abs(occus[0] - 1.0) <= 1e-6:
+        desc = ", ".join(f"{e.get('element', '?') if isinstance(e, dict) else '?'}:{o:g}"
+                         for e, o in zip(species, occus))
+        raise ValueError(f"{where}: {name} is partially occupied or disordered (element:occu = {desc}); "
+                         "only ordered structures with one element at occupancy 1 per site can be read")
 
 
 def mlearn_stress_to_ase(virial_stress: Sequence[float]) -> np.ndarray:
