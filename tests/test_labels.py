@@ -188,3 +188,83 @@ def test_empty_structure_is_an_error_in_validate():
     report = validate([_cu(), atoms], raise_on_error=False)
     assert report.errors == ["frame 1: the structure has no atoms (an empty ase.Atoms); remove it: it has no "
                              "energy to fit or predict"]
+
+
+# --------------------------------------------------------------------------- overlapping atoms
+
+
+def test_overlapping_atoms_are_a_structure_error_naming_pair_and_distance():
+    from kernelpot.io.labels import OVERLAP_DISTANCE, check_structure, structure_errors
+    assert OVERLAP_DISTANCE == 0.1
+    # a duplicated atom in a molecule
+    mol = Atoms("H2O", positions=[[0, 0, 0], [0.76, 0.59, 0], [0.03, 0.04, 0]])
+    errs = structure_errors(mol, "frame 3")
+    assert len(errs) == 1
+    assert errs[0].startswith("frame 3: overlapping atoms: 1 pair(s) closer than 0.1 Å")
+    assert "atoms 0 (H) and 2 (O) at 0.0500 Å" in errs[0]
+    with pytest.raises(ValueError, match=r"frame 7: overlapping atoms.*atoms 0 \(H\) and 2 \(O\) at 0\.0500"):
+        check_structure(mol, 7)
+    # another atom's periodic image, across the boundary only
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    cu.positions[1] = [3.58, 0.01, 0.0]                  # 0.0224 Å from atom 0's image at (3.6, 0, 0)
+    errs = structure_errors(cu, "structure")
+    assert len(errs) == 1 and "atoms 0 (Cu) and 1 (Cu) (periodic image [" in errs[0]
+    assert "at 0.0224 Å" in errs[0]
+    cu.pbc = False
+    assert structure_errors(cu, "structure") == []
+    # an atom and its own image: a cell vector shorter than the threshold
+    thin = Atoms("Cu", positions=[[0, 0, 0]], cell=[0.03, 5, 5], pbc=True)
+    errs = structure_errors(thin, "structure")
+    assert len(errs) == 1 and "atom 0 (Cu) and its own periodic image [1, 0, 0] at 0.0300 Å" in errs[0]
+    assert "3 pair(s)" in errs[0] and "[3, 0, 0] at 0.0900 Å" in errs[0]   # shifts 1, 2, 3 along a
+
+
+def test_short_but_real_contacts_are_not_overlaps():
+    from kernelpot.io.labels import structure_errors
+    for d in (0.11, 0.3, 0.74):                                      # H-H dimer-scan distances
+        assert structure_errors(Atoms("H2", positions=[[0, 0, 0], [0, 0, d]]), "s") == []
+    si = bulk("Si", "diamond", a=5.43) * (2, 2, 2)
+    si.rattle(0.05, seed=0)
+    assert structure_errors(si, "s") == []
+    assert structure_errors(Atoms("Cu", cell=[0.4, 5, 5], pbc=True), "s") == []   # own image 0.4 Å away
+
+
+def test_absurdly_thin_cell_is_reported_not_searched():
+    from kernelpot.io.labels import structure_errors
+    atoms = Atoms("Cu2", positions=[[0, 0, 0], [1, 1, 1]], cell=[1e-5, 3, 3], pbc=True)
+    errs = structure_errors(atoms, "frame 0")
+    assert len(errs) == 1 and errs[0].startswith("frame 0: cell: lattice planes only 1e-05 Å apart")
+
+
+def test_validate_reports_an_overlap_once_whatever_min_distance():
+    """validate finds overlaps in its own distance search, with fit's message, listed once."""
+    from kernelpot.io.labels import check_structure
+    atoms = _cu()
+    atoms.positions[3] = atoms.positions[5] + [0.02, 0.0, 0.0]
+    atoms.calc = SinglePointCalculator(atoms, energy=-28.0)
+    with pytest.raises(ValueError) as fit_msg:
+        check_structure(atoms, 1)
+    for min_distance in (None, 0.0, 0.05, 1.0):
+        report = validate([_cu(), atoms], min_distance=min_distance, raise_on_error=False)
+        overlaps = [m for m in report.errors if "overlapping atoms" in m]
+        assert overlaps == [str(fit_msg.value)], min_distance
+        assert "atoms 3 (Cu) and 5 (Cu) at 0.0200 Å" in overlaps[0]
+        assert not any("0.0200" in m for m in report.errors if m not in overlaps)   # not again under distances
+
+
+def test_predict_refuses_overlapping_atoms(cuau_model, cuau_frames):
+    bad = cuau_frames[0].copy()
+    bad.positions[1] = bad.positions[0] + [0.0, 0.0, 0.01]
+    with pytest.raises(ValueError, match=r"overlapping atoms.*atoms 0 \(\w+\) and 1 \(\w+\) at 0\.0100 Å"):
+        cuau_model.predict([bad])
+
+
+@pytest.mark.parametrize("name", ["acac/train_300K.xyz", "acac/test_H_transfer.xyz", "mlearn/Si/training.json",
+                                  "mlearn/Li/training.json"])
+def test_shipped_data_has_no_overlaps(name):
+    from conftest import SHARED, shared_missing
+    from kernelpot.io.labels import frame_name, structure_errors
+    if shared_missing(name):
+        pytest.skip(shared_missing(name))
+    frames = kernelpot.read(SHARED / name, index=":40")
+    assert [e for k, a in enumerate(frames) for e in structure_errors(a, frame_name(k, a))] == []

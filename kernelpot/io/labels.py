@@ -55,6 +55,7 @@ import numpy as np
 
 __all__ = ["DataWarning", "frame_labels", "parse_labels", "frame_noise", "structure_errors", "check_structure",
            "frame_name", "is_periodic", "is_isolated_atom", "config_type", "energy_conflict",
+           "OVERLAP_DISTANCE", "overlapping_pairs", "overlap_message",
            "ENERGY_KEYS", "FORCES_KEYS", "STRESS_KEYS", "VIRIAL_KEYS", "NOISE_KEYS", "looks_like_label"]
 
 VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
@@ -73,6 +74,19 @@ NOISE_KEYS = ("energy_sigma", "force_sigma", "force_atom_sigma", "virial_sigma",
 _LABEL_WORDS = ("energy", "force", "forces", "stress", "virial")
 _NOT_LABEL_WORDS = ("sigma", "std", "mask", "weight", "weights", "epistemic", "pred", "predicted", "local",
                     "unused", "error", "err", "uncertainty", "var", "variance")
+
+#: Å. Two atoms (or an atom and a periodic image of itself or of another atom) closer than this
+#: overlap: the structure is certainly broken (duplicated atoms, a wrapping or unit error), not a
+#: short contact. The shortest bond there is (H2) is 0.74 Å, and a DFT dimer scan of the repulsive
+#: wall rarely goes below 0.3-0.5 Å; :func:`kernelpot.validate` can be told to accept H-H at
+#: 0.2 Å (``min_distance``), so this stays well below that. Used by fit, predict and validate alike,
+#: with no switch to turn it off.
+OVERLAP_DISTANCE = 0.1
+
+#: More periodic image shifts than this means a cell so thin (lattice planes ~1e-4 Å apart) that
+#: the overlap search itself could exhaust memory; such a cell is reported instead of searched.
+#: An ordinary cell needs 27.
+_MAX_IMAGE_SHIFTS = 1000
 
 #: relative difference below which energy and free_energy count as equal (no smearing)
 _ENERGY_RTOL = 1e-9
@@ -129,8 +143,61 @@ def _list(indices, limit: int = 20) -> str:
 # --------------------------------------------------------------------------- structure
 
 
-def structure_errors(atoms, name: str, species=None) -> list[str]:
-    """Cheap checks of a structure before a model sees it (vectorised; no neighbour search).
+def overlapping_pairs(atoms, cutoff: float = OVERLAP_DISTANCE):
+    """Pairs ``(i, j, d, shift)`` closer than ``cutoff`` Å, each pair once, periodic images included.
+
+    ``i <= j``; ``i == j`` is an atom and its own periodic image (``shift`` is the
+    integer cell shift, never zero then). Sorted by distance. Uses the numba cell
+    list :func:`kernelpot.descriptors.neighbors.neighbor_list`.
+    """
+    from kernelpot.descriptors.neighbors import neighbor_list
+    nl = neighbor_list(atoms, cutoff)
+    i, j, shift = nl.centers, nl.neighbors, nl.shifts
+    # each pair is listed from both ends ((i, j, S) and (j, i, -S)): keep i < j, and for an
+    # atom and its own image the shift whose first nonzero component is positive
+    first = np.where(shift[:, 0] != 0, shift[:, 0], np.where(shift[:, 1] != 0, shift[:, 1], shift[:, 2]))
+    keep = (i < j) | ((i == j) & (first > 0))
+    d = np.sqrt(np.sum(nl.vectors[keep] ** 2, axis=1))
+    order = np.argsort(d, kind="stable")
+    return i[keep][order], j[keep][order], d[order], shift[keep][order]
+
+
+def overlap_message(name: str, atoms, i, j, d, shift, limit: int = 5) -> str:
+    """The one message for overlapping atoms (``structure_errors`` and ``validate`` both use it)."""
+    symbols = atoms.get_chemical_symbols()
+    pairs = []
+    for a, b, dist, s in list(zip(i, j, d, shift))[:limit]:
+        if a == b:
+            pairs.append(f"atom {a} ({symbols[a]}) and its own periodic image {list(map(int, s))} "
+                         f"at {dist:.4f} Å")
+        else:
+            image = f" (periodic image {list(map(int, s))})" if np.any(s) else ""
+            pairs.append(f"atoms {a} ({symbols[a]}) and {b} ({symbols[b]}){image} at {dist:.4f} Å")
+    more = f"; and {len(d) - limit} more pairs" if len(d) > limit else ""
+    return (f"{name}: overlapping atoms: {len(d)} pair(s) closer than {OVERLAP_DISTANCE} Å "
+            f"(duplicated atoms, or a wrapping/unit error?): {'; '.join(pairs)}{more}")
+
+
+def _thin_cell(atoms) -> str | None:
+    """Why the overlap search cannot run (a cell so thin that it would need more than
+    ``_MAX_IMAGE_SHIFTS`` periodic image shifts), else None."""
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not pbc.any():
+        return None
+    from kernelpot.descriptors.neighbors import _complete_cell
+    inv = np.linalg.inv(_complete_cell(atoms.cell.array, pbc))
+    spacing = 1.0 / np.linalg.norm(inv, axis=0)           # distance between lattice planes
+    shifts = np.prod(np.where(pbc, 2.0 * np.ceil(OVERLAP_DISTANCE / spacing) + 1.0, 1.0))
+    if shifts <= _MAX_IMAGE_SHIFTS:
+        return None
+    k = int(np.argmin(np.where(pbc, spacing, np.inf)))
+    return (f"lattice planes only {spacing[k]:.3g} Å apart along cell vector {k}: too thin to search "
+            f"for overlapping atoms (a broken cell, or a badly skewed one: reduce it, e.g. with "
+            f"ase.build.niggli_reduce)")
+
+
+def structure_errors(atoms, name: str, species=None, *, overlaps: bool = True) -> list[str]:
+    """Cheap checks of a structure before a model sees it.
 
     Shared by :func:`kernelpot.validate`, ``SparseGP.fit`` and every prediction
     path so that they say the same thing.
@@ -142,13 +209,20 @@ def structure_errors(atoms, name: str, species=None) -> list[str]:
         How messages name the frame (see :func:`frame_name`).
     species : array of int, optional
         Atomic numbers a model knows; others are reported.
+    overlaps : bool, default True
+        Look for overlapping atoms (one neighbour search with the
+        :data:`OVERLAP_DISTANCE` cutoff). :func:`kernelpot.validate` passes
+        False because its own distance search reports them with the same
+        message.
 
     Returns
     -------
     list of str
         One message per problem: no atoms; non-finite positions (naming the
-        atoms); periodic directions without usable lattice vectors; elements
-        outside ``species``.
+        atoms); periodic directions without usable lattice vectors; atoms
+        closer than :data:`OVERLAP_DISTANCE` (0.1 Å) to another atom or to a
+        periodic image (naming the pairs and distances); elements outside
+        ``species``.
     """
     errs = []
     n = len(atoms)
@@ -162,18 +236,25 @@ def structure_errors(atoms, name: str, species=None) -> list[str]:
         bad = np.unique(np.nonzero(~finite)[0])
         errs.append(f"{name}: positions are not finite (NaN/inf) for atoms {_list(bad)}")
     pbc = atoms.pbc
+    cell_ok = True
     if pbc.any():
         periodic = atoms.cell.array[pbc]
         lengths = np.linalg.norm(periodic, axis=1)
+        # length/area/volume spanned by the periodic vectors: the product of their singular values
+        # (sqrt(det(P P^T)) loses it to round-off: ~1e-5 relative for an exactly dependent 7 Å cell)
         with np.errstate(all="ignore"):
-            measure = np.sqrt(max(float(np.nan_to_num(np.linalg.det(periodic @ periodic.T))), 0.0))
+            measure = (float(np.prod(np.linalg.svd(periodic, compute_uv=False)))
+                       if np.all(np.isfinite(periodic)) else 0.0)
         if not (np.all(np.isfinite(periodic)) and np.all(lengths > 0.0)
                 and measure > 1e-8 * np.prod(lengths)):
             with np.errstate(all="ignore"):
                 volume = atoms.cell.volume
+            cell_ok = False
             errs.append(f"{name}: cell: pbc={pbc.tolist()} but the periodic lattice vectors are missing, "
                         f"non-finite or linearly dependent (cell volume {volume:.4g} Å^3); "
                         f"set atoms.cell or pbc=False")
+    if overlaps and cell_ok and finite.all():
+        errs.extend(_overlap_errors(atoms, name))
     if species is not None:
         missing = sorted(set(np.unique(atoms.numbers).tolist()) - set(np.asarray(species).tolist()))
         if missing:
@@ -182,6 +263,17 @@ def structure_errors(atoms, name: str, species=None) -> list[str]:
                         f"{[chemical_symbols[z] for z in missing]} that the model was not trained on "
                         f"(trained: {[chemical_symbols[int(z)] for z in species]})")
     return errs
+
+
+def _overlap_errors(atoms, name: str) -> list[str]:
+    thin = _thin_cell(atoms)
+    if thin is not None:
+        return [f"{name}: cell: {thin}"]
+    try:
+        i, j, d, shift = overlapping_pairs(atoms)
+    except ValueError as exc:      # a cell the neighbour search cannot invert
+        return [f"{name}: cell: {exc}"]
+    return [overlap_message(name, atoms, i, j, d, shift)] if len(d) else []
 
 
 def check_structure(atoms, index: int | None = None, species=None) -> None:

@@ -13,6 +13,8 @@ Errors (make the data unusable as it stands):
   a number;
 - two atoms (or an atom and a periodic image) closer than 0.35 x the sum of their covalent
   radii (or a fixed ``min_distance``);
+- overlapping atoms: any pair closer than 0.1 Å (``kernelpot.io.labels.OVERLAP_DISTANCE``),
+  whatever ``min_distance``; fit and predict refuse such structures too;
 - a noise (``energy_sigma``, ``force_sigma``, ...) that is not positive, or of the wrong shape;
 - periodic directions without lattice vectors (zero cell volume);
 - a required label (``require``) that is missing;
@@ -46,8 +48,8 @@ from ase.neighborlist import neighbor_list
 from scipy.spatial import cKDTree
 
 from kernelpot.io.labels import _list  # one way to list atom/frame indices in messages
-from kernelpot.io.labels import (DataWarning, energy_conflict, frame_name, frame_noise, parse_labels,
-                                 structure_errors)
+from kernelpot.io.labels import (OVERLAP_DISTANCE, DataWarning, _thin_cell, energy_conflict, frame_name,
+                                 frame_noise, overlap_message, parse_labels, structure_errors)
 
 __all__ = ["validate", "ValidationReport", "DataWarning", "warn_report"]
 
@@ -123,7 +125,9 @@ def validate(
         an error below ``0.35 (r_a + r_b)`` and a warning below ``0.6 (r_a + r_b)``
         (H-H: 0.22 and 0.37 Å; Si-Si: 0.78 and 1.33 Å). A number: pairs closer
         than this many Å (periodic images included) are errors, whatever the
-        elements; 0 switches the check off.
+        elements; 0 switches the check off, except for overlapping atoms
+        (closer than ``OVERLAP_DISTANCE`` = 0.1 Å), which are always an
+        error because fit and predict refuse them.
     raise_on_error : bool, default True
         Raise ``ValueError`` listing all errors (and warnings) if there are any.
         Otherwise return the report.
@@ -213,14 +217,20 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
     warn = report.warnings.append
     n = len(atoms)
 
-    structural = structure_errors(atoms, name)
+    # overlapping atoms: found by the distance search below (one search, not two), same message
+    structural = structure_errors(atoms, name, overlaps=False)
     report.errors.extend(structural)
     if n == 0:
         return
     positions_ok = bool(np.all(np.isfinite(atoms.positions)))
     cell_ok = not any(": cell:" in m for m in structural)
     if positions_ok and cell_ok:
-        _check_distances(name, atoms, min_distance, report)
+        thin = _thin_cell(atoms)
+        if thin is not None:
+            err(f"{name}: cell: {thin}")
+            cell_ok = False
+        else:
+            _check_distances(name, atoms, min_distance, report)
 
     _results(name, atoms, report, check_state=positions_ok)
     results, label_errors = parse_labels(atoms, name)
@@ -287,9 +297,10 @@ def _close_pairs(atoms: Atoms, cutoff: float):
     """Pairs (i, j, d, shift) closer than ``cutoff`` Å, each once (periodic images included)."""
     if atoms.pbc.any():
         i, j, d, shift = neighbor_list("ijdS", atoms, cutoff)
-        # neighbor_list lists each pair twice ((i, j, S) and (j, i, -S)); keep one.
-        shift_key = shift @ np.array([9, 3, 1])
-        keep = (i < j) | ((i == j) & (shift_key > 0))
+        # neighbor_list lists each pair twice ((i, j, S) and (j, i, -S)); keep one: for an atom
+        # and its own image, the S whose first nonzero component is positive (exact for any |S|)
+        first = np.where(shift[:, 0] != 0, shift[:, 0], np.where(shift[:, 1] != 0, shift[:, 1], shift[:, 2]))
+        keep = (i < j) | ((i == j) & (first > 0))
         return i[keep], j[keep], d[keep], shift[keep]
     # ASE bins the whole (often 50 Å vacuum) box; a k-d tree does not care about the box.
     pairs = cKDTree(atoms.positions).query_pairs(cutoff, output_type="ndarray")
@@ -309,16 +320,25 @@ def _check_distances(name: str, atoms: Atoms, min_distance: float | None,
     error threshold for every pair, without warnings.  A pair at the threshold
     to within ``_DISTANCE_TOL`` Å (round-off of a value written as the
     threshold) is not flagged.
+
+    Pairs closer than ``OVERLAP_DISTANCE`` are always an error, whatever
+    ``min_distance``, with the message of
+    :func:`kernelpot.io.labels.structure_errors` (the check fit and predict
+    run), and are not listed again under the thresholds above.
     """
-    if min_distance is not None and min_distance <= 0.0:
-        return
     radii = covalent_radii[atoms.numbers]
     if min_distance is None:
         cutoff = DISTANCE_WARN_FACTOR * 2.0 * float(radii.max())
     else:
         cutoff = float(min_distance)
-    i, j, d, shift = _close_pairs(atoms, cutoff)
-    if len(d) == 0:
+    i, j, d, shift = _close_pairs(atoms, max(cutoff, OVERLAP_DISTANCE))
+    overlap = d < OVERLAP_DISTANCE
+    if overlap.any():
+        o = np.flatnonzero(overlap)
+        o = o[np.argsort(d[o], kind="stable")]
+        report.errors.append(overlap_message(name, atoms, i[o], j[o], d[o], shift[o]))
+        i, j, d, shift = i[~overlap], j[~overlap], d[~overlap], shift[~overlap]
+    if len(d) == 0 or (min_distance is not None and min_distance <= 0.0):
         return
     if min_distance is None:
         rsum = radii[i] + radii[j]
