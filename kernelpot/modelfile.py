@@ -226,7 +226,7 @@ def read_model_file(path, names) -> tuple[dict, dict]:
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, SyntaxError) as exc:
             raise _fail(path, f"it is truncated or corrupted ({exc})") from exc
         _check_shapes(path, meta, len(header["fitted"].get("offset_species_", [])),
-                      max_sparse=_max_sparse(path, header))
+                      max_sparse=_max_sparse(path, header), n_pair=_pair_columns(path, header))
         _check_sizes(path, zf, sized)
         arrays = {}
         try:
@@ -241,7 +241,21 @@ def read_model_file(path, names) -> tuple[dict, dict]:
     return header, arrays
 
 
-def _check_shapes(path, meta, n_offsets=0, max_sparse=None):
+def _pair_columns(path, header) -> int:
+    """Columns of the two-body term the header describes (0 without one), bounded."""
+    pair = header.get("fitted", {}).get("pair_")
+    if pair is None:
+        return 0
+    try:
+        n = len(pair["pairs"]) * len(pair["grid"])
+    except (KeyError, TypeError):
+        raise _fail(path, "its two-body term has no 'pairs' or 'grid'") from None
+    if not 0 < n <= 10**5:
+        raise _fail(path, f"its two-body term has {n} columns, expected 1 to 100000")
+    return n
+
+
+def _check_shapes(path, meta, n_offsets=0, max_sparse=None, n_pair=0):
     for n, (shape, dtype) in meta.items():
         if dtype.hasobject or dtype.kind not in "fiu":
             raise _fail(path, f"array {n!r} has dtype {dtype}, expected numbers")
@@ -254,8 +268,9 @@ def _check_shapes(path, meta, n_offsets=0, max_sparse=None):
                           f"0 < M <= {limit} (n_sparse x species in the header)")
     if not (isinstance(n_offsets, int) and 0 <= n_offsets <= 200):
         raise _fail(path, f"{n_offsets!r} offset parameters, expected one per species")
-    W = M + n_offsets  # whitened weights: sparse environments, then per-species offsets
-    expect = {"Lmm": (M, M), "Kmm": (M, M), "Lc": (W, W), "a": (W,), "alpha_": (W,), "sparse_index_": (M,)}
+    K = M + n_pair  # kernel columns: sparse environments, then the two-body term's
+    W = K + n_offsets  # whitened weights: kernel columns, then per-species offsets
+    expect = {"Lmm": (K, K), "Kmm": (K, K), "Lc": (W, W), "a": (W,), "alpha_": (W,), "sparse_index_": (M,)}
     for n, shp in expect.items():
         if n in meta and tuple(meta[n][0]) != shp:
             raise _fail(path, f"array {n!r} has shape {tuple(meta[n][0])}, expected {shp} for {M} sparse points")

@@ -147,5 +147,5 @@ def test_search_reports_its_likelihood_evaluations(monkeypatch):
     monkeypatch.setattr(likelihood, "neg_log_marginal_likelihood",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     theta0, bounds, fixed = hyperparameters.initial_theta(ws)
-    theta, n = hyperparameters.search(ws, theta0, bounds, fixed, energy_noise="evidence", warn=False)
+    theta, n, _ = hyperparameters.search(ws, theta0, bounds, fixed, energy_noise="evidence", warn=False)
     assert n == len(calls) > 13

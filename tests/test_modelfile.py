@@ -126,12 +126,14 @@ def test_highly_compressible_huge_member_is_refused(saved, tmp_path):
     members = _members(saved)
     h = _header(saved)
     M = 3000
-    W = M + len(h["fitted"].get("offset_species_", []))
+    pair = h["fitted"].get("pair_")
+    K = M + (len(pair["pairs"]) * len(pair["grid"]) if pair else 0)  # kernel columns: SOAP, then two-body
+    W = K + len(h["fitted"].get("offset_species_", []))
     h["params"]["n_sparse"] = M
     members["header"] = _npy(np.array(json.dumps(h)))
     F = np.load(io.BytesIO(members["sparse_X"])).shape[1]
     shapes = {"sparse_numbers": (M,), "sparse_index_": (M,), "a": (W,), "alpha_": (W,), "sparse_X": (M, F),
-              "Lmm": (M, M), "Kmm": (M, M), "Lc": (W, W)}
+              "Lmm": (K, K), "Kmm": (K, K), "Lc": (W, W)}
     for name, shape in shapes.items():
         members[name] = _npy(np.zeros(shape, dtype=int if name in ("sparse_numbers", "sparse_index_") else float))
     path = tmp_path / "zeros.npz"

@@ -20,12 +20,12 @@ import copy
 import numpy as np
 
 from kernelpot.io.labels import check_structure, config_type, frame_labels, frame_noise
-from kernelpot.gp.design import frame_design
+from kernelpot.gp.design import design_rows
 from kernelpot.gp.likelihood import GroupStats, whiten
 from kernelpot.gp.offsets import offset_column
 from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_stress_var
 
-__all__ = ["KINDS", "training_rows", "offset_columns", "n_columns", "add_frame", "accumulate", "group_names", "group_of", "chunks",
+__all__ = ["KINDS", "describe", "training_rows", "offset_columns", "n_columns", "add_frame", "accumulate", "group_names", "group_of", "chunks",
            "labels_in_groups", "compute_features", "worker_view", "memory_estimate", "progress", "note", "phase",
            "interactive", "kernels_compiled", "announce_compilation"]
 
@@ -178,6 +178,32 @@ def force_rows(atoms, given=None) -> np.ndarray:
     return (3 * force_atoms(atoms, given)[:, None] + np.arange(3)).ravel()
 
 
+def describe(model, atoms, gradients: bool = False, strain: bool = False):
+    """The descriptors of ``atoms`` that the model's kernel terms need.
+
+    SOAP features (with position / strain derivatives on request) and, when
+    the model has a two-body term (``model.pair_``), the structure's pairs in
+    ``feat.pairs`` (:class:`kernelpot.gp.twobody.PairGeometry`).
+    """
+    feat = model.descriptor_.compute(atoms, gradients=gradients, strain=strain)
+    pair = getattr(model, "pair_", None)
+    if pair is not None:
+        feat.pairs = pair.geometry(atoms)
+    return feat
+
+
+def pair_prior(model, rows: np.ndarray) -> np.ndarray:
+    """Reduced prior variance of the two-body columns of ``rows`` (n, M + P): their whitened norm
+    (the term is exact, :mod:`kernelpot.gp.twobody`); zeros without the term."""
+    pair = getattr(model, "pair_", None)
+    if pair is None:
+        return np.zeros(rows.shape[0])
+    import scipy.linalg as sla
+    M, K = model.sparse_.size, model.sparse_.size + pair.size
+    return np.sum(sla.solve_triangular(model._Lmm[M:K, M:K], rows[:, M:K].T, lower=True, check_finite=False) ** 2,
+                  axis=0)
+
+
 def training_rows(model, atoms, lab, priors=False):
     """Reduced design rows, targets and noise scales of one frame's labels.
 
@@ -198,9 +224,9 @@ def training_rows(model, atoms, lab, priors=False):
     """
     want_f = model.fit_forces and "forces" in lab
     want_s = model.fit_stress and "stress" in lab
-    feat = model.descriptor_.compute(atoms, gradients=want_f, strain=want_s)
+    feat = describe(model, atoms, gradients=want_f, strain=want_s)
     vol = atoms.cell.volume if want_s else None
-    d = frame_design(feat, model.sparse_, model.zeta, vol, forces=want_f, stress=want_s)
+    d = design_rows(feat, model.sparse_, model.zeta, getattr(model, "pair_", None), vol, forces=want_f, stress=want_s)
     eb, fb, sb = model._baseline_compute(atoms)
     rows, ys, scales = {}, {}, {}
     n = len(atoms)
@@ -230,11 +256,12 @@ def training_rows(model, atoms, lab, priors=False):
     if "energy" in rows and "energy" in kinds:
         # the offset columns are represented exactly: their prior adds to the energy's
         col = offset_column(atoms.numbers, getattr(model, "offset_species_", ()), getattr(model, "offset_kappa_", 0.0))
-        pv["energy"] = np.array([prior_energy_var(feat, model.zeta) + float(col @ col)])
+        pv["energy"] = np.array([prior_energy_var(feat, model.zeta) + float(col @ col)]) + pair_prior(model, rows["energy"])
     if want_f and "forces" in kinds:
-        pv["forces"] = prior_force_var(feat, model.zeta).ravel()[force_rows(atoms, given)]
+        pv["forces"] = (prior_force_var(feat, model.zeta).ravel()[force_rows(atoms, given)]
+                        + pair_prior(model, rows["forces"]))
     if want_s and "stress" in kinds:
-        pv["stress"] = prior_stress_var(feat, model.zeta, vol)
+        pv["stress"] = prior_stress_var(feat, model.zeta, vol) + pair_prior(model, rows["stress"])
     return rows, ys, scales, pv
 
 
@@ -257,8 +284,9 @@ def offset_columns(model, atoms, kind: str, A: np.ndarray) -> np.ndarray:
 
 
 def n_columns(model) -> int:
-    """Columns of the whitened design: M sparse environments plus S offset parameters."""
-    return model.sparse_.size + len(getattr(model, "offset_species_", ()))
+    """Columns of the whitened design: M sparse environments, P two-body columns, S offset parameters."""
+    pair = getattr(model, "pair_", None)
+    return model.sparse_.size + (0 if pair is None else pair.size) + len(getattr(model, "offset_species_", ()))
 
 
 def add_frame(model, stats: GroupStats, atoms, lab, sign: float = 1.0) -> None:
@@ -329,7 +357,7 @@ def accumulate(model, frames, labels) -> GroupStats:
 
 def memory_estimate(model, frames) -> int:
     """Bytes at the peak of assembly: the M x M group statistics plus one frame's rows."""
-    M = model.sparse_.size
+    M = n_columns(model)
     G = max(len(getattr(model, "noise_groups_", KINDS)), 1)
     F = model.descriptor_.get_number_of_features()
     nmax = max(len(a) for a in frames)

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from kernelpot.gp.kernels import dot_kernel, dot_kernel_coeff, _power
 
-__all__ = ["SparseSet", "frame_design", "frame_mean"]
+__all__ = ["SparseSet", "frame_design", "frame_mean", "design_rows", "model_kernel"]
 
 _PAIR_CHUNK = 4096
 
@@ -175,3 +175,32 @@ def frame_mean(feat, sparse: SparseSet, alpha: np.ndarray, zeta: float, volume: 
     if stress:
         out["stress"] = np.einsum("ivf,if->v", feat.strain_grad, dEdx) / volume
     return out
+
+
+def design_rows(feat, sparse: SparseSet, zeta: float, pair, volume: float | None,
+                forces: bool = True, stress: bool = True) -> dict:
+    """Reduced design rows of every kernel term: SOAP's ``M`` columns, then the two-body term's.
+
+    ``pair`` is a :class:`kernelpot.gp.twobody.PairTerm` or None (SOAP only);
+    with a term, ``feat.pairs`` holds the structure's
+    :class:`~kernelpot.gp.twobody.PairGeometry` (see
+    :func:`kernelpot.gp.assembly.describe`).  Keys and row shapes as
+    :func:`frame_design`, with ``M + P`` columns.
+    """
+    d = frame_design(feat, sparse, zeta, volume, forces=forces, stress=stress)
+    if pair is None:
+        return d
+    geom = getattr(feat, "pairs", None)
+    if geom is None:
+        raise ValueError("this model has a two-body term: describe the structure with kernelpot.gp.assembly.describe")
+    p = pair.design(geom, volume, forces=forces, stress=stress)
+    return {k: np.concatenate([d[k], p[k]], axis=-1) for k in d}
+
+
+def model_kernel(sparse: SparseSet, zeta: float, pair=None) -> np.ndarray:
+    """Reduced sparse covariance of all kernel terms, block-diagonal: SOAP's ``Kmm``, then the two-body term's, (M + P, M + P)."""
+    K = sparse.kernel(zeta)
+    if pair is None:
+        return K
+    import scipy.linalg as sla
+    return sla.block_diag(K, pair.kernel())

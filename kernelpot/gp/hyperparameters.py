@@ -20,7 +20,7 @@ from kernelpot import _threads
 from kernelpot.gp.assembly import interactive
 from kernelpot.gp.likelihood import GroupStats, optimize_hyperparameters, select_noise_by_loo
 
-__all__ = ["NOISE_FLOOR", "DELTA_BOUNDS", "initial_theta", "search"]
+__all__ = ["NOISE_FLOOR", "DELTA_BOUNDS", "SCALE_BOUNDS", "initial_theta", "search"]
 
 NOISE_FLOOR = {"energy": 1e-4, "forces": 1e-3, "stress": 1e-5}
 _NOISE_INIT = {"energy": 0.005, "forces": 0.1, "stress": 0.002}
@@ -67,8 +67,12 @@ def _energy_noise_by_loo(stats, theta, bounds, fixed, progress=None):
     return select_noise_by_loo(stats, theta, groups, bounds, fixed, progress=progress)
 
 
+#: Bounds of a kernel term's scale relative to ``delta`` (the two-body term, :mod:`kernelpot.gp.twobody`).
+SCALE_BOUNDS = (1e-3, 1e2)
+
+
 def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_delta=True, verbose=False,
-           warn=True):
+           warn=True, scale_mask=None):
     """Hyperparameters from the statistics of a fit.
 
     Parameters
@@ -84,6 +88,12 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
         A progress bar over likelihood evaluations.
     warn : bool
         Warn (``RuntimeWarning``) when a free parameter ends at a bound.
+    scale_mask : (M,) bool array, optional
+        Columns of a second kernel term (the two-body term) whose prior std
+        relative to ``delta``, ``r``, is learned jointly with ``delta`` and
+        the force/stress noise by the evidence.  ``stats`` is then rescaled in
+        place (:meth:`GroupStats.scale_columns`) before the energy noise is
+        chosen, so on return it holds the statistics of the scaled term.
 
     Returns
     -------
@@ -91,6 +101,8 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
     n_evaluations : int
         Evaluations of the marginal likelihood (the ``delta`` scan, L-BFGS-B,
         and the re-optimisations around the leave-one-out energy noise).
+    scale : float
+        The factor ``r`` applied to the ``scale_mask`` columns (1 without them).
     """
     bar = None
     if verbose and interactive():  # redirected output: only the phase line of the caller
@@ -106,7 +118,15 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
 
     # M x M factorisations on every evaluation: one BLAS thread below a few thousand columns (see _threads)
     with _threads.limit(blas_threads=_threads.threads_for_matrix(stats.D.shape[1])):
-        theta, _ = optimize_hyperparameters(stats, theta0, bounds, fixed, scan_delta=scan_delta, progress=progress)
+        scale = 1.0
+        if scale_mask is not None and np.any(scale_mask):
+            ext, _ = optimize_hyperparameters(stats, np.append(theta0, 0.0), list(bounds) + [tuple(np.log(SCALE_BOUNDS))],
+                                              np.append(fixed, False), scan_delta=scan_delta, progress=progress,
+                                              scale_mask=scale_mask)
+            theta, scale = ext[:-1], float(np.exp(ext[-1]))
+            stats.scale_columns(scale_mask, scale)
+        else:
+            theta, _ = optimize_hyperparameters(stats, theta0, bounds, fixed, scan_delta=scan_delta, progress=progress)
         if bar is not None:
             bar.close()
         if energy_noise == "loo":
@@ -117,4 +137,4 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
         if at_bound:
             warnings.warn(f"hyperparameters at their bounds after optimisation: {at_bound}; "
                           "the data may not constrain them (see model.noise_)", RuntimeWarning, stacklevel=3)
-    return theta, count[0]
+    return theta, count[0], scale

@@ -99,6 +99,31 @@ class GroupStats:
         self.n[g] += int(sign) * len(y)
 
 
+    def scale_columns(self, mask: np.ndarray, r: float) -> None:
+        """Multiply the whitened columns ``mask`` of every row by ``r`` (a kernel term's prior std times ``r``).
+
+        Statistics, kept rows and their prior variances change as if the
+        rows had been accumulated with the term scaled: the prior of a kept
+        row includes its whitened norm on exact columns (the two-body term),
+        so that part is multiplied by ``r^2``.
+        """
+        mask = np.asarray(mask, bool)
+        self.D[:, mask, :] *= r
+        self.D[:, :, mask] *= r
+        self.e[:, mask] *= r
+        for k, A in enumerate(self.loo_rows):
+            part = np.sum(A[:, mask] ** 2, axis=1)
+            A = A.copy()
+            A[:, mask] *= r
+            self.loo_rows[k] = A
+            self.loo_prior[k] = self.loo_prior[k] + (r * r - 1.0) * part
+
+    def scaled(self, mask: np.ndarray, r: float) -> "GroupStats":
+        """A copy with the statistics (not the kept rows) of columns ``mask`` scaled by ``r``."""
+        rho = np.where(np.asarray(mask, bool), r, 1.0)
+        return GroupStats(self.names, self.D * rho[None, :, None] * rho[None, None, :], self.e * rho[None, :],
+                          self.c, self.n, self.logdet_scale)
+
     def merge(self, other: "GroupStats") -> None:
         """Add another chunk's statistics (same groups and sparse set)."""
         self.D += other.D
@@ -139,14 +164,18 @@ def posterior_factor(theta: np.ndarray, ws: GroupStats):
     return Lc, a, u, s
 
 
-def neg_log_marginal_likelihood(theta: np.ndarray, ws: GroupStats, grad: bool = True):
+def neg_log_marginal_likelihood(theta: np.ndarray, ws: GroupStats, grad: bool = True, scale_mask=None):
     """Negative log marginal likelihood and its gradient in log parameters.
 
     Parameters
     ----------
-    theta : (1 + G,) array
-        ``[log delta, log sigma_1, ..., log sigma_G]``.
+    theta : (1 + G,) array, or (2 + G,) with ``scale_mask``
+        ``[log delta, log sigma_1, ..., log sigma_G]`` (and ``log r``).
     ws : WhitenedStats
+    scale_mask : (M,) bool array, optional
+        Columns of a kernel term whose prior std relative to ``delta`` is a
+        further parameter ``r`` (the last entry of ``theta``): the statistics
+        are evaluated as :meth:`GroupStats.scaled` by ``r``.
 
     Returns
     -------
@@ -158,7 +187,22 @@ def neg_log_marginal_likelihood(theta: np.ndarray, ws: GroupStats, grad: bool = 
     With ``u = delta^2``, ``s_g = sigma_g^-2``, ``Chat = I + u sum_g s_g D_g``,
     ``ehat = sum_g s_g e_g`` and ``a = Chat^-1 ehat``:
     ``-2 log L = log|Chat| - sum_g n_g log s_g + sum_g s_g c_g - u ehat.a + N log 2 pi + const``.
+    With ``scale_mask`` (``J`` its diagonal projector, ``B = sum_g s_g D_g`` of the scaled statistics):
+    ``d(-2 log L)/d log r = 2 u tr(J B Chat^-1) - 2 u a_J.ehat_J + 2 u^2 a_J.(B a)_J``.
     """
+    if scale_mask is not None:
+        mask = np.asarray(scale_mask, bool)
+        ws = ws.scaled(mask, float(np.exp(theta[-1])))
+        if not grad:
+            return neg_log_marginal_likelihood(theta[:-1], ws, grad=False)
+        nll, g = neg_log_marginal_likelihood(theta[:-1], ws, grad=True)
+        Lc, a, u, s = posterior_factor(theta[:-1], ws)
+        Ci = cho_inverse(Lc)
+        B = np.tensordot(s, ws.D, axes=1)
+        ehat = s @ ws.e
+        d_r = (2.0 * u * float(np.sum((B[mask] * Ci[mask]))) - 2.0 * u * float(a[mask] @ ehat[mask])
+               + 2.0 * u * u * float(a[mask] @ (B @ a)[mask]))
+        return nll, np.append(g, 0.5 * d_r)
     Lc, a, u, s = posterior_factor(theta, ws)
     ehat = s @ ws.e
     N = float(ws.n.sum())
@@ -222,7 +266,7 @@ class _Converged(Exception):
 
 
 def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, fixed: np.ndarray | None = None,
-                             maxiter: int = 500, scan_delta: bool = True, progress=None,
+                             maxiter: int = 500, scan_delta: bool = True, progress=None, scale_mask=None,
                              ftol_rel: float = 1e-12, ftol_abs: float = 1e-9, gtol_rel: float = 1e-7,
                              gtol_abs: float = 1e-5):
     """Maximise the marginal likelihood over the free log parameters.
@@ -245,6 +289,9 @@ def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, f
     progress : callable, optional
         Called with the current negative log likelihood after every
         evaluation (used for progress bars).
+    scale_mask : (M,) bool array, optional
+        Columns of a kernel term whose relative scale is the last entry of
+        ``theta0`` (see :func:`neg_log_marginal_likelihood`).
     ftol_rel, ftol_abs : float
         The value has converged when an L-BFGS-B iteration lowers it by at most
         ``ftol_abs + ftol_rel * |nll|`` (nats): far below any difference the
@@ -298,7 +345,7 @@ def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, f
     def f(tf):
         th = theta0.copy()
         th[free] = tf
-        val, gr = neg_log_marginal_likelihood(th, ws)
+        val, gr = neg_log_marginal_likelihood(th, ws, scale_mask=scale_mask)
         gr = gr[free]
         state["n"] += 1
         if progress is not None:
@@ -338,7 +385,7 @@ def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, f
         for ld in grid:
             th = theta0.copy()
             th[0] = ld
-            vals.append(neg_log_marginal_likelihood(th, ws, grad=False))
+            vals.append(neg_log_marginal_likelihood(th, ws, grad=False, scale_mask=scale_mask))
             state["n"] += 1
             if progress is not None:
                 progress(vals[-1])

@@ -35,7 +35,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from kernelpot import _threads
-from kernelpot.gp.design import SparseSet, frame_design, frame_mean
+from kernelpot.gp.design import SparseSet, design_rows, frame_mean
 from kernelpot.gp.likelihood import GroupStats, posterior_factor
 from kernelpot.gp.kernels import dot_kernel
 from kernelpot.gp.offsets import offset_column
@@ -76,6 +76,9 @@ class Posterior:
         Species of the offset parameters (empty: no offset parameters).
     kappa : float
         Prior std of an offset parameter in units of ``delta`` (per atom).
+    pair : kernelpot.gp.twobody.PairTerm or None
+        The two-body term, whose ``P`` columns follow SOAP's ``M`` (``Kmm``,
+        ``Lmm`` and the weights then have ``M + P`` kernel entries).
     """
 
     sparse: SparseSet
@@ -88,15 +91,17 @@ class Posterior:
     alpha: np.ndarray
     offset_species: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     kappa: float = 0.0
+    pair: object = None
 
     @classmethod
     def from_statistics(cls, theta: np.ndarray, stats: GroupStats, sparse: SparseSet, zeta: float,
-                        Kmm: np.ndarray, Lmm: np.ndarray, offset_species=(), kappa: float = 0.0) -> "Posterior":
+                        Kmm: np.ndarray, Lmm: np.ndarray, offset_species=(), kappa: float = 0.0,
+                        pair=None) -> "Posterior":
         """Solve for the posterior given log hyperparameters and whitened statistics."""
         with _threads.limit(blas_threads=_threads.threads_for_matrix(stats.D.shape[1])):
             Lc, a, u, _ = posterior_factor(theta, stats)
         post = cls(sparse, float(zeta), float(np.exp(theta[0])), Kmm, Lmm, Lc, a, None,
-                   np.asarray(offset_species, dtype=int), float(kappa))
+                   np.asarray(offset_species, dtype=int), float(kappa), pair)
         post.alpha = post._weights(a)
         return post
 
@@ -104,9 +109,21 @@ class Posterior:
     def n_offsets(self) -> int:
         return len(self.offset_species)
 
+    @property
+    def n_kernel(self) -> int:
+        """Kernel columns: ``M`` sparse environments plus the two-body term's ``P``."""
+        return self.sparse.size + (0 if self.pair is None else self.pair.size)
+
+    def _pair_prior(self, rows: np.ndarray) -> np.ndarray:
+        """Reduced prior variance of the two-body part of ``rows`` (n, M + P): its whitened norm (the term is exact)."""
+        if self.pair is None:
+            return np.zeros(rows.shape[0])
+        M, K = self.sparse.size, self.n_kernel
+        return np.sum(tri_solve(self.Lmm[M:K, M:K], rows[:, M:K].T) ** 2, axis=0)
+
     def _weights(self, a):
         """Kernel weights and offset corrections from whitened weights ``a`` (M + S,) or (M + S, k)."""
-        M = self.sparse.size
+        M = self.n_kernel
         u = self.delta ** 2
         return np.concatenate([u * tri_solve(self.Lmm.T, a[:M], lower=False), u * self.kappa * a[M:]])
 
@@ -121,16 +138,23 @@ class Posterior:
         The local energies include the fitted offset corrections.
         """
         w = self.alpha if alpha is None else alpha
-        M = self.sparse.size
+        M, K = self.sparse.size, self.n_kernel
         out = frame_mean(feat, self.sparse, w[:M], self.zeta, volume, forces=forces, stress=stress)
+        if self.pair is not None:
+            d = self.pair.design(feat.pairs, volume, forces=forces, stress=stress)
+            out["energies"] = out["energies"] + d["local"] @ w[M:K]
+            if forces:
+                out["forces"] = out["forces"] + (d["forces"] @ w[M:K]).reshape(-1, 3)
+            if stress:
+                out["stress"] = out["stress"] + d["stress"] @ w[M:K]
         if self.n_offsets:
-            shift = dict(zip(self.offset_species.tolist(), w[M:]))
+            shift = dict(zip(self.offset_species.tolist(), w[K:]))
             out["energies"] = out["energies"] + np.array([shift.get(int(z), 0.0) for z in feat.numbers])
         return out
 
     def design(self, feat, volume, forces=True, stress=False) -> dict:
-        """Reduced design rows (see :func:`kernelpot.gp.design.frame_design`)."""
-        return frame_design(feat, self.sparse, self.zeta, volume, forces=forces, stress=stress)
+        """Reduced design rows of all kernel terms (see :func:`kernelpot.gp.design.design_rows`)."""
+        return design_rows(feat, self.sparse, self.zeta, self.pair, volume, forces=forces, stress=stress)
 
     # ---------------------------------------------------------- variance
     def latent_variance(self, rows: np.ndarray, prior: np.ndarray, offsets: np.ndarray | None = None,
@@ -162,17 +186,25 @@ class Posterior:
         """
         d = self.design(feat, volume, forces, stress) if design is None else design
         n = len(feat.numbers)
-        out = {"energy": self.latent_variance(d["energy"][None, :], np.atleast_1d(prior_energy_var(feat, self.zeta)),
+        # the two-body term is exact: its prior variance is that of its columns (see _pair_prior)
+        E = d["energy"][None, :]
+        out = {"energy": self.latent_variance(E, np.atleast_1d(prior_energy_var(feat, self.zeta)) + self._pair_prior(E),
                                               self._offset_columns(feat.numbers)[:, None], parts=True)}
         # local energies: kernel rows of each atom, and its own offset column
         K = dot_kernel(feat.features, self.sparse.X, self.zeta) * (feat.numbers[:, None] == self.sparse.numbers[None, :])
+        if self.pair is not None:
+            K = np.hstack([K, d["local"][:, self.sparse.size:]])
         onehot = self.kappa * (self.offset_species[:, None] == np.asarray(feat.numbers)[None, :]).astype(float)
-        out["energies"] = self.latent_variance(K, prior_local_var(feat, self.zeta), onehot, parts=True)
+        out["energies"] = self.latent_variance(K, prior_local_var(feat, self.zeta) + self._pair_prior(K), onehot,
+                                               parts=True)
         if forces:
-            v, ny = self.latent_variance(d["forces"], prior_force_var(feat, self.zeta).ravel(), parts=True)
+            F = d["forces"]
+            v, ny = self.latent_variance(F, prior_force_var(feat, self.zeta).ravel() + self._pair_prior(F), parts=True)
             out["forces"] = (v.reshape(n, 3), ny.reshape(n, 3))
         if stress:
-            out["stress"] = self.latent_variance(d["stress"], prior_stress_var(feat, self.zeta, volume), parts=True)
+            S = d["stress"]
+            out["stress"] = self.latent_variance(S, prior_stress_var(feat, self.zeta, volume) + self._pair_prior(S),
+                                                 parts=True)
         return out
 
     # ----------------------------------------------------------- samples

@@ -42,7 +42,7 @@ from kernelpot.io.labels import (check_structure, frame_labels, frame_name, is_p
 from kernelpot.io.validation import validate, warn_report
 from kernelpot.gp import assembly, hyperparameters
 from kernelpot.gp.calibration import recalibrate
-from kernelpot.gp.design import SparseSet
+from kernelpot.gp.design import SparseSet, model_kernel
 from kernelpot.gp.likelihood import GroupStats, neg_log_marginal_likelihood
 from kernelpot.gp.group_loo import calibration_groups
 from kernelpot.gp.loo import leave_one_out
@@ -50,6 +50,7 @@ from kernelpot.gp.offsets import OFFSET_KAPPA, composition_matrix, composition_n
 from kernelpot.gp.posterior import Posterior, predictive_std
 from kernelpot.gp.select import choose_sparse_set
 from kernelpot.gp.solve import safe_cholesky
+from kernelpot.gp.twobody import PairTerm, TwoBody
 
 __all__ = ["SparseGP"]
 
@@ -125,6 +126,16 @@ class SparseGP(BaseEstimator):
         round-off); the solve stays local since it is O(M^3) on M x M matrices.
     chunk_size : int
         Frames per chunk of assembly (and per Dask task).
+    two_body : bool or TwoBody
+        Add a two-body kernel term beside SOAP (:mod:`kernelpot.gp.twobody`:
+        a GP over the pair energy of each species pair, GAP's ``distance_2b``),
+        its scale relative to ``delta`` learned from the evidence.  ``True``
+        uses ``TwoBody()``'s settings; ``False``: SOAP only.
+
+    Attributes
+    ----------
+    pair_ : kernelpot.gp.twobody.PairTerm or None
+        The fitted two-body term (its ``scale`` is the learned relative scale).
 
     Examples
     --------
@@ -138,7 +149,7 @@ class SparseGP(BaseEstimator):
                  zeta=4.0, sigma_energy=None, sigma_force=None, sigma_stress=None, delta=None,
                  noise_per_config_type=False, e0="auto", baseline=None, fit_forces=True,
                  fit_stress=True, energy_noise="loo", calibrate=True, random_state=0, verbose=True,
-                 client=None, chunk_size=16):
+                 client=None, chunk_size=16, two_body=True):
         self.descriptor = descriptor
         self.n_sparse = n_sparse
         self.sparse_method = sparse_method
@@ -159,6 +170,7 @@ class SparseGP(BaseEstimator):
         self.verbose = verbose
         self.client = client
         self.chunk_size = chunk_size
+        self.two_body = two_body
 
 
     # ------------------------------------------------------------------ fit
@@ -173,6 +185,10 @@ class SparseGP(BaseEstimator):
             v = getattr(self, name)
             if v is not None and not (np.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number or None (learned), got {v!r}")
+        if not isinstance(self.two_body, (bool, np.bool_, TwoBody)):
+            raise ValueError(f"two_body must be True, False or a TwoBody(...), got {self.two_body!r}")
+        if isinstance(self.two_body, TwoBody):
+            self.two_body.check()
 
     def _make_descriptor(self, species):
         desc = SOAP() if self.descriptor is None else clone(self.descriptor)
@@ -255,10 +271,15 @@ class SparseGP(BaseEstimator):
             self.sparse_index_, self.sparse_ = choose_sparse_set(
                 feats, frames, self.species_, self.n_sparse, self.sparse_method, self.zeta, self.random_state,
                 self.sparse_points, _SPARSE_TOL)
-        self._Kmm = self.sparse_.kernel(self.zeta)
+        self.pair_ = None
+        if self.two_body is not False:
+            settings = self.two_body if isinstance(self.two_body, TwoBody) else TwoBody()
+            self.pair_ = PairTerm.build(settings, frames, self.species_, float(self.descriptor_.r_cut))
+        self._Kmm = model_kernel(self.sparse_, self.zeta, self.pair_)
         self._Lmm, _ = safe_cholesky(self._Kmm, "sparse kernel Kmm", jitter=_KMM_JITTER)
         self.noise_groups_ = assembly.group_names(self, frames, labels)
-        t = assembly.phase(self.verbose, "sparse selection", t, f"{self.sparse_.size} sparse points")
+        t = assembly.phase(self.verbose, "sparse selection", t, f"{self.sparse_.size} sparse points"
+                           + ("" if self.pair_ is None else f" + {self.pair_.size} two-body"))
         if self.verbose:
             n_obs = sum(sum(np.size(v) for v in lab.values()) for lab in labels)
             assembly.note(True, f"assembling {n_obs} observations of {len(frames)} frames; "
@@ -266,8 +287,9 @@ class SparseGP(BaseEstimator):
         self._stats = assembly.accumulate(self, frames, labels)
         t = assembly.phase(self.verbose, "assembly", t)
         theta0, bounds, fixed = self._initial_theta()
-        theta, self.n_likelihood_evaluations_ = hyperparameters.search(
-            self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose)
+        theta, self.n_likelihood_evaluations_, scale = hyperparameters.search(
+            self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose, scale_mask=self._pair_mask())
+        self._scale_pair(scale)
         self._train_frames = frames
         self._solve(theta)
         t = assembly.phase(self.verbose, "hyperparameters", t)
@@ -281,6 +303,19 @@ class SparseGP(BaseEstimator):
             assembly.phase(self.verbose, "calibration (LOO)", t)
         return self
 
+    def _pair_mask(self):
+        """Whitened columns of the two-body term (None without it)."""
+        if getattr(self, "pair_", None) is None:
+            return None
+        mask = np.zeros(assembly.n_columns(self), bool)
+        mask[self.sparse_.size:self.sparse_.size + self.pair_.size] = True
+        return mask
+
+    def _scale_pair(self, scale):
+        """The search rescaled the two-body columns of the statistics by ``scale``: so do its rows from now on."""
+        if getattr(self, "pair_", None) is not None:
+            self.pair_.scale *= scale
+
     def _initial_theta(self):
         return hyperparameters.initial_theta(self._stats, self.delta, self.sigma_energy, self.sigma_force,
                                              self.sigma_stress)
@@ -293,7 +328,7 @@ class SparseGP(BaseEstimator):
         self.log_marginal_likelihood_ = -float(neg_log_marginal_likelihood(self.theta_, self._stats, grad=False))
         self.posterior_ = Posterior.from_statistics(self.theta_, self._stats, self.sparse_, self.zeta,
                                                     self._Kmm, self._Lmm, getattr(self, "offset_species_", ()),
-                                                    getattr(self, "offset_kappa_", 0.0))
+                                                    getattr(self, "offset_kappa_", 0.0), getattr(self, "pair_", None))
         self.alpha_ = self.posterior_.alpha
 
     def _optimize_or_keep(self, optimize):
@@ -301,9 +336,10 @@ class SparseGP(BaseEstimator):
         if optimize:
             theta0, bounds, fixed = self._initial_theta()
             theta0[~fixed] = self.theta_[~fixed]
-            theta, self.n_likelihood_evaluations_ = hyperparameters.search(self._stats, theta0, bounds, fixed,
-                                                                           self.energy_noise,
-                                           scan_delta=False, warn=False)
+            theta, self.n_likelihood_evaluations_, scale = hyperparameters.search(
+                self._stats, theta0, bounds, fixed, self.energy_noise, scan_delta=False, warn=False,
+                scale_mask=self._pair_mask())
+            self._scale_pair(scale)
         self._solve(theta)
 
     def refit(self, frames, optimize: bool = False):
@@ -416,7 +452,7 @@ class SparseGP(BaseEstimator):
         post = self.posterior_
         per = is_periodic(atoms)
         stress = per if stress is None else (stress and per)
-        feat = self.descriptor_.compute(atoms, gradients=forces, strain=stress)
+        feat = assembly.describe(self, atoms, gradients=forces, strain=stress)
         vol = atoms.cell.volume if stress else None
         m = post.mean(feat, vol, forces=forces, stress=stress, alpha=alpha)
         eb, fb, sb = self._baseline_compute(atoms)
@@ -536,7 +572,7 @@ class SparseGP(BaseEstimator):
         if reference is not None:
             check_structure(reference, species=self.species_)
             target = self.predict_frame(reference, forces=False, stress=False)["energy_std_epistemic"] ** 2
-            feat = self.descriptor_.compute(reference)
+            feat = assembly.describe(self, reference)
             # the part weight samples carry: the latent variance without its Nystrom residual
             v, nystrom = self.posterior_.latent_variances(feat, None, forces=False)["energy"]
             raw = float(v[0] - nystrom[0])
@@ -590,6 +626,10 @@ class SparseGP(BaseEstimator):
         params.pop("descriptor")
         params.pop("baseline")
         params.pop("client")  # a live connection, not a setting of the model
+        if isinstance(params["two_body"], TwoBody):
+            params["two_body"] = {"TwoBody": dict(vars(params["two_body"]))}
+        else:
+            params["two_body"] = bool(params["two_body"])
         if params["sparse_points"] is not None:
             params["sparse_points"] = [list(map(int, p)) for p in params["sparse_points"]]
         if isinstance(params["e0"], dict):
@@ -613,6 +653,7 @@ class SparseGP(BaseEstimator):
                 "std_weights_": {k: list(v) for k, v in getattr(self, "std_weights_", {}).items()},
                 "offset_species_": [int(z) for z in getattr(self, "offset_species_", ())],
                 "offset_kappa_": float(getattr(self, "offset_kappa_", 0.0)),
+                "pair_": None if getattr(self, "pair_", None) is None else self.pair_.to_dict(),
             },
         }
         post = self.posterior_
@@ -634,6 +675,10 @@ class SparseGP(BaseEstimator):
         params = dict(header["params"])
         if params.get("sparse_points") is not None:
             params["sparse_points"] = [tuple(p) for p in params["sparse_points"]]
+        if isinstance(params.get("two_body"), dict):
+            params["two_body"] = TwoBody(**params["two_body"]["TwoBody"])
+        # files written before the two-body term (0.2.0 and older) have none
+        params.setdefault("two_body", False)
         model = cls(descriptor=SOAP(**header["descriptor"]), baseline=baseline, **params)
         fit = header["fitted"]
         model.descriptor_ = SOAP(**header["descriptor"])
@@ -654,8 +699,9 @@ class SparseGP(BaseEstimator):
             model.n_train_frames_ = int(fit["n_train_frames_"])
         model.sparse_index_ = data["sparse_index_"]
         model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"])
+        model.pair_ = None if fit.get("pair_") is None else PairTerm.from_dict(fit["pair_"])
         if "Kmm" not in data:  # compact file: recompute as fit did
-            data["Kmm"] = model.sparse_.kernel(model.zeta)
+            data["Kmm"] = model_kernel(model.sparse_, model.zeta, model.pair_)
             data["Lmm"], _ = safe_cholesky(data["Kmm"], "sparse kernel Kmm", jitter=_KMM_JITTER)
         model._Kmm, model._Lmm = data["Kmm"], data["Lmm"]
         model.alpha_ = data["alpha_"]
@@ -663,7 +709,8 @@ class SparseGP(BaseEstimator):
         model.offset_species_ = np.array(fit.get("offset_species_", []), dtype=int)
         model.offset_kappa_ = float(fit.get("offset_kappa_", 0.0))
         model.posterior_ = Posterior(model.sparse_, float(model.zeta), model.delta_, data["Kmm"], data["Lmm"],
-                                     data["Lc"], data["a"], data["alpha_"], model.offset_species_, model.offset_kappa_)
+                                     data["Lc"], data["a"], data["alpha_"], model.offset_species_, model.offset_kappa_,
+                                     model.pair_)
         return model
 
 

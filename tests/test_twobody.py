@@ -1,0 +1,217 @@
+"""The two-body kernel term: exact derivatives, brute-force pair sums, invariances, the learned scale, files."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from kernelpot import SparseGP
+from kernelpot.descriptors import SOAP
+from kernelpot.gp.likelihood import GroupStats, neg_log_marginal_likelihood
+from kernelpot.gp.twobody import PairTerm, TwoBody
+
+from conftest import emt_frames
+
+
+def _term(species, r_cut=4.0, scale=1.3):
+    species = sorted(species)
+    pairs = [(a, b) for k, a in enumerate(species) for b in species[k:]]
+    return PairTerm(np.array(pairs), np.linspace(1.0, r_cut, 13), r_cut, 0.5, 1.0, scale)
+
+
+def _alloy():
+    a = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 1, 1))
+    a.numbers[[1, 4, 6]] = 79
+    a.set_cell(a.cell @ np.array([[1.0, 0.03, 0.0], [0.0, 0.98, 0.02], [0.01, 0.0, 1.02]]), scale_atoms=True)
+    a.rattle(0.1, seed=3)
+    return a
+
+
+def _energy(term, atoms, w):
+    return float(term.design(term.geometry(atoms), None, forces=False)["energy"] @ w)
+
+
+@pytest.mark.parametrize("system", ["alloy", "molecule", "small cell"])
+def test_force_and_stress_rows_are_derivatives_of_the_energy_row(system):
+    if system == "alloy":
+        atoms = _alloy()
+    elif system == "molecule":
+        atoms = molecule("CH3CH2OH")
+        atoms.rattle(0.05, seed=1)
+    else:  # a cell smaller than the cutoff: the atom's own images are neighbours
+        atoms = bulk("Si", "diamond", a=5.43)
+        atoms.rattle(0.05, seed=2)
+    term = _term(set(atoms.numbers.tolist()))
+    w = np.random.default_rng(0).standard_normal(term.size)
+    periodic = bool(atoms.pbc.all())
+    d = term.design(term.geometry(atoms), atoms.get_volume() if periodic else None, forces=True, stress=periodic)
+    h = 1e-5
+    fd = np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for c in range(3):
+            p, m = atoms.copy(), atoms.copy()
+            p.positions[i, c] += h
+            m.positions[i, c] -= h
+            fd[i, c] = -(_energy(term, p, w) - _energy(term, m, w)) / (2 * h)
+    np.testing.assert_allclose((d["forces"] @ w).reshape(-1, 3), fd, atol=1e-7 * max(1, np.abs(fd).max()))
+    if periodic:
+        s = np.zeros((3, 3))
+        for a in range(3):
+            for b in range(3):
+                e = np.zeros((3, 3))
+                e[a, b] += h / 2
+                e[b, a] += h / 2
+                p, m = atoms.copy(), atoms.copy()
+                p.set_cell(atoms.cell @ (np.eye(3) + e), scale_atoms=True)
+                m.set_cell(atoms.cell @ (np.eye(3) - e), scale_atoms=True)
+                s[a, b] = (_energy(term, p, w) - _energy(term, m, w)) / (2 * h) / atoms.get_volume()
+        np.testing.assert_allclose(d["stress"] @ w, full_3x3_to_voigt_6_stress(s), atol=1e-8)
+
+
+def test_energy_row_is_the_sum_over_unordered_pairs():
+    """Brute force: every pair i < j (and every periodic image) once, with the cutoff and the SE basis."""
+    atoms = _alloy()
+    term = _term({29, 79})
+    d = term.design(term.geometry(atoms), None, forces=False)
+    G = len(term.grid)
+    ref = np.zeros(term.size)
+    local = np.zeros((len(atoms), term.size))
+    cell = atoms.cell.array
+    rng = range(-2, 3)
+    for i in range(len(atoms)):
+        for j in range(len(atoms)):
+            for s in [(x, y, z) for x in rng for y in rng for z in rng]:
+                if i == j and s == (0, 0, 0):
+                    continue
+                r = np.linalg.norm(atoms.positions[j] + np.array(s) @ cell - atoms.positions[i])
+                if r >= term.r_cut:
+                    continue
+                x = np.clip((r - (term.r_cut - term.cutoff_width)) / term.cutoff_width, 0, 1)
+                h = 0.5 * (1 + np.cos(np.pi * x)) * np.exp(-0.5 * ((r - term.grid) / term.length_scale) ** 2)
+                t = term._lookup[atoms.numbers[i], atoms.numbers[j]]
+                ref[t * G:(t + 1) * G] += 0.5 * h * term.scale  # each unordered pair seen twice
+                local[i, t * G:(t + 1) * G] += 0.5 * h * term.scale
+    np.testing.assert_allclose(d["energy"], ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(d["local"], local, rtol=1e-12, atol=1e-14)
+
+
+def test_rows_are_invariant_under_rotation_translation_and_permutation():
+    atoms = _alloy()
+    term = _term({29, 79})
+    w = np.random.default_rng(1).standard_normal(term.size)
+    base = term.design(term.geometry(atoms), atoms.get_volume(), forces=True, stress=True)
+    moved = atoms.copy()
+    moved.rotate(37, (1, 2, 3), rotate_cell=True)
+    moved.translate((0.3, -1.1, 2.0))
+    perm = np.random.default_rng(2).permutation(len(atoms))
+    moved = moved[perm]
+    d = term.design(term.geometry(moved), moved.get_volume(), forces=True, stress=True)
+    np.testing.assert_allclose(d["energy"], base["energy"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(d["local"], base["local"][perm], rtol=1e-10, atol=1e-12)
+    # forces rotate with the structure
+    from scipy.spatial.transform import Rotation
+    R = Rotation.from_rotvec(np.deg2rad(37) * np.array([1, 2, 3]) / np.sqrt(14)).as_matrix()
+    f0 = (base["forces"] @ w).reshape(-1, 3)[perm] @ R.T
+    np.testing.assert_allclose((d["forces"] @ w).reshape(-1, 3), f0, atol=1e-10)
+
+
+def test_scale_gradient_of_the_evidence_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    M = 12
+    mask = np.zeros(M, bool)
+    mask[7:10] = True
+    stats = GroupStats.empty(["energy", "forces"], M)
+    for g, n in ((0, 15), (1, 60)):
+        A = rng.standard_normal((n, M))
+        stats.add(g, A, A @ rng.standard_normal(M) + 0.1 * rng.standard_normal(n))
+    theta = np.array([0.2, -1.5, -1.0, np.log(0.7)])
+    _, g = neg_log_marginal_likelihood(theta, stats, scale_mask=mask)
+    h = 1e-6
+    for k in range(len(theta)):
+        tp, tm = theta.copy(), theta.copy()
+        tp[k] += h
+        tm[k] -= h
+        fd = (neg_log_marginal_likelihood(tp, stats, grad=False, scale_mask=mask)
+              - neg_log_marginal_likelihood(tm, stats, grad=False, scale_mask=mask)) / (2 * h)
+        assert g[k] == pytest.approx(fd, rel=1e-5, abs=1e-6)
+
+
+def test_scale_columns_equals_accumulating_scaled_rows():
+    rng = np.random.default_rng(4)
+    M, r = 9, 2.7
+    mask = np.zeros(M, bool)
+    mask[3:6] = True
+    rows = [rng.standard_normal((5, M)) for _ in range(3)]
+    ys = [rng.standard_normal(5) for _ in range(3)]
+    prior = [np.sum(A ** 2, axis=1) + 0.5 for A in rows]  # exact columns count in the prior
+    a, b = GroupStats.empty(["energy"], M), GroupStats.empty(["energy"], M)
+    for A, y, p in zip(rows, ys, prior):
+        a.add(0, A, y, prior=p)
+        As = A.copy()
+        As[:, mask] *= r
+        b.add(0, As, y, prior=np.sum(As ** 2, axis=1) + 0.5)
+    a.scale_columns(mask, r)
+    np.testing.assert_allclose(a.D, b.D)
+    np.testing.assert_allclose(a.e, b.e)
+    np.testing.assert_allclose(np.concatenate(a.loo_rows), np.concatenate(b.loo_rows))
+    np.testing.assert_allclose(np.concatenate(a.loo_prior), np.concatenate(b.loo_prior))
+
+
+@pytest.fixture(scope="module")
+def alloy_models():
+    frames = emt_frames(14, symbols=("Cu", "Au"), size=(2, 1, 1), seed=5)
+    kw = dict(descriptor=SOAP(r_cut=3.8, n_max=3, l_max=2), n_sparse=12, verbose=False)
+    with pytest.warns(Warning):
+        on = SparseGP(**kw).fit(frames)
+        off = SparseGP(two_body=False, **kw).fit(frames)
+    return frames, on, off
+
+
+def test_fitted_model_forces_are_derivatives_and_the_term_helps_the_evidence(alloy_models):
+    frames, on, off = alloy_models
+    assert on.pair_ is not None and off.pair_ is None
+    assert on.pair_.size == 3 * len(on.pair_.grid)  # Cu-Cu, Cu-Au, Au-Au
+    # EMT is close to a pair potential at this range: the evidence must prefer the sum of kernels
+    assert on.log_marginal_likelihood_ > off.log_marginal_likelihood_
+    atoms = frames[0].copy()
+    atoms.rattle(0.03, seed=11)
+    p = on.predict_frame(atoms, return_std=False)
+    h = 1e-5
+    for i, c in ((0, 0), (3, 2), (5, 1)):
+        a, b = atoms.copy(), atoms.copy()
+        a.positions[i, c] += h
+        b.positions[i, c] -= h
+        fd = -(on.predict_frame(a, return_std=False, stress=False)["energy"]
+               - on.predict_frame(b, return_std=False, stress=False)["energy"]) / (2 * h)
+        assert p["forces"][i, c] == pytest.approx(fd, abs=1e-6)
+    # stress xy: (1/V) dE/d eps_xy for the symmetric strain
+    e = np.zeros((3, 3))
+    e[0, 1] = e[1, 0] = h / 2
+    a, b = atoms.copy(), atoms.copy()
+    a.set_cell(atoms.cell @ (np.eye(3) + e), scale_atoms=True)
+    b.set_cell(atoms.cell @ (np.eye(3) - e), scale_atoms=True)
+    fd = (on.predict_frame(a, return_std=False, stress=False)["energy"]
+          - on.predict_frame(b, return_std=False, stress=False)["energy"]) / (2 * h) / atoms.get_volume()
+    assert p["stress"][5] == pytest.approx(fd, abs=1e-7)
+
+
+def test_two_body_model_saves_and_loads(alloy_models, tmp_path):
+    frames, on, _ = alloy_models
+    atoms = frames[2].copy()
+    atoms.rattle(0.05, seed=12)
+    ref = on.predict_frame(atoms)
+    for compact in (False, True):
+        on.save(tmp_path / f"m{compact}.npz", compact=compact)
+        back = SparseGP.load(tmp_path / f"m{compact}.npz")
+        assert back.pair_.scale == pytest.approx(on.pair_.scale)
+        got = back.predict_frame(atoms)
+        for key in ("energy", "forces", "stress", "forces_std", "energy_std", "energies_std"):
+            np.testing.assert_allclose(got[key], ref[key], rtol=1e-9, atol=1e-12)
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="length_scale"):
+        SparseGP(two_body=TwoBody(length_scale=-1.0)).fit([Atoms("H")])
+    with pytest.raises(ValueError, match="two_body"):
+        SparseGP(two_body="yes").fit([Atoms("H")])
