@@ -538,8 +538,9 @@ def influence(
     flagged: ArrayLike | None = None,
     ax: Axes | None = None,
     z_threshold: float | None = 3.0,
+    max_labels: int = 10,
 ) -> tuple[Figure, Axes]:
-    """Leverage against leave-one-out z-score, flagged points labelled.
+    """Leverage against leave-one-out z-score, the most extreme flagged points labelled.
 
     Parameters
     ----------
@@ -554,30 +555,39 @@ def influence(
     ax : Axes, optional
         Axes to draw into; a new figure is made otherwise.
     z_threshold : float or None, default 3.0
-        Draw horizontal guides at ``±z_threshold`` (named in the legend); None for none.
+        Draw horizontal guides at ``±z_threshold``, each labelled at the right
+        margin (and named in the legend); None for none.
+    max_labels : int, default 10
+        At most this many flagged points are labelled: those with the largest
+        ``|z|`` (fewer if the axes are too short to stack them). The legend
+        says how many of the flagged points carry a label.
 
     Log (symlog for z) axes are used where the values span more than two
-    decades; flagged labels are stacked so that they neither overlap nor
-    leave the axes.
+    decades, with ticks at 0 and whole decades written as plain numbers.
+    Labels are stacked so that they neither overlap nor leave the axes (too
+    long a label is shortened with "…"); the legend sits above the axes.
 
     Returns
     -------
     fig : Figure
     ax : Axes
         One scatter collection for unflagged points, a second for flagged
-        points (only when any are flagged), one text annotation per flagged
-        point and two threshold lines.
+        points (only when any are flagged), one annotation per labelled
+        point (``gid="flag-label"``), two threshold lines and their labels
+        (text with ``gid="threshold-label"``).
 
     Examples
     --------
     >>> fig, ax = influence([0.1, 0.2, 0.9], [0.5, -4.0, 1.0], labels=["a", "b", "c"], flagged=[1, 2])
-    >>> len(ax.collections), len(ax.texts)
-    (2, 2)
+    >>> len(ax.collections), sorted(t.get_text() for t in ax.texts if t.get_gid() == "flag-label")
+    (2, ['b', 'c'])
     """
     h, zz = _flat_pair(leverage, z, ("leverage", "z"))
     n = h.size
     if labels is not None and len(labels) != n:
         raise ValueError(f"labels has length {len(labels)}, expected {n} (one per point)")
+    if not (isinstance(max_labels, (int, np.integer)) and max_labels >= 0):
+        raise ValueError(f"max_labels must be a non-negative integer, got {max_labels!r}")
     mask = _as_mask(flagged, n, "flagged")
     finite = np.isfinite(h) & np.isfinite(zz)
     fig, ax = _new_axes(ax)
@@ -586,9 +596,12 @@ def influence(
     ax.scatter(h[normal], zz[normal], s=10, color=PALETTE[0], alpha=0.6, linewidths=0,
                label=f"observations ({int(normal.sum())})", zorder=2)
     shown = np.flatnonzero(finite & mask)
+    # who gets a label: the most extreme first (ties: larger leverage first)
+    priority = shown[np.lexsort((-h[shown], -np.abs(zz[shown])))]
+    flagged_dots = None
     if shown.size:
-        ax.scatter(h[shown], zz[shown], s=28, color=PALETTE[1], edgecolors="k",
-                   linewidths=0.5, label=f"flagged ({shown.size})", zorder=3)
+        flagged_dots = ax.scatter(h[shown], zz[shown], s=28, color=PALETTE[1], edgecolors="k",
+                                  linewidths=0.5, label=f"flagged ({shown.size})", zorder=3)
     if z_threshold is not None:
         for sign in (1.0, -1.0):
             ax.axhline(sign * z_threshold, color=_REF_COLOR, linestyle="--", linewidth=0.8, zorder=1,
@@ -600,55 +613,142 @@ def influence(
     az = np.abs(zz[finite])
     if az.size and az.max() > 100 * max(np.median(az), 1e-12):
         lin = max(float(z_threshold) if z_threshold is not None else 1.0, 1.0)
+        ax.set_yscale("symlog", linthresh=lin, linscale=0.5)
         if np.all(zz[finite] >= 0):
-            ax.set_yscale("symlog", linthresh=lin, linscale=0.5)
             ax.set_ylim(bottom=0)
-        else:
-            ax.set_yscale("symlog", linthresh=lin, linscale=0.5)
-    if ax.get_yscale() == "symlog":
         lo, hi = ax.get_ylim()
         ax.set_ylim(lo, hi * 2.0)  # headroom for the top label
-    if shown.size:
-        _label_points(ax, fig, h, zz, shown, labels)
+        _symlog_ticks(ax, lin)
+    _log_ticks(ax)
+    if z_threshold is not None:
+        # labels of the threshold lines, in the right margin like tick labels (never on the data)
+        lo, hi = ax.get_ylim()
+        for sign, symbol in ((1.0, "+"), (-1.0, "\u2212")):
+            if not lo <= sign * z_threshold <= hi:      # e.g. -threshold when all z >= 0
+                continue
+            ax.text(1.01, sign * z_threshold, f"z = {symbol}{z_threshold:.3g}",
+                    transform=ax.get_yaxis_transform(), ha="left", va="center", fontsize=7,
+                    color=_REF_COLOR, clip_on=False, gid="threshold-label")
     ax.set_xlabel("leverage (own labels' weight in own fit, tr H)")
     ax.set_ylabel("leave-one-out z-score")
-    _legend(ax, loc="best")
+    n_label = min(int(max_labels), shown.size)
+
+    def flagged_text(k):
+        return f"flagged ({shown.size}; {k} largest |z| labelled)" if k < shown.size else \
+            f"flagged ({shown.size})"
+
+    if flagged_dots is not None:
+        flagged_dots.set_label(flagged_text(n_label))
+    # compact legend above the axes, out of the data's way
+    ax.legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), borderaxespad=0.0,
+              ncols=2, handletextpad=0.3, columnspacing=1.0)
+    if n_label:
+        fig.draw_without_rendering()  # final layout and the transforms of log/symlog axes
+        n_done = _label_points(ax, fig, h, zz, priority[:n_label], labels)
+        if n_done < n_label:
+            flagged_dots.set_label(flagged_text(n_done))
+            ax.legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01),
+                      borderaxespad=0.0, ncols=2, handletextpad=0.3, columnspacing=1.0)
     return fig, ax
 
 
-def _label_points(ax: Axes, fig: Figure, x: np.ndarray, y: np.ndarray, idx: np.ndarray, labels) -> None:
-    """One annotation per point in ``idx``, stacked so that none overlaps another or leaves the axes.
+def _symlog_ticks(ax: Axes, linthresh: float) -> None:
+    """Symlog y ticks: 0 and whole decades beyond ``linthresh`` as plain numbers, unlabelled minors.
 
-    Labels go to the right of their point (to the left in the right third of
-    the axes) and are pushed apart vertically in display space, top down;
-    a thin line joins a moved label to its point.
+    Matplotlib's default puts ``10^0``, ``0`` and ``-10^0`` in the squeezed
+    linear part, where they run into each other, and writes every decade in
+    powers of ten.
     """
-    fig.canvas.draw()  # the transforms of log/symlog axes need the final limits
+    lo, hi = ax.get_ylim()
+    top = max(abs(lo), abs(hi))
+    k0 = int(np.ceil(np.log10(linthresh)))
+    k1 = int(np.floor(np.log10(top))) if top > 0 else k0 - 1
+    every = max(1, int(np.ceil((k1 - k0 + 1) / 4)))          # at most ~4 decades labelled per side
+    decades = [10.0 ** k for k in range(k0, k1 + 1) if (k - k0) % every == 0]
+    major = [0.0] + [s * d for d in decades for s in (1.0, -1.0)]
+    minor = [s * m * 10.0 ** k for k in range(k0 - 1, k1 + 1) for m in range(2, 10) for s in (1.0, -1.0)
+             if m * 10.0 ** k > linthresh]
+    major = sorted(v for v in major if lo <= v <= hi)
+    minor = sorted(v for v in minor if lo <= v <= hi and v not in major)
+    ax.yaxis.set_major_locator(mpl.ticker.FixedLocator(major))
+    ax.yaxis.set_minor_locator(mpl.ticker.FixedLocator(minor))
+
+    def fmt(v, _):
+        if v == 0:
+            return "0"
+        sign = "\u2212" if v < 0 else ""
+        return f"{sign}{abs(v):g}" if abs(v) < 1e5 else f"{sign}$10^{{{int(round(np.log10(abs(v))))}}}$"
+
+    ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(fmt))
+    ax.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+
+
+def _label_points(ax: Axes, fig: Figure, x: np.ndarray, y: np.ndarray, idx: np.ndarray, labels) -> int:
+    """Annotate the points ``idx`` (in priority order) without overlap and inside the axes.
+
+    As many as fit stacked in the axes height are labelled (the first ones of
+    ``idx``); returns how many. Labels go to the right of their point (left
+    when they would not fit there; pinned to the nearer axes edge when they fit
+    on neither side; shortened with "…" only when wider than the axes), and
+    are pushed apart vertically in display space: a top-down
+    pass, then a bottom-up one so that none is pushed below the axes. A thin
+    line joins a moved label to its point. Needs a drawn figure.
+    """
     to_disp = ax.transData.transform
-    pts = to_disp(np.column_stack([x[idx], y[idx]]))
+    text_box = mpl.text.Text.get_window_extent    # the text alone, without the leader line
     bbox = ax.get_window_extent()
+    dpp = fig.dpi / 72.0                     # pixels per point
     fontsize = 7
-    step = 1.3 * fontsize * fig.dpi / 72.0  # line height, pixels
-    order = np.argsort(-pts[:, 1])
-    placed_y = []
+    step = 1.35 * fontsize * dpp             # line height, pixels
+    pad = 2.0 * dpp                          # kept free at the axes edges, pixels
+    gap = 6.0 * dpp                          # point to text, pixels
+    n_fit = int((bbox.height - 2 * pad) // step)
+    idx = np.asarray(idx)[:max(n_fit, 0)]
+    if idx.size == 0:
+        return 0
+    pts = to_disp(np.column_stack([x[idx], y[idx]]))
+    order = np.argsort(-pts[:, 1], kind="stable")            # top down
+    ty = np.empty(idx.size)
+    prev = np.inf
     for k in order:
-        px, py = pts[k]
-        ty = min(py, bbox.y1 - step / 2)
-        for other in sorted(placed_y, reverse=True):
-            if abs(ty - other) < step:
-                ty = other - step
-        ty = max(ty, bbox.y0 + step / 2)
-        placed_y.append(ty)
-        right = px < bbox.x0 + 0.66 * bbox.width
+        ty[k] = min(pts[k, 1], bbox.y1 - pad - step / 2, prev - step)
+        prev = ty[k]
+    nxt = -np.inf
+    for k in order[::-1]:                                     # bottom up
+        ty[k] = max(ty[k], bbox.y0 + pad + step / 2, nxt + step)
+        nxt = ty[k]
+    for k in range(idx.size):
         i = idx[k]
+        px, py = pts[k]
         text = str(labels[i]) if labels is not None else str(i)
-        # offsets in points from the point itself: they follow the point when the layout moves the axes
-        dpp = fig.dpi / 72.0
-        ax.annotate(
-            text, (x[i], y[i]), xytext=((6 if right else -6), (ty - py) / dpp), textcoords="offset points",
-            fontsize=fontsize, ha="left" if right else "right", va="center", annotation_clip=False,
+        ann = ax.annotate(
+            text, (x[i], y[i]), xytext=(gap / dpp, (ty[k] - py) / dpp), textcoords="offset points",
+            fontsize=fontsize, ha="left", va="center", annotation_clip=False, gid="flag-label",
             arrowprops={"arrowstyle": "-", "color": _REF_COLOR, "linewidth": 0.5, "shrinkA": 0, "shrinkB": 2},
         )
+        room_right = bbox.x1 - pad - (px + gap)
+        room_left = (px - gap) - (bbox.x0 + pad)
+        width = text_box(ann).width
+        if width > room_right and room_left > room_right:    # the left side has more room
+            ann.set_horizontalalignment("right")
+            ann.xyann = (-gap / dpp, ann.xyann[1])
+            room = room_left
+        else:
+            room = room_right
+        if room < width:
+            # fits on neither side of its point: pin it to the nearer axes edge (the leader line
+            # still joins it to its point), shortened only if wider than the axes themselves
+            inner = bbox.width - 2 * pad
+            while len(text) > 1 and text_box(ann).width > inner:
+                text = text[:-2] + "…"          # drops one character (two the first time) each pass
+                ann.set_text(text)
+            if px - bbox.x0 < bbox.x1 - px:
+                ann.set_horizontalalignment("left")
+                ann.xyann = ((bbox.x0 + pad - px) / dpp, ann.xyann[1])
+            else:
+                ann.set_horizontalalignment("right")
+                ann.xyann = ((bbox.x1 - pad - px) / dpp, ann.xyann[1])
+    return int(idx.size)
 
 
 def learning_curve(

@@ -9,6 +9,7 @@ import pytest  # noqa: E402
 from ase.units import GPa  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from scipy import stats  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
@@ -213,7 +214,7 @@ def test_influence_flagged_highlighted_and_labelled(tmp_path):
     assert len(ax.collections) == 2
     assert len(ax.collections[0].get_offsets()) == 28
     np.testing.assert_allclose(ax.collections[1].get_offsets(), np.c_[h[[4, 17]], z[[4, 17]]])
-    assert sorted(t.get_text() for t in ax.texts) == ["frame17", "frame4"]
+    assert sorted(t.get_text() for t in _flag_labels(ax)) == ["frame17", "frame4"]
     assert sorted(line.get_ydata()[0] for line in ax.lines) == [-3.0, 3.0]
     _save(fig, tmp_path)
 
@@ -222,11 +223,75 @@ def test_influence_flagged_highlighted_and_labelled(tmp_path):
     _, ax2 = plot.influence(h, z, flagged=mask, z_threshold=None)
     assert [t.get_text() for t in ax2.texts] == ["9"] and len(ax2.lines) == 0
     _, ax3 = plot.influence(h, z)
-    assert len(ax3.collections) == 1 and len(ax3.texts) == 0
+    assert len(ax3.collections) == 1 and _flag_labels(ax3) == []
     with pytest.raises(ValueError, match="out of range"):
         plot.influence(h, z, flagged=[30])
     with pytest.raises(ValueError, match="labels has length 2"):
         plot.influence(h, z, labels=["a", "b"])
+
+
+def _flag_labels(ax):
+    return [t for t in ax.texts if t.get_gid() == "flag-label"]
+
+
+def test_influence_many_flags_is_readable(tmp_path):
+    """200 structures, 40 flagged over four decades of |z|: labels capped at the most extreme,
+    inside the axes and apart; threshold lines labelled; decade ticks in plain numbers."""
+    rng = np.random.default_rng(5)
+    n = 200
+    h = 10 ** rng.uniform(-3, 0, n)
+    z = rng.normal(size=n)
+    flagged = rng.choice(n, 40, replace=False)
+    z[flagged] = np.sign(rng.normal(size=40)) * 10 ** rng.uniform(0.5, 3.5, 40)
+    labels = [f"{i} bulk_md - energy: label offset" for i in range(n)]
+    fig, ax = plot.influence(h, z, labels=labels, flagged=flagged, max_labels=8)
+    fig.draw_without_rendering()
+
+    notes = _flag_labels(ax)
+    assert len(notes) == 8                                               # capped
+    top8 = flagged[np.argsort(-np.abs(z[flagged]))[:8]]
+    assert {int(t.get_text().split()[0]) for t in notes} == set(top8.tolist())   # the most extreme
+    assert any("40; 8 largest |z| labelled" in t for t in _legend_texts(ax))
+
+    axes_box = ax.get_window_extent()
+    # the texts, not their leader lines (get_window_extent first: it places an annotation's text)
+    boxes = [(t.get_window_extent(), Text.get_window_extent(t))[1] for t in notes]
+    for i, b in enumerate(boxes):
+        assert (axes_box.x0 <= b.x0 and b.x1 <= axes_box.x1
+                and axes_box.y0 <= b.y0 and b.y1 <= axes_box.y1), (notes[i].get_text(), b, axes_box)
+        assert not any(b.overlaps(o) for o in boxes[i + 1:])
+    # the legend is outside the axes, so it covers neither points nor labels
+    assert ax.get_legend().get_window_extent().y0 >= axes_box.y1 - 1
+
+    # both threshold lines carry a visible label at their height
+    thr = [t for t in ax.texts if t.get_gid() == "threshold-label"]
+    assert sorted(t.get_text() for t in thr) == ["z = +3", "z = \u22123"]
+    assert sorted(t.get_position()[1] for t in thr) == [-3.0, 3.0]
+    fb = fig.bbox
+    for t in thr:
+        b = t.get_window_extent()
+        assert fb.x0 <= b.x0 and b.x1 <= fb.x1
+
+    # symlog y axis: 0 and whole decades as plain numbers, nothing crowded in the linear part
+    assert ax.get_yscale() == "symlog"
+    ticks = [v for v in ax.get_yticks() if ax.get_ylim()[0] <= v <= ax.get_ylim()[1]]
+    assert 0.0 in ticks and all(v == 0 or np.log10(abs(v)) % 1 == 0 and abs(v) >= 10 for v in ticks)
+    texts = [lab.get_text() for lab in ax.get_yticklabels() if lab.get_text()]
+    assert "1000" in texts and "\u2212100" in texts and not any("10^" in t for t in texts)
+    assert ax.get_xscale() == "log" and {"0.001", "0.01", "0.1", "1"} <= {
+        lab.get_text() for lab in ax.get_xticklabels()}
+    _save(fig, tmp_path)
+
+    # the default cap is 10; max_labels=0 labels none; a tiny axes labels only what fits
+    assert len(_flag_labels(plot.influence(h, z, flagged=flagged)[1])) == 10
+    assert _flag_labels(plot.influence(h, z, flagged=flagged, max_labels=0)[1]) == []
+    small = Figure(figsize=(3.2, 2.2), layout="constrained").add_subplot()
+    plot.influence(h, z, flagged=flagged, ax=small, max_labels=40)
+    small.figure.draw_without_rendering()
+    k = len(_flag_labels(small))
+    assert 0 < k < 40 and any(f"40; {k} largest" in t for t in _legend_texts(small))
+    with pytest.raises(ValueError, match="max_labels"):
+        plot.influence(h, z, flagged=flagged, max_labels=-1)
 
 
 def test_learning_curve(tmp_path):
