@@ -87,8 +87,15 @@ def test_planted_errors_rank_top_and_are_flagged(dirty_table, dirty):
     assert len(set(t.flagged.tolist()) - set(PLANTED)) <= 3
 
 
-def test_refit_round_leaves_exactly_the_planted_errors(dirty_model):
+def test_refit_round_leaves_exactly_the_planted_errors(dirty_model, dirty_table, capsys):
+    capsys.readouterr()
     t = screen(dirty_model, refit_rounds=2)
+    # each refit round is announced (verbose model, stderr) with the structures it removes
+    rounds = [line for line in capsys.readouterr().err.splitlines() if "refit round" in line]
+    assert len(rounds) == t.rounds
+    first = sorted(dirty_table.flagged.tolist())
+    assert rounds[0] == (f"kernelpot: screen: refit round 1 (at most 2): removing {len(first)} flagged "
+                         f"structure(s) {first} and fitting again on the other {40 - len(first)}")
     assert t.rounds >= 1
     assert set(t.flagged.tolist()) == set(PLANTED)
     assert set(t["index"][:3].tolist()) == set(PLANTED)

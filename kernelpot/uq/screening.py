@@ -105,6 +105,8 @@ are screened again by closed-form LOO, and the removed ones by their
 out-of-sample prediction from the refitted model (z-scores from the full
 predictive std; ``chi2`` as the sum of their squares, correlations ignored).
 This repeats until the flagged set no longer changes or the rounds run out.
+Each round is announced on stderr when the model is ``verbose`` (like the
+fit's own progress lines), with the structures it removes.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ from ase.units import GPa
 from scipy import stats
 from sklearn.base import clone
 
-from kernelpot.io.labels import config_type, frame_labels
+from kernelpot.gp.assembly import note
+from kernelpot.io.labels import _list, config_type, frame_labels
 from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
 from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors
 
@@ -532,6 +535,10 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
             break
         removed = flag
         keep = np.flatnonzero(~removed)
+        out = np.flatnonzero(removed)
+        note(getattr(model, "verbose", False),
+             f"screen: refit round {r + 1} (at most {refit_rounds}): removing {out.size} flagged "
+             f"structure(s) {_list(out)} and fitting again on the other {keep.size}")
         refit = clone(model).fit([frames[i] for i in keep])
         rdiag = getattr(refit, "training_diagnostics_", None)
         ev = _merge(_loo_evidence(leave_one_out(refit) if rdiag is None else rdiag, keep),
