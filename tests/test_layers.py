@@ -17,7 +17,8 @@ PKG = Path(__file__).resolve().parents[1] / "kernelpot"
 # so the model can offer ``calculator()`` and ``save()`` without a circle.  plot draws the
 # numbers of uq (its tables offer ``.plot()``); the CLI and the package root sit on top.
 LAYERS = [
-    ("kernelpot._version", "kernelpot._threads", "kernelpot.io"),
+    # the neighbour search is geometry (numpy and numba only): io's overlap check uses it as the descriptors do
+    ("kernelpot._version", "kernelpot._threads", "kernelpot.io", "kernelpot.descriptors.neighbors"),
     ("kernelpot.descriptors", "kernelpot.baselines", "kernelpot.calculator", "kernelpot.modelfile"),
     ("kernelpot.gp",),
     ("kernelpot.uq", "kernelpot.plot"),
