@@ -50,7 +50,8 @@ def test_single_composition_molecule_forces_do_not_depend_on_offsets(methanol_fr
     err1 = np.sqrt(np.mean((f1 - ref) ** 2))
     assert err1 < 0.3 * rms                       # it learned the forces
     # the isolated atoms add three environments and energies, so the fits are not identical;
-    # what must not happen is a difference on the scale of the model's own force noise
+    # what must not happen is a difference on the scale of the model's own force noise (here
+    # ~0.01 eV/Å, 0.3 % of the RMS force; the collapse this guards against differed by the RMS force)
     noise = min(m1.noise_["forces"], m2.noise_["forces"])
-    assert np.sqrt(np.mean((f1 - f2) ** 2)) < 0.25 * noise
+    assert np.sqrt(np.mean((f1 - f2) ** 2)) < 0.5 * noise
     assert m1.delta_ > 10 * 1e-3                  # delta not at its lower bound

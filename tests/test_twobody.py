@@ -215,3 +215,13 @@ def test_settings_are_checked():
         SparseGP(two_body=TwoBody(length_scale=-1.0)).fit([Atoms("H")])
     with pytest.raises(ValueError, match="two_body"):
         SparseGP(two_body="yes").fit([Atoms("H")])
+
+
+def test_pair_energy_of_a_compressed_structure_returns_to_the_prior(alloy_models):
+    """A Cu dimer well inside the shortest training distance: its pair energy is unknown, not zero with zero variance."""
+    frames, on, _ = alloy_models
+    r_min = min(np.min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)]) for a in frames)
+    dimer = Atoms("Cu2", positions=[[5, 5, 5], [5, 5, 5 + 0.6 * r_min]], cell=[12, 12, 12])
+    std = on.predict_frame(dimer, return_std=True, calibrated=False)["energy_std_epistemic"]
+    prior = on.pair_.scale * on.delta_  # prior std of g, and f_c = 1 at this distance
+    assert std > 0.5 * prior

@@ -7,7 +7,7 @@ import pytest
 
 from kernelpot import SparseGP, uq
 from kernelpot.io.labels import frame_labels
-from kernelpot.gp.assembly import offset_columns, training_rows
+from kernelpot.gp.assembly import describe, offset_columns, training_rows
 from kernelpot import load as load_model
 from conftest import emt_frames
 
@@ -59,8 +59,10 @@ def test_leverage_properties(fitted):
     model, _ = fitted
     d = uq.leave_one_out(model)
     assert np.all(d.leverage > 0) and np.all(d.leverage < 1)
-    # trace of the hat matrix = effective number of parameters <= number of sparse points
-    assert d.leverage.sum() <= model.sparse_.size + 1e-8
+    # trace of the hat matrix = effective number of parameters <= number of weights
+    # (sparse environments, two-body columns, offset parameters)
+    from kernelpot.gp.assembly import n_columns
+    assert d.leverage.sum() <= n_columns(model) + 1e-8
     assert np.all(d.loo_std >= d.sigma - 1e-15)
 
 
@@ -198,7 +200,7 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     r0, r1 = model.predict_frame(a), m.predict_frame(a)
     noise2 = r0["forces_std"] ** 2 - r0["forces_std_epistemic"] ** 2
     # the raw latent variance and its Nystrom part, from the posterior directly
-    feat = model.descriptor_.compute(a, gradients=True, strain=True)
+    feat = describe(model, a, gradients=True, strain=True)
     v, ny = model.posterior_.latent_variances(feat, a.cell.volume, True, True)["forces"]
     np.testing.assert_allclose(r0["forces_std_epistemic"] ** 2, v, rtol=1e-10)
     amp = v.mean(axis=1, keepdims=True)                        # rotation-invariant: a third of the trace per atom
@@ -285,7 +287,7 @@ def test_offsets_are_bayesian_parameters_equal_to_brute_force_regression(small_s
     prec = np.eye(Phi.shape[1]) + Phi.T @ (Phi / sig[:, None] ** 2)
     cov = np.linalg.inv(prec)
     mean = cov @ Phi.T @ (y / sig ** 2)
-    M = model.sparse_.size
+    M = model.posterior_.n_kernel  # SOAP and two-body weights come first
     kappa = model.offset_kappa_
     # offsets per atom: delta * kappa * b
     np.testing.assert_allclose(post.alpha[M:], delta * kappa * mean[M:], rtol=1e-6, atol=1e-9)

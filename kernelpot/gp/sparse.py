@@ -4,13 +4,16 @@ Model
 -----
 The total energy of a structure is a sum of fixed physics and local terms,
 
-    E = E_baseline + sum_i (e0[Z_i] + mu[Z_i]) + sum_i e(x_i),
+    E = E_baseline + sum_i (e0[Z_i] + mu[Z_i]) + sum_i e(x_i) + sum_{i<j} phi_{Z_i Z_j}(r_ij),
 
 where ``e0`` are isolated-atom energies (taken from isolated-atom frames when the
 training data contain them, otherwise fitted by least squares on composition),
 ``mu`` a per-species mean offset fitted by least squares on what remains, and
 ``e`` a Gaussian process over unit SOAP vectors ``x_i`` with kernel
-``delta^2 (x.x')^zeta`` between environments of the same central species.
+``delta^2 (x.x')^zeta`` between environments of the same central species, and
+``phi`` a two-body term (:mod:`kernelpot.gp.twobody`; ``two_body=False`` leaves
+it out): a Gaussian process over the pair energy of each species pair, whose
+scale relative to ``delta`` is learned with the other hyperparameters.
 Forces ``-dE/dR`` and stresses ``(1/V) dE/deps`` enter through exact kernel
 derivatives.  The sparse approximation is DTC (deterministic training
 conditional) on ``M`` sparse environments per species.
@@ -290,6 +293,7 @@ class SparseGP(BaseEstimator):
         theta, self.n_likelihood_evaluations_, scale = hyperparameters.search(
             self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose, scale_mask=self._pair_mask())
         self._scale_pair(scale)
+        self._offset_prior_with_pair(frames)
         self._train_frames = frames
         self._solve(theta)
         t = assembly.phase(self.verbose, "hyperparameters", t)
@@ -315,6 +319,31 @@ class SparseGP(BaseEstimator):
         """The search rescaled the two-body columns of the statistics by ``scale``: so do its rows from now on."""
         if getattr(self, "pair_", None) is not None:
             self.pair_.scale *= scale
+
+    def _offset_prior_with_pair(self, frames, n_sample: int = 64):
+        """Widen the offsets' prior to the prior std of a whole local energy, SOAP's and the two-body term's.
+
+        An offset is a priori as uncertain as one local energy
+        (:mod:`kernelpot.gp.offsets`); with the two-body term a local energy
+        is SOAP's (reduced prior variance 1) plus half the pair energies of its
+        neighbours, whose prior variance grows with the learned scale.  Left at
+        ``delta``, the offsets would be the only cheap way to move energy, and
+        a composition the data never separate (Cu3Au) would be reported as
+        known.  ``kappa = OFFSET_KAPPA sqrt(1 + median pair prior)`` over the
+        atoms of up to ``n_sample`` training frames; the statistics' offset
+        columns are rescaled to it.
+        """
+        if self.pair_ is None or not len(getattr(self, "offset_species_", ())):
+            return
+        K = self.sparse_.size + self.pair_.size
+        Lp = self._Lmm[self.sparse_.size:K, self.sparse_.size:K]
+        step = max(1, len(frames) // n_sample)
+        q = np.concatenate([self.pair_.local_prior(a, Lp) for a in frames[::step]])
+        kappa = OFFSET_KAPPA * float(np.sqrt(1.0 + np.median(q)))
+        mask = np.zeros(assembly.n_columns(self), bool)
+        mask[K:] = True
+        self._stats.scale_columns(mask, kappa / self.offset_kappa_)
+        self.offset_kappa_ = kappa
 
     def _initial_theta(self):
         return hyperparameters.initial_theta(self._stats, self.delta, self.sigma_energy, self.sigma_force,

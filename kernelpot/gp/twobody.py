@@ -12,7 +12,7 @@ the GAP-18 silicon model; Deringer & Csányi, Phys. Rev. B 95, 094203 (2017))::
 relative to SOAP's ``delta``, learned from the evidence with the other
 hyperparameters (:func:`kernelpot.gp.hyperparameters.search`).  The sparse
 (inducing) points are the values of ``g_t`` on a uniform grid of distances
-with spacing ``l / 2`` from just below the shortest training distance to
+with spacing ``l / 2`` from half the shortest training distance to
 ``r_cut``, one block of columns per species pair.  On that grid the Nyström
 approximation of a one-dimensional SE kernel is exact to ~1e-4, so the term is
 used as the finite (degenerate) model it spans: its prior variance is that of
@@ -134,10 +134,13 @@ class PairTerm:
     def build(cls, settings: TwoBody, frames, species, r_cut_default: float) -> "PairTerm":
         """The term for training ``frames``: every pair of ``species``, a grid from the shortest distance.
 
-        The grid runs from ``r_min - length_scale`` (``r_min``: the shortest
-        interatomic distance in the training frames, at least 0) to ``r_cut``
-        in steps of ``length_scale / 2``.  Below it ``g`` returns to its prior
-        mean (the short range is the repulsion baseline's, when given).
+        The grid runs from ``r_min / 2`` (``r_min``: the shortest interatomic
+        distance in the training frames) to ``r_cut`` in steps of
+        ``length_scale / 2``.  Between ``r_min / 2`` and the data ``g`` returns
+        to its prior, mean and variance, so a compressed structure is reported
+        as unknown rather than as a zero pair energy with zero variance (the
+        degenerate model has no variance away from its sparse points); the
+        short range itself is the repulsion baseline's, when given.
         """
         settings.check()
         r_cut = float(settings.r_cut if settings.r_cut is not None else r_cut_default)
@@ -150,7 +153,7 @@ class PairTerm:
                 nl = neighbor_list(atoms, r_cut)
                 if len(nl.vectors):
                     r_min = min(r_min, float(np.sqrt(np.min(np.einsum("pc,pc->p", nl.vectors, nl.vectors)))))
-        lo = max(r_min - ell, 0.0)
+        lo = 0.5 * r_min
         n = int(np.ceil((r_cut - lo) / (0.5 * ell))) + 1
         return cls(np.array(pairs), np.linspace(lo, r_cut, n), r_cut, ell, float(settings.cutoff_width))
 
@@ -229,6 +232,16 @@ class PairTerm:
             rows = np.stack([(S_t @ (outer[:, v:v + 1] * dh)) for v in range(6)])  # (6, T, G)
             out["stress"] = rows.reshape(6, T * G)
         return out
+
+    def local_prior(self, atoms, L: np.ndarray) -> np.ndarray:
+        """Reduced prior variance of each atom's pair energy (half its pairs), ``|L^-1 local|^2``, (n_atoms,).
+
+        ``L`` is the Cholesky factor of :meth:`kernel` (as used by the fit);
+        the rows carry :attr:`scale`.
+        """
+        import scipy.linalg as sla
+        local = self.design(self.geometry(atoms), None, forces=False)["local"]
+        return np.sum(sla.solve_triangular(L, local.T, lower=True, check_finite=False) ** 2, axis=0)
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict:
