@@ -1,6 +1,12 @@
 """Accuracy, fit cost and prediction cost on the mlearn Si and Li benchmarks, with defaults.
 
-    python benchmarks/mlearn.py [--elements Si Li] [--n-sparse N] [--quick]
+    python benchmarks/mlearn.py [--elements Si Li acac] [--n-sparse N] [--quick]
+                                [--ablation two_body=False n_sparse=2000 ...]
+
+``acac`` fits acetylacetone at 300 K (``../shared/data/acac/train_300K.xyz`` with the
+isolated atoms) and tests on every 4th frame of ``test_MD_300K`` and ``test_MD_600K``
+(energy, forces; no stress).  ``--ablation`` adds one row per setting changed from the
+defaults (``name=value``, value read as a Python literal), each in its own subprocess.
 
 Fits ``kernelpot.SparseGP()`` exactly as a user would (no argument changed unless
 ``--n-sparse`` is given) on ``../shared/data/mlearn/<El>/training.json`` and
@@ -38,30 +44,56 @@ ANCHORS = {
 }
 
 
-def run_one(element: str, n_sparse: int | None, quick: bool) -> dict:
+def _data(element: str, quick: bool):
+    """Training frames and ``{name: test frames}``."""
     import kernelpot
-    from ase.build import bulk
-    from kernelpot.uq.evaluation import evaluate, error_table
-
+    if element == "acac":
+        acac = DATA.parent / "acac"
+        train = kernelpot.read(acac / "train_300K.xyz")
+        tests = {"300 K": kernelpot.read(acac / "test_MD_300K.xyz")[::4],
+                 "600 K": kernelpot.read(acac / "test_MD_600K.xyz")[::4]}
+        if quick:
+            train, tests = train[::10], {k: v[::10] for k, v in tests.items()}
+        return train + kernelpot.read(acac / "isolated_atoms.xyz"), tests
     train = kernelpot.read(DATA / element / "training.json")
     test = kernelpot.read(DATA / element / "test.json")
     if quick:
         train, test = train[::6], test[::3]
-    kw = {} if n_sparse is None else {"n_sparse": n_sparse}
+    return train, {"test": test}
+
+
+def run_one(element: str, n_sparse: int | None, quick: bool, settings: dict | None = None) -> dict:
+    import kernelpot
+    from ase.build import bulk
+    from kernelpot.uq.evaluation import evaluate, error_table
+
+    train, tests = _data(element, quick)
+    kw = dict(settings or {})
+    if n_sparse is not None:
+        kw["n_sparse"] = n_sparse
     t0 = time.perf_counter()
     model = kernelpot.SparseGP(**kw).fit(train)
     fit_s = time.perf_counter() - t0
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    ev = evaluate(model, test)
+    evs = {name: evaluate(model, test) for name, test in tests.items()}
+    if element == "acac":
+        return {"element": element, "settings": kw, "fit_s": fit_s, "rss_GiB": rss_gib,
+                "n_sparse": int(model.sparse_.size), "errors": {k: error_table(ev) for k, ev in evs.items()},
+                "pair_scale": None if model.pair_ is None else model.pair_.scale}
+    ev = evs["test"]
+    test = tests["test"]
     err = error_table(ev)
-    if element == "Si" and not quick:
+    if element == "Si" and not quick and not settings:
         readme_figure(ev, ROOT / "benchmarks" / "results" / "readme_figure.png")
     from kernelpot import metrics
     cov = metrics.coverage(ev["forces"]["err"], ev["forces"]["std"], k=(1, 2))
     # prediction cost: a 54-atom cell and a ~1000-atom cell of the training crystal, rattled
-    res = {"element": element, "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
+    res = {"element": element, "settings": kw, "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
            "rss_GiB": rss_gib, "n_sparse": int(model.sparse_.size), "delta": model.delta_,
-           "noise": model.noise_, "errors": err, "force_coverage_1_2": cov.tolist()}
+           "noise": model.noise_, "errors": err, "force_coverage_1_2": cov.tolist(),
+           "pair_scale": None if model.pair_ is None else model.pair_.scale}
+    if settings:  # ablation rows: accuracy and fit cost only
+        return res
     if element == "Si":  # 2-atom primitive x 27 = 54; 8-atom cubic x 125 = 1000
         cells = {"54": bulk("Si", "diamond", 5.43).repeat(3), "1000": bulk("Si", "diamond", 5.43, cubic=True).repeat(5)}
     else:  # bcc Li: 2-atom cubic x 27 = 54; x 512 = 1024
@@ -98,8 +130,30 @@ def readme_figure(ev, path):
     fig.savefig(path, dpi=110)
 
 
+def _label(r):
+    return r["element"] + "".join(f", {k}={v}" for k, v in r.get("settings", {}).items())
+
+
+def format_ablation(results: list[dict]) -> str:
+    """One row per fit: E/F/S MAE and RMSE per test set, fit wall time and peak memory."""
+    lines = ["", "Ablation (defaults unless named): E meV/atom, F eV/Å (acac: meV/Å), S GPa; MAE / RMSE",
+             f"{'model':<40}{'test':<8}{'E MAE':>8}{'E RMSE':>8}{'F MAE':>9}{'F RMSE':>9}{'S MAE':>8}"
+             f"{'S RMSE':>8}{'fit s':>7}{'GiB':>6}{'2b scale':>9}"]
+    for r in results:
+        errs = r["errors"] if r["element"] == "acac" else {"test": r["errors"]}
+        fs = 1000.0 if r["element"] == "acac" else 1.0
+        for name, e in errs.items():
+            s = e.get("stress", {"MAE": float("nan"), "RMSE": float("nan")})
+            sc = "-" if r.get("pair_scale") is None else f"{r['pair_scale']:.3g}"
+            lines.append(f"{_label(r):<40}{name:<8}{e['energy']['MAE']:>8.2f}{e['energy']['RMSE']:>8.2f}"
+                         f"{fs * e['forces']['MAE']:>9.4f}{fs * e['forces']['RMSE']:>9.4f}{s['MAE']:>8.3f}"
+                         f"{s['RMSE']:>8.3f}{r['fit_s']:>7.0f}{r['rss_GiB']:>6.2f}{sc:>9}")
+    return "\n".join(lines)
+
+
 def format_results(results: list[dict]) -> str:
     lines = []
+    results = [r for r in results if r["element"] != "acac" and not r.get("settings")] or results[:0]
     hdr = (f"{'model':<16}{'E MAE':>8}{'E RMSE':>8}{'F MAE':>8}{'F RMSE':>8}{'S MAE':>8}{'S RMSE':>8}"
            f"{'fit s':>8}{'RSS GiB':>8}{'pred ms/at':>11}")
     lines.append("Test-set errors: E meV/atom, F eV/Å (components), S GPa (components)")
@@ -139,21 +193,28 @@ def main(argv=None):
     p.add_argument("--elements", nargs="+", default=["Si", "Li"])
     p.add_argument("--n-sparse", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="subsets, for a smoke run")
+    p.add_argument("--ablation", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="extra fits, each with one setting changed (e.g. two_body=False n_sparse=2000)")
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one, args.n_sparse, args.quick)))
+        print(json.dumps(run_one(args.one, args.n_sparse, args.quick, json.loads(args.settings)), default=str))
         return 0
+    import ast
+    variants = [{}] + [{k: ast.literal_eval(v)} for k, v in (a.split("=", 1) for a in args.ablation)]
     results = []
     for el in args.elements:
-        cmd = [sys.executable, __file__, "--one", el] + (["--quick"] if args.quick else []) + (
-            ["--n-sparse", str(args.n_sparse)] if args.n_sparse else [])
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(out.stderr, file=sys.stderr)
-            return out.returncode
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    text = format_results(results)
+        for settings in variants:
+            cmd = [sys.executable, __file__, "--one", el, "--settings", json.dumps(settings)] + (
+                ["--quick"] if args.quick else []) + (["--n-sparse", str(args.n_sparse)] if args.n_sparse else [])
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(out.stderr, file=sys.stderr)
+                return out.returncode
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(format_ablation(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    text = format_results(results) + "\n" + format_ablation(results)
     print(text)
     (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
     if not args.quick:
