@@ -334,3 +334,19 @@ def test_posterior_calculators_spread_like_the_calibrated_sigma(fitted):
     # without a reference the spread is the raw weight posterior's, which misses the Nystrom part
     raw = m.posterior_calculators(400, random_state=0)
     assert raw[0].scale == 1.0 and calcs[0].scale > 1.0
+
+
+@pytest.mark.parametrize("budget", [128 * 2**20, 0])  # rows in memory; every row on disk
+def test_calibration_loo_from_the_fits_rows_equals_recomputed(budget, small_soap, monkeypatch):
+    """The fit keeps its assembly rows for the calibration's leave-one-out (one sweep per fit): same result
+    as computing every frame's descriptors and rows again, including the columns rescaled after assembly."""
+    from kernelpot.gp import assembly
+    monkeypatch.setattr(assembly.RowCache.__init__, "__defaults__", (budget,))
+    frames = emt_frames(6, symbols=("Cu", "Au"), size=(1, 1, 2), seed=3, noise={"energy": 0.002, "forces": 0.03})
+    model = SparseGP(descriptor=small_soap, n_sparse=30, verbose=False).fit(frames)
+    assert model._row_cache is None  # dropped (and its folder removed) at the end of fit
+    cached, again = model.training_diagnostics_, uq.leave_one_out(model)
+    # to round-off: rescaling whitened columns and whitening rescaled rows round differently (~1e-9 of the scale)
+    for k in ("loo_residual", "loo_std_predictive", "leverage", "z_predictive", "frame_chi2"):
+        v = getattr(again, k)
+        np.testing.assert_allclose(getattr(cached, k), v, rtol=1e-6, atol=1e-8 * np.abs(v).max())

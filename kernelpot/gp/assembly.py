@@ -19,13 +19,14 @@ import copy
 
 import numpy as np
 
+from kernelpot import _threads
 from kernelpot.io.labels import check_structure, config_type, frame_labels, frame_noise
 from kernelpot.gp.design import design_rows
 from kernelpot.gp.likelihood import GroupStats, whiten
 from kernelpot.gp.offsets import offset_column
 from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_stress_var
 
-__all__ = ["KINDS", "describe", "training_rows", "offset_columns", "n_columns", "add_frame", "accumulate", "group_names", "group_of", "chunks",
+__all__ = ["KINDS", "RowCache", "describe", "training_rows", "offset_columns", "n_columns", "add_frame", "accumulate", "group_names", "group_of", "chunks",
            "labels_in_groups", "compute_features", "worker_view", "memory_estimate", "progress", "note", "phase",
            "interactive", "kernels_compiled", "announce_compilation"]
 
@@ -289,13 +290,99 @@ def n_columns(model) -> int:
     return model.sparse_.size + (0 if pair is None else pair.size) + len(getattr(model, "offset_species_", ()))
 
 
-def add_frame(model, stats: GroupStats, atoms, lab, sign: float = 1.0) -> None:
-    """Accumulate one frame's whitened observations into ``stats``."""
+def add_frame(model, stats: GroupStats, atoms, lab, sign: float = 1.0, cache=None, index: int | None = None) -> None:
+    """Accumulate one frame's whitened observations into ``stats``.
+
+    With ``cache`` (:class:`RowCache`), the frame's whitened rows, targets,
+    noise scales and Nystrom residuals are also kept under ``index`` for the
+    leave-one-out pass, which then needs no second descriptor and design pass.
+    """
+    # the frame's GEMMs are (rows x features) @ (features x M): one BLAS thread below a few thousand
+    # columns (two OpenBLAS threads on a busy core made the whole assembly 2x slower; kernelpot._threads)
+    with _threads.limit(blas_threads=_threads.threads_for_matrix(n_columns(model))):
+        _add_frame(model, stats, atoms, lab, sign, cache, index)
+
+
+def _add_frame(model, stats, atoms, lab, sign, cache, index):
     gidx = {g: k for k, g in enumerate(stats.names)}
-    rows, ys, scales, priors = training_rows(model, atoms, lab, priors=("energy",))
+    rows, ys, scales, priors = training_rows(model, atoms, lab, priors=True if cache is not None else ("energy",))
+    entry = {}
     for kind in rows:
         A = offset_columns(model, atoms, kind, whiten(model._Lmm, rows[kind]))
-        stats.add(gidx[group_of(model, kind, atoms)], A, ys[kind], scales[kind], sign, prior=priors.get(kind))
+        stats.add(gidx[group_of(model, kind, atoms)], A, ys[kind], scales[kind], sign,
+                  prior=priors.get(kind) if kind == "energy" else None)
+        if cache is not None:
+            # Nystrom residual (reduced): what the exact columns (two-body, offsets) add to the prior
+            # they also add to |A|^2, so it does not change when those columns are rescaled
+            entry[kind] = (A, ys[kind], scales[kind], np.maximum(priors[kind] - np.sum(A ** 2, axis=1), 0.0))
+    if cache is not None:
+        cache.put(index, entry)
+
+
+class RowCache:
+    """Whitened training rows kept from the assembly pass for the leave-one-out pass of the same fit.
+
+    One sweep over the training structures per fit: the leave-one-out
+    calibration (:mod:`kernelpot.gp.loo`) reads each frame's rows back instead
+    of computing its descriptor gradients and design rows again.  Entries are
+    held in memory up to ``budget`` bytes and written to a temporary folder
+    beyond it (``O(n_observations x columns)`` on disk, not in memory; the
+    folder is removed by :meth:`close` or when the cache is collected).
+    Columns rescaled after assembly (the learned two-body scale, the offsets'
+    prior) are rescaled on read (:meth:`scale_columns`).
+    """
+
+    def __init__(self, n_columns: int, budget: int = 128 * 2**20):
+        self._col = np.ones(n_columns)
+        self._mem = {}
+        self._used = 0
+        self._budget = int(budget)
+        self._dir = None
+
+    def put(self, index: int, entry: dict) -> None:
+        """Keep ``entry`` (``{kind: (A, y, scale, nystrom)}``) of frame ``index``."""
+        size = sum(A.nbytes for A, *_ in entry.values())
+        if self._used + size <= self._budget:
+            self._mem[index] = entry
+            self._used += size
+            return
+        import tempfile
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="kernelpot-rows-")
+        arrays = {}
+        for k, (A, y, sc, ny) in entry.items():
+            arrays.update({f"{k}.A": A, f"{k}.y": y, f"{k}.ny": ny})
+            if sc is not None:
+                arrays[f"{k}.scale"] = sc
+        np.savez(self._path(index), **arrays)
+        self._mem[index] = [k for k in entry]
+
+    def _path(self, index: int) -> str:
+        import os
+        return os.path.join(self._dir.name, f"{int(index)}.npz")
+
+    def __contains__(self, index) -> bool:
+        return index in self._mem
+
+    def get(self, index: int) -> dict:
+        """Entry of frame ``index`` with the current column scales applied."""
+        entry = self._mem[index]
+        if isinstance(entry, list):  # on disk: the kinds, in order
+            with np.load(self._path(index), allow_pickle=False) as f:
+                entry = {k: (f[f"{k}.A"], f[f"{k}.y"], f[f"{k}.scale"] if f"{k}.scale" in f else None, f[f"{k}.ny"])
+                         for k in entry}
+        return {k: (A * self._col, y, sc, ny) for k, (A, y, sc, ny) in entry.items()}
+
+    def scale_columns(self, mask: np.ndarray, r: float) -> None:
+        """As :meth:`kernelpot.gp.likelihood.GroupStats.scale_columns`: columns ``mask`` times ``r``."""
+        self._col[np.asarray(mask, bool)] *= r
+
+    def close(self) -> None:
+        """Drop every entry and remove the temporary folder."""
+        self._mem.clear()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
 
 
 def chunks(n: int, chunk_size: int) -> list:
@@ -322,6 +409,7 @@ def worker_view(model):
     """A copy of the partly fitted model without the client or training frames, to ship to workers."""
     light = copy.copy(model)
     light.client = None
+    light._row_cache = None
     light._train_frames = None
     light._stats = None
     return light
@@ -334,17 +422,19 @@ def _chunk_stats(model, frames, labels):
     return stats
 
 
-def accumulate(model, frames, labels) -> GroupStats:
+def accumulate(model, frames, labels, cache=None) -> GroupStats:
     """Whitened statistics of all observations, in chunks of ``chunk_size`` frames.
 
     With a Dask ``client`` each chunk's statistics (M x M per noise group)
     are computed on a worker and summed here: the reduced normal equations
     of the whitened design, so memory per worker is O(M^2 + rows of one chunk).
+    ``cache`` (:class:`RowCache`, in memory only: not with a client) also
+    keeps every frame's rows for the leave-one-out pass.
     """
     stats = GroupStats.empty(model.noise_groups_, n_columns(model))
     if model.client is None:
         for i, a in progress(list(enumerate(frames)), model.verbose, "design"):
-            add_frame(model, stats, a, labels[i])
+            add_frame(model, stats, a, labels[i], cache=cache, index=i)
         return stats
     parts = chunks(len(frames), model.chunk_size)
     light = worker_view(model)

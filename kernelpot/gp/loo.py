@@ -117,13 +117,15 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
     >>> d.z[d.kind == "energy"]                          # doctest: +SKIP
     """
     model._check_fitted()
+    # rows kept from the fit's assembly pass (SparseGP.fit), valid for its own training frames only
+    cache = getattr(model, "_row_cache", None) if frames is None else None
     frames = model._train_frames if frames is None else list(frames)
     client = getattr(model, "client", None)
     acc = None if groups is None else GroupAccumulator(groups, len(model.posterior_.a))
     if client is None:
         # per-frame solves against the M x M factors: one BLAS thread below a few thousand columns
         with _threads.limit(blas_threads=_threads.threads_for_matrix(len(model.posterior_.a))):
-            parts = [_frame_loo(model, a, fi, acc) for fi, a in
+            parts = [_frame_loo(model, a, fi, acc, cache) for fi, a in
                      progress(list(enumerate(frames)), getattr(model, "verbose", False), "leave-one-out")]
             group_res = None if acc is None else acc.residuals(model.posterior_)
     else:
@@ -152,21 +154,31 @@ def _chunk_loo(model, frames, start, groups=None):
     return [_frame_loo(model, a, start + i, acc) for i, a in enumerate(frames)], acc
 
 
-def _frame_loo(model, a, fi: int, acc=None) -> dict:
-    """Per-observation LOO columns of training frame ``fi`` and its per-frame statistics."""
+def _frame_loo(model, a, fi: int, acc=None, cache=None) -> dict:
+    """Per-observation LOO columns of training frame ``fi`` and its per-frame statistics.
+
+    ``cache``: the fit's :class:`kernelpot.gp.assembly.RowCache`, whose rows of
+    frame ``fi`` are used instead of computing them again.
+    """
     post = model.posterior_
     u = post.delta ** 2
-    lab = frame_labels(a, fi)
-    rows, ys, scales, priors = training_rows(model, a, lab, priors=True)
+    if cache is not None and fi in cache:  # rows kept from the fit's assembly pass
+        entry = cache.get(fi)
+    else:
+        rows, ys, scales, priors = training_rows(model, a, frame_labels(a, fi), priors=True)
+        entry = {}
+        for k in rows:
+            Ak = offset_columns(model, a, k, whiten(post.Lmm, rows[k]))
+            entry[k] = (Ak, ys[k], scales[k], np.maximum(priors[k] - np.sum(Ak ** 2, axis=1), 0.0))
     n = len(a)
     A, y, sig, kind, atom, comp, unit, nys = [], [], [], [], [], [], [], []
-    for k in rows:
-        m = len(ys[k])
-        A.append(offset_columns(model, a, k, whiten(post.Lmm, rows[k])))
-        y.append(ys[k])
+    for k, (Ak, yk, scale_k, ny_k) in entry.items():
+        m = len(yk)
+        A.append(Ak)
+        y.append(yk)
         # Nystrom residual of each observation (reduced units, before the noise scale)
-        nys.append(u * np.maximum(priors[k] - np.sum(A[-1] ** 2, axis=1), 0.0))
-        sc = np.ones(m) if scales[k] is None else scales[k]
+        nys.append(u * ny_k)
+        sc = np.ones(m) if scale_k is None else scale_k
         sig.append(model._noise_for(k, a) * sc)
         kind += [k] * m
         if k == "forces":

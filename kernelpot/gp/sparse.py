@@ -287,7 +287,9 @@ class SparseGP(BaseEstimator):
             n_obs = sum(sum(np.size(v) for v in lab.values()) for lab in labels)
             assembly.note(True, f"assembling {n_obs} observations of {len(frames)} frames; "
                                 f"peak memory ~{assembly.memory_estimate(self, frames) / 2**20:.0f} MiB")
-        self._stats = assembly.accumulate(self, frames, labels)
+        # rows kept for the calibration's leave-one-out: one sweep over the structures per fit
+        self._row_cache = assembly.RowCache(assembly.n_columns(self)) if self.calibrate and self.client is None else None
+        self._stats = assembly.accumulate(self, frames, labels, cache=self._row_cache)
         t = assembly.phase(self.verbose, "assembly", t)
         theta0, bounds, fixed = self._initial_theta()
         theta, self.n_likelihood_evaluations_, scale = hyperparameters.search(
@@ -305,6 +307,9 @@ class SparseGP(BaseEstimator):
             self.training_diagnostics_ = leave_one_out(self, groups=groups)
             recalibrate(self, self.training_diagnostics_)
             assembly.phase(self.verbose, "calibration (LOO)", t)
+        if self._row_cache is not None:
+            self._row_cache.close()
+            self._row_cache = None
         return self
 
     def _pair_mask(self):
@@ -319,6 +324,8 @@ class SparseGP(BaseEstimator):
         """The search rescaled the two-body columns of the statistics by ``scale``: so do its rows from now on."""
         if getattr(self, "pair_", None) is not None:
             self.pair_.scale *= scale
+            if getattr(self, "_row_cache", None) is not None:
+                self._row_cache.scale_columns(self._pair_mask(), scale)
 
     def _offset_prior_with_pair(self, frames, n_sample: int = 64):
         """Widen the offsets' prior to the prior std of a whole local energy, SOAP's and the two-body term's.
@@ -343,6 +350,8 @@ class SparseGP(BaseEstimator):
         mask = np.zeros(assembly.n_columns(self), bool)
         mask[K:] = True
         self._stats.scale_columns(mask, kappa / self.offset_kappa_)
+        if getattr(self, "_row_cache", None) is not None:
+            self._row_cache.scale_columns(mask, kappa / self.offset_kappa_)
         self.offset_kappa_ = kappa
 
     def _initial_theta(self):
