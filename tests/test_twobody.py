@@ -14,10 +14,12 @@ from kernelpot.gp.twobody import PairTerm, TwoBody
 from conftest import emt_frames
 
 
-def _term(species, r_cut=4.0, scale=1.3):
+def _term(species, r_cut=4.0, scale=1.3, r_min=2.5):
+    """A term whose clamp (below ``r_min``) is reached by some pairs of the test structures."""
     species = sorted(species)
     pairs = [(a, b) for k, a in enumerate(species) for b in species[k:]]
-    return PairTerm(np.array(pairs), np.linspace(1.0, r_cut, 13), r_cut, 0.5, 1.0, scale)
+    r0 = r_min + 0.1 * np.arange(len(pairs))  # a different clamp per species pair
+    return PairTerm(np.array(pairs), np.linspace(1.0, r_cut, 13), r0, r_cut, 0.5, 1.0, scale)
 
 
 def _alloy():
@@ -42,7 +44,8 @@ def test_force_and_stress_rows_are_derivatives_of_the_energy_row(system):
     else:  # a cell smaller than the cutoff: the atom's own images are neighbours
         atoms = bulk("Si", "diamond", a=5.43)
         atoms.rattle(0.05, seed=2)
-    term = _term(set(atoms.numbers.tolist()))
+    term = _term(set(atoms.numbers.tolist()), r_min=1.3 if system == "molecule" else 2.5)
+    assert np.any(term.geometry(atoms).r < term.r_min[term.geometry(atoms).kind])  # the clamp is exercised
     w = np.random.default_rng(0).standard_normal(term.size)
     periodic = bool(atoms.pbc.all())
     d = term.design(term.geometry(atoms), atoms.get_volume() if periodic else None, forces=True, stress=periodic)
@@ -88,8 +91,10 @@ def test_energy_row_is_the_sum_over_unordered_pairs():
                 if r >= term.r_cut:
                     continue
                 x = np.clip((r - (term.r_cut - term.cutoff_width)) / term.cutoff_width, 0, 1)
-                h = 0.5 * (1 + np.cos(np.pi * x)) * np.exp(-0.5 * ((r - term.grid) / term.length_scale) ** 2)
                 t = term._lookup[atoms.numbers[i], atoms.numbers[j]]
+                w = term.length_scale / 2
+                u = term.r_min[t] + w * np.log1p(np.exp((r - term.r_min[t]) / w))
+                h = 0.5 * (1 + np.cos(np.pi * x)) * np.exp(-0.5 * ((u - term.grid) / term.length_scale) ** 2)
                 ref[t * G:(t + 1) * G] += 0.5 * h * term.scale  # each unordered pair seen twice
                 local[i, t * G:(t + 1) * G] += 0.5 * h * term.scale
     np.testing.assert_allclose(d["energy"], ref, rtol=1e-12, atol=1e-14)
@@ -217,11 +222,23 @@ def test_settings_are_checked():
         SparseGP(two_body="yes").fit([Atoms("H")])
 
 
-def test_pair_energy_of_a_compressed_structure_returns_to_the_prior(alloy_models):
-    """A Cu dimer well inside the shortest training distance: its pair energy is unknown, not zero with zero variance."""
+def test_pair_energy_is_flat_below_the_shortest_training_distance(alloy_models):
+    """No attractive hole where the data end: the GP would revert to zero there, the clamped distance does not."""
     frames, on, _ = alloy_models
+    term = on.pair_
     r_min = min(np.min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)]) for a in frames)
-    dimer = Atoms("Cu2", positions=[[5, 5, 5], [5, 5, 5 + 0.6 * r_min]], cell=[12, 12, 12])
-    std = on.predict_frame(dimer, return_std=True, calibrated=False)["energy_std_epistemic"]
-    prior = on.pair_.scale * on.delta_  # prior std of g, and f_c = 1 at this distance
-    assert std > 0.5 * prior
+    assert term.r_min.min() == pytest.approx(r_min)
+    cu = term._lookup[29, 29]
+
+    def dimer(r):
+        d = Atoms("Cu2", positions=[[5, 5, 5], [5, 5, 5 + r]], cell=[12, 12, 12])
+        return term.design(term.geometry(d), None, forces=True)
+
+    r0 = term.r_min[cu]
+    inside, seen = dimer(r0 - 1.5), dimer(r0 + 0.3)
+    # 1.5 Å inside the data the pair force rows are < 1 % of what they are within the data (du/dr = 0.0025 there)
+    assert np.abs(inside["forces"]).max() < 0.01 * np.abs(seen["forces"]).max()
+    # and a compressed dimer is still reported as unknown: SOAP sees an environment it has never seen
+    d = Atoms("Cu2", positions=[[5, 5, 5], [5, 5, 5 + 0.6 * r_min]], cell=[12, 12, 12])
+    std = on.predict_frame(d, return_std=True, calibrated=False)["energy_std_epistemic"]
+    assert std > 0.5 * on.delta_

@@ -5,15 +5,24 @@ uniformly placed sparse points; Bartók et al., Phys. Rev. X 8, 041048 (2018),
 the GAP-18 silicon model; Deringer & Csányi, Phys. Rev. B 95, 094203 (2017))::
 
     E_2b = sum over pairs i < j with r_ij < r_cut of  phi_t(r_ij),   t = {Z_i, Z_j}
-    phi_t(r) = f_c(r) g_t(r),   g_t ~ GP(0, (s delta)^2 exp(-(r - r')^2 / (2 l^2)))
+    phi_t(r) = f_c(r) g_t(u_t(r)),   g_t ~ GP(0, (s delta)^2 exp(-(u - u')^2 / (2 l^2)))
+    u_t(r) = r_t + w log(1 + exp((r - r_t) / w)),   w = l / 2
 
 ``f_c`` is the cosine cutoff of SOAP (1 below ``r_cut - cutoff_width``, 0 at
 ``r_cut``), ``l`` the ``length_scale`` (Å) and ``s`` the ``scale`` of the term
 relative to SOAP's ``delta``, learned from the evidence with the other
-hyperparameters (:func:`kernelpot.gp.hyperparameters.search`).  The sparse
-(inducing) points are the values of ``g_t`` on a uniform grid of distances
-with spacing ``l / 2`` from half the shortest training distance to
-``r_cut``, one block of columns per species pair.  On that grid the Nyström
+hyperparameters (:func:`kernelpot.gp.hyperparameters.search`).  ``u_t`` is the
+distance clamped smoothly at ``r_t``, the shortest distance of that species pair
+in the training data: beyond ``r_t`` it is the distance (to within ``w e^-x``),
+below it it tends to ``r_t``.  A GP reverts to its prior mean away from its
+data, and a pair energy that returns to zero inside the shortest distance
+seen makes an attractive hole exactly where atoms must repel; with the clamp
+the pair term is a function only of distances it has seen, and is flat below
+them (no force), leaving the short range to the repulsion baseline when one
+is given and to SOAP's local term otherwise (whose variance is that of a new
+environment there).  The sparse (inducing) points are the values of ``g_t``
+on a uniform grid with spacing ``l / 2`` from the shortest ``r_t`` to ``r_cut``,
+one block of columns per species pair.  On that grid the Nyström
 approximation of a one-dimensional SE kernel is exact to ~1e-4, so the term is
 used as the finite (degenerate) model it spans: its prior variance is that of
 its columns and it adds nothing to the Nyström residual of
@@ -108,6 +117,10 @@ class PairTerm:
         Species pairs ``(Z_a, Z_b)``, ``Z_a <= Z_b``; column block ``t`` of size ``len(grid)`` each.
     grid : (G,) array
         Sparse distances, Å.
+    r_min : (T,) array
+        Shortest distance of each species pair in the training data, where
+        the clamp of the distance sets in (``r_cut`` for a pair never seen
+        within the cutoff, whose ``g`` is then only ever evaluated near ``r_cut``).
     r_cut, length_scale, cutoff_width : float
         Å.
     scale : float
@@ -116,6 +129,7 @@ class PairTerm:
 
     pairs: np.ndarray
     grid: np.ndarray
+    r_min: np.ndarray
     r_cut: float
     length_scale: float
     cutoff_width: float
@@ -124,6 +138,7 @@ class PairTerm:
     def __post_init__(self):
         self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
         self.grid = np.asarray(self.grid, dtype=float)
+        self.r_min = np.asarray(self.r_min, dtype=float).reshape(len(self.pairs))
         zmax = int(self.pairs.max()) + 1 if len(self.pairs) else 1
         self._lookup = np.full((zmax, zmax), -1, dtype=np.int64)
         for t, (a, b) in enumerate(self.pairs):
@@ -134,28 +149,25 @@ class PairTerm:
     def build(cls, settings: TwoBody, frames, species, r_cut_default: float) -> "PairTerm":
         """The term for training ``frames``: every pair of ``species``, a grid from the shortest distance.
 
-        The grid runs from ``r_min / 2`` (``r_min``: the shortest interatomic
-        distance in the training frames) to ``r_cut`` in steps of
-        ``length_scale / 2``.  Between ``r_min / 2`` and the data ``g`` returns
-        to its prior, mean and variance, so a compressed structure is reported
-        as unknown rather than as a zero pair energy with zero variance (the
-        degenerate model has no variance away from its sparse points); the
-        short range itself is the repulsion baseline's, when given.
+        ``r_min`` per species pair from the training frames; the grid runs
+        from the smallest of them to ``r_cut`` in steps of ``length_scale / 2``.
         """
         settings.check()
         r_cut = float(settings.r_cut if settings.r_cut is not None else r_cut_default)
         ell = float(settings.length_scale)
         species = sorted(int(z) for z in species)
         pairs = [(a, b) for k, a in enumerate(species) for b in species[k:]]
-        r_min = r_cut
+        term = cls(np.array(pairs), np.array([r_cut]), np.full(len(pairs), r_cut), r_cut, ell,
+                   float(settings.cutoff_width))
         for atoms in frames:
             if len(atoms) > 1 or atoms.pbc.any():
-                nl = neighbor_list(atoms, r_cut)
-                if len(nl.vectors):
-                    r_min = min(r_min, float(np.sqrt(np.min(np.einsum("pc,pc->p", nl.vectors, nl.vectors)))))
-        lo = 0.5 * r_min
-        n = int(np.ceil((r_cut - lo) / (0.5 * ell))) + 1
-        return cls(np.array(pairs), np.linspace(lo, r_cut, n), r_cut, ell, float(settings.cutoff_width))
+                geom = term.geometry(atoms)
+                if len(geom.r):
+                    np.minimum.at(term.r_min, geom.kind, geom.r)
+        lo = float(term.r_min.min())
+        n = max(int(np.ceil((r_cut - lo) / (0.5 * ell))) + 1, 2)
+        term.grid = np.linspace(lo, r_cut, n)
+        return term
 
     @property
     def size(self) -> int:
@@ -183,16 +195,25 @@ class PairTerm:
         return PairGeometry(c[keep], j[keep], v, np.sqrt(np.einsum("pc,pc->p", v, v)), kind[keep], len(atoms))
 
     # ------------------------------------------------------------------ rows
-    def _basis(self, r: np.ndarray):
-        """``h_m(r) = f_c(r) k(r, g_m)`` and ``dh_m/dr``, each (p, G)."""
+    def clamped(self, r: np.ndarray, kind: np.ndarray):
+        """``u_t(r)`` and ``du_t/dr`` (see the module docstring)."""
+        r0 = self.r_min[kind]
+        w = 0.5 * self.length_scale
+        x = (r - r0) / w
+        u = r0 + w * np.logaddexp(0.0, x)
+        return u, 0.5 * (1.0 + np.tanh(0.5 * x))  # the logistic function, without overflow
+
+    def _basis(self, r: np.ndarray, kind: np.ndarray):
+        """``h_m(r) = f_c(r) k(u(r), g_m)`` and ``dh_m/dr``, each (p, G)."""
         rc, w, ell = self.r_cut, self.cutoff_width, self.length_scale
         x = np.clip((r - (rc - w)) / w, 0.0, 1.0)
         fc = 0.5 * (1.0 + np.cos(np.pi * x))
         dfc = np.where((x > 0) & (x < 1), -0.5 * np.pi / w * np.sin(np.pi * x), 0.0)
-        diff = r[:, None] - self.grid[None, :]
+        u, du = self.clamped(r, kind)
+        diff = u[:, None] - self.grid[None, :]
         k = np.exp(-0.5 * (diff / ell) ** 2)
         h = fc[:, None] * k
-        dh = dfc[:, None] * k - h * diff / ell ** 2
+        dh = dfc[:, None] * k - h * diff * (du / ell ** 2)[:, None]
         return h, dh
 
     def design(self, geom: PairGeometry, volume: float | None, forces: bool = True, stress: bool = False) -> dict:
@@ -207,7 +228,7 @@ class PairTerm:
         """
         n, T, G = geom.n_atoms, len(self.pairs), len(self.grid)
         p = len(geom.r)
-        h, dh = self._basis(geom.r)
+        h, dh = self._basis(geom.r, geom.kind)
         half = 0.5 * self.scale
         # row of (atom, species pair) for each ordered pair
         key_c = geom.center * T + geom.kind
@@ -246,7 +267,8 @@ class PairTerm:
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict:
         """JSON-able state (see :meth:`from_dict`)."""
-        return {"pairs": self.pairs.tolist(), "grid": self.grid.tolist(), "r_cut": float(self.r_cut),
+        return {"pairs": self.pairs.tolist(), "grid": self.grid.tolist(), "r_min": self.r_min.tolist(),
+                "r_cut": float(self.r_cut),
                 "length_scale": float(self.length_scale), "cutoff_width": float(self.cutoff_width),
                 "scale": float(self.scale)}
 
@@ -254,12 +276,14 @@ class PairTerm:
     def from_dict(cls, d: dict) -> "PairTerm":
         """Inverse of :meth:`to_dict`; raises ``ValueError`` for a malformed entry."""
         try:
-            term = cls(np.array(d["pairs"], dtype=np.int64), np.array(d["grid"], dtype=float), float(d["r_cut"]),
+            term = cls(np.array(d["pairs"], dtype=np.int64), np.array(d["grid"], dtype=float),
+                       np.array(d["r_min"], dtype=float), float(d["r_cut"]),
                        float(d["length_scale"]), float(d["cutoff_width"]), float(d["scale"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed two-body term in the model file: {exc}") from None
         vals = [term.r_cut, term.length_scale, term.cutoff_width, term.scale]
-        if not (np.all(np.isfinite(term.grid)) and all(np.isfinite(vals)) and min(vals) > 0
+        if not (np.all(np.isfinite(term.grid)) and np.all(np.isfinite(term.r_min)) and all(np.isfinite(vals))
+                and min(vals) > 0
                 and term.pairs.ndim == 2 and np.all(term.pairs > 0) and np.all(term.pairs <= 118)
                 and len(term.grid) >= 1):
             raise ValueError("malformed two-body term in the model file: values out of range")
