@@ -43,7 +43,8 @@ def test_local_cluster_fit_equals_in_memory(small_soap):
     # perturbing the statistics by 1e-13 moves theta by ~3e-6 and predictions by <1e-6 even with
     # every stopping tolerance at zero (measured). The search now stops at that floor instead of
     # replaying line searches there, so the two summation orders no longer follow identical paths.
-    np.testing.assert_allclose(dist.theta_, ref.theta_, rtol=1e-5, atol=1e-7)
+    # With the two-body scale as one more parameter, located to ~1e-5 (measured 3e-5 in log delta).
+    np.testing.assert_allclose(dist.theta_, ref.theta_, rtol=1e-4, atol=1e-6)
     test = emt_frames(2, symbols=("Cu", "Au"), size=(1, 1, 2), seed=22)
     p1, p2 = ref.predict(test), dist.predict(test)
     for k in ("energy", "forces", "stress"):

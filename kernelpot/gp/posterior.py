@@ -114,13 +114,6 @@ class Posterior:
         """Kernel columns: ``M`` sparse environments plus the two-body term's ``P``."""
         return self.sparse.size + (0 if self.pair is None else self.pair.size)
 
-    def _pair_prior(self, rows: np.ndarray) -> np.ndarray:
-        """Reduced prior variance of the two-body part of ``rows`` (n, M + P): its whitened norm (the term is exact)."""
-        if self.pair is None:
-            return np.zeros(rows.shape[0])
-        M, K = self.sparse.size, self.n_kernel
-        return np.sum(tri_solve(self.Lmm[M:K, M:K], rows[:, M:K].T) ** 2, axis=0)
-
     def _weights(self, a):
         """Kernel weights and offset corrections from whitened weights ``a`` (M + S,) or (M + S, k)."""
         M = self.n_kernel
@@ -169,7 +162,8 @@ class Posterior:
         part the calibration weights separately (:mod:`kernelpot.gp.calibration`).
         """
         v1 = tri_solve(self.Lmm, rows.T)
-        nystrom = prior - np.sum(v1 ** 2, axis=0)
+        # the two-body columns are exact (kernelpot.gp.twobody): only SOAP's leave a Nystrom residual
+        nystrom = prior - np.sum(v1[:self.sparse.size] ** 2, axis=0)
         if self.n_offsets:
             extra = np.zeros((self.n_offsets, v1.shape[1])) if offsets is None else offsets
             v1 = np.vstack([v1, extra])
@@ -186,25 +180,22 @@ class Posterior:
         """
         d = self.design(feat, volume, forces, stress) if design is None else design
         n = len(feat.numbers)
-        # the two-body term is exact: its prior variance is that of its columns (see _pair_prior)
         E = d["energy"][None, :]
-        out = {"energy": self.latent_variance(E, np.atleast_1d(prior_energy_var(feat, self.zeta)) + self._pair_prior(E),
+        out = {"energy": self.latent_variance(E, np.atleast_1d(prior_energy_var(feat, self.zeta)),
                                               self._offset_columns(feat.numbers)[:, None], parts=True)}
         # local energies: kernel rows of each atom, and its own offset column
         K = dot_kernel(feat.features, self.sparse.X, self.zeta) * (feat.numbers[:, None] == self.sparse.numbers[None, :])
         if self.pair is not None:
             K = np.hstack([K, d["local"][:, self.sparse.size:]])
         onehot = self.kappa * (self.offset_species[:, None] == np.asarray(feat.numbers)[None, :]).astype(float)
-        out["energies"] = self.latent_variance(K, prior_local_var(feat, self.zeta) + self._pair_prior(K), onehot,
-                                               parts=True)
+        out["energies"] = self.latent_variance(K, prior_local_var(feat, self.zeta), onehot, parts=True)
         if forces:
             F = d["forces"]
-            v, ny = self.latent_variance(F, prior_force_var(feat, self.zeta).ravel() + self._pair_prior(F), parts=True)
+            v, ny = self.latent_variance(F, prior_force_var(feat, self.zeta).ravel(), parts=True)
             out["forces"] = (v.reshape(n, 3), ny.reshape(n, 3))
         if stress:
             S = d["stress"]
-            out["stress"] = self.latent_variance(S, prior_stress_var(feat, self.zeta, volume) + self._pair_prior(S),
-                                                 parts=True)
+            out["stress"] = self.latent_variance(S, prior_stress_var(feat, self.zeta, volume), parts=True)
         return out
 
     # ----------------------------------------------------------- samples
