@@ -66,7 +66,8 @@ def test_local_cluster_fit_equals_in_memory(small_soap):
         # ... and with the in-memory fit's, whose hyperparameters agree to ~1e-6 only: a LOO
         # residual moves by up to ~1e-5 of the largest one with them
         v = getattr(d1, k)
-        np.testing.assert_allclose(getattr(d2, k), v, rtol=1e-6, atol=1e-5 * np.abs(v).max())
+        # (with the two-body scale, ~3e-5 of the largest one)
+        np.testing.assert_allclose(getattr(d2, k), v, rtol=1e-6, atol=1e-4 * np.abs(v).max())
     # the calibration is fitted to those residuals, which agree to ~1e-5 of their scale (the
     # hyperparameters to 1e-5: the search stops at convergence), so variances agree to ~1e-4; weights in
     # flat directions (a noise weight of 5e-6, say) may differ more, so compare what they give: the

@@ -21,8 +21,10 @@ the pair term is a function only of distances it has seen, and is flat below
 them (no force), leaving the short range to the repulsion baseline when one
 is given and to SOAP's local term otherwise (whose variance is that of a new
 environment there).  The sparse (inducing) points are the values of ``g_t``
-on a uniform grid with spacing ``l / 2`` from the shortest ``r_t`` to ``r_cut``,
-one block of columns per species pair.  On that grid the Nyström
+on a uniform grid with spacing ``l / 2`` from ``2 l`` below the shortest ``r_t``
+to ``r_cut``, one block of columns per species pair (the points below ``r_t``
+are never evaluated, but their kernels' tails let ``g`` bend steeply at the
+edge of the data).  On that grid the Nyström
 approximation of a one-dimensional SE kernel is exact to ~1e-4, so the term is
 used as the finite (degenerate) model it spans: its prior variance is that of
 its columns and it adds nothing to the Nyström residual of
@@ -61,15 +63,20 @@ class TwoBody:
         Cutoff of the pair energy, Å (default: the SOAP descriptor's ``r_cut``).
     length_scale : float
         Length scale ``l`` of the squared-exponential kernel over distances,
-        Å.  Default 0.5 Å: half GAP-18's ``theta_uniform`` of 1 Å, so that the
-        pair term can follow a first-neighbour shell; how much it is used is
+        Å.  Default 0.25 Å (a quarter of GAP-18's ``theta_uniform`` of 1 Å):
+        with the distance clamped at the shortest training distance (no
+        attractive holes below the data), the pair energy must be able to
+        bend within a few tenths of an Å to follow the first-neighbour
+        repulsion.  On mlearn Si the evidence preferred it to 0.5 Å (log
+        marginal likelihood 42489 vs 42206 with the term's scale at its
+        bound), at the same test accuracy; how much the term is used is
         learned (its scale relative to SOAP's ``delta``).
     cutoff_width : float
         Width of the cosine transition of the cutoff, Å.
     """
 
     r_cut: float | None = None
-    length_scale: float = 0.5
+    length_scale: float = 0.25
     cutoff_width: float = 1.0
 
     def check(self) -> None:
@@ -150,7 +157,8 @@ class PairTerm:
         """The term for training ``frames``: every pair of ``species``, a grid from the shortest distance.
 
         ``r_min`` per species pair from the training frames; the grid runs
-        from the smallest of them to ``r_cut`` in steps of ``length_scale / 2``.
+        from ``2 length_scale`` below the smallest of them (at least a quarter
+        of it) to ``r_cut`` in steps of ``length_scale / 2``.
         """
         settings.check()
         r_cut = float(settings.r_cut if settings.r_cut is not None else r_cut_default)
@@ -164,7 +172,11 @@ class PairTerm:
                 geom = term.geometry(atoms)
                 if len(geom.r):
                     np.minimum.at(term.r_min, geom.kind, geom.r)
-        lo = float(term.r_min.min())
+        # sparse points also below the shortest distance (in u, which never goes there): their
+        # kernels' tails are what lets g bend steeply at the edge of the data (the first-neighbour
+        # repulsion); with the grid starting at the edge, mlearn Si's evidence dropped the term
+        r0 = float(term.r_min.min())
+        lo = max(r0 - 2.0 * ell, 0.25 * r0)
         n = max(int(np.ceil((r_cut - lo) / (0.5 * ell))) + 1, 2)
         term.grid = np.linspace(lo, r_cut, n)
         return term
