@@ -2,9 +2,11 @@
 
 A reduced fit (every third training structure, 300 sparse points per species) must stay
 within sight of the published GAP numbers for the full data (Si: E 2.77 meV/atom, F 0.0726 eV/Å,
-S 0.45 GPa without stress training). Measured here: Si E 5.1, F 0.095, S 0.40; Li E 0.49,
-F 0.0104, S 0.038. A unit or sign slip in stress or energy, or broken derivative
-observations, moves these by an order of magnitude.
+S 0.45 GPa without stress training). Measured here with the two-body term (the default):
+Si E 3.42, F 0.082, S 0.44; Li E 0.62, F 0.0094, S 0.036 (SOAP alone: Si E 5.1, F 0.095,
+S 0.40; Li E 0.50, F 0.0104, S 0.038). The limits sit about 25 % above the measured
+values: a unit or sign slip in stress or energy, broken derivative observations, or losing
+the two-body term's gain on Si forces fails them.
 """
 
 import pytest
@@ -15,8 +17,8 @@ from conftest import SHARED, needs_shared
 
 pytestmark = [pytest.mark.slow, needs_shared("mlearn")]
 
-LIMITS = {"Si": {"energy": 8.0, "forces": 0.12, "stress": 0.6},
-          "Li": {"energy": 1.0, "forces": 0.015, "stress": 0.06}}
+LIMITS = {"Si": {"energy": 4.3, "forces": 0.090, "stress": 0.55},
+          "Li": {"energy": 0.78, "forces": 0.0118, "stress": 0.045}}
 
 
 @pytest.mark.parametrize("element", ["Si", "Li"])
