@@ -68,7 +68,7 @@ def _energy_noise_by_loo(stats, theta, bounds, fixed, progress=None):
 
 
 #: Bounds of a kernel term's scale relative to ``delta`` (the two-body term, :mod:`kernelpot.gp.twobody`).
-SCALE_BOUNDS = (1e-3, 1e3)
+SCALE_BOUNDS = (1e-3, 1e2)
 
 
 def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_delta=True, verbose=False,
