@@ -15,11 +15,11 @@ from conftest import emt_frames
 
 
 def _term(species, r_cut=4.0, scale=1.3, r_min=2.5):
-    """A term whose tangent continuation (below ``r_min``) is reached by some pairs of the test structures."""
+    """A term whose grid starts above some pairs of the test structures (their kernels' tails only)."""
     species = sorted(species)
     pairs = [(a, b) for k, a in enumerate(species) for b in species[k:]]
-    r0 = r_min + 0.1 * np.arange(len(pairs))  # a different edge per species pair
-    return PairTerm(np.array(pairs), np.linspace(1.0, r_cut, 13), r0, r_cut, 0.5, 1.0, scale)
+    r0 = r_min + 0.1 * np.arange(len(pairs))
+    return PairTerm(np.array(pairs), np.linspace(r_min - 0.5, r_cut, 13), r0, r_cut, 0.5, 1.0, scale)
 
 
 def _alloy():
@@ -44,8 +44,8 @@ def test_force_and_stress_rows_are_derivatives_of_the_energy_row(system):
     else:  # a cell smaller than the cutoff: the atom's own images are neighbours
         atoms = bulk("Si", "diamond", a=5.43)
         atoms.rattle(0.05, seed=2)
-    term = _term(set(atoms.numbers.tolist()), r_min=1.3 if system == "molecule" else 2.5)
-    assert np.any(term.geometry(atoms).r < term.r_min[term.geometry(atoms).kind])  # the continuation is exercised
+    term = _term(set(atoms.numbers.tolist()), r_min=1.8 if system == "molecule" else 3.0)
+    assert np.any(term.geometry(atoms).r < term.grid[0])  # distances below the grid are exercised
     w = np.random.default_rng(0).standard_normal(term.size)
     periodic = bool(atoms.pbc.all())
     d = term.design(term.geometry(atoms), atoms.get_volume() if periodic else None, forces=True, stress=periodic)
@@ -92,13 +92,8 @@ def test_energy_row_is_the_sum_over_unordered_pairs():
                     continue
                 x = np.clip((r - (term.r_cut - term.cutoff_width)) / term.cutoff_width, 0, 1)
                 t = term._lookup[atoms.numbers[i], atoms.numbers[j]]
-                r0, ell = term.r_min[t], term.length_scale
-                re = max(r, r0)
-                x = np.clip((re - (term.r_cut - term.cutoff_width)) / term.cutoff_width, 0, 1)
-                k = np.exp(-0.5 * ((re - term.grid) / ell) ** 2)
-                fc = 0.5 * (1 + np.cos(np.pi * x))
-                dfc = -0.5 * np.pi / term.cutoff_width * np.sin(np.pi * x) if 0 < x < 1 else 0.0
-                h = fc * k + (min(r - r0, 0.0)) * (dfc * k - fc * k * (re - term.grid) / ell ** 2)
+                k = np.exp(-0.5 * ((r - term.grid) / term.length_scale) ** 2)
+                h = 0.5 * (1 + np.cos(np.pi * x)) * k
                 ref[t * G:(t + 1) * G] += 0.5 * h * term.scale  # each unordered pair seen twice
                 local[i, t * G:(t + 1) * G] += 0.5 * h * term.scale
     np.testing.assert_allclose(d["energy"], ref, rtol=1e-12, atol=1e-14)
@@ -226,28 +221,22 @@ def test_settings_are_checked():
         SparseGP(two_body="yes").fit([Atoms("H")])
 
 
-def test_pair_energy_continues_along_its_tangent_below_the_shortest_training_distance(alloy_models):
-    """No attractive hole where the data end (the GP would revert to zero there) and no loss of the repulsion
-    (a flat continuation): below r_t the pair energy is linear with the slope it has at r_t."""
+def test_below_the_data_the_pair_energy_returns_to_zero_and_soap_reports_the_unknown(alloy_models):
+    """Below the grid (a length scale under the shortest training distance) the pair term's energy and
+    variance vanish, as a GP's far from its inducing points; a compressed dimer is still reported as
+    unknown, by SOAP (an environment never seen). With a repulsion baseline it is monotonically
+    repulsive (tests/test_gp_baselines.py)."""
     frames, on, _ = alloy_models
     term = on.pair_
     r_min = min(np.min(a.get_all_distances(mic=True)[np.triu_indices(len(a), 1)]) for a in frames)
     assert term.r_min.min() == pytest.approx(r_min)
-    cu = term._lookup[29, 29]
-    w = on.posterior_.alpha[on.sparse_.size:on.sparse_.size + term.size]
+    assert term.grid[0] == pytest.approx(max(r_min - term.length_scale, 0.5 * r_min))
+    def rows(r):
+        return term.design(term.geometry(Atoms("Cu2", positions=[[5, 5, 5], [5, 5, 5 + r]], cell=[12, 12, 12])),
+                           None, forces=True)["energy"]
 
-    def dimer(r):
-        d = Atoms("Cu2", positions=[[5, 5, 5], [5, 5, 5 + r]], cell=[12, 12, 12])
-        rows = term.design(term.geometry(d), None, forces=True)
-        return float(rows["energy"] @ w), float((rows["forces"] @ w)[5])  # energy, F_z on atom 1
-
-    r0 = term.r_min[cu]
-    (e0, f0), (e1, f1), (e2, f2) = dimer(r0 - 1.0), dimer(r0 - 0.5), dimer(r0 - 1e-9)
-    assert e0 - 2 * e1 + e2 == pytest.approx(0.0, abs=1e-9 * max(abs(e0), 1.0))  # linear
-    assert f0 == pytest.approx(f2, rel=1e-6) and f1 == pytest.approx(f2, rel=1e-6)  # the edge's force
-    # continuous at the edge: the force just above r_t is the same
-    assert dimer(r0 + 1e-6)[1] == pytest.approx(f2, rel=1e-4)
-    # and a compressed dimer is still reported as unknown: SOAP sees an environment it has never seen
+    # three length scales below the grid the kernel rows are exp(-9/2) ~ 1 % of what they are in the data
+    assert np.abs(rows(term.grid[0] - 3 * term.length_scale)).max() < 0.02 * np.abs(rows(r_min)).max()
     d = Atoms("Cu2", positions=[[5, 5, 5], [5, 5, 5 + 0.6 * r_min]], cell=[12, 12, 12])
     std = on.predict_frame(d, return_std=True, calibrated=False)["energy_std_epistemic"]
     assert std > 0.5 * on.delta_

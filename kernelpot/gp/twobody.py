@@ -5,29 +5,31 @@ uniformly placed sparse points; Bartók et al., Phys. Rev. X 8, 041048 (2018),
 the GAP-18 silicon model; Deringer & Csányi, Phys. Rev. B 95, 094203 (2017))::
 
     E_2b = sum over pairs i < j with r_ij < r_cut of  phi_t(r_ij),   t = {Z_i, Z_j}
-    phi_t(r) = f_c(r) g_t(r)                          for r >= r_t
-             = phi_t(r_t) + phi_t'(r_t) (r - r_t)     for r <  r_t
-    g_t ~ GP(0, (s delta)^2 exp(-(r - r')^2 / (2 l^2)))
+    phi_t(r) = f_c(r) g_t(r),   g_t ~ GP(0, (s delta)^2 exp(-(r - r')^2 / (2 l^2)))
 
 ``f_c`` is the cosine cutoff of SOAP (1 below ``r_cut - cutoff_width``, 0 at
 ``r_cut``), ``l`` the ``length_scale`` (Å) and ``s`` the ``scale`` of the term
 relative to SOAP's ``delta``, learned from the evidence with the other
-hyperparameters (:func:`kernelpot.gp.hyperparameters.search`).  ``r_t`` is the
-shortest distance of that species pair in the training data.  Below it the
-pair energy continues along its tangent at ``r_t`` (value and slope, so the
-force is continuous): a GP reverts to its prior mean away from its data, and
-a pair energy that returned to zero inside the shortest distance seen would
-open an attractive hole exactly where atoms must repel, while a flat
-continuation (tried: the distance clamped at ``r_t``) drops the repulsion of
-a compressed bond (acetylacetone fitted at 300 K, tested at 600 K: force RMSE
-72 meV/Å against 51 with the tangent).  The data's shortest distances sit on
-the repulsive wall, so the tangent keeps rising as atoms approach; its
-variance grows as ``(r - r_t)^2`` times that of the slope.  The short range
-proper belongs to the repulsion baseline when one is given.  The sparse
+hyperparameters (:func:`kernelpot.gp.hyperparameters.search`).  The sparse
 (inducing) points are the values of ``g_t`` on a uniform grid with spacing
-``l / 2`` from ``l`` below the shortest ``r_t`` to ``r_cut``, one block of
-columns per species pair (the points below ``r_t`` are never evaluated, but
-their kernels' tails let ``g`` bend steeply at the edge of the data).  On that grid the Nyström
+``l / 2`` from ``l`` below the shortest distance in the training data
+(``r_min``; at least half of it) to ``r_cut``, one block of columns per
+species pair.  The points below the data let ``g`` bend steeply at their
+edge (the first-neighbour repulsion: with the grid starting at the edge,
+mlearn Si's evidence dropped the term).
+
+Below the data the pair energy is the GP's own extrapolation: it follows the
+trend at the edge for about ``l`` and returns to zero below the grid.  Three
+continuations were measured on acetylacetone fitted at 300 K and tested at
+600 K, where bonds compress beyond anything in the training set: this one
+(force RMSE 51 meV/Å; SOAP alone 76), the tangent at the shortest training
+distance (89) and a flat continuation (distance clamped there: 72); on
+mlearn Si all three fit alike.  The return to zero is an attractive hole
+*far* below the data; with a repulsion baseline (:mod:`kernelpot.baselines`,
+e.g. ``ZBL``) a compressed dimer stays monotonically repulsive
+(tests/test_gp_baselines.py), and for high-temperature MD or compression
+such a baseline is what we recommend, as for GAP.  There the SOAP term's
+variance is that of an environment never seen.  On the grid the Nyström
 approximation of a one-dimensional SE kernel is exact to ~1e-4, so the term is
 used as the finite (degenerate) model it spans: its prior variance is that of
 its columns and it adds nothing to the Nyström residual of
@@ -70,8 +72,9 @@ class TwoBody:
         pair term can follow a first-neighbour shell.  0.25 Å fitted mlearn Si
         as well but let the pair energy swing between the bond lengths of a
         molecule, where a 300 K data set has no distances (acetylacetone at
-        600 K: force RMSE 800 meV/Å); how much the term is used is learned
-        (its scale relative to SOAP's ``delta``).
+        600 K, with the distance clamped below the data: force RMSE 800
+        meV/Å); how much the term is used is learned (its scale relative to
+        SOAP's ``delta``).
     cutoff_width : float
         Width of the cosine transition of the cutoff, Å.
     """
@@ -126,9 +129,9 @@ class PairTerm:
     grid : (G,) array
         Sparse distances, Å.
     r_min : (T,) array
-        Shortest distance of each species pair in the training data, below
-        which the pair energy continues along its tangent (``r_cut`` for a
-        pair never seen within the cutoff, whose pair energy is then zero).
+        Shortest distance of each species pair in the training data (``r_cut``
+        for a pair never seen within the cutoff); the grid starts ``l`` below
+        the smallest.
     r_cut, length_scale, cutoff_width : float
         Å.
     scale : float
@@ -208,21 +211,16 @@ class PairTerm:
         return PairGeometry(c[keep], j[keep], v, np.sqrt(np.einsum("pc,pc->p", v, v)), kind[keep], len(atoms))
 
     # ------------------------------------------------------------------ rows
-    def _basis(self, r: np.ndarray, kind: np.ndarray):
-        """``h_m(r) = f_c(r) k(r, g_m)`` and ``dh_m/dr``, each (p, G); below ``r_t`` their tangent at ``r_t``."""
+    def _basis(self, r: np.ndarray):
+        """``h_m(r) = f_c(r) k(r, g_m)`` and ``dh_m/dr``, each (p, G)."""
         rc, w, ell = self.r_cut, self.cutoff_width, self.length_scale
-        r0 = self.r_min[kind]
-        re = np.maximum(r, r0)  # where the basis is evaluated
-        x = np.clip((re - (rc - w)) / w, 0.0, 1.0)
+        x = np.clip((r - (rc - w)) / w, 0.0, 1.0)
         fc = 0.5 * (1.0 + np.cos(np.pi * x))
         dfc = np.where((x > 0) & (x < 1), -0.5 * np.pi / w * np.sin(np.pi * x), 0.0)
-        diff = re[:, None] - self.grid[None, :]
+        diff = r[:, None] - self.grid[None, :]
         k = np.exp(-0.5 * (diff / ell) ** 2)
         h = fc[:, None] * k
         dh = dfc[:, None] * k - h * diff / ell ** 2
-        below = r < r0
-        if below.any():  # tangent continuation: value + slope * (r - r_t), slope constant
-            h[below] += dh[below] * (r - r0)[below, None]
         return h, dh
 
     def design(self, geom: PairGeometry, volume: float | None, forces: bool = True, stress: bool = False) -> dict:
@@ -237,7 +235,7 @@ class PairTerm:
         """
         n, T, G = geom.n_atoms, len(self.pairs), len(self.grid)
         p = len(geom.r)
-        h, dh = self._basis(geom.r, geom.kind)
+        h, dh = self._basis(geom.r)
         half = 0.5 * self.scale
         # row of (atom, species pair) for each ordered pair
         key_c = geom.center * T + geom.kind
