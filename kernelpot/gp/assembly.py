@@ -26,7 +26,7 @@ from kernelpot.gp.likelihood import GroupStats, whiten
 from kernelpot.gp.offsets import offset_column
 from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_stress_var
 
-__all__ = ["KINDS", "RowCache", "describe", "training_rows", "offset_columns", "n_columns", "add_frame", "accumulate", "group_names", "group_of", "chunks",
+__all__ = ["KINDS", "RowCache", "describe", "nystrom_residual", "whitened_rows", "training_rows", "offset_columns", "n_columns", "add_frame", "accumulate", "group_names", "group_of", "chunks",
            "labels_in_groups", "compute_features", "worker_view", "memory_estimate", "progress", "note", "phase",
            "interactive", "kernels_compiled", "announce_compilation"]
 
@@ -193,16 +193,14 @@ def describe(model, atoms, gradients: bool = False, strain: bool = False):
     return feat
 
 
-def pair_prior(model, rows: np.ndarray) -> np.ndarray:
-    """Reduced prior variance of the two-body columns of ``rows`` (n, M + P): their whitened norm
-    (the term is exact, :mod:`kernelpot.gp.twobody`); zeros without the term."""
-    pair = getattr(model, "pair_", None)
-    if pair is None:
-        return np.zeros(rows.shape[0])
-    import scipy.linalg as sla
-    M, K = model.sparse_.size, model.sparse_.size + pair.size
-    return np.sum(sla.solve_triangular(model._Lmm[M:K, M:K], rows[:, M:K].T, lower=True, check_finite=False) ** 2,
-                  axis=0)
+def nystrom_residual(model, A: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Reduced Nystrom residual ``p - |L^-1 k|^2`` of whitened rows ``A`` (n, W) with SOAP prior variance ``prior``.
+
+    Only SOAP's ``M`` columns leave a residual: the two-body term and the
+    offset parameters are represented exactly, so they appear in neither
+    term (and rescaling their columns leaves the residual unchanged).
+    """
+    return np.maximum(prior - np.sum(A[:, :model.sparse_.size] ** 2, axis=1), 0.0)
 
 
 def training_rows(model, atoms, lab, priors=False):
@@ -221,7 +219,9 @@ def training_rows(model, atoms, lab, priors=False):
         masked atoms (``force_mask``, ASE ``FixAtoms``) are left out, so the
         force rows are those of :func:`force_atoms`.
     priors : dict, only with ``priors`` (True, or a tuple of kinds)
-        Reduced prior variance of those observations.
+        Reduced prior variance of those observations under SOAP's kernel
+        (the exact two-body and offset columns carry no Nystrom residual; see
+        :func:`nystrom_residual`).
     """
     want_f = model.fit_forces and "forces" in lab
     want_s = model.fit_stress and "stress" in lab
@@ -255,14 +255,11 @@ def training_rows(model, atoms, lab, priors=False):
     kinds = KINDS if priors is True else priors
     pv = {}
     if "energy" in rows and "energy" in kinds:
-        # the offset columns are represented exactly: their prior adds to the energy's
-        col = offset_column(atoms.numbers, getattr(model, "offset_species_", ()), getattr(model, "offset_kappa_", 0.0))
-        pv["energy"] = np.array([prior_energy_var(feat, model.zeta) + float(col @ col)]) + pair_prior(model, rows["energy"])
+        pv["energy"] = np.array([prior_energy_var(feat, model.zeta)])
     if want_f and "forces" in kinds:
-        pv["forces"] = (prior_force_var(feat, model.zeta).ravel()[force_rows(atoms, given)]
-                        + pair_prior(model, rows["forces"]))
+        pv["forces"] = prior_force_var(feat, model.zeta).ravel()[force_rows(atoms, given)]
     if want_s and "stress" in kinds:
-        pv["stress"] = prior_stress_var(feat, model.zeta, vol) + pair_prior(model, rows["stress"])
+        pv["stress"] = prior_stress_var(feat, model.zeta, vol)
     return rows, ys, scales, pv
 
 
@@ -303,18 +300,24 @@ def add_frame(model, stats: GroupStats, atoms, lab, sign: float = 1.0, cache=Non
         _add_frame(model, stats, atoms, lab, sign, cache, index)
 
 
-def _add_frame(model, stats, atoms, lab, sign, cache, index):
-    gidx = {g: k for k, g in enumerate(stats.names)}
-    rows, ys, scales, priors = training_rows(model, atoms, lab, priors=True if cache is not None else ("energy",))
-    entry = {}
+def whitened_rows(model, atoms, lab, priors=True) -> dict:
+    """``{kind: (A, y, scale, nystrom)}`` of one frame: whitened rows with the offset columns
+    (:func:`offset_columns`), targets and noise scales (:func:`training_rows`) and, for the
+    kinds in ``priors`` (True: all), the reduced Nystrom residual of each row (else None)."""
+    rows, ys, scales, pv = training_rows(model, atoms, lab, priors=priors)
+    out = {}
     for kind in rows:
         A = offset_columns(model, atoms, kind, whiten(model._Lmm, rows[kind]))
-        stats.add(gidx[group_of(model, kind, atoms)], A, ys[kind], scales[kind], sign,
-                  prior=priors.get(kind) if kind == "energy" else None)
-        if cache is not None:
-            # Nystrom residual (reduced): what the exact columns (two-body, offsets) add to the prior
-            # they also add to |A|^2, so it does not change when those columns are rescaled
-            entry[kind] = (A, ys[kind], scales[kind], np.maximum(priors[kind] - np.sum(A ** 2, axis=1), 0.0))
+        out[kind] = (A, ys[kind], scales[kind], nystrom_residual(model, A, pv[kind]) if kind in pv else None)
+    return out
+
+
+def _add_frame(model, stats, atoms, lab, sign, cache, index):
+    gidx = {g: k for k, g in enumerate(stats.names)}
+    entry = whitened_rows(model, atoms, lab, priors=True if cache is not None else ("energy",))
+    for kind, (A, y, scale, nys) in entry.items():
+        # energies keep their rows for the leave-one-out choice of the energy noise
+        stats.add(gidx[group_of(model, kind, atoms)], A, y, scale, sign, nystrom=nys if kind == "energy" else None)
     if cache is not None:
         cache.put(index, entry)
 

@@ -61,11 +61,11 @@ class GroupStats:
     n: np.ndarray  # (G,)
     logdet_scale: float = 0.0
     # rows kept for leave-one-out selection of the noise of small groups (energies):
-    # whitened scaled rows, scaled labels, group index, scaled reduced prior variance
+    # whitened scaled rows, scaled labels, group index, scaled reduced Nystrom residual
     loo_rows: list = field(default_factory=list)
     loo_y: list = field(default_factory=list)
     loo_g: list = field(default_factory=list)
-    loo_prior: list = field(default_factory=list)
+    loo_nystrom: list = field(default_factory=list)
 
     @classmethod
     def empty(cls, names, M):
@@ -73,12 +73,14 @@ class GroupStats:
         return cls(list(names), np.zeros((G, M, M)), np.zeros((G, M)), np.zeros(G), np.zeros(G, dtype=np.int64))
 
     def add(self, g: int, A: np.ndarray, y: np.ndarray, scale: np.ndarray | None = None, sign: float = 1.0,
-            prior: np.ndarray | None = None) -> None:
+            nystrom: np.ndarray | None = None) -> None:
         """Add (``sign=-1``: remove) observations ``y`` with whitened rows ``A`` to group ``g``.
 
         ``scale`` (same length as ``y``) multiplies that group's noise for each row.
-        With ``prior`` (reduced prior variance per row), the rows are also kept
-        for leave-one-out noise selection (:func:`loo_neg_log_predictive`).
+        With ``nystrom`` (the reduced Nystrom residual of each row, ``p - |L^-1 k|^2``
+        over SOAP's columns: :func:`kernelpot.gp.assembly.nystrom_residual`), the
+        rows are also kept for leave-one-out noise selection
+        (:func:`loo_neg_log_predictive`).
         """
         if len(y) == 0:
             return
@@ -86,13 +88,13 @@ class GroupStats:
             A = A / scale[:, None]
             y = y / scale
             self.logdet_scale += sign * 2.0 * float(np.sum(np.log(scale)))
-            if prior is not None:
-                prior = prior / scale ** 2
-        if prior is not None and sign > 0:
+            if nystrom is not None:
+                nystrom = nystrom / scale ** 2
+        if nystrom is not None and sign > 0:
             self.loo_rows.append(A)
             self.loo_y.append(y)
             self.loo_g.append(np.full(len(y), g))
-            self.loo_prior.append(prior)
+            self.loo_nystrom.append(nystrom)
         self.D[g] += sign * (A.T @ A)
         self.e[g] += sign * (A.T @ y)
         self.c[g] += sign * float(y @ y)
@@ -102,21 +104,19 @@ class GroupStats:
     def scale_columns(self, mask: np.ndarray, r: float) -> None:
         """Multiply the whitened columns ``mask`` of every row by ``r`` (a kernel term's prior std times ``r``).
 
-        Statistics, kept rows and their prior variances change as if the
-        rows had been accumulated with the term scaled: the prior of a kept
-        row includes its whitened norm on exact columns (the two-body term),
-        so that part is multiplied by ``r^2``.
+        Statistics and kept rows change as if the rows had been accumulated
+        with the term scaled.  The kept Nystrom residuals do not change: the
+        rescaled columns (two-body term, offsets) are exact, and the residual
+        is SOAP's alone.
         """
         mask = np.asarray(mask, bool)
         self.D[:, mask, :] *= r
         self.D[:, :, mask] *= r
         self.e[:, mask] *= r
         for k, A in enumerate(self.loo_rows):
-            part = np.sum(A[:, mask] ** 2, axis=1)
             A = A.copy()
             A[:, mask] *= r
             self.loo_rows[k] = A
-            self.loo_prior[k] = self.loo_prior[k] + (r * r - 1.0) * part
 
     def scaled(self, mask: np.ndarray, r: float) -> "GroupStats":
         """A copy with the statistics (not the kept rows) of columns ``mask`` scaled by ``r``."""
@@ -134,7 +134,7 @@ class GroupStats:
         self.loo_rows += other.loo_rows
         self.loo_y += other.loo_y
         self.loo_g += other.loo_g
-        self.loo_prior += other.loo_prior
+        self.loo_nystrom += other.loo_nystrom
 
 
 def whiten(Lmm: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -239,16 +239,16 @@ def loo_neg_log_predictive(theta: np.ndarray, ws: GroupStats, groups) -> float:
     A = np.vstack(ws.loo_rows)
     y = np.concatenate(ws.loo_y)
     g = np.concatenate(ws.loo_g)
-    p = np.concatenate(ws.loo_prior)
+    nys = np.concatenate(ws.loo_nystrom)
     keep = np.isin(g, list(groups))
-    A, y, g, p = A[keep], y[keep], g[keep], p[keep]
+    A, y, g, nys = A[keep], y[keep], g[keep], nys[keep]
     Lc, a, u, s = posterior_factor(theta, ws)
     import scipy.linalg as sla
     V = sla.solve_triangular(Lc, A.T, lower=True, check_finite=False)
     h = u * s[g] * np.sum(V ** 2, axis=0)
     r = y - u * (A @ a)
     one_m_h = np.maximum(1.0 - h, 1e-12)
-    var = 1.0 / (s[g] * one_m_h) + u * np.maximum(p - np.sum(A ** 2, axis=1), 0.0)
+    var = 1.0 / (s[g] * one_m_h) + u * nys
     r_loo = r / one_m_h
     return float(0.5 * np.sum(np.log(2 * np.pi * var) + r_loo ** 2 / var))
 

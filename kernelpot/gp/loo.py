@@ -32,9 +32,8 @@ import scipy.linalg as sla
 
 from kernelpot import _threads
 from kernelpot.io.labels import frame_labels
-from kernelpot.gp.assembly import chunks, offset_columns, progress, training_rows, worker_view
+from kernelpot.gp.assembly import chunks, progress, whitened_rows, worker_view
 from kernelpot.gp.group_loo import GroupAccumulator
-from kernelpot.gp.likelihood import whiten
 
 __all__ = ["TrainingDiagnostics", "leave_one_out"]
 
@@ -162,14 +161,8 @@ def _frame_loo(model, a, fi: int, acc=None, cache=None) -> dict:
     """
     post = model.posterior_
     u = post.delta ** 2
-    if cache is not None and fi in cache:  # rows kept from the fit's assembly pass
-        entry = cache.get(fi)
-    else:
-        rows, ys, scales, priors = training_rows(model, a, frame_labels(a, fi), priors=True)
-        entry = {}
-        for k in rows:
-            Ak = offset_columns(model, a, k, whiten(post.Lmm, rows[k]))
-            entry[k] = (Ak, ys[k], scales[k], np.maximum(priors[k] - np.sum(Ak ** 2, axis=1), 0.0))
+    # rows kept from the fit's assembly pass, else computed again
+    entry = cache.get(fi) if cache is not None and fi in cache else whitened_rows(model, a, frame_labels(a, fi))
     n = len(a)
     A, y, sig, kind, atom, comp, unit, nys = [], [], [], [], [], [], [], []
     for k, (Ak, yk, scale_k, ny_k) in entry.items():
