@@ -37,7 +37,6 @@ import scipy.linalg as sla
 from kernelpot import _threads
 from kernelpot.gp.design import SparseSet, design_rows, frame_mean
 from kernelpot.gp.likelihood import GroupStats, posterior_factor
-from kernelpot.gp.kernels import dot_kernel
 from kernelpot.gp.offsets import offset_column
 from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_local_var, prior_stress_var
 
@@ -183,10 +182,9 @@ class Posterior:
         E = d["energy"][None, :]
         out = {"energy": self.latent_variance(E, np.atleast_1d(prior_energy_var(feat, self.zeta)),
                                               self._offset_columns(feat.numbers)[:, None], parts=True)}
-        # local energies: kernel rows of each atom, and its own offset column
-        K = dot_kernel(feat.features, self.sparse.X, self.zeta) * (feat.numbers[:, None] == self.sparse.numbers[None, :])
-        if self.pair is not None:
-            K = np.hstack([K, d["local"][:, self.sparse.size:]])
+        # local energies: each atom's kernel rows (SOAP's and its half of the pair terms, from the
+        # design above), and its own offset column
+        K = d["local"]
         onehot = self.kappa * (self.offset_species[:, None] == np.asarray(feat.numbers)[None, :]).astype(float)
         out["energies"] = self.latent_variance(K, prior_local_var(feat, self.zeta), onehot, parts=True)
         if forces:

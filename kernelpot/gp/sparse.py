@@ -609,10 +609,12 @@ class SparseGP(BaseEstimator):
         f = 1.0
         if reference is not None:
             check_structure(reference, species=self.species_)
-            target = self.predict_frame(reference, forces=False, stress=False)["energy_std_epistemic"] ** 2
             feat = assembly.describe(self, reference)
-            # the part weight samples carry: the latent variance without its Nystrom residual
             v, nystrom = self.posterior_.latent_variances(feat, None, forces=False)["energy"]
+            # the calculator's calibrated energy_std_epistemic (predict_frame), from the same latent variance
+            cal = getattr(self, "std_weights_", {}).get("energy", (1.0, 1.0))
+            target = float(predictive_std(v, 0.0, cal, "energy", nystrom)[0][0]) ** 2
+            # the part weight samples carry: the latent variance without its Nystrom residual
             raw = float(v[0] - nystrom[0])
             f = float(np.sqrt(target / raw)) if raw > 0 else 1.0
         alpha = self.posterior_.alpha
@@ -762,7 +764,8 @@ def _warn_unseparable(A, species):
     names = sorted({sym for d in null for sym in d})
     warnings.warn(f"the training energies cannot separate the energy offsets of {', '.join(names)}: "
                   f"every structure has them in fixed proportions (undetermined combinations: {dirs}). "
-                  f"Energies of other compositions get the prior uncertainty of these offsets (delta per atom); "
+                  f"Energies of other compositions get the prior uncertainty of these offsets (that of one local "
+                  f"energy, per atom); "
                   f"add structures of other compositions (e.g. the pure elements) to pin them down.",
                   RuntimeWarning, stacklevel=3)
 
