@@ -24,10 +24,8 @@ from kernelpot.io import KBAR, mlearn_stress_to_ase, read, write
 from kernelpot.io.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
-from conftest import SHARED  # $KERNELPOT_DATA, default ../shared/data
+from conftest import SHARED, needs_shared  # $KERNELPOT_DATA, default ../shared/data
 DATA = REPO / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(),
-                                  reason=f"real DFT data {SHARED} not found; set KERNELPOT_DATA to the data folder")
 
 
 def _emt_frame(seed: int, periodic: bool = True) -> Atoms:
@@ -219,7 +217,7 @@ def test_mlearn_stress_conversion_on_a_synthetic_item(tmp_path):
 # --------------------------------------------------------------------------- mlearn (real data)
 
 
-@needs_shared
+@needs_shared()
 @pytest.mark.parametrize("element,split,n_structures,n_atoms", [
     ("Si", "training", 214, 13233), ("Si", "test", 25, 1525),
     ("Li", "training", 241, 11576), ("Li", "test", 29, 1320),
@@ -300,7 +298,7 @@ def _check_energy_slopes(series, modes, rtol, min_de):
     return n_checked
 
 
-@needs_shared
+@needs_shared()
 def test_mlearn_si_stress_matches_energy_slope():
     """dE = V sigma : d eps between neighbouring strained Si cells (uniaxial x, y, z and shear
     xy, xz, yz modes, strains -10 % ... +10 %). A sign flip, kBar/GPa mix-up or an xy/yz/xz
@@ -310,7 +308,7 @@ def test_mlearn_si_stress_matches_energy_slope():
     assert _check_energy_slopes(series, series, rtol=0.03, min_de=0.05) == 60
 
 
-@needs_shared
+@needs_shared()
 def test_mlearn_li_stress_matches_energy_slope():
     """Li, uniaxial modes (strains -1 % ... +1 %, dE ~ 1e-4 eV, observed agreement 2-14 %).
 
@@ -324,7 +322,7 @@ def test_mlearn_li_stress_matches_energy_slope():
     assert _check_energy_slopes(series, uniaxial, rtol=0.2, min_de=2e-5) == 12
 
 
-@needs_shared
+@needs_shared()
 @pytest.mark.parametrize("element,n_shear", [("Si", 30), ("Li", 12)])
 def test_mlearn_shear_stress_lands_in_the_sheared_voigt_slot(element, n_shear):
     """The cell of a shear mode has one off-diagonal entry; the largest shear stress must sit in
@@ -345,7 +343,7 @@ def test_mlearn_shear_stress_lands_in_the_sheared_voigt_slot(element, n_shear):
     assert n_checked == n_shear
 
 
-@needs_shared
+@needs_shared()
 @pytest.mark.parametrize("element,b_low,b_high", [("Si", 80.0, 100.0), ("Li", 11.0, 18.0)])
 def test_mlearn_bulk_modulus_from_stress(element, b_low, b_high):
     """Under uniaxial strain, d(tr sigma / 3) / d ln V = (C11 + 2 C12) / 3 = B. PBE gives
@@ -361,7 +359,7 @@ def test_mlearn_bulk_modulus_from_stress(element, b_low, b_high):
     assert b_low < bulk_modulus < b_high
 
 
-@needs_shared
+@needs_shared()
 def test_mlearn_si_stress_trace_sign_follows_volume():
     """Compressed Si cells (V < V0) have negative trace (ASE sign), expanded ones positive."""
     frames = [a for split in ("training", "test")
@@ -376,7 +374,7 @@ def test_mlearn_si_stress_trace_sign_follows_volume():
         assert np.sign(trace) == np.sign(dv)
 
 
-@needs_shared
+@needs_shared()
 @pytest.mark.parametrize("attr,value", [
     pytest.param("KBAR", -KBAR, id="vasp-sign-kept"),
     pytest.param("KBAR", 10 * KBAR, id="kbar-read-as-gpa"),
@@ -394,7 +392,7 @@ def test_energy_slope_check_catches_wrong_conventions(monkeypatch, attr, value):
 # --------------------------------------------------------------------------- acac (real data)
 
 
-@needs_shared
+@needs_shared()
 def test_acac_reading_and_units():
     acac = SHARED / "acac"
     train = read(acac / "train_300K.xyz")
