@@ -281,10 +281,20 @@ def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None):
     return epi, epi + wa * np.square(noise)
 
 
-def predictive_std(var_epistemic, noise, weights=(1.0, 1.0), kind="energy", nystrom=None):
+def predictive_std(var_epistemic, noise, weights=(1.0, 1.0), kind="energy", nystrom=None, n_atoms=1):
     """Epistemic and total std of observations of ``kind`` from their latent variance and noise std.
 
-    ``weights`` and ``nystrom`` as in :func:`variance`.
+    ``weights`` and ``nystrom`` as in :func:`variance`.  ``n_atoms``: the
+    number of atoms of the structure when ``var_epistemic`` is the variance
+    of its total energy (eV^2).  The calibration's thresholds ``v_ref`` and
+    ``a_max`` are amplitudes of per-atom energies ((eV/atom)^2, the unit the
+    training energies are calibrated in), so the amplitude compared with them
+    is ``var / n_atoms^2``; the variances themselves stay total.  With this,
+    the calibrated energy std per atom of a crystal is the same for any
+    supercell of it.
     """
-    epi, total = variance(weights, noise, var_epistemic, invariant_amplitude(kind, var_epistemic), nystrom)
+    amp = invariant_amplitude(kind, var_epistemic)
+    if kind == "energy":
+        amp = amp / float(n_atoms) ** 2
+    epi, total = variance(weights, noise, var_epistemic, amp, nystrom)
     return np.sqrt(epi), np.sqrt(total)

@@ -513,7 +513,7 @@ class SparseGP(BaseEstimator):
         v_local, ny_local = var.pop("energies")
         out["energies_std"] = predictive_std(v_local, 0.0, cal.get("energy", (1.0, 1.0)), "energy", ny_local)[0]
         for kind, (v, ny) in var.items():
-            se, st = predictive_std(v, noise[kind], cal.get(kind, (1.0, 1.0)), kind, ny)
+            se, st = predictive_std(v, noise[kind], cal.get(kind, (1.0, 1.0)), kind, ny, n_atoms=n)
             out[f"{kind}_std_epistemic"], out[f"{kind}_std"] = se, st
         out["energy_std_epistemic"], out["energy_std"] = float(out["energy_std_epistemic"][0]), float(out["energy_std"][0])
         if not stress:
@@ -613,7 +613,7 @@ class SparseGP(BaseEstimator):
             v, nystrom = self.posterior_.latent_variances(feat, None, forces=False)["energy"]
             # the calculator's calibrated energy_std_epistemic (predict_frame), from the same latent variance
             cal = getattr(self, "std_weights_", {}).get("energy", (1.0, 1.0))
-            target = float(predictive_std(v, 0.0, cal, "energy", nystrom)[0][0]) ** 2
+            target = float(predictive_std(v, 0.0, cal, "energy", nystrom, n_atoms=len(reference))[0][0]) ** 2
             # the part weight samples carry: the latent variance without its Nystrom residual
             raw = float(v[0] - nystrom[0])
             f = float(np.sqrt(target / raw)) if raw > 0 else 1.0
