@@ -403,11 +403,20 @@ def test_calibration_loo_from_the_fits_rows_equals_recomputed(budget, small_soap
     as computing every frame's descriptors and rows again, including the columns rescaled after assembly."""
     from kernelpot.gp import assembly
     monkeypatch.setattr(assembly.RowCache.__init__, "__defaults__", (budget,))
-    frames = emt_frames(6, symbols=("Cu", "Au"), size=(1, 1, 2), seed=3, noise={"energy": 0.002, "forces": 0.03})
+    frames = emt_frames(10, symbols=("Cu", "Au"), size=(1, 1, 2), seed=3, noise={"energy": 0.002, "forces": 0.03})
     model = SparseGP(descriptor=small_soap, n_sparse=30, verbose=False).fit(frames)
     assert model._row_cache is None  # dropped (and its folder removed) at the end of fit
-    cached, again = model.training_diagnostics_, uq.leave_one_out(model)
+    from kernelpot.gp.group_loo import calibration_groups
+    groups, _ = calibration_groups(model, frames, random_state=model.random_state)
+    assert len(set(groups)) >= 2
+    # recomputed: rows again, and every group's sums held at once during the pass
+    cached, again = model.training_diagnostics_, uq.leave_one_out(model, groups=groups)
     # to round-off: rescaling whitened columns and whitening rescaled rows round differently (~1e-9 of the scale)
     for k in ("loo_residual", "loo_std_predictive", "leverage", "z_predictive", "frame_chi2"):
         v = getattr(again, k)
         np.testing.assert_allclose(getattr(cached, k), v, rtol=1e-6, atol=1e-8 * np.abs(v).max())
+    # leave-one-group-out: in the fit, each group's sums were built from the kept rows one group at a time
+    assert len(cached.group_loo["residual"]) == len(again.group_loo["residual"]) > 0
+    for k in ("residual", "epistemic", "nystrom", "sigma"):
+        v = again.group_loo[k]
+        np.testing.assert_allclose(cached.group_loo[k], v, rtol=1e-6, atol=1e-8 * np.abs(v).max())

@@ -120,7 +120,13 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
     cache = getattr(model, "_row_cache", None) if frames is None else None
     frames = model._train_frames if frames is None else list(frames)
     client = getattr(model, "client", None)
-    acc = None if groups is None else GroupAccumulator(groups, len(model.posterior_.a))
+    rows_of = None
+    if cache is not None and all(fi in cache for fi in range(len(frames))):
+        # each group's sums from the kept rows, one group at a time (see GroupAccumulator)
+        def rows_of(fi):
+            return np.vstack([e[0] for e in cache.get(fi).values()])
+    acc = None if groups is None else GroupAccumulator(groups, len(model.posterior_.a),
+                                                       rows_of=rows_of if client is None else None)
     if client is None:
         # per-frame solves against the M x M factors: one BLAS thread below a few thousand columns
         with _threads.limit(blas_threads=_threads.threads_for_matrix(len(model.posterior_.a))):
