@@ -98,12 +98,13 @@ def _synthetic_diag(w_a, w_p, w_n=None, gamma=1.0, n=4000, seed=0):
 
 @pytest.mark.parametrize("w_a, w_p, w_n", [(0.05, 0.3, 0.3), (2.0, 3.0, 3.0), (1.0, 4.0, 0.5), (3.0, 0.5, 0.2)])
 def test_recalibration_weights_recover_known_parameters(w_a, w_p, w_n):
-    wa, wp, wn, g, vref, amax = uq.recalibration_weights(_synthetic_diag(w_a, w_p, w_n),
-                                                         floors={"forces": 1e-4})["forces"]
+    wa, wp, wn, g, vref, amax, vfade = uq.recalibration_weights(_synthetic_diag(w_a, w_p, w_n),
+                                                                floors={"forces": 1e-4})["forces"]
     assert wa == pytest.approx(w_a, rel=0.2)
     assert wp == pytest.approx(w_p, rel=0.2)
     assert wn == pytest.approx(w_n, rel=0.2)
     assert g == 1.0                     # no group leave-one-out: no evidence of faster growth
+    assert vfade == vref                # nor of where the held-out data stop vouching for a weight
 
 
 @pytest.mark.parametrize("gamma", [1.0, 1.5, 2.2])
@@ -124,6 +125,30 @@ def test_growth_exponent_recovered_from_group_residuals(gamma):
     w2 = uq.recalibration_weights(d, floors={"forces": 1e-4})["forces"]
     assert w2[:3] == pytest.approx(w[:3], rel=1e-9)          # stage 1 is untouched by the groups
     assert w2[3] == pytest.approx(gamma, abs=0.05)
+    assert w2[4] <= w2[6] <= w2[5]
+
+
+def test_fade_onset_recovered_from_group_residuals():
+    # a Nystrom weight far below one (the raw residual far too wide, as on molecules): where the
+    # held-out groups stop vouching for it decides sigma, and the group likelihood finds it
+    from kernelpot.gp.calibration import FADE_GRID
+    d = _synthetic_diag(1.0, 2.0, 0.001)
+    w = uq.recalibration_weights(d, floors={"forces": 1e-4})["forces"]
+    assert w[2] < 0.05
+    rng = np.random.default_rng(3)
+    n = 4000
+    epi = w[4] * np.exp(rng.uniform(np.log(0.2), np.log(100.0), n))
+    amax = max(w[5], epi.max())
+    onset = w[4] * (amax / w[4]) ** (6 / (FADE_GRID - 1))          # a point of the grid
+    _, total = uq.variance((w[0], w[1], w[2], 1.0, w[4], amax, onset), 0.1, epi, epi, 0.9 * epi)
+    d.group_loo = {"kind": np.array(["forces"] * n), "frame": np.arange(n), "group": np.zeros(n, int),
+                   "atom": np.zeros(n, int), "component": np.zeros(n, int),
+                   "residual": rng.normal(size=n) * np.sqrt(total), "sigma": np.full(n, 0.1),
+                   "epistemic": epi, "nystrom": 0.9 * epi}
+    w2 = uq.recalibration_weights(d, floors={"forces": 1e-4})["forces"]
+    step = (amax / w[4]) ** (1 / (FADE_GRID - 1))
+    assert w2[6] == pytest.approx(onset, rel=step - 1 + 1e-9)        # within one grid step
+    assert w2[3] == pytest.approx(1.0, abs=0.1)
 
 
 def test_total_sigma_never_below_the_floor():
@@ -188,7 +213,7 @@ def test_calibrated_energy_sigma_per_atom_is_the_same_for_a_supercell(fitted):
 def test_recalibration_weights_edge_cases():
     # too few informative observations: one scale, mean z^2, for every part
     d = _synthetic_diag(0.05, 0.3, n=10)
-    wa, wp, wn, gamma, _, _ = uq.recalibration_weights(d)["forces"]
+    wa, wp, wn, gamma, _, _, _ = uq.recalibration_weights(d)["forces"]
     ok = d.loo_std_predictive > d.sigma * (1 + 1e-12)
     s2 = np.mean(d.z_predictive[ok] ** 2)
     assert wp == pytest.approx(s2) and wn == pytest.approx(s2) and wa == pytest.approx(s2) and gamma == 1.0
@@ -228,7 +253,7 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     groups, _ = calibration_groups(model, model._train_frames)
     d = uq.leave_one_out(model, groups=groups)
     assert d.group_loo is not None and len(d.group_loo["residual"]) > 0
-    wa, wp, wn, gamma, vref, amax = weights["forces"]
+    wa, wp, wn, gamma, vref, amax, vfade = weights["forces"]
     # stage 1, the weights: structure LOO with linear growth, their ratios from the likelihood
     # (perturbing one weight at a time and rescaling all three to the likelihood's own scale
     # never does better) and their common scale from the coverage at 1 and 2 sigma
@@ -256,7 +281,8 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     best = _calibration_nll(d, "forces", weights["forces"], group=True)
     for dg in (0.1, -0.1):
         if 1.0 <= gamma + dg <= 3.0:
-            assert best <= _calibration_nll(d, "forces", (wa, wp, wn, gamma + dg, vref, amax), group=True) + 1e-9
+            assert best <= _calibration_nll(d, "forces", (wa, wp, wn, gamma + dg, vref, amax, vfade),
+                                            group=True) + 1e-9
     a = emt_frames(1, symbols=("Cu", "Au"), size=(1, 1, 2), seed=99)[0]
     r0, r1 = model.predict_frame(a), m.predict_frame(a)
     noise2 = r0["forces_std"] ** 2 - r0["forces_std_epistemic"] ** 2
@@ -265,7 +291,9 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     v, ny = model.posterior_.latent_variances(feat, a.cell.volume, True, True)["forces"]
     np.testing.assert_allclose(r0["forces_std_epistemic"] ** 2, v, rtol=1e-10)
     amp = v.mean(axis=1, keepdims=True)                        # rotation-invariant: a third of the trace per atom
-    epi = (wp * (v - ny) + wn * ny) * (np.clip(amp, vref, amax) / vref) ** (gamma - 1)
+    fade = np.clip(1 - vfade / amp, 0, 1)
+    Wp, Wn = wp + max(0, 1 - wp) * fade, wn + max(0, 1 - wn) * fade
+    epi = (Wp * (v - ny) + Wn * ny) * (np.clip(amp, vref, amax) / vref) ** (gamma - 1)
     np.testing.assert_allclose(r1["forces_std_epistemic"] ** 2, epi, rtol=1e-10)
     np.testing.assert_allclose(r1["forces_std"] ** 2, wa * noise2 + epi, rtol=1e-10)
     assert np.all(r1["forces_std"] >= 1e-4 * (1 - 1e-12))   # never below the floor

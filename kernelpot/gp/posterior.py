@@ -228,30 +228,38 @@ def invariant_amplitude(kind: str, var: np.ndarray) -> np.ndarray:
 
 
 def _full_weights(weights) -> tuple:
-    """``(w_a, w_p, w_n, gamma, v_ref, a_max)`` from any stored form (files before 0.2 hold ``(w_a, w_e)``)."""
+    """``(w_a, w_p, w_n, gamma, v_ref, a_max, v_fade)`` from any stored form.
+
+    Files before 0.2 hold ``(w_a, w_e)``; 0.2 files hold six entries, whose
+    weights faded from ``v_ref`` on (``v_fade = v_ref``).
+    """
     w = tuple(float(x) for x in weights)
     if len(w) == 2:
-        return (w[0], w[1], w[1], 1.0, np.inf, np.inf)
-    if len(w) != 6:
-        raise ValueError(f"calibration weights must have 2 or 6 entries, got {w}")
+        return (w[0], w[1], w[1], 1.0, np.inf, np.inf, np.inf)
+    if len(w) == 6:
+        return w + (w[4],)
+    if len(w) != 7:
+        raise ValueError(f"calibration weights must have 2, 6 or 7 entries, got {w}")
     return w
 
 
 def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None):
     """Calibrated epistemic and total variance.
 
-    With weights ``(w_a, w_p, w_n, gamma, v_ref, a_max)`` (the calibration
-    model of :mod:`kernelpot.gp.calibration`; ``(w_a, w_e)`` means
-    ``w_p = w_n = w_e, gamma = 1`` and no fading)::
+    With weights ``(w_a, w_p, w_n, gamma, v_ref, a_max, v_fade)`` (the
+    calibration model of :mod:`kernelpot.gp.calibration`; ``(w_a, w_e)``
+    means ``w_p = w_n = w_e, gamma = 1`` and no fading)::
 
         epistemic = (W_p (v - v_nys) + W_n v_nys) (clip(a, v_ref, a_max) / v_ref)^(gamma - 1)
-        W         = w + max(0, 1 - w) clip(1 - v_ref / a, 0, 1)
+        W         = w + max(0, 1 - w) clip(1 - v_fade / a, 0, 1)
         total     = epistemic + w_a noise^2
 
     A weight below one (the calibration data say the GP variance is too
-    wide there) applies in full up to ``v_ref`` and fades back to one beyond
+    wide there) applies in full up to ``v_fade`` and fades back to one beyond
     it: held-out residuals vouch for the variance only where they were
     measured, and far from the data the GP's own variance stands.
+    ``v_fade`` lies between ``v_ref`` and ``a_max`` and is chosen by the
+    leave-one-group-out likelihood.
 
     ``v`` is the latent variance, ``v_nys`` its Nystrom residual (default 0)
     and ``a`` its rotation-invariant amplitude (:func:`invariant_amplitude`;
@@ -267,12 +275,12 @@ def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None):
     -------
     epistemic, total : arrays shaped like ``var_epistemic``
     """
-    wa, wp, wn, gamma, vref, amax = _full_weights(weights)
+    wa, wp, wn, gamma, vref, amax, vfade = _full_weights(weights)
     v = np.maximum(np.asarray(var_epistemic, float), 0.0)
     ny = np.zeros_like(v) if nystrom is None else np.clip(np.asarray(nystrom, float), 0.0, v)
     amp = v if amplitude is None else np.maximum(np.asarray(amplitude, float), 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        fade = np.clip(np.nan_to_num(1.0 - vref / amp, nan=0.0, neginf=0.0), 0.0, 1.0)
+        fade = np.clip(np.nan_to_num(1.0 - vfade / amp, nan=0.0, neginf=0.0), 0.0, 1.0)
     # a weight that shrinks the variance holds where the calibration data were; it fades back to
     # the GP's own variance (weight 1) where the latent variance exceeds them
     epi = (wp + max(0.0, 1.0 - wp) * fade) * (v - ny) + (wn + max(0.0, 1.0 - wn) * fade) * ny
