@@ -87,15 +87,21 @@ def test_planted_errors_rank_top_and_are_flagged(dirty_table, dirty):
     assert len(set(t.flagged.tolist()) - set(PLANTED)) <= 3
 
 
-def test_refit_round_leaves_exactly_the_planted_errors(dirty_model, dirty_table, capsys):
+def test_refit_round_leaves_exactly_the_planted_errors(dirty_model, capsys):
     capsys.readouterr()
     t = screen(dirty_model, refit_rounds=2)
     # each refit round is announced (verbose model, stderr) with the structures it removes
     rounds = [line for line in capsys.readouterr().err.splitlines() if "refit round" in line]
     assert len(rounds) == t.rounds
-    first = sorted(dirty_table.flagged.tolist())
-    assert rounds[0] == (f"kernelpot: screen: refit round 1 (at most 2): removing {len(first)} flagged "
-                         f"structure(s) {first} and fitting again on the other {40 - len(first)}")
+    # round 1 removes what the first pass flagged: the planted errors, and possibly a few clean
+    # structures (that pass may deflate the energy scale, screening._energy_min_scale), which the
+    # refit then predicts held out
+    m = re.fullmatch(r"kernelpot: screen: refit round 1 \(at most 2\): removing (\d+) flagged "
+                     r"structure\(s\) \[([\d, ]+)\] and fitting again on the other (\d+)", rounds[0])
+    assert m is not None, rounds[0]
+    first = [int(x) for x in m.group(2).split(",")]
+    assert set(PLANTED) <= set(first) and len(first) <= len(PLANTED) + 3
+    assert int(m.group(1)) == len(first) and int(m.group(3)) == 40 - len(first)
     assert t.rounds >= 1
     assert set(t.flagged.tolist()) == set(PLANTED)
     assert set(t["index"][:3].tolist()) == set(PLANTED)
