@@ -448,3 +448,24 @@ def test_calibration_loo_from_the_fits_rows_equals_recomputed(budget, small_soap
     for k in ("residual", "epistemic", "nystrom", "sigma"):
         v = again.group_loo[k]
         np.testing.assert_allclose(cached.group_loo[k], v, rtol=1e-6, atol=1e-8 * np.abs(v).max())
+
+
+def test_calibrated_sigma_far_from_the_data_stays_near_the_gps_own(small_soap):
+    """Beyond the calibration data the weights fade back to one and the growth is capped: an isolated
+    atom and a dimer, far from 20 rattled Cu cells, get the GP's own sigma to within a small factor.
+    Fitting the fade onset and gamma jointly on the two clusters of these cells put gamma at its
+    bound and their energy sigma at 64x the GP's (42 eV/atom)."""
+    from ase import Atoms
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from conftest import label
+    frames = []
+    for i in range(20):
+        rng = np.random.default_rng(i)
+        a = bulk("Cu", "fcc", a=3.6 * (1 + 0.01 * rng.normal()), cubic=True).repeat((2, 2, 2))
+        a.rattle(0.05, seed=i)
+        frames.append(label(a, EMT(), None, rng))
+    model = SparseGP(descriptor=small_soap, n_sparse=50, verbose=False).fit(frames)
+    for far in (Atoms("Cu", positions=[[0, 0, 0]]), Atoms("Cu2", positions=[[0, 0, 0], [2.3, 0, 0]])):
+        cal, raw = model.predict_frame(far), model.predict_frame(far, calibrated=False)
+        assert raw["energy_std"] / 3 < cal["energy_std"] < 3 * raw["energy_std"]

@@ -37,8 +37,8 @@ at once made in-distribution sigma too wide (mlearn Si forces: 77 % within
 * ``v_fade``: a weight below one (the GP variance too wide where the data
   are) holds up to ``v_fade`` and fades back to one beyond it
   (:func:`kernelpot.gp.posterior.variance`).  Where the fade starts, between
-  ``v_ref`` and ``a_max``, is chosen with ``gamma`` by the group held-out
-  likelihood.  A fixed start at ``v_ref`` let the Nystrom residual (weight
+  ``v_ref`` and ``a_max``, is chosen by the group held-out likelihood
+  (with linear growth; ``gamma`` is fitted after it).  A fixed start at ``v_ref`` let the Nystrom residual (weight
   ~1e-6 on acetylacetone, whose raw residual is 70x too wide) come back
   within a factor two of the training amplitudes: acac 300 K test energies
   were 82 % within 1 sigma (area 0.14) and 600 K forces 80 % (area 0.12).
@@ -250,18 +250,18 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         c = coverage_scale(lambda c: r / np.sqrt(variance((*scaled(c * c), 1.0, vref, amax), np.sqrt(noise),
                                                           S[2] + S[3], S[4], S[3])[1]))
         w = scaled(c * c)
-        # stage 2, from the group LOO (under a shift): how much faster sigma grows away from the data
-        # (gamma), and where a weight below one starts to fade back to the GP's own variance (v_fade,
-        # on a log grid from v_ref to a_max; ties keep the earliest, the most cautious)
+        # stage 2, from the group LOO (under a shift): where a weight below one starts to fade back to
+        # the GP's own variance (v_fade, on a log grid from v_ref to a_max, with linear growth; ties
+        # keep the earliest, the most cautious), then how much faster sigma grows away from the data
+        # (gamma).  One after the other: fitted jointly on a few groups they trade off, and a late
+        # fade with gamma at its bound put sigma of an isolated atom at 60x the GP's own
         gamma, vfade = 1.0, vref
         if G is not None:
-            best = np.inf
-            for t in np.linspace(0.0, 1.0, FADE_GRID):
-                vf = vref * (max(amax, vref) / vref) ** t
-                g = so.minimize_scalar(lambda g: nll(w, G, g, vf), bounds=(1.0, 3.0), method="bounded",
-                                       options={"xatol": 1e-4})
-                if g.fun < best - 1e-12 * abs(g.fun):
-                    best, gamma, vfade = g.fun, float(g.x), float(vf)
+            grid = vref * (max(amax, vref) / vref) ** np.linspace(0.0, 1.0, FADE_GRID)
+            f = np.array([nll(w, G, 1.0, vf) for vf in grid])
+            vfade = float(grid[np.flatnonzero(f <= f.min() + 1e-12 * abs(f.min()))[0]])
+            gamma = float(so.minimize_scalar(lambda g: nll(w, G, g, vfade), bounds=(1.0, 3.0), method="bounded",
+                                             options={"xatol": 1e-4}).x)
         out[str(k)] = (float(w[0]), float(w[1]), float(w[2]), gamma, vref, amax, vfade)
     return out
 
