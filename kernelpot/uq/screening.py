@@ -551,6 +551,11 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         table = _table(ev, frames, alpha, robust, extra, deflate_energy=True)
         table.diagnostics, table.model, table.rounds = diag, refit, r + 1
         table.features = extra.get("features")
+    if refit_rounds > 0 and table.rounds == 0:
+        # no refit followed the first pass (nothing flagged): report it as a single pass, undeflated
+        table = _table(_loo_evidence(diag, np.arange(n)), frames, alpha, robust, extra)
+        table.diagnostics, table.model = diag, model
+        table.features = extra.get("features")
     return table
 
 
