@@ -469,3 +469,24 @@ def test_calibrated_sigma_far_from_the_data_stays_near_the_gps_own(small_soap):
     for far in (Atoms("Cu", positions=[[0, 0, 0]]), Atoms("Cu2", positions=[[0, 0, 0], [2.3, 0, 0]])):
         cal, raw = model.predict_frame(far), model.predict_frame(far, calibrated=False)
         assert raw["energy_std"] / 3 < cal["energy_std"] < 3 * raw["energy_std"]
+
+
+def test_total_sigma_never_below_the_floor_for_a_kind_never_trained_on(small_soap):
+    """A model fitted on clusters (no stress labels, no stress calibration) asked for a crystal's stress:
+    the shear components are zero by symmetry, latent variance 0; the total std is still the floor."""
+    from ase import Atoms
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from kernelpot.gp.calibration import SIGMA_FLOOR
+    from conftest import label
+    base = np.array([[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [0, 0, 2.5], [2.5, 2.5, 0], [2.5, 0, 2.5]], float)
+    frames = []
+    for i in range(12):
+        rng = np.random.default_rng(i)
+        frames.append(label(Atoms("Cu6", positions=base + rng.normal(scale=0.25, size=(6, 3))), EMT(), None, rng))
+    model = SparseGP(descriptor=small_soap, n_sparse=50, verbose=False).fit(frames)
+    assert "stress" not in model.std_weights_
+    p = model.predict_frame(bulk("Cu", "fcc", a=3.3, cubic=True).repeat((2, 2, 2)))
+    assert np.all(p["stress_std"] >= SIGMA_FLOOR["stress"])
+    assert np.all(p["forces_std"] >= SIGMA_FLOOR["forces"])
+    assert p["energy_std"] >= 32 * SIGMA_FLOOR["energy"]

@@ -44,7 +44,7 @@ from kernelpot.io.labels import (check_structure, frame_labels, frame_name, is_p
                                  structure_errors)
 from kernelpot.io.validation import validate, warn_report
 from kernelpot.gp import assembly, hyperparameters
-from kernelpot.gp.calibration import recalibrate
+from kernelpot.gp.calibration import SIGMA_FLOOR, recalibrate
 from kernelpot.gp.design import SparseSet, model_kernel
 from kernelpot.gp.likelihood import GroupStats, neg_log_marginal_likelihood
 from kernelpot.gp.group_loo import calibration_groups
@@ -514,6 +514,9 @@ class SparseGP(BaseEstimator):
         out["energies_std"] = predictive_std(v_local, 0.0, cal.get("energy", (1.0, 1.0)), "energy", ny_local)[0]
         for kind, (v, ny) in var.items():
             se, st = predictive_std(v, noise[kind], cal.get(kind, (1.0, 1.0)), kind, ny, n_atoms=n)
+            # never below the floor, also for a kind the model was not trained or calibrated on
+            # (a stress component of a crystal fixed by symmetry has zero latent variance)
+            st = np.maximum(st, SIGMA_FLOOR[kind] * (n if kind == "energy" else 1.0))
             out[f"{kind}_std_epistemic"], out[f"{kind}_std"] = se, st
         out["energy_std_epistemic"], out["energy_std"] = float(out["energy_std_epistemic"][0]), float(out["energy_std"][0])
         if not stress:
