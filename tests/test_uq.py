@@ -490,3 +490,13 @@ def test_total_sigma_never_below_the_floor_for_a_kind_never_trained_on(small_soa
     assert np.all(p["stress_std"] >= SIGMA_FLOOR["stress"])
     assert np.all(p["forces_std"] >= SIGMA_FLOOR["forces"])
     assert p["energy_std"] >= 32 * SIGMA_FLOOR["energy"]
+
+
+def test_uncalibrated_model_loads_uncalibrated(fitted, tmp_path):
+    model, frames = fitted
+    assert model.std_weights_ == {}
+    model.save(tmp_path / "raw.npz")
+    m2 = load_model(tmp_path / "raw.npz")
+    assert m2.std_weights_ == {}
+    np.testing.assert_allclose(m2.predict_frame(frames[0])["forces_std"], model.predict_frame(frames[0])["forces_std"],
+                               rtol=1e-12)

@@ -734,6 +734,8 @@ class SparseGP(BaseEstimator):
             model.std_weights_ = {k: tuple(float(x) for x in v) for k, v in fit["std_weights_"].items()}
         elif fit.get("std_scale_"):  # files written by 0.1.0 before the two-weight recalibration: one scale
             model.std_weights_ = {k: (float(v) ** 2, float(v) ** 2) for k, v in fit["std_scale_"].items()}
+        else:  # saved uncalibrated (calibrate=False or std_weights_ = {}): raw variances, as before saving
+            model.std_weights_ = {}
         model.theta_ = data["theta_"]
         model.delta_ = float(fit["delta_"])
         model.noise_ = {k: float(v) for k, v in fit["noise_"].items()}
