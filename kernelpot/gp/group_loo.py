@@ -20,10 +20,11 @@ and an observation ``i`` of the group is predicted with mean
 plus its Nystrom residual, exactly as :meth:`SparseGP.predict` would after a
 refit without the group (tested against brute-force refits).  The group sums
 are accumulated in the same pass over the training structures as the
-structure LOO, or, when the fit's row cache (:class:`kernelpot.gp.assembly.RowCache`)
-holds the rows, built from it one group at a time when the groups are
-predicted, so memory holds one ``W x W`` group sum instead of one per group
-(8 x 77 MB on acetylacetone, ``W = 3100``); per-observation predictions are made for a fixed subsample of
+structure LOO, or, when the fit's row cache
+(:class:`kernelpot.gp.assembly.RowCache`) holds the rows, built from it one
+group at a time when the groups are predicted, so memory holds one
+``W x W`` group sum instead of one per group (8 x 77 MB on acetylacetone,
+``W = 3100``); per-observation predictions are made for a fixed subsample of
 each structure's observations (its energy, its stress and the force
 components of up to ``max_force_atoms`` atoms), enough to fit a few calibration
 weights without keeping every design row.
