@@ -29,8 +29,9 @@ use):
    noise, and dividing by them would amplify the heavy tails of the clean
    structures' residuals (swamping).  Energies are the exception: their
    spread may fall below one down to the z-score of a 1 meV/atom residual
-   when a refit round follows (:func:`_energy_min_scale`), since a learned energy
-   noise far above DFT precision hides every reference shift.  The spread is widened by
+   when a refit round follows (:func:`_energy_min_scale`), since a learned
+   energy noise far above DFT precision hides every reference shift.  The
+   spread is widened by
    ``sqrt(1 + pi / (2 n))`` for the uncertainty of the median, and when a
    MAD scale is applied the standardised values are referred to Student's t
    with ``0.3675 n`` degrees of freedom (the MAD's efficiency) instead of
@@ -217,8 +218,8 @@ def _calibration(v: np.ndarray, robust: bool, clip_location: bool = False,
                  min_scale: float = 1.0) -> tuple[float, float, float]:
     """Robust ``(location, scale, dof)`` to standardise ``v`` with; identity when not ``robust``.
 
-    The scale is ``max(1, 1.4826 MAD)`` times ``sqrt(1 + pi / (2 n))`` (the
-    variance of the median subtracted).  When the MAD scale is applied (> 1) it
+    The scale is ``max(min_scale, 1.4826 MAD)`` times ``sqrt(1 + pi / (2 n))`` (the
+    variance of the median subtracted).  When the MAD scale is applied (> min_scale) it
     is an estimate, so standardised values follow Student's t with
     ``0.3675 n`` degrees of freedom (the efficiency of the MAD relative to the
     standard deviation for normal data), not N(0, 1).
@@ -740,14 +741,16 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     group_obs = ctype[frame_obs].astype(str)
     obs_scale, obs_centre, obs_dof = np.ones(z_obs.shape), np.zeros(z_obs.shape), np.full(z_obs.shape, np.inf)
     cal = {}
-    # energies in a refit round: the spread may fall below one, down to the z-score of DFT precision
-    # (_energy_min_scale): a learned energy noise far above it was inflated by gross errors
+    # with deflate_energy (a refit round follows, or this is one), the energies' spread may fall below
+    # one, down to the z-score of DFT precision (_energy_min_scale): a learned energy noise far above
+    # it was inflated by gross errors
     e_fit = (kind_obs == "energy") & fitted_obs
     deflate = bool(deflate_energy)
     min_scale = {"energy": _energy_min_scale(r_obs[e_fit], z_obs[e_fit]) if deflate else 1.0}
     for k in _KINDS:
         sel = (kind_obs == k) & fitted_obs
-        lo, sc, nu, cal[k] = _group_calibration(z_obs[sel], group_obs[sel], robust, min_scale=min_scale.get(k, 1.0))
+        lo, sc, nu, cal[k] = _group_calibration(z_obs[sel], group_obs[sel], robust,
+                                                min_scale=min_scale.get(k, 1.0))
         obs_centre[kind_obs == k], obs_scale[kind_obs == k], obs_dof[kind_obs == k] = cal[k][:3]
         # per-group values for every observation of kind k (held-out frames use their group's)
         for g in np.unique(group_obs[sel]):
