@@ -528,11 +528,16 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
     if diag is None or known is None or any(a is not b for a, b in zip(frames, known)):
         diag = leave_one_out(model, frames)
     extra = _physics(model, frames, diag, duplicate_tol)
-    ev = _loo_evidence(diag, np.arange(n))
+
+    def scored(ev, deflate_energy, fitted, rounds=0):
+        t = _table(ev, frames, alpha, robust, extra, deflate_energy=deflate_energy)
+        t.diagnostics, t.model, t.rounds = diag, fitted, rounds
+        t.features = extra.get("features")
+        return t
+
+    first = _loo_evidence(diag, np.arange(n))
     # a first pass that only chooses what a refit round holds out may deflate the energy scale
-    table = _table(ev, frames, alpha, robust, extra, deflate_energy=refit_rounds > 0)
-    table.diagnostics, table.model = diag, model
-    table.features = extra.get("features")
+    table = scored(first, refit_rounds > 0, model)
     removed = np.zeros(n, bool)
     for r in range(refit_rounds):
         flag = np.zeros(n, bool)
@@ -549,14 +554,10 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         rdiag = getattr(refit, "training_diagnostics_", None)
         ev = _merge(_loo_evidence(leave_one_out(refit) if rdiag is None else rdiag, keep),
                     _heldout_evidence(refit, frames, np.flatnonzero(removed), diag.frame_leverage), n)
-        table = _table(ev, frames, alpha, robust, extra, deflate_energy=True)
-        table.diagnostics, table.model, table.rounds = diag, refit, r + 1
-        table.features = extra.get("features")
+        table = scored(ev, True, refit, r + 1)
     if refit_rounds > 0 and table.rounds == 0:
         # no refit followed the first pass (nothing flagged): report it as a single pass, undeflated
-        table = _table(_loo_evidence(diag, np.arange(n)), frames, alpha, robust, extra)
-        table.diagnostics, table.model = diag, model
-        table.features = extra.get("features")
+        table = scored(first, False, model)
     return table
 
 
@@ -745,8 +746,7 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     # one, down to the z-score of DFT precision (_energy_min_scale): a learned energy noise far above
     # it was inflated by gross errors
     e_fit = (kind_obs == "energy") & fitted_obs
-    deflate = bool(deflate_energy)
-    min_scale = {"energy": _energy_min_scale(r_obs[e_fit], z_obs[e_fit]) if deflate else 1.0}
+    min_scale = {"energy": _energy_min_scale(r_obs[e_fit], z_obs[e_fit]) if deflate_energy else 1.0}
     for k in _KINDS:
         sel = (kind_obs == k) & fitted_obs
         lo, sc, nu, cal[k] = _group_calibration(z_obs[sel], group_obs[sel], robust,
@@ -793,7 +793,7 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     if ok.any():
         lo, sc, nu, cal["energy_self"] = _group_calibration(
             self_z[ok], ctype[ok].astype(str), robust,
-            min_scale=_energy_min_scale(self_r[ok & ~held], self_z[ok & ~held]) if deflate else 1.0)
+            min_scale=_energy_min_scale(self_r[ok & ~held], self_z[ok & ~held]) if deflate_energy else 1.0)
         zs = (self_z[ok] - lo) / sc
         cols["energy_self_z"][ok] = zs
         logp[ok, _TESTS.index("energy_self")] = np.log(2.0) + _log_sf(np.abs(zs), nu)
