@@ -378,7 +378,7 @@ def test_swapped_energies_and_conflicting_duplicate(clean, small_soap):
 
 
 def test_chemiscope_file_holds_every_structure_and_column(dirty_table, dirty, tmp_path):
-    chemiscope = pytest.importorskip("chemiscope")
+    chemiscope = pytest.importorskip("chemiscope", reason="chemiscope is in the test extra (pip install -e .[test])")
     import gzip
     import json
     path = tmp_path / "screen.json.gz"

@@ -14,9 +14,7 @@ from kernelpot.io import read
 from kernelpot.io.validation import ValidationReport, validate
 
 REPO = Path(__file__).resolve().parents[1]
-from conftest import SHARED  # $KERNELPOT_DATA, default ../shared/data
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(),
-                                  reason=f"real DFT data {SHARED} not found; set KERNELPOT_DATA to the data folder")
+from conftest import SHARED, needs_shared  # $KERNELPOT_DATA, default ../shared/data
 
 
 def _frame(config_type="bulk", energy=-3.5, forces=None, stress=None, description=None,
@@ -226,7 +224,7 @@ def test_single_atoms_object_is_accepted():
     assert validate(_frame()).n_frames == 1
 
 
-@needs_shared
+@needs_shared()
 @pytest.mark.parametrize("relpath,require", [
     ("mlearn/Si/training.json", ("energy", "forces", "stress")),
     ("mlearn/Li/test.json", ("energy", "forces", "stress")),
@@ -239,7 +237,7 @@ def test_real_data_passes(relpath, require):
     assert report.ok and report.warnings == []
 
 
-@needs_shared
+@needs_shared("mlearn", "Si", "test.json")
 def test_real_data_problems_are_found():
     """Corrupt a real mlearn frame in two ways; both are reported, with group and description."""
     frames = read(SHARED / "mlearn" / "Si" / "test.json")
