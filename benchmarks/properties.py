@@ -213,9 +213,10 @@ def main(argv=None) -> int:
     if workaround:
         out("note: kernelpot.descriptors.neighbors rejects slabs with pbc (T, T, F) and a hexagonal in-plane cell; slabs were "
             "made fully periodic (16 Å vacuum between images, beyond every cutoff) for the model")
+    ratios = ", ".join(f"{k} {v:.3g}" for k, v in calcs[0].scales[0].items())
     out(f"error bars: std over {cfg['n_samples']} posterior weight samples, deviations scaled by f = "
-        f"{calcs[0].scale:.3g} so that the 4-atom cubic cell's energy spreads as the calibrated "
-        f"energy_std_epistemic says; EMT {t_emt:.0f} s, model {t_gp:.0f} s")
+        f"{calcs[0].scale:.3g}, the largest calibrated/sampled sigma ratio at the 4-atom cubic cell ({ratios}): "
+        f"there every kind spreads at least as its calibrated *_std_epistemic says; EMT {t_emt:.0f} s, model {t_gp:.0f} s")
     out()
     out(f"{'property':<26}{'unit':>12}{'EMT':>11}{'model mean':>12}{'± std':>9}{'error':>11}"
         f"{'target':>10}{'pass':>6}{'|err|<=2σ':>11}")
@@ -251,7 +252,8 @@ def main(argv=None) -> int:
         f"{n_cover_total} static properties")
     out("(NVE rows excluded: different potentials give different trajectories, so their spread is no error bar).")
     out("The bands come from posterior samples of the GP weights (model.posterior_calculators) scaled to the")
-    out("calibrated sigma at the bulk cell (a linearised propagation of the calculator's predictive distribution);")
+    out("calibrated sigma of the binding kind at the bulk cell (a linearised propagation of the calculator's")
+    out("predictive distribution that stays one potential);")
     out("where a band misses EMT the error bar is too narrow there by the model bias")
     out("(descriptor cut-off 5 Å vs EMT's range; the mean offset), which no weight sample can express.")
     out(f"EMT NVE drift {ref['nve_drift'].value * 1e3:+.3g} meV/atom/ps over {cfg['nve_steps']} steps of 1 fs.")

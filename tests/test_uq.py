@@ -211,12 +211,15 @@ def test_calibrated_energy_sigma_per_atom_is_the_same_for_a_supercell(fitted):
 
 
 def test_recalibration_weights_edge_cases():
-    # too few informative observations: one scale, mean z^2, for every part
+    # too few informative observations: one scale for every part, the mean z^2 shrunk towards 1 as
+    # an inverse-gamma prior worth min_obs observations would (mean of (n z^2 + min_obs) / (n + min_obs))
     d = _synthetic_diag(0.05, 0.3, n=10)
     wa, wp, wn, gamma, _, _, _ = uq.recalibration_weights(d)["forces"]
     ok = d.loo_std_predictive > d.sigma * (1 + 1e-12)
-    s2 = np.mean(d.z_predictive[ok] ** 2)
+    z2 = d.z_predictive[ok] ** 2
+    s2 = (z2.sum() + 20) / (z2.size + 20)
     assert wp == pytest.approx(s2) and wn == pytest.approx(s2) and wa == pytest.approx(s2) and gamma == 1.0
+    assert abs(s2 - 1.0) < abs(z2.mean() - 1.0)  # the chance scale of a few residuals is not taken at face value
     # all residuals zero: nothing to calibrate against, the kind is left raw
     d = _synthetic_diag(1.0, 1.0)
     d.loo_residual[:] = 0.0
@@ -400,7 +403,7 @@ def test_posterior_calculators_spread_like_the_calibrated_sigma(fitted):
     m = copy.deepcopy(model)
     uq.recalibrate(m)
     a = emt_frames(1, symbols=("Cu", "Au"), size=(1, 1, 2), seed=42)[0]
-    calcs = m.posterior_calculators(400, random_state=0, reference=a)
+    calcs = m.posterior_calculators(400, random_state=0, reference=a, kinds=("energy",))
     e = []
     for c in calcs:
         b = a.copy()
@@ -423,6 +426,41 @@ def test_posterior_calculators_spread_like_the_calibrated_sigma(fitted):
     # without a reference the spread is the raw weight posterior's, which misses the Nystrom part
     raw = m.posterior_calculators(400, random_state=0)
     assert raw[0].scale == 1.0 and calcs[0].scale > 1.0
+
+
+def test_posterior_calculators_reach_every_kinds_calibrated_sigma(fitted):
+    """By default one factor for all samples, the largest calibrated/sampled ratio over the kinds
+    (energy, forces, stress) at the reference: every kind's sampled spread there is at least the
+    calculator's calibrated sigma and the binding kind's equals it (a lattice constant follows the
+    stress, whose calibration may be wider than the energy's)."""
+    model, _ = fitted
+    m = copy.deepcopy(model)
+    uq.recalibrate(m)
+    a = emt_frames(1, symbols=("Cu", "Au"), size=(1, 1, 2), seed=42)[0]
+    ratios = m.sample_scales(a)
+    assert set(ratios) == {"energy", "forces", "stress"}
+    calcs = m.posterior_calculators(400, random_state=0, reference=a)
+    f = calcs[0].scale
+    assert f == pytest.approx(max(ratios.values()))
+    got = {"energy": [], "forces": [], "stress": []}
+    for c in calcs:
+        b = a.copy()
+        b.calc = c
+        got["energy"].append(b.get_potential_energy())
+        got["forces"].append(b.get_forces().ravel())
+        got["stress"].append(b.get_stress())
+    p = m.predict_frame(a)
+    for kind, x in got.items():
+        spread = np.sqrt(np.mean(np.var(np.asarray(x), axis=0, ddof=1)))   # rms over components
+        cal = np.sqrt(np.mean(np.ravel(p[f"{kind}_std_epistemic"]) ** 2))
+        assert spread == pytest.approx(f / ratios[kind] * cal, rel=0.12), kind
+        assert spread >= 0.88 * cal, kind
+    # a list of references: the largest ratio over all of them
+    other = emt_frames(1, symbols=("Cu", "Au"), size=(1, 1, 2), seed=43)[0]
+    both = m.posterior_calculators(2, reference=[a, other])
+    assert both[0].scale == pytest.approx(max(max(ratios.values()), max(m.sample_scales(other).values())))
+    with pytest.raises(ValueError, match="kinds"):
+        m.posterior_calculators(2, reference=a, kinds=("energies",))
 
 
 @pytest.mark.parametrize("budget", [128 * 2**20, 0])  # rows in memory; every row on disk

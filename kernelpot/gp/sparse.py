@@ -577,7 +577,8 @@ class SparseGP(BaseEstimator):
         self._check_fitted()
         return self.posterior_.sample_weights(n_samples, random_state)
 
-    def posterior_calculators(self, n_samples: int = 10, random_state=0, reference=None):
+    def posterior_calculators(self, n_samples: int = 10, random_state=0, reference=None,
+                              kinds=("energy", "forces", "stress")):
         """ASE calculators, one per posterior sample of the model, for properties with error bars.
 
         Each calculator is one smooth potential (forces and stress are exact
@@ -589,43 +590,96 @@ class SparseGP(BaseEstimator):
         ----------
         n_samples : int
         random_state : int
-        reference : ase.Atoms, optional
-            The structure the property is computed at (the cell of an EOS or
+        reference : ase.Atoms or list of ase.Atoms, optional
+            The structures the property is computed at (the cell of an EOS or
             elastic constants, the supercell of a vacancy).  Weight samples
             carry only the DTC posterior of the weights, neither the Nyström
-            residual nor the calibration of :mod:`kernelpot.gp.calibration`;
-            with ``reference`` their deviations from the mean are scaled by
-            ``f = sigma_E / sigma_E,weights`` at that structure, so the sampled
-            energies of ``reference`` spread exactly as the calculator's
-            calibrated ``energy_std_epistemic`` says, and nearby structures
-            alike (a linearised propagation of the calibrated predictive
-            distribution).  Without it (``f = 1``) the spread is the raw
+            residual nor the calibration of :mod:`kernelpot.gp.calibration`.
+            With ``reference`` their deviations from the mean are scaled by
+            one factor ``f``, the largest over the reference structures and
+            over the ``kinds`` they have (stress only for a periodic cell) of
+            ``sigma_calibrated / sigma_weights``, with ``sigma`` the
+            root-mean-square epistemic std of that kind's components (see
+            :meth:`sample_scales`).  So at every reference structure every
+            kind spreads at least as much as the calculator's calibrated
+            ``*_std_epistemic`` says, and the binding kind exactly: a
+            linearised propagation of the calibrated predictive distribution
+            that stays one potential.  The binding kind matters: a lattice
+            constant or an elastic constant is set by the stress (the
+            derivative of the energy), whose calibration can be wider than the
+            energy's.  Without ``reference`` (``f = 1``) the spread is the raw
             weight posterior's, narrower.
+        kinds : sequence of str, default ("energy", "forces", "stress")
+            The kinds whose calibrated sigma the samples must reach at the
+            reference.  ``("energy",)`` makes the sampled energies of the
+            reference spread exactly as its calibrated ``energy_std_epistemic``
+            (derived quantities then spread by the energy's calibration, which
+            can be narrower than the stress's).
 
         Returns
         -------
         list of :class:`kernelpot.Calculator`
-            With ``calc.scale`` the factor ``f`` used.
+            With ``calc.scale`` the factor ``f`` used and ``calc.scales`` the
+            ratio of each kind at each reference (``sample_scales``).
+
+        Raises
+        ------
+        ValueError
+            If a reference structure is empty or has an element the model was
+            not trained on.
         """
         self._check_fitted()
         samples = self.sample_weights(n_samples, random_state)
-        f = 1.0
-        if reference is not None:
-            check_structure(reference, species=self.species_)
-            feat = assembly.describe(self, reference)
-            v, nystrom = self.posterior_.latent_variances(feat, None, forces=False)["energy"]
-            # the calculator's calibrated energy_std_epistemic (predict_frame), from the same latent variance
-            cal = getattr(self, "std_weights_", {}).get("energy", (1.0, 1.0))
-            target = float(predictive_std(v, 0.0, cal, "energy", nystrom, n_atoms=len(reference))[0][0]) ** 2
-            # the part weight samples carry: the latent variance without its Nystrom residual
-            raw = float(v[0] - nystrom[0])
-            f = float(np.sqrt(target / raw)) if raw > 0 else 1.0
+        refs = [] if reference is None else ([reference] if hasattr(reference, "numbers") else list(reference))
+        scales = [self.sample_scales(a) for a in refs]
+        unknown = set(kinds) - {"energy", "forces", "stress"}
+        if unknown:
+            raise ValueError(f"kinds: unknown {sorted(unknown)}; choose from energy, forces, stress")
+        f = max((r for s in scales for k, r in s.items() if k in kinds), default=1.0)
         alpha = self.posterior_.alpha
         out = []
         for w in samples:
             calc = Calculator(_WeightView(self, alpha + f * (w - alpha)), uncertainty=False)
             calc.scale = f
+            calc.scales = scales
             out.append(calc)
+        return out
+
+    def sample_scales(self, atoms) -> dict:
+        """Calibrated over weight-sample epistemic std of each kind at ``atoms``.
+
+        For each kind (``energy``; ``forces``; ``stress`` when ``atoms`` is a
+        periodic cell): ``sqrt(sum_c s_c^2 / sum_c w_c^2)`` over the kind's
+        components ``c``, with ``s_c`` the calibrated ``*_std_epistemic`` of
+        :meth:`predict_frame` and ``w_c^2`` the part of the latent variance the
+        weight samples of :meth:`sample_weights` carry (the latent variance
+        without its Nyström residual).  A kind whose weight variance vanishes
+        (the forces of a perfect crystal, fixed by symmetry) is left out.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+
+        Returns
+        -------
+        dict
+            ``{kind: ratio}``, dimensionless.
+        """
+        self._check_fitted()
+        check_structure(atoms, species=self.species_)
+        per = is_periodic(atoms)
+        feat = assembly.describe(self, atoms, gradients=True, strain=per)
+        var = self.posterior_.latent_variances(feat, atoms.cell.volume if per else None, forces=True, stress=per)
+        var.pop("energies")
+        cal = getattr(self, "std_weights_", {})
+        out = {}
+        for kind, (v, ny) in var.items():
+            target = predictive_std(v, 0.0, cal.get(kind, (1.0, 1.0)), kind, ny, n_atoms=len(atoms))[0] ** 2
+            raw = np.ravel(v - ny)
+            # components fixed by symmetry (forces of a perfect crystal) have a variance at rounding level
+            keep = raw > (1e-3 * SIGMA_FLOOR[kind] * (len(atoms) if kind == "energy" else 1.0)) ** 2
+            if np.any(keep):
+                out[kind] = float(np.sqrt(np.sum(np.ravel(target)[keep]) / np.sum(raw[keep])))
         return out
 
     def calculator(self, uncertainty: bool = True):
