@@ -51,10 +51,11 @@ def prior_force_var(feat, zeta: float) -> np.ndarray:
             continue
         ci = pc[sel]
         Xc = X[ci]
-        fac = pair_covariance_factors(Xc, Xc, _same_species(Z[ci], Z[ci]), zeta)
-        for a in range(3):
-            G = pg[sel, a, :]
-            out[j, a] = pair_covariance_sum(G, Xc, G, Xc, None, zeta, fac)
+        P1, P2 = pair_covariance_factors(Xc, Xc, _same_species(Z[ci], Z[ci]), zeta)
+        # pair_covariance_sum for the three components at once: sum P1 (g.g') + P2 (g.x')(x.g')
+        G = np.ascontiguousarray(pg[sel].transpose(1, 0, 2))      # (3, pairs, F)
+        GX = G @ Xc.T                                              # g_p . x_q
+        out[j] = np.einsum("pq,apq->a", P1, G @ G.transpose(0, 2, 1)) + np.einsum("pq,apq,aqp->a", P2, GX, GX)
     return out
 
 
