@@ -62,6 +62,9 @@ def test_molecule_forces_and_no_stress(small_soap):
     r = model.predict_frame(a)
     assert np.all(np.isnan(r["stress"]))
     assert np.isfinite(r["energy_std"]) and np.all(np.isfinite(r["forces_std"]))
+    # asked for explicitly, a molecule's stress is an error that says why, not a silent NaN
+    with pytest.raises(ValueError, match=r"structure \('cluster'\): stress=True.*no periodic cell"):
+        model.predict_frame(a, stress=True)
 
 
 def test_predictions_invariant(cuau_model, cuau_frames):

@@ -456,7 +456,8 @@ class SparseGP(BaseEstimator):
         forces : bool
             Also forces.
         stress : bool, optional
-            Also stress (default: when the cell is periodic).
+            Also stress (default: when the cell is periodic; ``True`` for a
+            structure that is not raises).
         alpha : (M,) array, optional
             Replaces the posterior-mean weights (used for posterior samples).
         calibrated : bool
@@ -484,12 +485,18 @@ class SparseGP(BaseEstimator):
             was not trained on (the messages of :func:`kernelpot.validate`).
             An empty structure has no defined prediction: every entry point
             (``validate``, ``fit``, ``predict``, the calculator) rejects it.
+            Also if ``stress=True`` for a structure without a periodic cell
+            (all ``pbc`` True, non-zero volume): its stress is undefined.
         """
         self._check_fitted()
         check_structure(atoms, species=self.species_)
         post = self.posterior_
         per = is_periodic(atoms)
-        stress = per if stress is None else (stress and per)
+        if stress and not per:
+            raise ValueError(f"{frame_name(None, atoms)}: stress=True, but the structure has no periodic cell "
+                             f"(pbc={atoms.pbc.tolist()}, volume {atoms.cell.volume:.3g} Å^3), so no stress; "
+                             "leave stress=None to get it only where it is defined")
+        stress = per if stress is None else bool(stress)
         feat = assembly.describe(self, atoms, gradients=forces, strain=stress)
         vol = atoms.cell.volume if stress else None
         m = post.mean(feat, vol, forces=forces, stress=stress, alpha=alpha)
