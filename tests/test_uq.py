@@ -461,6 +461,16 @@ def test_posterior_calculators_reach_every_kinds_calibrated_sigma(fitted):
     assert both[0].scale == pytest.approx(max(max(ratios.values()), max(m.sample_scales(other).values())))
     with pytest.raises(ValueError, match="kinds"):
         m.posterior_calculators(2, reference=a, kinds=("energies",))
+    with pytest.raises(ValueError, match="kinds"):
+        m.posterior_calculators(2, reference=a, kinds=())
+    assert m.posterior_calculators(2, reference=a, kinds="stress")[0].scale == pytest.approx(ratios["stress"])
+    with pytest.raises(ValueError, match="entry 0 is a str"):
+        m.posterior_calculators(2, reference="CuAu")
+    with pytest.raises(ValueError, match="one ase.Atoms"):
+        m.sample_scales([a, other])
+    # nothing to match: said, not silently unscaled
+    with pytest.warns(RuntimeWarning, match="no reference structure"):
+        assert m.posterior_calculators(2, reference=[])[0].scale == 1.0
 
 
 @pytest.mark.parametrize("budget", [128 * 2**20, 0])  # rows in memory; every row on disk

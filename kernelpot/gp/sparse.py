@@ -33,8 +33,10 @@ predictive density of the training energies (see ``energy_noise``).
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
+from ase import Atoms
 from sklearn.base import BaseEstimator, clone
 
 from kernelpot import _threads, modelfile
@@ -616,9 +618,12 @@ class SparseGP(BaseEstimator):
             derivative of the energy), whose calibration can be wider than the
             energy's.  Without ``reference`` (``f = 1``) the spread is the raw
             weight posterior's, narrower.
-        kinds : sequence of str, default ("energy", "forces", "stress")
+        kinds : str or sequence of str, default ("energy", "forces", "stress")
             The kinds whose calibrated sigma the samples must reach at the
-            reference.  ``("energy",)`` makes the sampled energies of the
+            reference.  Use as references only the structures the property is
+            computed at: one far from the training data (a molecule for a
+            bulk model, a defect the model has never seen) can need a large
+            factor, which then widens every sample everywhere.  ``("energy",)`` makes the sampled energies of the
             reference spread exactly as its calibrated ``energy_std_epistemic``
             (derived quantities then spread by the energy's calibration, which
             can be narrower than the stress's).
@@ -632,17 +637,33 @@ class SparseGP(BaseEstimator):
         Raises
         ------
         ValueError
-            If a reference structure is empty or has an element the model was
-            not trained on.
+            If a reference is not an ``ase.Atoms``, is empty or has an element
+            the model was not trained on, or ``kinds`` names no known kind.
+
+        Warns
+        -----
+        RuntimeWarning
+            When a reference is given but none of its kinds has a ratio (the
+            samples then stay unscaled, ``f = 1``).
         """
         self._check_fitted()
-        samples = self.sample_weights(n_samples, random_state)
-        refs = [] if reference is None else ([reference] if hasattr(reference, "numbers") else list(reference))
-        scales = [self.sample_scales(a) for a in refs]
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
         unknown = set(kinds) - {"energy", "forces", "stress"}
-        if unknown:
-            raise ValueError(f"kinds: unknown {sorted(unknown)}; choose from energy, forces, stress")
-        f = max((r for s in scales for k, r in s.items() if k in kinds), default=1.0)
+        if unknown or not kinds:
+            raise ValueError(f"kinds: {sorted(unknown) or 'none given'}; choose one or more of energy, forces, stress")
+        refs = [] if reference is None else ([reference] if isinstance(reference, Atoms) else list(reference))
+        bad = [i for i, a in enumerate(refs) if not isinstance(a, Atoms)]
+        if bad:
+            raise ValueError(f"reference: entry {bad[0]} is a {type(refs[bad[0]]).__name__}, not an ase.Atoms")
+        scales = [self.sample_scales(a) for a in refs]
+        ratios = [r for s in scales for k, r in s.items() if k in kinds]
+        if reference is not None and not ratios:
+            warnings.warn(f"posterior_calculators: no reference structure has a calibrated {'/'.join(kinds)} sigma to "
+                          "match (an empty list, a molecule's stress, a perfect crystal's forces); the samples are "
+                          "the raw weight posterior's (f = 1), narrower than the calculator's sigma", RuntimeWarning,
+                          stacklevel=2)
+        f = max(ratios, default=1.0)
+        samples = self.sample_weights(n_samples, random_state)
         alpha = self.posterior_.alpha
         out = []
         for w in samples:
@@ -671,8 +692,16 @@ class SparseGP(BaseEstimator):
         -------
         dict
             ``{kind: ratio}``, dimensionless.
+
+        Raises
+        ------
+        ValueError
+            If ``atoms`` is not one ``ase.Atoms``, is empty or has an element
+            the model was not trained on.
         """
         self._check_fitted()
+        if not isinstance(atoms, Atoms):
+            raise ValueError(f"sample_scales: expected one ase.Atoms, got a {type(atoms).__name__}")
         check_structure(atoms, species=self.species_)
         per = is_periodic(atoms)
         feat = assembly.describe(self, atoms, gradients=True, strain=per)
@@ -825,7 +854,6 @@ def _warn_unseparable(A, species):
     null = composition_null_space(A, species)
     if not null:
         return
-    import warnings
     dirs = "; ".join(" ".join(f"{c:+.3g}*{sym}" for sym, c in d.items()) for d in null)
     names = sorted({sym for d in null for sym in d})
     warnings.warn(f"the training energies cannot separate the energy offsets of {', '.join(names)}: "
