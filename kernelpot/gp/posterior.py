@@ -144,6 +144,24 @@ class Posterior:
             out["energies"] = out["energies"] + np.array([shift.get(int(z), 0.0) for z in feat.numbers])
         return out
 
+    def mean_from_design(self, d: dict, numbers, alpha=None) -> dict:
+        """:meth:`mean` from design rows already computed (:meth:`design`): one product per kind.
+
+        With uncertainties the rows are needed anyway, so the mean costs no
+        second pass over the descriptor gradients.
+        """
+        w = self.alpha if alpha is None else alpha
+        K = self.n_kernel
+        out = {"energies": d["local"] @ w[:K]}
+        if "forces" in d:
+            out["forces"] = (d["forces"] @ w[:K]).reshape(-1, 3)
+        if "stress" in d:
+            out["stress"] = d["stress"] @ w[:K]
+        if self.n_offsets:
+            shift = dict(zip(self.offset_species.tolist(), w[K:]))
+            out["energies"] = out["energies"] + np.array([shift.get(int(z), 0.0) for z in numbers])
+        return out
+
     def design(self, feat, volume, forces=True, stress=False) -> dict:
         """Reduced design rows of all kernel terms (see :func:`kernelpot.gp.design.design_rows`)."""
         return design_rows(feat, self.sparse, self.zeta, self.pair, volume, forces=forces, stress=stress)

@@ -501,7 +501,11 @@ class SparseGP(BaseEstimator):
         stress = per if stress is None else bool(stress)
         feat = assembly.describe(self, atoms, gradients=forces, strain=stress)
         vol = atoms.cell.volume if stress else None
-        m = post.mean(feat, vol, forces=forces, stress=stress, alpha=alpha)
+        if return_std:  # the variances need the design rows: the mean comes from them too
+            design = post.design(feat, vol, forces, stress)
+            m = post.mean_from_design(design, atoms.numbers, alpha)
+        else:
+            m = post.mean(feat, vol, forces=forces, stress=stress, alpha=alpha)
         eb, fb, sb = self._baseline_compute(atoms)
         n = len(atoms)
         offs = np.array([self._offset[int(z)] for z in atoms.numbers])
@@ -512,7 +516,7 @@ class SparseGP(BaseEstimator):
         out["stress"] = m["stress"] + sb if stress else np.full(6, np.nan)
         if not return_std:
             return out
-        var = post.latent_variances(feat, vol, forces=forces, stress=stress)
+        var = post.latent_variances(feat, vol, forces=forces, stress=stress, design=design)
         cal = getattr(self, "std_weights_", {}) if calibrated else {}
         noise = {"energy": n * self._noise_for("energy", atoms)}
         for kind in ("forces", "stress"):
