@@ -59,6 +59,9 @@ def cells():
 
 
 def time_call(fn, repeats):
+    # threads of the work before (the fit's BLAS and OpenMP pools) spin for ~0.1-0.2 s after it ends and
+    # their CPU time is the process's: measured right after the fit, the first row's CPU time doubled
+    time.sleep(1.0)
     fn()  # warm-up: numba caches, buffers
     cpu, wall = [], []
     for _ in range(repeats):
