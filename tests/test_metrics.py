@@ -324,3 +324,17 @@ def test_scale_invariance_and_bounds(seed, scale, ratio):
     # NLL shifts by log(scale) under a change of units
     assert metrics.nll(errors * scale, sigma * scale) == pytest.approx(
         metrics.nll(errors, sigma) + np.log(scale))
+
+
+def test_spearman_calibrated_two_sigma_levels_closed_form():
+    """Half the sigma 1, half k: a calibrated model's Spearman(|e|, sigma) tends to
+    (sqrt(3)/2)(2 AUC - 1) with AUC = P(k|z1| > |z2|) = (2/pi) arctan(k) for half-normal |z|."""
+    for k in (1.5, 3.0, 10.0):
+        s = np.repeat([1.0, k], 10000)
+        want = np.sqrt(3) / 2 * (4 * np.arctan(k) / np.pi - 1)
+        assert metrics.spearman_calibrated(s, n_draws=20) == pytest.approx(want, abs=0.01)
+    # nearly equal sigma: even perfect ones cannot rank the errors
+    assert abs(metrics.spearman_calibrated(np.linspace(1.0, 1.01, 2000))) < 0.02
+    assert np.isnan(metrics.spearman_calibrated(np.full(10, 2.0)))
+    with pytest.raises(ValueError, match="> 0"):
+        metrics.spearman_calibrated([1.0, 0.0, 2.0])
