@@ -67,15 +67,20 @@ def test_molecule_forces_and_no_stress(small_soap):
         model.predict_frame(a, stress=True)
 
 
-def test_mean_is_the_same_with_and_without_uncertainties(cuau_model, cuau_frames):
+@pytest.mark.parametrize("forces,stress", [(True, True), (True, False), (False, True), (False, False)])
+def test_mean_is_the_same_with_and_without_uncertainties(cuau_model, cuau_frames, forces, stress):
     """With uncertainties the mean comes from the variance's design rows (one pass): same numbers as
     the direct contraction, also for a posterior sample's weights."""
+    assert cuau_model.pair_ is not None and cuau_model.posterior_.n_offsets  # both extra column blocks
     a = _rattled(cuau_frames[3], seed=4)
     w = cuau_model.sample_weights(1, random_state=1)[0]
+    keys = ["energy", "energies"] + ["forces"] * forces + ["stress"] * stress
     for alpha in (None, w):
-        fast, full = (cuau_model.predict_frame(a, return_std=r, alpha=alpha) for r in (False, True))
-        for k in ("energy", "energies", "forces", "stress"):
+        fast, full = (cuau_model.predict_frame(a, return_std=r, alpha=alpha, forces=forces, stress=stress)
+                      for r in (False, True))
+        for k in keys:
             np.testing.assert_allclose(full[k], fast[k], rtol=1e-10, atol=1e-10, err_msg=k)
+        assert ("forces" in full) == forces and np.all(np.isfinite(full["stress"])) == stress
 
 
 def test_predictions_invariant(cuau_model, cuau_frames):

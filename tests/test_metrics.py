@@ -336,5 +336,8 @@ def test_spearman_calibrated_two_sigma_levels_closed_form():
     # nearly equal sigma: even perfect ones cannot rank the errors
     assert abs(metrics.spearman_calibrated(np.linspace(1.0, 1.01, 2000))) < 0.02
     assert np.isnan(metrics.spearman_calibrated(np.full(10, 2.0)))
-    with pytest.raises(ValueError, match="> 0"):
-        metrics.spearman_calibrated([1.0, 0.0, 2.0])
+    for bad in ([1.0, 0.0, 2.0], [0.0, 0.0], [1.0, np.inf]):
+        with pytest.raises(ValueError, match="> 0"):
+            metrics.spearman_calibrated(bad)
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.spearman_calibrated([1.0, np.nan])

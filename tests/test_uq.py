@@ -211,15 +211,23 @@ def test_calibrated_energy_sigma_per_atom_is_the_same_for_a_supercell(fitted):
 
 
 def test_recalibration_weights_edge_cases():
-    # too few informative observations: one scale for every part, the mean z^2 shrunk towards 1 as
-    # an inverse-gamma prior worth min_obs observations would (mean of (n z^2 + min_obs) / (n + min_obs))
+    # too few informative observations: one scale for every part. Narrowing (mean z^2 < 1) is shrunk
+    # towards 1 as an inverse-gamma prior worth min_obs observations would, (sum z^2 + min_obs) / (n + min_obs);
+    # widening is taken as measured
     d = _synthetic_diag(0.05, 0.3, n=10)
     wa, wp, wn, gamma, _, _, _ = uq.recalibration_weights(d)["forces"]
     ok = d.loo_std_predictive > d.sigma * (1 + 1e-12)
     z2 = d.z_predictive[ok] ** 2
-    s2 = (z2.sum() + 20) / (z2.size + 20)
-    assert wp == pytest.approx(s2) and wn == pytest.approx(s2) and wa == pytest.approx(s2) and gamma == 1.0
-    assert abs(s2 - 1.0) < abs(z2.mean() - 1.0)  # the chance scale of a few residuals is not taken at face value
+    assert z2.mean() < 0.9  # the case: residuals narrower than the GP says
+    assert wp == pytest.approx((z2.sum() + 20) / (z2.size + 20))
+    assert z2.mean() < wp < 1.0 and wn == pytest.approx(wp) and wa == pytest.approx(wp) and gamma == 1.0
+    d = _synthetic_diag(9.0, 9.0, n=10)
+    z2 = d.z_predictive[d.loo_std_predictive > d.sigma * (1 + 1e-12)] ** 2
+    assert z2.mean() > 2.0
+    assert uq.recalibration_weights(d)["forces"][1] == pytest.approx(z2.mean())
+    # at min_obs residuals and more, the full fit: neither formula
+    d = _synthetic_diag(0.05, 0.3, n=60)
+    assert uq.recalibration_weights(d)["forces"][1] != pytest.approx((d.z_predictive ** 2).mean(), rel=1e-3)
     # all residuals zero: nothing to calibrate against, the kind is left raw
     d = _synthetic_diag(1.0, 1.0)
     d.loo_residual[:] = 0.0

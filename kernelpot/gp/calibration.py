@@ -176,11 +176,12 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
     carry no information and are left out.  With fewer than ``min_obs``
     informative observations of a kind, one scale is used:
     ``(max(w_floor, s^2), s^2, s^2, 1, v_ref, a_max, v_ref)``, with
-    ``s^2 = (sum(z^2) + min_obs) / (n + min_obs)`` over the ``n`` structure-LOO
-    z-scores: their mean shrunk towards the GP's own variance (the posterior
-    mean of a variance scale under a conjugate prior at 1 worth ``min_obs``
-    observations), because a mean of a few z^2 is far from its expectation by
-    chance.
+    ``s^2 = max(mean(z^2), (sum(z^2) + min_obs) / (n + min_obs))`` over the
+    ``n`` structure-LOO z-scores: a scale below one (narrower than the GP's
+    sigma) is shrunk towards 1 (the posterior mean of a variance scale under a
+    conjugate prior at 1 worth ``min_obs`` observations), because a mean of a
+    few z^2 is far from its expectation by chance; a scale above one is taken
+    as measured.
 
     Parameters
     ----------
@@ -226,9 +227,11 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         lo = float(floors.get(str(k), 0.0) ** 2 / noise[noise > 0].min()) if np.any(noise > 0) else 0.0
         if r.size < min_obs or not np.any(noise > 0):
             # few residuals: their mean z^2 is a chi^2 estimate with r.size degrees of freedom (three
-            # energies of three cells can say 0.2 by chance), so it is shrunk towards the GP's own
-            # variance (scale 1) as a conjugate prior worth min_obs observations would
-            s2 = float((np.sum(r ** 2 / (noise + post_all[sel] + nys_all[sel])) + min_obs) / (r.size + min_obs))
+            # energies of three cells can say 0.2 by chance). Narrowing the GP's sigma on it is shrunk
+            # towards the GP's own variance (scale 1) as a conjugate prior worth min_obs observations
+            # would; widening is taken as measured (never less honest than the evidence)
+            z2 = r ** 2 / (noise + post_all[sel] + nys_all[sel])
+            s2 = max(s2, float((np.sum(z2) + min_obs) / (r.size + min_obs)))
             out[str(k)] = (max(lo, s2), s2, s2, 1.0, vref, float(amp_all[sel].max()), vref)
             continue
         S = (r, noise, post_all[sel], nys_all[sel], amp_all[sel])

@@ -613,24 +613,27 @@ class SparseGP(BaseEstimator):
             over the ``kinds`` they have (stress only for a periodic cell) of
             ``sigma_calibrated / sigma_weights``, with ``sigma`` the
             root-mean-square epistemic std of that kind's components (see
-            :meth:`sample_scales`).  So at every reference structure every
-            kind spreads at least as much as the calculator's calibrated
-            ``*_std_epistemic`` says, and the binding kind exactly: a
-            linearised propagation of the calibrated predictive distribution
-            that stays one potential.  The binding kind matters: a lattice
-            constant or an elastic constant is set by the stress (the
-            derivative of the energy), whose calibration can be wider than the
-            energy's.  Without ``reference`` (``f = 1``) the spread is the raw
-            weight posterior's, narrower.
+            :meth:`sample_scales`).  So at the reference that sets ``f`` the
+            binding kind spreads exactly as the calculator's calibrated
+            ``*_std_epistemic`` says (in root-mean-square over its
+            components), and every other kind and reference at least as much:
+            a linearised propagation of the calibrated predictive distribution
+            that stays one potential, conservative for the kinds that do not
+            bind.  The binding kind matters: a lattice constant or an elastic
+            constant is set by the stress (the derivative of the energy),
+            whose calibration can be wider than the energy's; sampled at the
+            stress's scale, energies may spread several times wider than their
+            own calibrated sigma.  Without ``reference`` (``f = 1``) the spread
+            is the raw weight posterior's.
         kinds : str or sequence of str, default ("energy", "forces", "stress")
             The kinds whose calibrated sigma the samples must reach at the
-            reference.  Use as references only the structures the property is
-            computed at: one far from the training data (a molecule for a
-            bulk model, a defect the model has never seen) can need a large
-            factor, which then widens every sample everywhere.  ``("energy",)`` makes the sampled energies of the
-            reference spread exactly as its calibrated ``energy_std_epistemic``
-            (derived quantities then spread by the energy's calibration, which
-            can be narrower than the stress's).
+            reference.  For a property set by one kind, that kind alone makes
+            its error bar match the calculator's sigma rather than exceed it:
+            ``"stress"`` for an EOS or elastic constants, ``"energy"`` for a
+            formation or surface energy.  Use as references only the
+            structures the property is computed at: one far from the training
+            data (a molecule for a bulk model) can need a large factor, which
+            then widens every sample everywhere.
 
         Returns
         -------
@@ -642,7 +645,8 @@ class SparseGP(BaseEstimator):
         ------
         ValueError
             If a reference is not an ``ase.Atoms``, is empty or has an element
-            the model was not trained on, or ``kinds`` names no known kind.
+            the model was not trained on, or ``kinds`` is empty or names an
+            unknown kind.
 
         Warns
         -----
@@ -659,12 +663,12 @@ class SparseGP(BaseEstimator):
         bad = [i for i, a in enumerate(refs) if not isinstance(a, Atoms)]
         if bad:
             raise ValueError(f"reference: entry {bad[0]} is a {type(refs[bad[0]]).__name__}, not an ase.Atoms")
-        scales = [self.sample_scales(a) for a in refs]
-        ratios = [r for s in scales for k, r in s.items() if k in kinds]
+        scales = [self.sample_scales(a, kinds) for a in refs]
+        ratios = [r for s in scales for r in s.values()]
         if reference is not None and not ratios:
             warnings.warn(f"posterior_calculators: no reference structure has a calibrated {'/'.join(kinds)} sigma to "
                           "match (an empty list, a molecule's stress, a perfect crystal's forces); the samples are "
-                          "the raw weight posterior's (f = 1), narrower than the calculator's sigma", RuntimeWarning,
+                          "the raw weight posterior's (f = 1), not scaled to the calculator's sigma", RuntimeWarning,
                           stacklevel=2)
         f = max(ratios, default=1.0)
         samples = self.sample_weights(n_samples, random_state)
@@ -677,20 +681,25 @@ class SparseGP(BaseEstimator):
             out.append(calc)
         return out
 
-    def sample_scales(self, atoms) -> dict:
+    def sample_scales(self, atoms, kinds=("energy", "forces", "stress")) -> dict:
         """Calibrated over weight-sample epistemic std of each kind at ``atoms``.
 
         For each kind (``energy``; ``forces``; ``stress`` when ``atoms`` is a
         periodic cell): ``sqrt(sum_c s_c^2 / sum_c w_c^2)`` over the kind's
         components ``c``, with ``s_c`` the calibrated ``*_std_epistemic`` of
-        :meth:`predict_frame` and ``w_c^2`` the part of the latent variance the
+        :meth:`predict_frame` (the GP's own std for a kind the model has no
+        calibration of) and ``w_c^2`` the part of the latent variance the
         weight samples of :meth:`sample_weights` carry (the latent variance
-        without its Nyström residual).  A kind whose weight variance vanishes
-        (the forces of a perfect crystal, fixed by symmetry) is left out.
+        without its Nyström residual): a ratio of root-mean-square stds over
+        the components.  A kind whose weight variance vanishes (the forces of
+        a perfect crystal, fixed by symmetry) is left out.
 
         Parameters
         ----------
         atoms : ase.Atoms
+        kinds : sequence of str, default ("energy", "forces", "stress")
+            The kinds to compute (forces and stress need the descriptor
+            gradients: leave them out when they are not wanted).
 
         Returns
         -------
@@ -708,12 +717,16 @@ class SparseGP(BaseEstimator):
             raise ValueError(f"sample_scales: expected one ase.Atoms, got a {type(atoms).__name__}")
         check_structure(atoms, species=self.species_)
         per = is_periodic(atoms)
-        feat = assembly.describe(self, atoms, gradients=True, strain=per)
-        var = self.posterior_.latent_variances(feat, atoms.cell.volume if per else None, forces=True, stress=per)
+        forces, stress = "forces" in kinds, "stress" in kinds and per
+        feat = assembly.describe(self, atoms, gradients=forces, strain=stress)
+        var = self.posterior_.latent_variances(feat, atoms.cell.volume if stress else None, forces=forces,
+                                               stress=stress)
         var.pop("energies")
         cal = getattr(self, "std_weights_", {})
         out = {}
         for kind, (v, ny) in var.items():
+            if kind not in kinds:
+                continue
             target = predictive_std(v, 0.0, cal.get(kind, (1.0, 1.0)), kind, ny, n_atoms=len(atoms))[0] ** 2
             raw = np.ravel(v - ny)
             # components fixed by symmetry (forces of a perfect crystal) have a variance at rounding level

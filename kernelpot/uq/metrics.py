@@ -383,7 +383,12 @@ def spearman_calibrated(sigma, n_draws: int = 200, random_state=0) -> float:
     Returns
     -------
     float
-        NaN when fewer than 2 usable entries or sigma is constant.
+        NaN when sigma is constant (as :func:`spearman`).
+
+    Raises
+    ------
+    ValueError
+        If a sigma is not finite and positive, or fewer than 2 remain.
 
     Examples
     --------
@@ -395,11 +400,13 @@ def spearman_calibrated(sigma, n_draws: int = 200, random_state=0) -> float:
     0.51
     """
     s = np.asarray(sigma, float).ravel()
-    s = s[np.isfinite(s)]
-    if s.size < 2 or np.all(s == s[0]):
+    s = s[~np.isnan(s)]
+    if np.any(~(s > 0)) or np.any(np.isinf(s)):
+        raise ValueError("sigma must be finite and > 0")
+    if s.size < 2:
+        raise ValueError(f"spearman_calibrated needs at least 2 usable entries, got {s.size}")
+    if np.all(s == s[0]):
         return float("nan")
-    if np.any(s <= 0):
-        raise ValueError("sigma must be > 0")
     rng = np.random.default_rng(random_state)
     rs = stats.rankdata(s)
     vals = [np.corrcoef(rs, stats.rankdata(np.abs(rng.standard_normal(s.size)) * s))[0, 1] for _ in range(n_draws)]
