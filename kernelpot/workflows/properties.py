@@ -1,7 +1,11 @@
 """Material-property workflows with error bars from posterior samples.
 
 Every workflow takes ``calc``: one ASE calculator, or a list of calculators
-(typically ``model.posterior_calculators(n)``, one per GP posterior sample).
+(typically ``model.posterior_calculators(n, reference=atoms)``, one per GP
+posterior sample, scaled at the structure the property is computed at to the
+calculator's calibrated sigma; ``kinds="stress"`` for an EOS or elastic
+constants, ``kinds="energy"`` for a formation or surface energy makes the error
+bar follow the kind that sets the property).
 Results are :class:`Estimate` objects holding the mean over calculators, the
 standard deviation over calculators (``ddof=1``; the error bar), the units
 and the per-calculator values. For a single calculator (not a list) ``std``
