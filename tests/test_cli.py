@@ -283,6 +283,30 @@ def test_compile_note_only_without_numba_cache(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_first_run_compiles_step_by_step_with_progress(monkeypatch, capsys):
+    """Without a numba cache, fit compiles the kernels before its first phase: one line per finished
+    step and, while a step runs, a line every few seconds (here every 0.01 s), so it never looks hung."""
+    import time
+    import kernelpot
+    from kernelpot.gp import assembly
+    monkeypatch.setattr(assembly, "kernels_compiled", lambda: False)
+    with assembly._Ticker(True, "working", every=0.01):
+        time.sleep(0.1)
+    ticks = capsys.readouterr().err.splitlines()
+    assert len(ticks) >= 3 and all(t.startswith("kernelpot:   ... working (") for t in ticks)
+    assembly.announce_compilation(True, kernelpot.SOAP(species=[29], r_cut=4.0))
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("kernelpot: compiling kernels (first run only")
+    import re
+    done = [e for e in err if e.startswith("kernelpot: compiled ")]
+    assert len(done) == 2
+    assert re.fullmatch(r"kernelpot: compiled 1/2: neighbour lists \(\d+ s\)", done[0])
+    assert re.fullmatch(r"kernelpot: compiled 2/2: SOAP features and derivatives \(\d+ s\)", done[1])
+    assert err[-1].startswith("kernelpot: kernels compiled in ")
+    assembly.announce_compilation(False, kernelpot.SOAP(species=[29]))
+    assert capsys.readouterr().err == ""
+
+
 def test_predict_refuses_to_overwrite_its_input(fitted_model, tmp_path, capsys):
     """``predict -o`` the input file would replace the reference labels with predictions."""
     import hashlib

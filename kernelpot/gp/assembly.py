@@ -108,10 +108,64 @@ def kernels_compiled() -> bool:
     return True
 
 
-def announce_compilation(verbose) -> None:
-    """Say, before the first descriptor call, that numba compiles the kernels (minutes, once)."""
-    if verbose and not kernels_compiled():
-        note(True, "compiling kernels (first run only; a few minutes, cached for later runs)")
+class _Ticker:
+    """Context: a line ``kernelpot:   ... <what> (<elapsed> s)`` on stderr every ``every`` seconds.
+
+    The progress indication of work that reports nothing itself (numba
+    compiling), so that a long first run does not look hung.
+    """
+
+    def __init__(self, verbose, what: str, every: float = 15.0):
+        import threading
+        self.verbose, self.what, self.every = verbose, what, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import time
+        t0 = time.perf_counter()
+        while not self._stop.wait(self.every):
+            note(self.verbose, f"  ... {self.what} ({time.perf_counter() - t0:.0f} s)")
+
+    def __enter__(self):
+        if self.verbose:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        return False
+
+
+def announce_compilation(verbose, descriptor=None) -> None:
+    """Say, before the first descriptor call, that numba compiles the kernels (minutes, once).
+
+    With ``descriptor`` (a :class:`kernelpot.SOAP` with its species set), also
+    compile them here, step by step on a two-atom cell, with a line every 15 s
+    and one per finished step: the progress of the first run.
+    """
+    if not verbose or kernels_compiled():
+        return
+    note(True, "compiling kernels (first run only; a few minutes, cached for later runs)")
+    if descriptor is None:
+        return
+    import time
+    import numpy as np
+    from ase import Atoms
+    from kernelpot.descriptors.neighbors import neighbor_list
+    z = int(np.asarray(descriptor.species)[0]) if getattr(descriptor, "species", None) is not None else 14
+    cell = Atoms(numbers=[z, z], positions=[[0.0, 0.0, 0.0], [1.2, 1.3, 1.1]], cell=np.eye(3) * 2.6, pbc=True)
+    steps = (("neighbour lists", lambda: neighbor_list(cell, descriptor.r_cut)),
+             ("SOAP features and derivatives", lambda: descriptor.compute(cell, gradients=True, strain=True)))
+    t_all = time.perf_counter()
+    for i, (name, run) in enumerate(steps, 1):
+        t = time.perf_counter()
+        with _Ticker(True, f"compiling {name}"):
+            run()
+        note(True, f"compiled {i}/{len(steps)}: {name} ({time.perf_counter() - t:.0f} s)")
+    note(True, f"kernels compiled in {time.perf_counter() - t_all:.0f} s")
 
 
 def group_of(model, kind: str, atoms) -> str:

@@ -268,7 +268,7 @@ class SparseGP(BaseEstimator):
         self.offset_species_ = np.array(self.species_, dtype=int)
         self.offset_kappa_ = OFFSET_KAPPA
         _warn_unseparable(composition_matrix(frames, labels, self.species_), self.species_)
-        assembly.announce_compilation(self.verbose)
+        assembly.announce_compilation(self.verbose, self.descriptor_)
         t = time.perf_counter()
         feats = assembly.compute_features(self, frames)
         t = assembly.phase(self.verbose, "descriptors", t, f"{len(frames)} frames")
