@@ -162,8 +162,12 @@ def announce_compilation(verbose, descriptor=None) -> None:
     t_all = time.perf_counter()
     for i, (name, run) in enumerate(steps, 1):
         t = time.perf_counter()
-        with _Ticker(True, f"compiling {name}"):
-            run()
+        try:
+            with _Ticker(True, f"compiling {name}"):
+                run()
+        except Exception as err:  # a warm-up only: the fit's own first call compiles (and reports) anyway
+            note(True, f"compiling ahead stopped at {name} ({type(err).__name__}: {err}); the first call compiles")
+            return
         note(True, f"compiled {i}/{len(steps)}: {name} ({time.perf_counter() - t:.0f} s)")
     note(True, f"kernels compiled in {time.perf_counter() - t_all:.0f} s")
 
