@@ -141,6 +141,23 @@ def _model_kwargs(args) -> dict:
     return kw
 
 
+def _output(path, flag: str, inputs: dict, suffixes: tuple, writes: str) -> Path:
+    """Check an output path before any work: writable, not one of the command's inputs, a fitting name.
+
+    ``inputs`` maps what each input is (``"model file"``) to its path (None: not given).  Writing over an
+    input would destroy it (a model replaced by predictions, a training file by a PNG), and a name whose
+    suffix says another format (``-o p.db`` holding extxyz) breaks the next read.
+    """
+    from kernelpot.io.files import check_writable
+    out = check_writable(path)
+    for what, src in inputs.items():
+        if src is not None and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
+            raise ValueError(f"{flag} {path} is the {what}: writing it would replace it; write to another file")
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path}: this writes {writes}; give a name ending in {' or '.join(suffixes)}")
+    return out
+
+
 def _savefig(fig, path):
     from kernelpot.io.files import atomic_write
     with atomic_write(path, suffix=".png") as tmp:
@@ -149,12 +166,14 @@ def _savefig(fig, path):
 
 def _cmd_fit(args) -> int:
     import kernelpot
-    from kernelpot.io.files import check_writable
     out = Path(args.output)
     if out.suffix != ".npz":
         out = Path(str(out) + ".npz")
-    check_writable(out)
+    inputs = {"training file": args.train, "test file": args.test}
+    _output(out, "-o", inputs, (".npz",), "a model file (.npz)")
     png = Path(out.with_suffix("").as_posix() + "_parity.png")
+    if args.test:
+        _output(png, "the parity plot", inputs, (".png",), "a PNG image")
     train = _read(args.train, args)
     _validate(train, args.train, args.quiet)
     test = None
@@ -196,11 +215,9 @@ def _load(path):
 
 def _cmd_predict(args) -> int:
     import kernelpot
-    from kernelpot.io.files import atomic_write, check_writable
-    check_writable(args.output)
-    if Path(args.output).resolve() == Path(args.frames).resolve():
-        raise ValueError(f"-o {args.output} is the input file: predictions would replace its reference labels; "
-                         "write them to another file")
+    from kernelpot.io.files import atomic_write
+    _output(args.output, "-o", {"input file (its reference labels)": args.frames, "model file": args.model},
+            (".xyz", ".extxyz"), "extended XYZ")
     model = _load(args.model)
     frames = _read(args.frames)
     out = []
@@ -262,9 +279,9 @@ def _cmd_eval(args) -> int:
 
 def _cmd_screen(args) -> int:
     import kernelpot
-    from kernelpot.io.files import check_writable
     if args.plot:
-        check_writable(args.plot)
+        _output(args.plot, "--plot", {"training file": args.train, "model file": args.model}, (".png",),
+                "a PNG image")
     if not 0.0 < args.alpha < 1.0:
         raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
     frames = _read(args.train, args)

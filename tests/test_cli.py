@@ -318,6 +318,27 @@ def test_predict_refuses_to_overwrite_its_input(fitted_model, tmp_path, capsys):
     assert hashlib.md5(data.read_bytes()).hexdigest() == before
 
 
+def test_no_output_replaces_an_input_or_takes_another_formats_name(fitted_model, tmp_path, capsys):
+    """Every output option is checked before any work: a model file replaced by predictions, a training
+    file by a PNG, or extxyz under a .db name would each destroy or mislabel data (found by a tester)."""
+    import hashlib
+    model = tmp_path / "m.npz"
+    model.write_bytes(Path(fitted_model).read_bytes())
+    train = tmp_path / "train.xyz"
+    train.write_bytes(Path(TEST).read_bytes())
+    digest = {p: hashlib.md5(p.read_bytes()).hexdigest() for p in (model, train)}
+    cases = [(["predict", str(model), str(train), "-o", str(model)], "is the model file"),
+             (["predict", str(model), str(train), "-o", str(tmp_path / "p.db")], "extended XYZ"),
+             (["screen", str(train), "--plot", str(train)], "is the training file"),
+             (["screen", str(train), "--plot", str(tmp_path / "influence.txt")], ".png")]
+    for argv, want in cases:
+        line = _one_line_error(*_run(argv, capsys))
+        assert want in line, (argv, line)
+    for p, d in digest.items():
+        assert hashlib.md5(p.read_bytes()).hexdigest() == d
+    assert not (tmp_path / "p.db").exists() and not (tmp_path / "influence.txt").exists()
+
+
 def test_predict_errors_name_file_and_frame(fitted_model, tmp_path, capsys):
     import ase.io
     frames = ase.io.read(TEST, ":3")
