@@ -617,3 +617,29 @@ def test_mlearn_full_occupancy_with_float_or_missing_occu_reads(tmp_path):
     path = tmp_path / "ordered.json"
     path.write_text(json.dumps([item]))
     assert read(path)[0].get_chemical_symbols() == ["Si", "Si"]
+
+
+def test_ase_db_labels_in_row_data_are_read(tmp_path):
+    """ASE's place for per-atom arrays is a row's ``data``: labels kept there (a tester's
+    ``db.write(atoms, dft_energy=e, data={"dft_forces": f, "dft_stress": s})``) were dropped unseen."""
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    a.rattle(0.05, seed=1)
+    a.calc = EMT()
+    e, f, s = a.get_potential_energy(), a.get_forces(), a.get_stress()
+    bare = a.copy()
+    bare.calc = None
+    with ase.db.connect(str(tmp_path / "kv.db")) as db:
+        db.write(bare, dft_energy=e, data={"dft_forces": f, "dft_stress": s})
+    got = read(tmp_path / "kv.db")[0]
+    assert got.get_potential_energy() == pytest.approx(e)
+    np.testing.assert_allclose(got.get_forces(), f)
+    np.testing.assert_allclose(got.get_stress(), s)
+
+
+def test_read_missing_or_foreign_files_say_so_and_create_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="typo.db"):
+        read(tmp_path / "typo.db")  # ase.db.connect would have created it and returned no frame
+    assert not (tmp_path / "typo.db").exists()
+    (tmp_path / "obj.json").write_text('{"hello": 1}')
+    with pytest.raises(ValueError, match=r"obj.json: cannot be read as an ASE database.*mlearn"):
+        read(tmp_path / "obj.json")

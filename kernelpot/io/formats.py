@@ -123,6 +123,8 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
 
     Raises
     ------
+    FileNotFoundError
+        If ``path`` does not exist (a misspelt ``.db`` name is not created).
     ValueError
         If the file is a JSON list that is not in the mlearn format, is not
         valid JSON (truncated), a field of a frame has the wrong type or shape,
@@ -140,6 +142,9 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
     for what, key in keys.items():
         if key is not None and not (isinstance(key, str) and key):
             raise TypeError(f"{what}_key must be a non-empty str or None, got {key!r}")
+    # checked here: ase.db.connect would create a missing database file and read nothing from it
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {str(path)!r}")
     if format is None:
         format = _detect_format(path)
     if format == "mlearn":
@@ -446,13 +451,26 @@ def mlearn_stress_to_ase(virial_stress: Sequence[float]) -> np.ndarray:
 def _read_ase_db(path: Path, index: int | slice | str) -> list[Atoms]:
     """Read an ASE database; key-value pairs go to ``info`` and the row id to ``info['db_id']``."""
     import ase.db
-    with ase.db.connect(str(path)) as db:
-        rows = list(db.select())
+    try:
+        with ase.db.connect(str(path)) as db:
+            rows = list(db.select())
+    except Exception as exc:  # a JSON object that is no ASE database, a truncated or foreign file
+        raise ValueError(f"{path}: cannot be read as an ASE database ({type(exc).__name__}: {exc}); mlearn "
+                         "files are a JSON list of {structure, outputs} objects") from exc
     frames = []
     for i in _index_list(len(rows), index):
         row = rows[i]
         atoms = row.toatoms()
         atoms.info.update(row.key_value_pairs)
+        # arrays kept in the row's data (the usual place for per-atom labels: db.write(atoms,
+        # data={"dft_forces": f})) join the frame's arrays, scalars and other arrays its info, so
+        # that the label search and its warnings see them instead of dropping them unseen
+        for key, value in (row.get("data") or {}).items():
+            arr = np.asarray(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+            if arr is not None and arr.ndim >= 1 and len(arr) == len(atoms) and key not in atoms.arrays:
+                atoms.new_array(key, arr)
+            elif key not in atoms.info:
+                atoms.info[key] = value
         atoms.info["db_id"] = row.id
         frames.append(atoms)
     return frames
