@@ -296,3 +296,24 @@ def test_fixed_min_distance_still_works_and_rounds_safely():
     atoms = _dimer("H", 0.5)
     assert validate([atoms], min_distance=0.5).ok                       # at the threshold: not flagged
     assert not validate([atoms], min_distance=0.5001, raise_on_error=False).ok
+
+
+def test_placeholder_element_is_an_error_naming_frame_and_atom(tmp_path):
+    """ASE reads an unknown symbol 'X' as atomic number 0; it passed read and validate and failed deep in the
+    descriptor ('atomic number 0 is outside 1..118', no file or frame)."""
+    import re
+    import kernelpot
+    from ase.calculators.emt import EMT
+    from kernelpot.workflows.sampling import label
+    frames = label([bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1, 1, 2)) for _ in range(2)], EMT())
+    path = tmp_path / "x.xyz"
+    kernelpot.write(path, frames)
+    lines = path.read_text().splitlines()
+    first_atom = 2 + len(frames[0]) + 2 + 3   # frame 1, atom 3
+    lines[first_atom] = "X" + lines[first_atom][2:]
+    path.write_text("\n".join(lines) + "\n")
+    report = kernelpot.validate(kernelpot.read(path), raise_on_error=False)
+    assert any(re.search(r"frame 1.*atoms \[3\] have atomic number 0 \(element 'X'\)", e) for e in report.errors), \
+        report.errors
+    with pytest.raises(ValueError, match=r"frame 1.*atomic number 0"):
+        kernelpot.SparseGP(n_sparse=10, verbose=False).fit(kernelpot.read(path))

@@ -235,6 +235,12 @@ def structure_errors(atoms, name: str, species=None, *, overlaps: bool = True) -
     if not finite.all():
         bad = np.unique(np.nonzero(~finite)[0])
         errs.append(f"{name}: positions are not finite (NaN/inf) for atoms {_list(bad)}")
+    numbers = np.asarray(atoms.numbers)
+    unreal = np.flatnonzero((numbers < 1) | (numbers > 118))
+    if len(unreal):
+        errs.append(f"{name}: atoms {_list(unreal)} have atomic number {int(numbers[unreal[0]])} (element "
+                    f"'{atoms.get_chemical_symbols()[unreal[0]]}'), not a real element: a placeholder or an "
+                    "unknown symbol ('X') in the file; give every atom its element")
     pbc = atoms.pbc
     cell_ok = True
     if pbc.any():
