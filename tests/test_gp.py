@@ -1,5 +1,7 @@
 """SparseGP: exact derivative observations, invariances, posterior variance, learned noise."""
 
+import re
+
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
@@ -81,6 +83,16 @@ def test_mean_is_the_same_with_and_without_uncertainties(cuau_model, cuau_frames
         for k in keys:
             np.testing.assert_allclose(full[k], fast[k], rtol=1e-10, atol=1e-10, err_msg=k)
         assert ("forces" in full) == forces and np.all(np.isfinite(full["stress"])) == stress
+
+
+def test_predict_refuses_paths_and_non_atoms(cuau_model, cuau_frames):
+    """A path where frames belong failed deep inside with "'str' object has no attribute 'positions'"."""
+    for bad, what in (("frames.xyz", "path 'frames.xyz'"), (["frames.xyz"], "frame 0 is a str"),
+                      ([cuau_frames[0], 3], "frame 1 is a int")):
+        with pytest.raises(ValueError, match=re.escape(what)):
+            cuau_model.predict(bad)
+    with pytest.raises(ValueError, match="one ase.Atoms, got a str"):
+        cuau_model.predict_frame("frames.xyz")
 
 
 def test_predictions_invariant(cuau_model, cuau_frames):

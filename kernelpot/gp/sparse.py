@@ -32,6 +32,7 @@ predictive density of the training energies (see ``energy_noise``).
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 
@@ -491,6 +492,9 @@ class SparseGP(BaseEstimator):
             (all ``pbc`` True, non-zero volume): its stress is undefined.
         """
         self._check_fitted()
+        if not isinstance(atoms, Atoms):
+            raise ValueError(f"predict_frame takes one ase.Atoms, got a {type(atoms).__name__}"
+                             + (" (a path? read it with kernelpot.read)" if isinstance(atoms, str) else ""))
         check_structure(atoms, species=self.species_)
         post = self.posterior_
         per = is_periodic(atoms)
@@ -555,9 +559,16 @@ class SparseGP(BaseEstimator):
         """
         if hasattr(frames, "positions"):
             frames = [frames]
+        if isinstance(frames, (str, bytes, os.PathLike)):
+            raise ValueError(f"predict takes ase.Atoms, got the path {str(frames)!r}: read it first "
+                             "(kernelpot.read(path))")
         frames = list(frames)
         if not frames:
             raise ValueError("predict needs at least one frame, got an empty list")
+        bad = [i for i, a in enumerate(frames) if not isinstance(a, Atoms)]
+        if bad:
+            raise ValueError(f"predict takes ase.Atoms: frame {bad[0]} is a {type(frames[bad[0]]).__name__}"
+                             + (" (a path? read it with kernelpot.read)" if isinstance(frames[bad[0]], str) else ""))
         # every frame is checked before any work, so a bad frame is named at once, not after the batch
         errors = [m for i, a in enumerate(frames) for m in structure_errors(a, frame_name(i, a), self.species_)]
         if errors:
