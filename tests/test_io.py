@@ -643,3 +643,15 @@ def test_read_missing_or_foreign_files_say_so_and_create_nothing(tmp_path):
     (tmp_path / "obj.json").write_text('{"hello": 1}')
     with pytest.raises(ValueError, match=r"obj.json: cannot be read as an ASE database.*mlearn"):
         read(tmp_path / "obj.json")
+
+
+def test_mlearn_outputs_fields_that_are_not_read_are_named(tmp_path):
+    """outputs.stress (instead of virial_stress) or outputs.energy_per_atom were dropped without a word."""
+    item = {"structure": {"lattice": {"matrix": [[3.6, 0, 0], [0, 3.6, 0], [0, 0, 3.6]]},
+                          "sites": [{"species": [{"element": "Cu", "occu": 1}], "xyz": [0.0, 0.0, 0.0]}]},
+            "outputs": {"energy": -3.5, "forces": [[0.0, 0.0, 0.0]], "stress": [1, 2, 3, 0, 0, 0]}}
+    path = tmp_path / "ml.json"
+    path.write_text(json.dumps([item, item]))
+    with pytest.warns(kio.DataWarning, match=r"ml.json: outputs.stress \(2 of 2 frames\) not read.*virial_stress"):
+        frames = read(path)
+    assert "stress" not in frames[0].calc.results

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -322,9 +323,22 @@ def _read_mlearn(path: Path, index: int | slice | str) -> list[Atoms]:
             raise ValueError(f"{path}: frame {i}: not in the mlearn format (expected a dict with "
                              f"'structure' and 'outputs' keys, got {_short(d)})")
     frames = []
+    ignored: dict[str, list[int]] = {}
     for i in _index_list(len(data), index):
         frames.append(_mlearn_item_to_atoms(data[i], i, path))
+        for key, value in data[i]["outputs"].items():
+            if key not in _MLEARN_OUTPUTS and value is not None:
+                ignored.setdefault(key, []).append(i)
+    if ignored:  # e.g. outputs.stress or outputs.energy_per_atom: dropped unseen before
+        names = ", ".join(f"outputs.{k} ({len(v)} of {len(frames)} frames)" for k, v in ignored.items())
+        warnings.warn(f"{path}: {names} not read: mlearn labels are outputs.energy (eV, total), outputs.forces "
+                      "(eV/Å) and outputs.virial_stress (kBar, VASP order); rename the field if it holds one",
+                      DataWarning, stacklevel=3)
     return frames
+
+
+#: The outputs fields of the mlearn format that hold labels kernelpot reads.
+_MLEARN_OUTPUTS = ("energy", "forces", "virial_stress")
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -601,7 +615,6 @@ def _attach_labels(atoms: Atoms, i: int, path: Path, keys: Mapping[str, str | No
 
 def _warn_keys(path: Path, unused: dict, mixed: dict, n_frames: int) -> None:
     """One warning naming label-like keys that were not used and conventions mixed in a frame."""
-    import warnings
     lines = []
     for key, frames in unused.items():
         lines.append(f"{key!r} looks like a label but is not used ({len(frames)} of {n_frames} frames"
