@@ -186,7 +186,9 @@ def test_warnings_for_suspicious_units():
     report = validate(frames)        # warnings never raise
     assert report.ok
     w = report.warnings
-    assert len(w) == 4
+    assert len(w) == 5
+    # the five frames are one structure with five label sets: also reported as conflicting duplicates
+    assert w[4].startswith("duplicates: 4 pair(s) of identical structures with different labels")
     assert w[0].startswith("frame 0 ('bulk'): forces: |F| = 120 eV/Å on atom 4")
     assert w[1].startswith("frame 1 ('bulk'): stress: max |component| = 150 GPa")
     assert w[2].startswith("frame 2 ('bulk'): energy per atom is -20000 eV")
@@ -317,3 +319,23 @@ def test_placeholder_element_is_an_error_naming_frame_and_atom(tmp_path):
         report.errors
     with pytest.raises(ValueError, match=r"frame 1.*atomic number 0"):
         kernelpot.SparseGP(n_sparse=10, verbose=False).fit(kernelpot.read(path))
+
+
+def test_identical_structures_with_different_labels_are_named():
+    """A copy relabelled (or two merged runs) passed validate and fit silently; only screen found it."""
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    a.rattle(0.02, seed=3)
+
+    def labelled(e, f_shift=0.0):
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=e, forces=np.full((len(b), 3), f_shift))
+        return b
+
+    report = validate([labelled(-14.0), labelled(-13.0), labelled(-14.0), labelled(-14.0, 0.5)],
+                      raise_on_error=False)
+    dup = [w for w in report.warnings if w.startswith("duplicates:")]
+    assert len(dup) == 1, report.warnings
+    assert "2 pair(s)" in dup[0] and "frames 0 and 1 (energy: 0.25 eV/atom)" in dup[0]
+    assert "frames 0 and 3 (forces: 0.5 eV/Å)" in dup[0]
+    clean = validate([labelled(-14.0), labelled(-14.0)], raise_on_error=False)
+    assert not any(w.startswith("duplicates:") for w in clean.warnings)

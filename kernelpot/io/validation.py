@@ -174,6 +174,8 @@ def validate(
             f"(frames {shown}{more}); total DFT energies are negative, so check the sign or "
             f"reference (expected for EMT or reference-subtracted energies)")
 
+    _check_duplicates(frames, report)
+
     if free_energy:
         report.warnings.append(
             f"energy: energy and free_energy differ in {len(free_energy)} of {len(frames)} frames "
@@ -184,6 +186,56 @@ def validate(
     if raise_on_error and report.errors:
         raise ValueError(str(report))
     return report
+
+
+#: Same structure when positions and cell agree to this (Å); labels conflict above these differences.
+_DUPLICATE_TOL = 1e-6
+_CONFLICT = {"energy": 1e-3, "forces": 1e-3, "stress": 1e-5}  # eV/atom, eV/Å, eV/Å^3
+
+
+def _check_duplicates(frames, report: ValidationReport) -> None:
+    """Warn about identical structures whose labels disagree (a copy relabelled, a merge of two runs).
+
+    Identical means same atomic numbers, positions and cell to 1e-6 Å (rounded to 1e-5 Å as a key),
+    so the check is one pass; near-duplicates are :func:`kernelpot.screen`'s job.
+    """
+    seen: dict = {}
+    conflicts = []
+    for i, atoms in enumerate(frames):
+        if not isinstance(atoms, Atoms) or len(atoms) == 0:
+            continue
+        try:
+            pos = np.round(np.asarray(atoms.positions, float) / 1e-5).astype(np.int64)
+            cell = np.round(np.asarray(atoms.cell.array, float) / 1e-5).astype(np.int64)
+        except (ValueError, OverflowError):  # non-finite positions: an error reported elsewhere
+            continue
+        key = (atoms.numbers.tobytes(), pos.tobytes(), cell.tobytes(), tuple(bool(p) for p in atoms.pbc))
+        if key not in seen:
+            seen[key] = i
+            continue
+        j = seen[key]
+        res_i = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+        res_j = getattr(frames[j].calc, "results", {}) if frames[j].calc is not None else {}
+        for kind, tol in _CONFLICT.items():
+            a, b = res_i.get(kind), res_j.get(kind)
+            if a is None or b is None:
+                continue
+            try:
+                diff = float(np.max(np.abs(np.asarray(a, float) - np.asarray(b, float))))
+            except (TypeError, ValueError):
+                continue
+            if kind == "energy":
+                diff /= len(atoms)
+            if np.isfinite(diff) and diff > tol:
+                unit = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å^3"}[kind]
+                conflicts.append(f"frames {j} and {i} ({kind}: {diff:.3g} {unit})")
+                break
+    if conflicts:
+        shown = "; ".join(conflicts[:_MAX_INDICES_LISTED])
+        more = f"; ... ({len(conflicts) - _MAX_INDICES_LISTED} more)" if len(conflicts) > _MAX_INDICES_LISTED else ""
+        report.warnings.append(f"duplicates: {len(conflicts)} pair(s) of identical structures with different "
+                               f"labels: {shown}{more}; one of each pair is mislabelled (kernelpot.screen names "
+                               "which) or they come from different DFT settings")
 
 
 def warn_report(report: ValidationReport, where: str = "data", stacklevel: int = 3,
