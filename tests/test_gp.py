@@ -95,6 +95,37 @@ def test_predict_refuses_paths_and_non_atoms(cuau_model, cuau_frames):
         cuau_model.predict_frame("frames.xyz")
 
 
+def test_fit_that_explains_little_of_its_labels_says_so(small_soap):
+    """Forces stored as energy gradients (a tester's case) fit 'normally' with energy and stress noise the
+    size of the labels and only a bounds warning; now a warning names the kind, its noise and its labels'
+    scale. The correctly signed data fit without it."""
+    import warnings
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    frames = []
+    for k in range(6):
+        a = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1, 1, 2))
+        a.rattle(0.08, seed=k)
+        frames.append(label(a, EMT()))
+    for sign in (1.0, -1.0):
+        data = []
+        for a in frames:
+            b = a.copy()
+            b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=sign * a.get_forces(),
+                                           stress=a.get_stress())
+            data.append(b)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = SparseGP(descriptor=small_soap, n_sparse=50, verbose=False).fit(data)
+        said = [str(w.message) for w in caught if "explains little" in str(w.message)]
+        if sign > 0:
+            assert not said, said
+        else:
+            assert said and any("energy noise" in x or "stress noise" in x for x in said), said
+            kind = "energy" if "energy noise" in said[0] else "stress"
+            assert f"{m.noise_[kind]:.3g}" in said[0]
+
+
 def test_predictions_invariant(cuau_model, cuau_frames):
     from scipy.spatial.transform import Rotation
     a = _rattled(cuau_frames[2])
@@ -188,6 +219,16 @@ def test_bad_model_files(cuau_model, tmp_path):
         kernelpot.load(tmp_path / "new.npz")
     with pytest.raises(ValueError, match="no such file"):
         kernelpot.load(tmp_path / "missing.npz")
+    # a header edited by hand no longer describes the stored environments: said at load, naming the file
+    # (it was a matmul shape error blamed on the first structure predicted)
+    for key, value in (("n_max", h["descriptor"]["n_max"] - 1), ("l_max", h["descriptor"]["l_max"] + 1)):
+        e = json.loads(str(arrays["header"]))
+        e["version"] = json.loads(str(np.load(path)["header"]))["version"]
+        e["descriptor"][key] = value
+        edited = dict(arrays, header=np.array(json.dumps(e)))
+        np.savez(tmp_path / "edited.npz", **edited)
+        with pytest.raises(ValueError, match=r"edited.npz: the descriptor settings in the file give \d+ features"):
+            kernelpot.load(tmp_path / "edited.npz")
 
 
 def test_clear_errors(cuau_model, cu_frames, small_soap):

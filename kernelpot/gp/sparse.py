@@ -43,11 +43,12 @@ from sklearn.base import BaseEstimator, clone
 from kernelpot import _threads, modelfile
 from kernelpot.calculator import Calculator
 from kernelpot.descriptors import SOAP
-from kernelpot.io.labels import (check_structure, frame_labels, frame_name, is_periodic,
+from kernelpot.io.labels import (check_structure, frame_labels, frame_name, is_isolated_atom, is_periodic,
                                  structure_errors)
 from kernelpot.io.validation import validate, warn_report
 from kernelpot.gp import assembly, hyperparameters
 from kernelpot.gp.calibration import SIGMA_FLOOR, recalibrate
+from kernelpot.gp.hyperparameters import NOISE_FLOOR
 from kernelpot.gp.design import SparseSet, model_kernel
 from kernelpot.gp.likelihood import GroupStats, neg_log_marginal_likelihood
 from kernelpot.gp.group_loo import calibration_groups
@@ -301,6 +302,7 @@ class SparseGP(BaseEstimator):
         self._offset_prior_with_pair(frames)
         self._train_frames = frames
         self._solve(theta)
+        _warn_unlearned(self, frames, labels)
         t = assembly.phase(self.verbose, "hyperparameters", t)
         self.std_weights_ = {}
         self.__dict__.pop("training_diagnostics_", None)
@@ -860,6 +862,16 @@ class SparseGP(BaseEstimator):
         model.log_marginal_likelihood_ = float(fit["log_marginal_likelihood_"])
         if fit.get("n_train_frames_") is not None:
             model.n_train_frames_ = int(fit["n_train_frames_"])
+        # a header edited by hand (n_max, l_max, species) no longer describes the stored sparse environments:
+        # say so here, not as a matrix-shape error blamed on the first structure predicted
+        try:
+            want = model.descriptor_.get_number_of_features()
+        except ValueError:  # no species in the header: nothing to compare with
+            want = None
+        if want is not None and (np.ndim(data["sparse_X"]) != 2 or data["sparse_X"].shape[1] != want):
+            raise ValueError(f"{path}: the descriptor settings in the file give {want} features per environment "
+                             f"but its sparse environments have shape {np.shape(data['sparse_X'])}: the header "
+                             "and the arrays do not belong together (edited or mixed files?)")
         model.sparse_index_ = data["sparse_index_"]
         model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"])
         model.pair_ = None if fit.get("pair_") is None else PairTerm.from_dict(fit["pair_"])
@@ -875,6 +887,42 @@ class SparseGP(BaseEstimator):
                                      data["Lc"], data["a"], data["alpha_"], model.offset_species_, model.offset_kappa_,
                                      model.pair_)
         return model
+
+
+#: Learned noise above this fraction of the labels' RMS: the fit explains little of them.
+UNLEARNED_FRACTION = 0.5
+
+
+def _warn_unlearned(model, frames, labels):
+    """Warn when the learned noise of a kind is comparable to its labels (energies per atom: their spread).
+
+    Such a fit treats the labels as noise: forces given as gradients (the opposite sign), a unit or
+    convention slip, or a descriptor that cannot tell the structures apart.  (A collapsed fit of a
+    molecule without isolated atoms once returned every force as 0 with only a bounds warning.)
+    """
+    for kind in ("energy", "forces", "stress"):
+        per_group: dict = {}
+        for a, lab in zip(frames, labels):
+            if kind in lab and not is_isolated_atom(a):
+                value = lab[kind] / len(a) if kind == "energy" else lab[kind]
+                per_group.setdefault(assembly.group_of(model, kind, a), []).append(np.ravel(value))
+        for group, vals in per_group.items():
+            if group not in model.noise_ or (kind == "energy" and len(vals) < 3):
+                continue
+            x = np.concatenate(vals)
+            # energies per atom: their spread (the offsets take the mean); forces, stress: their RMS
+            rms = float(np.std(x) if kind == "energy" else np.sqrt(np.mean(x ** 2)))
+            noise = model.noise_[group]
+            if rms > 10 * NOISE_FLOOR[kind] and noise >= UNLEARNED_FRACTION * rms:
+                unit = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å^3"}[kind]
+                hint = {"energy": "forces given as energy gradients? Hartree? energies of another reference?",
+                        "forces": "forces given as energy gradients? eV/Bohr?", "stress": "kBar? virial?"}[kind]
+                size = "spread" if kind == "energy" else "RMS"
+                warnings.warn(f"fit: the learned {group} noise {noise:.3g} {unit} is {noise / rms:.0%} of the "
+                              f"{size} of the {kind} labels ({rms:.3g} {unit}): the model explains little of them. "
+                              f"Check their sign and units ({hint}) and that the labels belong to their "
+                              "structures; labels that are all near zero (relaxed structures) carry little to learn",
+                              RuntimeWarning, stacklevel=3)
 
 
 def _warn_unseparable(A, species):
