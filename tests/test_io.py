@@ -655,3 +655,15 @@ def test_mlearn_outputs_fields_that_are_not_read_are_named(tmp_path):
     with pytest.warns(kio.DataWarning, match=r"ml.json: outputs.stress \(2 of 2 frames\) not read.*virial_stress"):
         frames = read(path)
     assert "stress" not in frames[0].calc.results
+
+
+def test_voigt_stress_in_extxyz_is_explained(tmp_path):
+    """ASE's extxyz reader wants stress= as 9 values; a Voigt 6-vector failed with ASE's message only.
+    The same six values under REF_stress are read as the stress label."""
+    head = 'Lattice="3.6 0 0 0 3.6 0 0 0 3.6" Properties=species:S:1:pos:R:3:forces:R:3 energy=-3.0 pbc="T T T"'
+    body = "Cu 0 0 0 0 0 0\nCu 1.8 1.8 0 0 0 0\n"
+    (tmp_path / "v6.xyz").write_text(f'2\n{head} stress="0.1 0.2 0.3 0 0 0"\n{body}')
+    with pytest.raises(ValueError, match=r"v6.xyz: .*9 values.*REF_stress="):
+        read(tmp_path / "v6.xyz")
+    (tmp_path / "ref.xyz").write_text(f'2\n{head} REF_stress="0.1 0.2 0.3 0 0 0"\n{body}')
+    np.testing.assert_allclose(read(tmp_path / "ref.xyz")[0].get_stress(), [0.1, 0.2, 0.3, 0, 0, 0])

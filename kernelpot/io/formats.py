@@ -31,7 +31,10 @@ source field               source unit / convention     conversion to kernelpot
 =========================  ===========================  =======================================
 extxyz ``energy``          eV, total                    none (``info`` -> calculator)
 extxyz ``forces``          eV/Å                         none (``arrays`` -> calculator)
-extxyz ``stress``          eV/Å^3, ASE sign, 3x3/Voigt  3x3 -> Voigt ``xx yy zz yz xz xy``
+extxyz ``stress``          eV/Å^3, ASE sign, 3x3        3x3 -> Voigt ``xx yy zz yz xz xy``
+                           (9 values; a Voigt 6-vector
+                           under another key, e.g.
+                           ``REF_stress``)
 extxyz ``virial``          eV, ``virial = -V stress``   ``stress = -virial / V``, V in Å^3
 mlearn ``lattice.matrix``  Å, rows = lattice vectors    none
 mlearn ``sites[].xyz``     Å, Cartesian                 none
@@ -162,8 +165,12 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
         except (FileNotFoundError, PermissionError, IsADirectoryError, TypeError):
             raise
         except Exception as exc:  # ASE's parsers raise many types; say which file, keep the cause
+            hint = ""
+            if "special 3x3 matrix" in str(exc):  # ASE's extxyz reader: stress= / virial= must hold 9 values
+                hint = ("; extxyz keeps stress= and virial= as 3x3 (9 values): store a Voigt 6-vector under "
+                        "another key, e.g. REF_stress=, which kernelpot reads as the stress label")
             raise ValueError(f"{path}: cannot be read as {format or 'a format ASE recognises'} "
-                             f"({type(exc).__name__}: {exc})") from exc
+                             f"({type(exc).__name__}: {exc}){hint}") from exc
         frames = [images] if isinstance(images, Atoms) else list(images)
     unused: dict[str, list[int]] = {}
     mixed: dict[str, list[int]] = {}
