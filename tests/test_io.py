@@ -667,3 +667,22 @@ def test_voigt_stress_in_extxyz_is_explained(tmp_path):
         read(tmp_path / "v6.xyz")
     (tmp_path / "ref.xyz").write_text(f'2\n{head} REF_stress="0.1 0.2 0.3 0 0 0"\n{body}')
     np.testing.assert_allclose(read(tmp_path / "ref.xyz")[0].get_stress(), [0.1, 0.2, 0.3, 0, 0, 0])
+
+
+def test_label_keys_mixed_across_frames_are_named(tmp_path):
+    """Frames 0-1 labelled dft_*, frame 2 REF_*: read silently took each frame's own key."""
+    frames = []
+    for k in range(3):
+        a = bulk("Cu", "fcc", a=3.6, cubic=True)
+        a.rattle(0.05, seed=k)
+        a.calc = EMT()
+        e, f = a.get_potential_energy(), a.get_forces()
+        a.calc = None
+        prefix = "dft" if k < 2 else "REF"
+        a.info[f"{prefix}_energy"] = e
+        a.arrays[f"{prefix}_forces"] = f
+        frames.append(a)
+    ase.io.write(tmp_path / "mix.xyz", frames)
+    with pytest.warns(kio.DataWarning, match=r"energy read from different keys across frames \('dft_energy' in 2 "
+                                             r"frame\(s\) \(first 0\), 'REF_energy' in 1 frame\(s\) \(first 2\)\)"):
+        read(tmp_path / "mix.xyz")

@@ -174,8 +174,9 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
         frames = [images] if isinstance(images, Atoms) else list(images)
     unused: dict[str, list[int]] = {}
     mixed: dict[str, list[int]] = {}
-    out = [_attach_labels(atoms, i, path, keys, unused, mixed) for i, atoms in enumerate(frames)]
-    _warn_keys(path, unused, mixed, len(out))
+    sources: dict[str, dict[str, list[int]]] = {}
+    out = [_attach_labels(atoms, i, path, keys, unused, mixed, sources) for i, atoms in enumerate(frames)]
+    _warn_keys(path, unused, mixed, len(out), sources)
     return out
 
 
@@ -527,7 +528,8 @@ def _first_present(atoms: Atoms, results: dict, candidates) -> str | None:
 
 
 def _attach_labels(atoms: Atoms, i: int, path: Path, keys: Mapping[str, str | None] | None = None,
-                   unused: dict | None = None, mixed: dict | None = None) -> Atoms:
+                   unused: dict | None = None, mixed: dict | None = None,
+                   sources: dict | None = None) -> Atoms:
     """Move energy/forces/stress/virial from info/arrays into a SinglePointCalculator.
 
     ``keys`` are the user's ``energy_key``/``forces_key``/``stress_key``
@@ -600,6 +602,9 @@ def _attach_labels(atoms: Atoms, i: int, path: Path, keys: Mapping[str, str | No
             results["stress"] = _to_voigt(value, f"{where}: {key}")
         used["stress"] = key
 
+    if sources is not None:  # which key each kind came from, per frame: conventions mixed across frames
+        for k, v in used.items():
+            sources.setdefault(k, {}).setdefault(v, []).append(i)
     # conventions mixed in one frame (energy= with REF_forces): the labels may come from two sources
     standard = ("energy", "free_energy", "forces", "stress", "virial")
     prefixes = {k: "" if v in standard else v.lower().replace(k, "").replace(k.rstrip("s"), "")
@@ -620,9 +625,15 @@ def _attach_labels(atoms: Atoms, i: int, path: Path, keys: Mapping[str, str | No
     return atoms
 
 
-def _warn_keys(path: Path, unused: dict, mixed: dict, n_frames: int) -> None:
-    """One warning naming label-like keys that were not used and conventions mixed in a frame."""
+def _warn_keys(path: Path, unused: dict, mixed: dict, n_frames: int, sources: dict | None = None) -> None:
+    """One warning naming label-like keys that were not used and conventions mixed in a frame or across frames."""
     lines = []
+    for kind, by_key in (sources or {}).items():
+        # energy and free_energy are one convention (kernelpot fits free_energy where both are given)
+        if len({"energy" if k in ("energy", "free_energy") else k for k in by_key}) > 1:
+            parts = ", ".join(f"{k!r} in {len(v)} frame(s) (first {v[0]})" for k, v in by_key.items())
+            lines.append(f"{kind} read from different keys across frames ({parts}); check the frames come from "
+                         "the same kind of calculation, or name the key with energy_key=/forces_key=/stress_key=")
     for key, frames in unused.items():
         lines.append(f"{key!r} looks like a label but is not used ({len(frames)} of {n_frames} frames"
                      + (f"; kept as {key + '_unused'!r}" if key in ("energy", "free_energy", "forces") else "")
