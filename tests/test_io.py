@@ -686,3 +686,24 @@ def test_label_keys_mixed_across_frames_are_named(tmp_path):
     with pytest.warns(kio.DataWarning, match=r"energy read from different keys across frames \('dft_energy' in 2 "
                                              r"frame\(s\) \(first 0\), 'REF_energy' in 1 frame\(s\) \(first 2\)\)"):
         read(tmp_path / "mix.xyz")
+
+
+def test_extxyz_parse_errors_name_the_frame_and_its_line(tmp_path):
+    """ASE's reader says 'KeyError: Qq' or 'Frame has 5 atoms, expected 8' without saying where."""
+    frames = []
+    for k in range(3):
+        a = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((1, 1, 2))
+        a.rattle(0.05, seed=k)
+        a.calc = EMT()
+        a.get_potential_energy()
+        frames.append(a)
+    ase.io.write(tmp_path / "good.xyz", frames)
+    lines = (tmp_path / "good.xyz").read_text().splitlines()
+    bad = list(lines)
+    bad[10 + 2 + 3] = "Qq" + bad[10 + 2 + 3][2:]          # frame 1 starts on line 11 (8 atoms + 2 lines each)
+    (tmp_path / "el.xyz").write_text("\n".join(bad) + "\n")
+    with pytest.raises(ValueError, match=r"el.xyz: frame 1 \(line 11\): .*Qq"):
+        read(tmp_path / "el.xyz")
+    (tmp_path / "cut.xyz").write_text("\n".join(lines[:-3]) + "\n")
+    with pytest.raises(ValueError, match=r"cut.xyz: frame 2 \(line 21\): .*5 atoms, expected 8"):
+        read(tmp_path / "cut.xyz")

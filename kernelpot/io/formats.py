@@ -169,8 +169,8 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
             if "special 3x3 matrix" in str(exc):  # ASE's extxyz reader: stress= / virial= must hold 9 values
                 hint = ("; extxyz keeps stress= and virial= as 3x3 (9 values): store a Voigt 6-vector under "
                         "another key, e.g. REF_stress=, which kernelpot reads as the stress label")
-            raise ValueError(f"{path}: cannot be read as {format or 'a format ASE recognises'} "
-                             f"({type(exc).__name__}: {exc}){hint}") from exc
+            raise ValueError(f"{path}: {_where_reading_stops(path, format)}cannot be read as "
+                             f"{format or 'a format ASE recognises'} ({type(exc).__name__}: {exc}){hint}") from exc
         frames = [images] if isinstance(images, Atoms) else list(images)
     unused: dict[str, list[int]] = {}
     mixed: dict[str, list[int]] = {}
@@ -623,6 +623,23 @@ def _attach_labels(atoms: Atoms, i: int, path: Path, keys: Mapping[str, str | No
         atoms.info["config_type"] = str(atoms.info["config_type"])
     atoms.calc = SinglePointCalculator(atoms, **results) if results else None
     return atoms
+
+
+def _where_reading_stops(path: Path, format: str | None) -> str:
+    """``"frame 3 (line 25): "`` where ASE's reader stops, found by reading frame by frame (only after a
+    failure; ASE's messages name neither).  The line of the frame's first line is known for (ext)xyz, where
+    each frame is ``n_atoms + 2`` lines.  Empty when it cannot be told."""
+    import ase.io
+    n_ok, lines = 0, 0
+    try:
+        for atoms in ase.io.iread(path, index=":", format=format):
+            n_ok += 1
+            lines += len(atoms) + 2
+    except Exception:  # the failure we are locating
+        fmt = format or ase.io.formats.filetype(str(path), read=False)
+        line = f" (line {lines + 1})" if fmt in ("extxyz", "xyz") else ""
+        return f"frame {n_ok}{line}: "
+    return ""
 
 
 def _warn_keys(path: Path, unused: dict, mixed: dict, n_frames: int, sources: dict | None = None) -> None:
