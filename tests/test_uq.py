@@ -225,6 +225,14 @@ def test_recalibration_weights_edge_cases():
     z2 = d.z_predictive[d.loo_std_predictive > d.sigma * (1 + 1e-12)] ** 2
     assert z2.mean() > 2.0
     assert uq.recalibration_weights(d)["forces"][1] == pytest.approx(z2.mean())
+    # many residuals from one structure move together: each structure counts as one observation (a 1-frame
+    # fit's 24 force components set the force sigma 2x too narrow)
+    d = _synthetic_diag(0.05, 0.3, n=200)
+    d.frame[:] = 0
+    ok = d.loo_std_predictive > d.sigma * (1 + 1e-12)
+    m = (d.z_predictive[ok] ** 2).mean()
+    assert m < 0.9
+    assert uq.recalibration_weights(d)["forces"][1] == pytest.approx((m + 20) / 21)
     # at min_obs residuals and more, the full fit: neither formula
     d = _synthetic_diag(0.05, 0.3, n=60)
     assert uq.recalibration_weights(d)["forces"][1] != pytest.approx((d.z_predictive ** 2).mean(), rel=1e-3)

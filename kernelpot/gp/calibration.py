@@ -77,6 +77,8 @@ SIGMA_FLOOR = {kind: 0.1 * value for kind, value in NOISE_FLOOR.items()}
 GROWTH_QUANTILE = 90.0
 #: Candidate fade onsets between v_ref and a_max (log-spaced), chosen by the group held-out likelihood.
 FADE_GRID = 13
+#: Fewer training structures than this with residuals of a kind: one scale, each structure one observation.
+MIN_FRAMES = 3
 
 
 def informative(diag: TrainingDiagnostics, exclude_frames=()) -> np.ndarray:
@@ -181,7 +183,9 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
     sigma) is shrunk towards 1 (the posterior mean of a variance scale under a
     conjugate prior at 1 worth ``min_obs`` observations), because a mean of a
     few z^2 is far from its expectation by chance; a scale above one is taken
-    as measured.
+    as measured.  The same holds with residuals from fewer than
+    :data:`MIN_FRAMES` structures, each structure counting as one observation
+    (the residuals of one structure move together).
 
     Parameters
     ----------
@@ -225,13 +229,17 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         vref = vref if vref > 0 else (float(np.mean(amp_all[sel])) or 1.0)
         # sqrt(w_a) * noise >= floor for every observation (energies per atom)
         lo = float(floors.get(str(k), 0.0) ** 2 / noise[noise > 0].min()) if np.any(noise > 0) else 0.0
-        if r.size < min_obs or not np.any(noise > 0):
+        n_frames = len(np.unique(diag.frame[sel]))
+        if r.size < min_obs or n_frames < MIN_FRAMES or not np.any(noise > 0):
             # few residuals: their mean z^2 is a chi^2 estimate with r.size degrees of freedom (three
             # energies of three cells can say 0.2 by chance). Narrowing the GP's sigma on it is shrunk
             # towards the GP's own variance (scale 1) as a conjugate prior worth min_obs observations
-            # would; widening is taken as measured (never less honest than the evidence)
+            # would; widening is taken as measured (never less honest than the evidence). The residuals
+            # of one or two structures move together (a 1-frame fit's 24 force components set sigma 2x
+            # too narrow): there each structure counts as one observation
             z2 = r ** 2 / (noise + post_all[sel] + nys_all[sel])
-            s2 = max(s2, float((np.sum(z2) + min_obs) / (r.size + min_obs)))
+            n_eff = min(r.size, n_frames) if n_frames < MIN_FRAMES else r.size
+            s2 = max(s2, float((n_eff * np.mean(z2) + min_obs) / (n_eff + min_obs)))
             out[str(k)] = (max(lo, s2), s2, s2, 1.0, vref, float(amp_all[sel].max()), vref)
             continue
         S = (r, noise, post_all[sel], nys_all[sel], amp_all[sel])
