@@ -283,7 +283,7 @@ def _cmd_screen(args) -> int:
         _output(args.plot, "--plot", {"training file": args.train, "model file": args.model}, (".png",),
                 "a PNG image")
     if not 0.0 < args.alpha < 1.0:
-        raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
+        raise ValueError(f"--alpha must be strictly between 0 and 1, got {args.alpha}")
     frames = _read(args.train, args)
     model = None
     if args.model:
@@ -292,6 +292,9 @@ def _cmd_screen(args) -> int:
         if n_fit is not None and n_fit != len(frames):
             raise ValueError(f"{args.model} was fitted on {n_fit} structures but {args.train} has {len(frames)}: "
                              "screening needs the model's own training file")
+        if not _is_training_set(model, frames):
+            raise ValueError(f"{args.train} is not the training file of {args.model} (same number of structures, "
+                             "but other structures, labels or order): screening needs the model's own training file")
     _validate(frames, args.train, args.quiet)
     if model is None:
         model = _fit(kernelpot.SparseGP(**_model_kwargs(args)), frames)
@@ -305,14 +308,24 @@ def _cmd_screen(args) -> int:
     return 0
 
 
+def _is_training_set(model, frames) -> bool:
+    """Whether ``frames`` are the model's training frames (count and fingerprint; see check_training_frames)."""
+    if getattr(model, "n_train_frames_", None) != len(frames):
+        return False
+    try:
+        model.check_training_frames(frames)
+    except ValueError:
+        return False
+    return True
+
+
 def _cmd_audit(args) -> int:
     import kernelpot
     frames = _read(args.frames, args)
     model = _load(args.model) if args.model else None
-    if model is not None and getattr(model, "n_train_frames_", None) == len(frames) \
-            and not hasattr(model, "training_diagnostics_"):
-        # the model file does not keep the leave-one-out of the fit; with the training file
-        # given (same number of structures), it is recomputed so the audit sees held-out residuals
+    if model is not None and not hasattr(model, "training_diagnostics_") and _is_training_set(model, frames):
+        # the model file does not keep the leave-one-out of the fit; with its own training file
+        # given, it is recomputed so the audit sees held-out residuals (other frames: plain residuals)
         from kernelpot.gp.loo import leave_one_out
         model._train_frames = frames
         model.training_diagnostics_ = leave_one_out(model, frames)

@@ -260,6 +260,34 @@ def test_loaded_model_needs_frames_and_cli(dirty_model, dirty, tmp_path, capsys)
     assert png.stat().st_size > 1000
 
 
+def test_screen_refuses_frames_that_are_not_the_training_set(dirty_model, dirty, tmp_path, capsys):
+    """Same number of structures is not the same training set: another file gave a leave-one-out of the wrong
+    data or 'n-th leading minor ... not positive definite' (a tester). A fingerprint kept in the model file
+    (numbers that survive an extxyz round trip) tells them apart."""
+    import copy
+    path = tmp_path / "m.npz"
+    dirty_model.save(path)
+    model = kernelpot.load(path)
+    other = [copy.deepcopy(a) for a in dirty]
+    other[0], other[1] = other[1], other[0]                       # same structures, other order
+    relabelled = [copy.deepcopy(a) for a in dirty]
+    relabelled[3].calc.results["energy"] += 0.5                  # one label changed
+    for m in (dirty_model, model):
+        for frames in (other, relabelled):
+            with pytest.raises(ValueError, match="not the frames this model was fitted on"):
+                screen(m, frames)
+    # its own training set, written to extxyz and read back, is recognised
+    train = tmp_path / "train.xyz"
+    kernelpot.write(train, dirty)
+    model.check_training_frames(kernelpot.read(train))
+    wrong = tmp_path / "wrong.xyz"
+    kernelpot.write(wrong, relabelled)
+    from kernelpot.cli import main
+    assert main(["screen", str(wrong), "--model", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not the training file of" in err[0], err
+
+
 def test_bad_arguments(dirty_model, dirty):
     with pytest.raises(ValueError, match="alpha"):
         screen(dirty_model, alpha=0.0)

@@ -44,7 +44,7 @@ from kernelpot import _threads, modelfile
 from kernelpot.calculator import Calculator
 from kernelpot.descriptors import SOAP
 from kernelpot.io.labels import (check_structure, frame_labels, frame_name, is_isolated_atom, is_periodic,
-                                 structure_errors)
+                                 same_fingerprint, structure_errors, training_fingerprint)
 from kernelpot.io.validation import validate, warn_report
 from kernelpot.gp import assembly, hyperparameters
 from kernelpot.gp.calibration import SIGMA_FLOOR, recalibrate
@@ -748,6 +748,31 @@ class SparseGP(BaseEstimator):
                 out[kind] = float(np.sqrt(np.sum(np.ravel(target)[keep]) / np.sum(raw[keep])))
         return out
 
+    def train_fingerprint(self):
+        """:func:`kernelpot.io.labels.training_fingerprint` of the frames the model was fitted on (None: unknown)."""
+        frames = getattr(self, "_train_frames", None)
+        if frames is not None:
+            return training_fingerprint(frames)
+        return getattr(self, "train_fingerprint_", None)
+
+    def check_training_frames(self, frames, where: str = "frames") -> None:
+        """Raise ``ValueError`` unless ``frames`` are the frames the model was fitted on, in order.
+
+        Screening and auditing recompute the fit's leave-one-out from them; other frames (another
+        file of as many structures) give the leave-one-out of the wrong data.  Models saved before the
+        fingerprint was kept are checked by their count only.
+        """
+        n = getattr(self, "n_train_frames_", None)
+        if getattr(self, "_train_frames", None) is not None:
+            n = len(self._train_frames)
+        if n is not None and n != len(frames):
+            raise ValueError(f"{where} has {len(frames)} structures but the model was fitted on {n}; "
+                             "pass its training frames in training order")
+        want = self.train_fingerprint()
+        if want is not None and not same_fingerprint(training_fingerprint(frames), want):
+            raise ValueError(f"{where} are not the frames this model was fitted on (same count, but other "
+                             "structures, labels or order); pass its own training frames in training order")
+
     def calculator(self, uncertainty: bool = True):
         """An ASE calculator over this model (see :class:`kernelpot.Calculator`)."""
         return Calculator(self, uncertainty=uncertainty)
@@ -813,6 +838,9 @@ class SparseGP(BaseEstimator):
                 # recomputed from the same training file (kernelpot audit --model)
                 "n_train_frames_": (len(self._train_frames) if getattr(self, "_train_frames", None) is not None
                                     else getattr(self, "n_train_frames_", None)),
+                # which file it was: screen / audit against "the training file" check it (labels.training_fingerprint)
+                "train_fingerprint_": (None if self.train_fingerprint() is None
+                                       else np.asarray(self.train_fingerprint()).tolist()),
                 "std_weights_": {k: list(v) for k, v in getattr(self, "std_weights_", {}).items()},
                 "offset_species_": [int(z) for z in getattr(self, "offset_species_", ())],
                 "offset_kappa_": float(getattr(self, "offset_kappa_", 0.0)),
@@ -862,6 +890,8 @@ class SparseGP(BaseEstimator):
         model.log_marginal_likelihood_ = float(fit["log_marginal_likelihood_"])
         if fit.get("n_train_frames_") is not None:
             model.n_train_frames_ = int(fit["n_train_frames_"])
+        if fit.get("train_fingerprint_") is not None:
+            model.train_fingerprint_ = np.asarray(fit["train_fingerprint_"], float).reshape(-1, 7)
         # a header edited by hand (n_max, l_max, species) no longer describes the stored sparse environments:
         # say so here, not as a matrix-shape error blamed on the first structure predicted
         try:

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DataWarning", "frame_labels", "parse_labels", "frame_noise", "structure_errors", "check_structure",
+__all__ = ["DataWarning", "frame_labels", "training_fingerprint", "same_fingerprint", "parse_labels", "frame_noise", "structure_errors", "check_structure",
            "frame_name", "is_periodic", "is_isolated_atom", "config_type", "energy_conflict",
            "OVERLAP_DISTANCE", "overlapping_pairs", "overlap_message",
            "ENERGY_KEYS", "FORCES_KEYS", "STRESS_KEYS", "VIRIAL_KEYS", "NOISE_KEYS", "looks_like_label"]
@@ -455,3 +455,42 @@ def frame_noise(atoms, index: int | None = None) -> dict:
     if not mask.all():
         out["force_mask"] = mask
     return out
+
+
+def training_fingerprint(frames) -> np.ndarray:
+    """A few numbers per frame that tell one list of labelled frames from another, shape (n_frames, 7).
+
+    Per frame: number of atoms, sum of atomic numbers, energy, sum of squared positions (weighted by
+    atom index), sum of squared cell entries, sum of squared forces, sum of squared stress components
+    (NaN where absent).  A model file keeps no training structures; it keeps these, so that screening
+    or auditing a model against "its training file" can check that it is that file, also after a round
+    trip through a text format (compare with :func:`same_fingerprint`, which allows its rounding).  The
+    same count of structures is not enough: another file of as many structures gave a leave-one-out of
+    the wrong data, or a linear-algebra error.
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+
+    Returns
+    -------
+    ndarray, shape (n_frames, 7)
+    """
+    out = np.full((len(frames), 7), np.nan)
+    for i, a in enumerate(frames):
+        pos = np.asarray(a.positions, float)
+        w = np.arange(1, len(a) + 1, dtype=float)[:, None]
+        res = getattr(a.calc, "results", {}) if a.calc is not None else {}
+        e = res.get("free_energy", res.get("energy"))
+        out[i, :5] = (len(a), float(np.sum(a.numbers)), np.nan if e is None else float(e),
+                      float(np.sum(w * pos ** 2)), float(np.sum(np.asarray(a.cell.array) ** 2)))
+        for col, key in ((5, "forces"), (6, "stress")):
+            if res.get(key) is not None:
+                out[i, col] = float(np.sum(np.asarray(res[key], float) ** 2))
+    return out
+
+
+def same_fingerprint(a, b) -> bool:
+    """Whether two :func:`training_fingerprint` arrays describe the same frames (relative 1e-6, absolute 1e-5)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return a.shape == b.shape and bool(np.all(np.isclose(a, b, rtol=1e-6, atol=1e-5, equal_nan=True)))

@@ -520,7 +520,9 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         frames = list(model._train_frames)
     else:
         frames = list(frames)
-        if known is not None and len(known) != len(frames):
+        if hasattr(model, "check_training_frames"):
+            model.check_training_frames(frames)
+        elif known is not None and len(known) != len(frames):
             raise ValueError(f"frames has {len(frames)} structures but the model was fitted on "
                              f"{len(known)}; pass the training frames in training order")
     n = len(frames)
