@@ -278,3 +278,11 @@ def test_calculator_results_work_with_ase_tools(cuau_model, cuau_frames):
     props = a.get_properties(["energy", "forces"])
     assert props["energy"] == pytest.approx(a.get_potential_energy())
     np.testing.assert_allclose(props["forces"], a.get_forces())
+
+
+def test_evaluate_takes_one_atoms_like_predict(cuau_model, cuau_frames):
+    """evaluate(model, atoms) failed with "'Atom' object has no attribute 'calc'" (it iterated the atoms)."""
+    from kernelpot.uq.evaluation import evaluate
+    one, many = evaluate(cuau_model, cuau_frames[0]), evaluate(cuau_model, [cuau_frames[0]])
+    np.testing.assert_allclose(one["forces"]["err"], many["forces"]["err"])
+    assert len(one["energy"]["err"]) == 1

@@ -27,7 +27,7 @@ def evaluate(model, frames, return_std: bool = True) -> dict:
         ``return_std``, ``std`` and ``std_epistemic`` (same units), over the
         frames that have that label.
     """
-    frames = list(frames)
+    frames = [frames] if hasattr(frames, "positions") else list(frames)   # one Atoms, as model.predict takes
     labels = [frame_labels(a, i) for i, a in enumerate(frames)]
     pred = model.predict(frames, return_std=return_std)
     out = {"pred": pred}
