@@ -269,7 +269,10 @@ def _cmd_eval(args) -> int:
     if not any(frame_labels(a, i) for i, a in enumerate(frames)):
         raise ValueError(f"{args.frames} has no reference labels (energy, forces or stress) to evaluate against; "
                          "use kernelpot predict for unlabelled structures")
-    ev = evaluate(model, frames)
+    try:
+        ev = evaluate(model, frames)
+    except ValueError as exc:  # the structures' problems (an element the model does not know): name the file
+        raise ValueError(f"{args.frames}: {str(exc).replace('predict: ', '', 1)}") from exc
     print("errors (energy per atom in meV/atom, force components in eV/Å, stress components in GPa):")
     print(format_error_table(error_table(ev)))
     print("uncertainty coverage and calibration (see kernelpot eval --help for the columns):")
