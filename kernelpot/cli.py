@@ -376,8 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--output", default="model.npz",
                    help="model file to write; its folder must exist (default model.npz)")
     f.add_argument("--compact", action="store_true",
-                   help="write a prediction-only model file (values and standard deviations; no "
-                        "leave-one-out screening from it; default: full file)")
+                   help="write a smaller model file without the two M x M matrices that loading "
+                        "recomputes (same predictions and screening; loading costs one Cholesky "
+                        "factorisation; default: full file)")
     _add_model_settings(f)
     _add_label_keys(f)
     _add_common(f)
@@ -402,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Leave-one-out screen of a training set for mislabelled structures "
                                     "(see kernelpot.screen). " + UNITS_HELP)
     sc.add_argument("train", help="training structures")
-    sc.add_argument("--model", help="a full (not --compact) model file whose training set is TRAIN (default: "
+    sc.add_argument("--model", help="a model file whose training set is TRAIN (checked; default: "
                                     "fit one with the settings below)")
     sc.add_argument("--top", type=_positive_int, default=20, help="rows to print (default 20)")
     sc.add_argument("--plot", help="write the leverage / z-score influence plot to this PNG file "

@@ -528,10 +528,10 @@ def test_extxyz_bad_fields_name_file_and_frame(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.xyz: frame 1: REF_virial has shape \(4,\)"):
         read(path, stress_key="REF_virial")
     path.write_text(good + good.replace("energy=-1.0", 'energy=-1.0 virial="1 2 3 4"'))
-    with pytest.raises(ValueError, match=r"bad\.xyz: cannot be read .*virial"):   # ASE's own check
+    with pytest.raises(ValueError, match=r"bad\.xyz: frame 1 \(line 5\): cannot be read .*virial"):   # ASE's check
         read(path)
     path.write_text(good + good[: len(good) - 10])
-    with pytest.raises(ValueError, match=r"bad\.xyz: cannot be read"):
+    with pytest.raises(ValueError, match=r"bad\.xyz: frame 1 \(line 5\): cannot be read"):
         read(path)
     path.write_text(good.replace("energy=-1.0", "REF_energy=abc"))
     with pytest.raises(ValueError, match=r"bad\.xyz: frame 0: REF_energy = 'abc' is not a number"):
