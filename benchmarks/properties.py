@@ -216,7 +216,8 @@ def main(argv=None) -> int:
     ratios = ", ".join(f"{k} {v:.3g}" for k, v in calcs[0].scales[0].items())
     out(f"error bars: std over {cfg['n_samples']} posterior weight samples, deviations scaled by f = "
         f"{calcs[0].scale:.3g}, the largest calibrated/sampled sigma ratio at the 4-atom cubic cell ({ratios}): "
-        f"there every kind spreads at least as its calibrated *_std_epistemic says; EMT {t_emt:.0f} s, model {t_gp:.0f} s")
+        "there every kind spreads at least as its calibrated *_std_epistemic says; "
+        f"EMT {t_emt:.0f} s, model {t_gp:.0f} s")
     out()
     out(f"{'property':<26}{'unit':>12}{'EMT':>11}{'model mean':>12}{'± std':>9}{'error':>11}"
         f"{'target':>10}{'pass':>6}{'|err|<=2σ':>11}")

@@ -197,7 +197,6 @@ def test_old_file_with_one_std_scale_still_loads(saved, tmp_path, cuau_frames):
 def test_forged_values_are_refused(saved, tmp_path, what):
     """Shapes were checked; values too: NaN/inf arrays, delta <= 0 and absurd zeta raise naming the file."""
     import json
-    import zipfile
     from kernelpot import load
     with np.load(saved, allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}

@@ -53,8 +53,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DataWarning", "frame_labels", "training_fingerprint", "same_fingerprint", "parse_labels", "frame_noise", "structure_errors", "check_structure",
-           "frame_name", "is_periodic", "is_isolated_atom", "config_type", "energy_conflict",
+__all__ = ["DataWarning", "frame_labels", "training_fingerprint", "same_fingerprint", "parse_labels", "frame_noise",
+           "structure_errors", "check_structure", "frame_name", "is_periodic", "is_isolated_atom", "config_type", "energy_conflict",
            "OVERLAP_DISTANCE", "overlapping_pairs", "overlap_message",
            "ENERGY_KEYS", "FORCES_KEYS", "STRESS_KEYS", "VIRIAL_KEYS", "NOISE_KEYS", "looks_like_label"]
 
