@@ -295,9 +295,12 @@ def _cmd_screen(args) -> int:
         if n_fit is not None and n_fit != len(frames):
             raise ValueError(f"{args.model} was fitted on {n_fit} structures but {args.train} has {len(frames)}: "
                              "screening needs the model's own training file")
-        if not _is_training_set(model, frames):
+        try:  # the fingerprint kept in the model file (files without one: the count above)
+            model.check_training_frames(frames)
+        except ValueError as exc:
             raise ValueError(f"{args.train} is not the training file of {args.model} (same number of structures, "
-                             "but other structures, labels or order): screening needs the model's own training file")
+                             "but other structures, labels or order): screening needs the model's own training "
+                             "file") from exc
     _validate(frames, args.train, args.quiet)
     if model is None:
         model = _fit(kernelpot.SparseGP(**_model_kwargs(args)), frames)

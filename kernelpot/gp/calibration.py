@@ -236,10 +236,9 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
             # towards the GP's own variance (scale 1) as a conjugate prior worth min_obs observations
             # would; widening is taken as measured (never less honest than the evidence). The residuals
             # of one or two structures move together (a 1-frame fit's 24 force components set sigma 2x
-            # too narrow): there each structure counts as one observation
-            z2 = r ** 2 / (noise + post_all[sel] + nys_all[sel])
+            # too narrow): there each structure counts as one observation. s2 is their mean z^2 (above)
             n_eff = min(r.size, n_frames) if n_frames < MIN_FRAMES else r.size
-            s2 = max(s2, float((n_eff * np.mean(z2) + min_obs) / (n_eff + min_obs)))
+            s2 = max(s2, (n_eff * s2 + min_obs) / (n_eff + min_obs))
             out[str(k)] = (max(lo, s2), s2, s2, 1.0, vref, float(amp_all[sel].max()), vref)
             continue
         S = (r, noise, post_all[sel], nys_all[sel], amp_all[sel])

@@ -139,10 +139,7 @@ class Posterior:
                 out["forces"] = out["forces"] + (d["forces"] @ w[M:K]).reshape(-1, 3)
             if stress:
                 out["stress"] = out["stress"] + d["stress"] @ w[M:K]
-        if self.n_offsets:
-            shift = dict(zip(self.offset_species.tolist(), w[K:]))
-            out["energies"] = out["energies"] + np.array([shift.get(int(z), 0.0) for z in feat.numbers])
-        return out
+        return self._add_offsets(out, feat.numbers, w)
 
     def mean_from_design(self, d: dict, numbers, alpha=None) -> dict:
         """:meth:`mean` from design rows already computed (:meth:`design`): one product per kind.
@@ -157,8 +154,12 @@ class Posterior:
             out["forces"] = (d["forces"] @ w[:K]).reshape(-1, 3)
         if "stress" in d:
             out["stress"] = d["stress"] @ w[:K]
+        return self._add_offsets(out, numbers, w)
+
+    def _add_offsets(self, out: dict, numbers, w) -> dict:
+        """``out["energies"]`` plus each atom's fitted offset correction ``w[K + s]`` (``out``, updated)."""
         if self.n_offsets:
-            shift = dict(zip(self.offset_species.tolist(), w[K:]))
+            shift = dict(zip(self.offset_species.tolist(), w[self.n_kernel:]))
             out["energies"] = out["energies"] + np.array([shift.get(int(z), 0.0) for z in numbers])
         return out
 

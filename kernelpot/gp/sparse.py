@@ -43,7 +43,7 @@ from sklearn.base import BaseEstimator, clone
 from kernelpot import _threads, modelfile
 from kernelpot.calculator import Calculator
 from kernelpot.descriptors import SOAP
-from kernelpot.io.labels import (check_structure, frame_labels, frame_name, is_isolated_atom, is_periodic,
+from kernelpot.io.labels import (LABEL_UNITS, check_structure, frame_labels, frame_name, is_isolated_atom, is_periodic,
                                  same_fingerprint, structure_errors, training_fingerprint)
 from kernelpot.io.validation import validate, warn_report
 from kernelpot.gp import assembly, hyperparameters
@@ -494,9 +494,7 @@ class SparseGP(BaseEstimator):
             (all ``pbc`` True, non-zero volume): its stress is undefined.
         """
         self._check_fitted()
-        if not isinstance(atoms, Atoms):
-            raise ValueError(f"predict_frame takes one ase.Atoms, got a {type(atoms).__name__}"
-                             + (" (a path? read it with kernelpot.read)" if isinstance(atoms, str) else ""))
+        _one_atoms(atoms, "predict_frame")
         check_structure(atoms, species=self.species_)
         post = self.posterior_
         per = is_periodic(atoms)
@@ -559,18 +557,12 @@ class SparseGP(BaseEstimator):
             (n_atoms_total,), ``n_atoms`` (n_frames,), plus ``*_std`` and
             ``*_std_epistemic`` for energy, forces and stress.
         """
-        if hasattr(frames, "positions"):
-            frames = [frames]
         if isinstance(frames, (str, bytes, os.PathLike)):
             raise ValueError(f"predict takes ase.Atoms, got the path {str(frames)!r}: read it first "
                              "(kernelpot.read(path))")
-        frames = list(frames)
+        frames = _atoms_list(frames, "predict", "frame")
         if not frames:
             raise ValueError("predict needs at least one frame, got an empty list")
-        bad = [i for i, a in enumerate(frames) if not isinstance(a, Atoms)]
-        if bad:
-            raise ValueError(f"predict takes ase.Atoms: frame {bad[0]} is a {type(frames[bad[0]]).__name__}"
-                             + (" (a path? read it with kernelpot.read)" if isinstance(frames[bad[0]], str) else ""))
         # every frame is checked before any work, so a bad frame is named at once, not after the batch
         errors = [m for i, a in enumerate(frames) for m in structure_errors(a, frame_name(i, a), self.species_)]
         if errors:
@@ -672,10 +664,7 @@ class SparseGP(BaseEstimator):
         unknown = set(kinds) - {"energy", "forces", "stress"}
         if unknown or not kinds:
             raise ValueError(f"kinds: {sorted(unknown) or 'none given'}; choose one or more of energy, forces, stress")
-        refs = [] if reference is None else ([reference] if isinstance(reference, Atoms) else list(reference))
-        bad = [i for i, a in enumerate(refs) if not isinstance(a, Atoms)]
-        if bad:
-            raise ValueError(f"reference: entry {bad[0]} is a {type(refs[bad[0]]).__name__}, not an ase.Atoms")
+        refs = [] if reference is None else _atoms_list(reference, "reference", "entry")
         scales = [self.sample_scales(a, kinds) for a in refs]
         ratios = [r for s in scales for r in s.values()]
         if reference is not None and not ratios:
@@ -726,8 +715,7 @@ class SparseGP(BaseEstimator):
             the model was not trained on.
         """
         self._check_fitted()
-        if not isinstance(atoms, Atoms):
-            raise ValueError(f"sample_scales: expected one ase.Atoms, got a {type(atoms).__name__}")
+        _one_atoms(atoms, "sample_scales")
         check_structure(atoms, species=self.species_)
         per = is_periodic(atoms)
         forces, stress = "forces" in kinds, "stress" in kinds and per
@@ -814,6 +802,7 @@ class SparseGP(BaseEstimator):
         params.pop("descriptor")
         params.pop("baseline")
         params.pop("client")  # a live connection, not a setting of the model
+        fingerprint = self.train_fingerprint()
         if isinstance(params["two_body"], TwoBody):
             params["two_body"] = {"TwoBody": dict(vars(params["two_body"]))}
         else:
@@ -839,8 +828,7 @@ class SparseGP(BaseEstimator):
                 "n_train_frames_": (len(self._train_frames) if getattr(self, "_train_frames", None) is not None
                                     else getattr(self, "n_train_frames_", None)),
                 # which file it was: screen / audit against "the training file" check it (labels.training_fingerprint)
-                "train_fingerprint_": (None if self.train_fingerprint() is None
-                                       else np.asarray(self.train_fingerprint()).tolist()),
+                "train_fingerprint_": None if fingerprint is None else np.asarray(fingerprint).tolist(),
                 "std_weights_": {k: list(v) for k, v in getattr(self, "std_weights_", {}).items()},
                 "offset_species_": [int(z) for z in getattr(self, "offset_species_", ())],
                 "offset_kappa_": float(getattr(self, "offset_kappa_", 0.0)),
@@ -919,6 +907,25 @@ class SparseGP(BaseEstimator):
         return model
 
 
+def _path_hint(obj) -> str:
+    return " (a path? read it with kernelpot.read)" if isinstance(obj, (str, os.PathLike)) else ""
+
+
+def _one_atoms(obj, what: str) -> None:
+    """Raise ``ValueError`` unless ``obj`` is one ``ase.Atoms`` (a path or list is named as such)."""
+    if not isinstance(obj, Atoms):
+        raise ValueError(f"{what} takes one ase.Atoms, got a {type(obj).__name__}{_path_hint(obj)}")
+
+
+def _atoms_list(obj, what: str, entry: str) -> list:
+    """One ``ase.Atoms`` or a sequence of them as a list; ``ValueError`` naming the first entry that is not one."""
+    items = [obj] if isinstance(obj, Atoms) else list(obj)
+    for i, a in enumerate(items):
+        if not isinstance(a, Atoms):
+            raise ValueError(f"{what} takes ase.Atoms: {entry} {i} is a {type(a).__name__}{_path_hint(a)}")
+    return items
+
+
 #: Learned noise above this fraction of the labels' RMS: the fit explains little of them.
 UNLEARNED_FRACTION = 0.5
 
@@ -944,7 +951,7 @@ def _warn_unlearned(model, frames, labels):
             rms = float(np.std(x) if kind == "energy" else np.sqrt(np.mean(x ** 2)))
             noise = model.noise_[group]
             if rms > 10 * NOISE_FLOOR[kind] and noise >= UNLEARNED_FRACTION * rms:
-                unit = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å^3"}[kind]
+                unit = LABEL_UNITS[kind]
                 hint = {"energy": "forces given as energy gradients? Hartree? energies of another reference?",
                         "forces": "forces given as energy gradients? eV/Bohr?", "stress": "kBar? virial?"}[kind]
                 size = "spread" if kind == "energy" else "RMS"

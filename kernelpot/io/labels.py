@@ -54,8 +54,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["DataWarning", "frame_labels", "training_fingerprint", "same_fingerprint", "parse_labels", "frame_noise",
-           "structure_errors", "check_structure", "frame_name", "is_periodic", "is_isolated_atom", "config_type", "energy_conflict",
-           "OVERLAP_DISTANCE", "overlapping_pairs", "overlap_message",
+           "structure_errors", "check_structure", "frame_name", "is_periodic", "is_isolated_atom", "config_type",
+           "energy_conflict", "OVERLAP_DISTANCE", "LABEL_UNITS", "overlapping_pairs", "overlap_message",
            "ENERGY_KEYS", "FORCES_KEYS", "STRESS_KEYS", "VIRIAL_KEYS", "NOISE_KEYS", "looks_like_label"]
 
 VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
@@ -82,6 +82,8 @@ _NOT_LABEL_WORDS = ("sigma", "std", "mask", "weight", "weights", "epistemic", "p
 #: 0.2 Å (``min_distance``), so this stays well below that. Used by fit, predict and validate alike,
 #: with no switch to turn it off.
 OVERLAP_DISTANCE = 0.1
+#: Units of each kind in messages (energies per atom).
+LABEL_UNITS = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å^3"}
 
 #: More periodic image shifts than this means a cell so thin (lattice planes ~1e-4 Å apart) that
 #: the overlap search itself could exhaust memory; such a cell is reported instead of searched.

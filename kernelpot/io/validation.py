@@ -48,7 +48,7 @@ from ase.neighborlist import neighbor_list
 from scipy.spatial import cKDTree
 
 from kernelpot.io.labels import _list  # one way to list atom/frame indices in messages
-from kernelpot.io.labels import (OVERLAP_DISTANCE, DataWarning, _thin_cell, energy_conflict, frame_name,
+from kernelpot.io.labels import (LABEL_UNITS, OVERLAP_DISTANCE, DataWarning, _thin_cell, energy_conflict, frame_name,
                                  frame_noise, overlap_message, parse_labels, structure_errors)
 
 __all__ = ["validate", "ValidationReport", "DataWarning", "warn_report"]
@@ -227,8 +227,7 @@ def _check_duplicates(frames, report: ValidationReport) -> None:
             if kind == "energy":
                 diff /= len(atoms)
             if np.isfinite(diff) and diff > tol:
-                unit = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å^3"}[kind]
-                conflicts.append(f"frames {j} and {i} ({kind}: {diff:.3g} {unit})")
+                conflicts.append(f"frames {j} and {i} ({kind}: {diff:.3g} {LABEL_UNITS[kind]})")
                 break
     if conflicts:
         shown = "; ".join(conflicts[:_MAX_INDICES_LISTED])
