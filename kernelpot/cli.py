@@ -52,10 +52,16 @@ components (eV/Å) and stress components (GPa), and an uncertainty table for the
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (usage stays in ``--help``)."""
+    """argparse with a one-line error message (usage stays in ``--help``).
+
+    Usage errors of a subcommand start with the same ``kernelpot: error:`` as
+    every other error (argparse would write ``kernelpot fit: error:``); the
+    hint names the subcommand's own help, ``(see kernelpot fit --help)``.
+    """
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        root = self.prog.split()[0] if self.prog else "kernelpot"
+        self.exit(2, f"{root}: error: {message} (see {self.prog} --help)\n")
 
 
 class _UserError(Exception):

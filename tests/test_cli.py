@@ -151,6 +151,24 @@ def test_bad_flags_are_one_line_exit_2(argv, capsys):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "error:" in err
 
 
+@pytest.mark.parametrize("argv, help_of", [
+    (["fit"], "kernelpot fit --help"),
+    (["fit", TEST, "--n-sparse", "0"], "kernelpot fit --help"),
+    (["eval", "only_one_argument"], "kernelpot eval --help"),
+    (["screen", TEST, "--refit-rounds", "11"], "kernelpot screen --help"),
+    (["frobnicate"], "kernelpot --help"),
+])
+def test_usage_errors_have_the_same_prefix_as_other_errors(argv, help_of, capsys):
+    """A subcommand's usage error starts with ``kernelpot: error:`` like every other error (argparse's own
+    prefix would be ``kernelpot fit: error:``), still exits 2, and points to that subcommand's help."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kernelpot: error: ") and err.count("error:") == 1, err
+    assert err.rstrip().endswith(f"(see {help_of})"), err
+
+
 def test_missing_output_folder_fails_before_fitting(capsys, monkeypatch):
     monkeypatch.setattr(kernelpot, "read", lambda *a, **k: pytest.fail("read before checking the output folder"))
     line = _one_line_error(*_run(["fit", TEST, "-o", "no_such_folder/m.npz"], capsys))
@@ -366,3 +384,22 @@ def test_eval_refuses_unlabelled_frames(fitted_model, tmp_path, capsys):
     ase.io.write(bare, frames)
     line = _one_line_error(*_run(["eval", str(fitted_model), str(bare)], capsys))
     assert "no reference labels" in line
+
+
+def test_mlearn_record_with_wrong_num_atoms_stops_fit_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """A record whose num_atoms disagrees with its sites: one error line naming file, record and field; no fit,
+    no model file."""
+    import json
+    monkeypatch.setattr(kernelpot.SparseGP, "fit", lambda *a, **k: pytest.fail("fitted on an inconsistent file"))
+    item = {"structure": {"lattice": {"matrix": [[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0]]},
+                          "sites": [{"species": [{"element": "Si", "occu": 1}], "xyz": [0, 0, 0]},
+                                    {"species": [{"element": "Si", "occu": 1}], "xyz": [1.5, 1.5, 1.5]}]},
+            "outputs": {"energy": -10.0, "forces": [[0.1, 0, 0], [-0.1, 0, 0]],
+                        "virial_stress": [1, 2, 3, 0, 0, 0]},
+            "num_atoms": 2}
+    data = tmp_path / "si.json"
+    data.write_text(json.dumps([item, dict(item, num_atoms=3)]))
+    out = tmp_path / "m.npz"
+    line = _one_line_error(*_run(["fit", str(data), "-o", str(out)], capsys))
+    assert "si.json: frame 1: num_atoms = 3" in line and "2 sites" in line, line
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["si.json"]

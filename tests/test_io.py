@@ -512,6 +512,46 @@ def test_mlearn_bad_structure_fields(tmp_path):
         read(path)
 
 
+@pytest.mark.parametrize("num_atoms,what", [
+    (3, "num_atoms = 3 but structure.sites has 2 sites"),
+    (1, "num_atoms = 1 but structure.sites has 2 sites"),
+    ("2", "num_atoms = '2' is not an integer"),
+    (2.5, "num_atoms = 2.5 is not an integer"),
+    (True, "num_atoms = True is not an integer"),
+])
+def test_mlearn_num_atoms_disagreeing_with_sites_names_file_frame_and_field(tmp_path, num_atoms, what):
+    """mlearn records store ``num_atoms`` beside the structure; a record whose sites were cut or duplicated
+    (its forces and energy then belong to another structure) is an error, not a silently shorter frame."""
+    good = dict(_mlearn_item(), num_atoms=2)
+    bad = dict(_mlearn_item(), num_atoms=num_atoms)
+    path = tmp_path / "count.json"
+    path.write_text(json.dumps([good, bad]))
+    with pytest.raises(ValueError, match=rf"count\.json: frame 1: {re.escape(what)}"):
+        read(path)
+    # the forces still fit the 2 sites, so without the check the record would read without a word
+    assert len(read(path, index=0)) == 1
+
+
+def test_mlearn_num_atoms_is_checked_before_the_other_fields(tmp_path):
+    """A site dropped from a record: the error is the count, not the forces shape it leads to."""
+    item = dict(_mlearn_item(), num_atoms=2)
+    del item["structure"]["sites"][1]
+    path = tmp_path / "cut.json"
+    path.write_text(json.dumps([item]))
+    with pytest.raises(ValueError, match=r"cut\.json: frame 0: num_atoms = 2 but structure\.sites has 1 sites"):
+        read(path)
+
+
+def test_mlearn_num_atoms_matching_or_absent_reads(tmp_path):
+    items = [dict(_mlearn_item(), num_atoms=2), dict(_mlearn_item(), num_atoms=2.0), _mlearn_item(),
+             dict(_mlearn_item(), num_atoms=None)]
+    path = tmp_path / "ok.json"
+    path.write_text(json.dumps(items))
+    frames = read(path)
+    assert [len(a) for a in frames] == [2, 2, 2, 2]
+    assert frames[0].info["num_atoms"] == 2
+
+
 def test_truncated_mlearn_json_names_file_and_position(tmp_path):
     path = tmp_path / "trunc.json"
     text = json.dumps([_mlearn_item(), _mlearn_item()])

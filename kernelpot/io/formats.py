@@ -16,7 +16,8 @@ Supported inputs
   a JSON list of dicts with ``"structure"`` (a pymatgen ``Structure`` as a
   dict) and ``"outputs"``; read without pymatgen; only ordered structures
   (one element at ``occu`` 1 per site): a partially occupied or disordered
-  site is a ValueError naming the file, frame and site;
+  site is a ValueError naming the file, frame and site, as is a record whose
+  ``num_atoms`` differs from the number of ``structure.sites``;
 - anything else :func:`ase.io.read` understands (OUTCAR, vasprun.xml, ...).
 
 Units and conventions
@@ -132,6 +133,7 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
     ValueError
         If the file is a JSON list that is not in the mlearn format, is not
         valid JSON (truncated), a field of a frame has the wrong type or shape,
+        an mlearn record's ``num_atoms`` differs from its number of sites,
         a given label key is missing from a frame, or a frame has a ``virial``
         but no cell volume to divide it by; every message names the file, the
         frame index and the field.
@@ -386,6 +388,7 @@ def _mlearn_item_to_atoms(item: dict, i: int, path: Path) -> Atoms:
     sites = structure.get("sites")
     if not isinstance(sites, list):
         raise ValueError(f"{where}: structure.sites is {_short(sites)}, expected a list of sites")
+    _check_num_atoms(where, item.get("num_atoms"), len(sites))
     symbols, positions = [], []
     for k, site in enumerate(sites):
         try:
@@ -423,6 +426,26 @@ def _mlearn_item_to_atoms(item: dict, i: int, path: Path) -> Atoms:
     if results:
         atoms.calc = SinglePointCalculator(atoms, **results)
     return atoms
+
+
+def _check_num_atoms(where: str, num_atoms: Any, n_sites: int) -> None:
+    """A ValueError unless the record's ``num_atoms`` (when present) equals the number of sites.
+
+    mlearn records carry ``num_atoms`` beside the structure; a record where the two
+    disagree was cut or edited by hand (sites lost or duplicated), so which of the two
+    is right cannot be told and the frame's labels may belong to another structure.
+    """
+    if num_atoms is None:
+        return
+    name = "num_atoms"
+    integral = (isinstance(num_atoms, int) and not isinstance(num_atoms, bool)) or (
+        isinstance(num_atoms, float) and num_atoms.is_integer())
+    if not integral:
+        raise ValueError(f"{where}: {name} = {_short(num_atoms)} is not an integer "
+                         f"(expected the number of sites, {n_sites})")
+    if int(num_atoms) != n_sites:
+        raise ValueError(f"{where}: {name} = {int(num_atoms)} but structure.sites has {n_sites} sites; "
+                         "the record is inconsistent (sites lost or duplicated?)")
 
 
 def _check_full_occupancy(where: str, k: int, species: Any) -> None:
