@@ -140,7 +140,7 @@ def test_table_sorted_and_p_values_follow_the_documented_rule(dirty_table, dirty
     # the combined p is (number of tests) x the smallest: at most T x each test's p, equal for the worst;
     # the energy tests are reproducible from the printed columns (one config_type: global scales)
     for r in range(n):
-        n_tests = 6  # energy, energy_self, forces, net_force, stress, chi2 (no duplicates here)
+        n_tests = 7  # energy, energy_self, forces, net_force, stress, chi2, neighbours (no duplicates)
         p_e = 2 * sf(abs(t["energy_z"][r]), "energy")
         p_s = 2 * sf(abs(t["energy_self_z"][r]), "energy_self") if np.isfinite(t["energy_self_z"][r]) else 1.0
         assert t["p_value"][r] <= min(1.0, n_tests * p_e) * (1 + 1e-6) + 1e-300
@@ -403,6 +403,93 @@ def test_swapped_energies_and_conflicting_duplicate(clean, small_soap):
     assert t["duplicate_of"][row[len(frames) - 1]] == 12 and t["duplicate_of"][row[12]] == -1
     assert len(frames) - 1 in t.flagged
     assert t["diagnosis"][row[len(frames) - 1]] == "conflicts with duplicate #12"
+
+
+def _rotated_supercell_copy(a, forces, stress, rng):
+    """The same structure and labels seen another way: a 2x1x1 supercell, rotated, atoms permuted."""
+    from scipy.spatial.transform import Rotation
+    R = Rotation.random(random_state=int(rng.integers(1 << 30))).as_matrix()
+    b = a.repeat((2, 1, 1))
+    f = np.tile(forces, (2, 1))
+    perm = rng.permutation(len(b))
+    b = b[perm]
+    f = f[perm] @ R.T
+    b.set_cell(b.cell @ R.T, scale_atoms=False)
+    b.positions = b.positions @ R.T
+    S = np.array([[stress[0], stress[5], stress[4]], [stress[5], stress[1], stress[3]],
+                  [stress[4], stress[3], stress[2]]])
+    S = R @ S @ R.T
+    b.calc = SinglePointCalculator(b, energy=2 * a.get_potential_energy(), forces=f,
+                                   stress=S[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]])
+    return b
+
+
+def test_duplicate_force_and_stress_conflicts_against_brute_force(clean, small_soap):
+    """Duplicates must repeat their forces and stress to DFT precision, whatever the cell's orientation."""
+    rng = np.random.default_rng(5)
+    frames = list(clean)
+    src = clean[12]
+    f0, s0 = src.get_forces(), src.get_stress()
+    frames.append(_rotated_supercell_copy(src, f0, s0, rng))          # an honest duplicate
+    noisy = f0 + rng.normal(scale=0.05, size=f0.shape)                  # unconverged SCF, 0.05 eV/Å
+    frames.append(_rotated_supercell_copy(src, noisy - noisy.mean(axis=0), s0, rng))
+    frames.append(_rotated_supercell_copy(src, f0, 10.0 * s0, rng))     # stress in kBar read as GPa
+    model = SparseGP(descriptor=small_soap, n_sparse=100, verbose=False).fit(frames)
+    t = screen(model, refit_rounds=0)
+    row = {k: int(np.flatnonzero(t["index"] == k)[0]) for k in (40, 41, 42)}
+    assert [t["duplicate_of"][row[k]] for k in (40, 41, 42)] == [12, 12, 12]
+    # the honest duplicate agrees (rotation, supercell, permutation change nothing) ...
+    assert 40 not in t.flagged
+    # ... the noisy forces and the slipped stress conflict, each named as the label that does
+    assert {41, 42} <= set(t.flagged.tolist())
+    assert t["suspect"][row[41]] == "forces" and t["suspect"][row[42]] == "stress"
+    assert t["diagnosis"][row[41]].endswith("conflicts with duplicate #12")
+    assert "kBar read as GPa" in t["diagnosis"][row[42]]
+    # brute force: the 2x supercell has each norm twice (take every other); chi2 of the difference at
+    # 0.01 eV/Å per component (fewer than 5 duplicate pairs: no data-set spread), Bonferroni over 3 labels
+    a = np.sort(np.linalg.norm(f0, axis=1))
+    m = len(src)
+    d = np.sort(np.linalg.norm(frames[41].get_forces(), axis=1))[::2] - a
+    lp_f = stats.chi2.logsf(d @ d / (2 * 0.01 ** 2), m)
+    # 8 tests for a structure with a duplicate (Bonferroni over them as well)
+    assert t["worst"][row[41]] == "duplicate"
+    assert np.log(t["p_value"][row[41]]) == pytest.approx(lp_f + np.log(3) + np.log(8), rel=1e-6)
+
+
+def test_neighbour_ratio_known_values_and_invariances():
+    from ase.build import bulk, molecule
+    from ase.data import covalent_radii
+    from kernelpot.uq.diagnosis import neighbour_ratio, scale_slip
+    si = bulk("Si", "diamond", a=5.43)
+    # diamond: nearest neighbour at a sqrt(3) / 4
+    assert neighbour_ratio(si) == pytest.approx(5.43 * np.sqrt(3) / 4 / (2 * covalent_radii[14]), rel=1e-12)
+    big = si.repeat((2, 3, 1))
+    big.rotate(37, "x", rotate_cell=True)
+    assert neighbour_ratio(big) == pytest.approx(neighbour_ratio(si), rel=1e-12)
+    scaled = si.copy()
+    scaled.set_cell(si.cell / 0.52917721, scale_atoms=True)
+    assert neighbour_ratio(scaled) == pytest.approx(neighbour_ratio(si) / 0.52917721, rel=1e-12)
+    assert scale_slip(neighbour_ratio(scaled) / neighbour_ratio(si)) == "Bohr read as Å"
+    assert scale_slip(1.3) is None
+    # a molecule's bonds: C-H 1.09 Å against 0.31 + 0.76 Å
+    assert 0.9 < neighbour_ratio(molecule("CH4")) < 1.1
+    assert np.isnan(neighbour_ratio(Atoms("Cu", positions=[[5, 5, 5]], cell=[10] * 3)))
+
+
+def test_positions_in_bohr_flagged_as_geometry(clean, small_soap):
+    frames = list(clean)
+    a = clean[20].copy()
+    a.set_cell(a.cell / 0.52917721, scale_atoms=True)      # positions and cell written in Bohr, read as Å
+    a.calc = SinglePointCalculator(a, **{k: clean[20].calc.results[k] for k in ("energy", "forces", "stress")})
+    frames[20] = a
+    model = SparseGP(descriptor=small_soap, n_sparse=100, verbose=False).fit(frames)
+    t = screen(model, refit_rounds=0)
+    r = int(np.flatnonzero(t["index"] == 20)[0])
+    assert 20 in t.flagged and t["suspect"][r] == "geometry"
+    assert "Bohr read as Å" in t["diagnosis"][r]
+    assert t["neighbour_ratio"][r] == pytest.approx(np.median(t["neighbour_ratio"]) / 0.52917721, rel=0.1)
+    # the other structures' geometry is not in question
+    assert not np.any((t["worst"] == "neighbours") & t["flag"] & (t["index"] != 20))
 
 
 def test_chemiscope_file_holds_every_structure_and_column(dirty_table, dirty, tmp_path):

@@ -25,7 +25,10 @@ leave-one-out prediction ``P`` of the same label:
   uncorrelated with the prediction -> stale forces (from another geometry);
   spread but correlated -> noisy forces (unconverged SCF);
 * a net force far above its noise -> the forces are not the gradient of
-  any translation-invariant energy.
+  any translation-invariant energy;
+* nearest-neighbour distances out of line with the rest of the data set
+  (:func:`neighbour_ratio`) -> positions in the wrong length unit (Bohr,
+  nm) or fractional coordinates read as Cartesian.
 
 The rules are physics of how labels go wrong, not fitted to a benchmark.
 """
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["UNIT_FACTORS", "diagnose", "duplicates", "mean_descriptors"]
+__all__ = ["UNIT_FACTORS", "diagnose", "duplicates", "mean_descriptors", "neighbour_ratio", "scale_slip"]
 
 _HARTREE, _RYDBERG, _KCAL, _KJ = 27.211386, 13.605693, 23.060548, 96.485332  # per eV
 _BOHR = 0.52917721  # Å
@@ -216,3 +219,68 @@ def duplicates(frames, features: np.ndarray, tol: float = 1e-4) -> np.ndarray:
             if earlier.size:
                 out[i] = idx[int(earlier[0])]
     return out
+
+
+#: length-unit slips: factor by which the written positions exceed the real ones
+_LENGTH_SLIPS = ((1.0 / _BOHR, "Bohr read as Å"), (_BOHR, "Å read as Bohr"), (10.0, "Å read as nm"),
+                 (0.1, "nm read as Å"))
+
+
+def neighbour_ratio(atoms, reach: float = 3.0) -> float:
+    """Median over the atoms of the nearest-neighbour distance over the pair's covalent radii sum.
+
+    About 1 in any bonded structure (molecule, crystal, liquid, surface slab:
+    1.0-1.2 for covalent solids and molecules, ~1.2 for metals), whatever the
+    element, cell size or vacuum, so a structure whose value is far from the
+    rest of its data set has positions in another length unit or fractional
+    coordinates read as Cartesian.  Radii: ``ase.data.covalent_radii``
+    (Cordero et al. 2008).
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+    reach : float, default 3.0
+        Neighbours are searched up to ``reach`` times the largest radii sum of
+        the structure; an atom with none is counted at ``reach``.
+
+    Returns
+    -------
+    float
+        The median ratio; NaN for a single atom without periodic neighbours
+        within reach (an isolated-atom reference).
+
+    Examples
+    --------
+    >>> from ase.build import bulk
+    >>> round(neighbour_ratio(bulk("Si", "diamond", a=5.43)), 2)
+    1.06
+    """
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+    z = atoms.numbers
+    rc = covalent_radii[z]
+    cutoff = float(reach * 2.0 * rc.max())
+    i, j, d = neighbor_list("ijd", atoms, cutoff)
+    if i.size == 0:
+        return np.nan if len(atoms) == 1 else float(reach)
+    r = d / (rc[i] + rc[j])
+    best = np.full(len(atoms), reach)
+    np.minimum.at(best, i, r)
+    return float(np.median(best))
+
+
+def scale_slip(factor: float, tol: float = 0.1) -> str | None:
+    """Name a known length-unit slip whose factor matches ``factor`` within ``tol`` (relative), else None.
+
+    The tolerance allows for the structure's own nearest-neighbour ratio
+    differing from its data set's typical one (a surface, a hot frame: a few %).
+
+    Examples
+    --------
+    >>> scale_slip(1.87)
+    'Bohr read as Å'
+    """
+    for f, what in _LENGTH_SLIPS:
+        if abs(np.log(factor / f)) < tol:
+            return what
+    return None

@@ -68,8 +68,29 @@ use):
      ``>= 0``), ``p = F(w_std)`` (one-sided);
    * ``duplicate``: a near-duplicate (same composition, equal mean and
      spread of the atomic descriptors, :func:`kernelpot.uq.diagnosis.duplicates`)
-     whose energy per atom differs from the earlier one's by more than the
-     model's energy noise of both and 1 meV/atom allow.
+     whose labels differ from the earlier one's by more than the same
+     calculation can: the energy per atom by more than the model's energy
+     noise of both and 1 meV/atom allow; the forces and the stress compared
+     through what a rotation, a permutation of the atoms or a supercell
+     leaves unchanged (the sorted force norms ``|F_i|``, as quantiles when
+     the atom counts differ; the sorted principal stresses), with a
+     per-component spread of DFT precision (0.01 eV/Å, 0.1 GPa) and, when
+     the data hold at least :data:`_MIN_DUPLICATE_PAIRS` near-duplicate
+     pairs, the median spread over them (how well this data set repeats
+     itself), ``q = sum d^2 / (2 s^2)`` referred to ``chi2`` with one dof
+     per compared value.  Each label's p-value is Bonferroni-corrected over
+     the labels compared, and the smallest names the suspect.  Duplicates
+     must agree to DFT precision, far below any model's error, so this
+     finds noisy or unit-slipped labels that the model-based tests miss
+     where the duplicate itself makes the leave-one-out residual small;
+   * ``neighbours``: the median nearest-neighbour distance over the
+     covalent radii sum (:func:`kernelpot.uq.diagnosis.neighbour_ratio`,
+     about 1 in any bonded structure) against the data set's, on a log scale,
+     robustly standardised over all structures with a spread of at least
+     10 %, two-sided.  Positions in Bohr read as Å (x1.89), in nm, or
+     fractional coordinates read as Cartesian put a structure many spreads
+     out, while its labels, those of the real geometry, can stay within the
+     model's wide uncertainty for so unusual a structure.  Needs no model.
 
    Empirical null: the maximum-type tests (forces, stress, net force) are
    turned into normal deviates ``u = F^-1(1 - p)`` and robustly standardised
@@ -117,21 +138,27 @@ from __future__ import annotations
 
 import numpy as np
 from ase.units import GPa
-from scipy import stats
+from scipy import special, stats
 from sklearn.base import clone
 
 from kernelpot.gp.assembly import note
 from kernelpot.io.labels import _list, config_type, frame_labels
 from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
-from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors
+from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors, neighbour_ratio, scale_slip
 
 __all__ = ["COLUMNS", "ScreenTable", "screen", "robust_scale"]
 
 _MAD_TO_SD = 1.4826  # 1 / Phi^-1(3/4): MAD of a normal sample times this is its std
 _MAD_EFFICIENCY = 0.3675  # asymptotic efficiency of the MAD scale relative to the std (normal data)
 _KINDS = ("energy", "forces", "stress")
-_TESTS = ("energy", "energy_self", "forces", "net_force", "stress", "chi2", "duplicate")
+_TESTS = ("energy", "energy_self", "forces", "net_force", "stress", "chi2", "duplicate", "neighbours")
 _DUPLICATE_PRECISION = 0.001  # eV/atom: energies of the same structure differ by less in a converged DFT set
+#: per-component precision of repeated DFT labels of one structure (forces eV/Å, stress eV/Å^3)
+_DUPLICATE_LABEL_PRECISION = {"forces": 0.01, "stress": 0.1 * GPa}
+_MIN_DUPLICATE_PAIRS = 5  # near-duplicate pairs needed to estimate the data set's own repeat spread
+#: smallest robust spread of log(neighbour_ratio) over a data set: strain and EOS sets (+-20 % in
+#: volume) stay far inside it, a length-unit slip (x1.89 Bohr, x10 nm) is many spreads out
+_NEIGHBOUR_MIN_LOG_SPREAD = 0.1
 _HIGH_LEVERAGE = 5.0  # leverage this many times the median: the structure mostly fits itself
 _PRIOR_COUNT = 30  # pseudo-observations of the global scale in each config_type's robust scale
 _LN10 = float(np.log(10.0))
@@ -156,6 +183,8 @@ COLUMNS = {
     "stress_max_z": ("", "largest |LOO stress z-score|, robustly standardised per config_type"),
     "chi2_dof": ("", "structure chi-square per degree of freedom (before standardisation)"),
     "duplicate_of": ("", "index of an earlier near-duplicate (same composition, mean descriptor equal), -1 none"),
+    "neighbour_ratio": ("", "median nearest-neighbour distance over the pair's covalent radii sum "
+                        "(kernelpot.uq.diagnosis.neighbour_ratio; ~1 in any bonded structure)"),
     "worst": ("", "test with the smallest p-value"),
     "p_value": ("", "combined p-value (Bonferroni over tests)"),
     "score": ("", "-log10 p_value"),
@@ -201,6 +230,18 @@ def _log_sf(x, nu: float):
     if np.any(fin):
         out = np.where(fin, stats.t.logsf(x, np.where(fin, nu, 1.0)), out)
     return out if out.ndim else float(out)
+
+
+def _chi2_logsf(q: float, k: float) -> float:
+    """log of the upper tail of ``chi2(k)`` at ``q``, finite where scipy's underflows to ``-inf``.
+
+    Far in the tail ``log sf ~ (k/2 - 1) log(q/2) - q/2 - log Gamma(k/2)`` (the
+    leading term of the incomplete gamma function's asymptotic series).
+    """
+    out = float(stats.chi2.logsf(q, k))
+    if np.isfinite(out):
+        return out
+    return float((k / 2.0 - 1.0) * np.log(q / 2.0) - q / 2.0 - special.gammaln(k / 2.0))
 
 
 def _isf_log(logp: np.ndarray) -> np.ndarray:
@@ -576,7 +617,8 @@ def _physics(model, frames, diag: TrainingDiagnostics, duplicate_tol: float) -> 
         fsig[np.bincount(diag.frame[f], minlength=n) == 0] = np.nan
     e = kind == "energy"
     esig[diag.frame[e]] = diag.sigma[e]
-    out = {"force_sigma": fsig, "energy_sigma": esig}
+    out = {"force_sigma": fsig, "energy_sigma": esig,
+           "neighbour_ratio": np.array([neighbour_ratio(a) for a in frames])}
     if duplicate_tol is not None and duplicate_tol > 0:
         feats = mean_descriptors(model, frames)
         out["features"] = feats
@@ -714,6 +756,32 @@ def _group_calibration(v: np.ndarray, groups: np.ndarray, robust: bool, clip_loc
     return loc, scale, dof, glob
 
 
+def _invariant_difference(kind: str, a, b) -> np.ndarray:
+    """Difference of what a rotation, an atom permutation or a supercell leaves unchanged in two labels.
+
+    Forces: the sorted norms ``|F_i|`` (quantiles at ``(k + 1/2) / m``,
+    ``m`` the smaller atom count, when the counts differ: a supercell repeats
+    each atom's force).  Stress: the sorted principal values of the tensor
+    (Voigt order ``xx, yy, zz, yz, xz, xy``).  Returns ``a - b`` in the
+    label's units, shape ``(m,)`` or ``(3,)``.
+    """
+    if kind == "stress":
+        def inv(s):
+            s = np.ravel(np.asarray(s, float))
+            if s.size == 6:
+                s = np.array([[s[0], s[5], s[4]], [s[5], s[1], s[3]], [s[4], s[3], s[2]]])
+            m = np.reshape(s, (3, 3))
+            return np.linalg.eigvalsh(0.5 * (m + m.T))
+        return inv(a) - inv(b)
+    na, nb = (np.sort(np.linalg.norm(np.reshape(np.asarray(x, float), (-1, 3)), axis=1)) for x in (a, b))
+    if na.size == nb.size:
+        return na - nb
+    m = min(na.size, nb.size)
+    q = (np.arange(m) + 0.5) / m
+    # the empirical quantile (no interpolation): a k-fold supercell's sorted norms, each repeated k times
+    return np.quantile(na, q, method="inverted_cdf") - np.quantile(nb, q, method="inverted_cdf")
+
+
 def _is_reference_atom(a) -> bool:
     """An isolated-atom reference frame: one atom, no periodic neighbours."""
     return len(a) == 1
@@ -800,6 +868,18 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
         cols["energy_self_z"][ok] = zs
         logp[ok, _TESTS.index("energy_self")] = np.log(2.0) + _log_sf(np.abs(zs), nu)
 
+    # geometry: nearest-neighbour distances against the data set's (a length-unit slip, fractional
+    # coordinates read as Cartesian); physics of the positions alone, so always robust, never per config_type
+    nn = np.asarray(extra.get("neighbour_ratio", np.full(n_frames, np.nan)), float)
+    nn_ok = np.isfinite(nn) & (nn > 0) & ~ref_atom
+    nn_typical = np.nan
+    if nn_ok.sum() >= 2:
+        v = np.log(nn[nn_ok])
+        loc, sc, nu = _calibration(v, True, min_scale=_NEIGHBOUR_MIN_LOG_SPREAD)
+        nn_typical = float(np.exp(loc))
+        logp[nn_ok, _TESTS.index("neighbours")] = np.log(2.0) + _log_sf(np.abs(v - loc) / sc, nu)
+        cal["neighbours"] = (loc, sc, nu)
+
     # net force: forces that are the gradient of a translation-invariant energy sum to zero
     fsig = extra.get("force_sigma")
     if fsig is not None:
@@ -811,11 +891,11 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
             cols["net_force"][g] = float(np.linalg.norm(net))
             # honest per-component errors of size sigma give a net force ~ N(0, n sigma^2) per axis
             q = float(net @ net) / (len(a) * fsig[g] ** 2)
-            logp[g, _TESTS.index("net_force")] = float(stats.chi2.logsf(q, 3))
+            logp[g, _TESTS.index("net_force")] = _chi2_logsf(q, 3)
 
-    # duplicates with conflicting energies
+    # duplicates with conflicting labels
     dup = np.asarray(extra.get("duplicate_of", np.full(n_frames, -1)))
-    dup_conflict = np.zeros(n_frames, bool)
+    dup_label = np.full(n_frames, "", dtype=object)
     esig = extra.get("energy_sigma")
     if esig is not None:
         # the learned noise is inflated by gross errors elsewhere; the robust spread of the energy
@@ -823,18 +903,39 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
         e_fit = (kind_obs == "energy") & fitted_obs
         if e_fit.sum() >= 2:
             esig = np.minimum(esig, robust_scale(r_obs[e_fit]))
-    for g in np.flatnonzero(dup >= 0):
-        j = int(dup[g])
+    pairs = [(g, int(dup[g])) for g in np.flatnonzero(dup >= 0)]
+    diffs = {k: {} for k in ("forces", "stress")}
+    for g, j in pairs:
         li, lj = frame_labels(frames[g], g), frame_labels(frames[j], j)
-        if "energy" not in li or "energy" not in lj or esig is None:
-            continue
-        de = li["energy"] / len(frames[g]) - lj["energy"] / len(frames[j])
-        # the model's energy noise of both, and DFT precision (1 meV/atom) as a floor
-        s2 = esig[g] ** 2 + esig[j] ** 2 + _DUPLICATE_PRECISION ** 2
-        if s2 > 0 and np.isfinite(s2):
-            lp = np.log(2.0) + float(stats.norm.logsf(abs(de) / np.sqrt(s2)))
+        for k in diffs:
+            if k in li and k in lj:
+                diffs[k][g] = _invariant_difference(k, li[k], lj[k])
+    spread = {}
+    for k, d in diffs.items():
+        s2 = _DUPLICATE_LABEL_PRECISION[k] ** 2
+        if len(d) >= _MIN_DUPLICATE_PAIRS:
+            # how well this data set repeats itself: median per-component spread over its pairs
+            s2 += float(np.median([np.mean(v ** 2) / 2.0 for v in d.values()]))
+        spread[k] = s2
+    for g, j in pairs:
+        lps = {}
+        li, lj = frame_labels(frames[g], g), frame_labels(frames[j], j)
+        if "energy" in li and "energy" in lj and esig is not None:
+            de = li["energy"] / len(frames[g]) - lj["energy"] / len(frames[j])
+            # the model's energy noise of both, and DFT precision (1 meV/atom) as a floor
+            s2 = esig[g] ** 2 + esig[j] ** 2 + _DUPLICATE_PRECISION ** 2
+            if s2 > 0 and np.isfinite(s2):
+                lps["energy"] = np.log(2.0) + float(stats.norm.logsf(abs(de) / np.sqrt(s2)))
+        for k, d in diffs.items():
+            if g in d:
+                v = d[g]
+                lps[k] = _chi2_logsf(float(v @ v) / (2.0 * spread[k]), v.size)
+        if lps:
+            worst_label = min(lps, key=lps.get)
+            lp = min(0.0, lps[worst_label] + np.log(len(lps)))
             logp[g, _TESTS.index("duplicate")] = lp
-            dup_conflict[g] = lp < np.log(alpha / n_frames)
+            if lp < np.log(alpha / n_frames):
+                dup_label[g] = worst_label
 
     has_obs = (dof > 0) & ~ref_atom
     d = np.where(has_obs, dof, 1.0)
@@ -878,11 +979,20 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     score = -logp_comb / _LN10 + 0.0  # + 0.0 turns -0.0 into 0.0 for printing
     threshold = alpha / n_frames
     flag = logp_comb < np.log(threshold)
-    suspect, kind_txt = _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, dup_conflict)
+    suspect, kind_txt = _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, dup_label)
     # a structure far from the rest of the data can be right and still unpredictable: say so
     lev_med = float(np.median(lev[np.isfinite(lev)])) if np.isfinite(lev).any() else np.nan
     for g in np.flatnonzero(flag & (lev > _HIGH_LEVERAGE * lev_med)):
         kind_txt[g] = f"unusual structure (leverage {lev[g]:.1f}), labels may be right; " + kind_txt[g]
+    # ... unless its nearest neighbours say the positions themselves are wrong
+    lp_nn = logp[:, _TESTS.index("neighbours")]
+    for g in np.flatnonzero(flag & np.isfinite(lp_nn) & (lp_nn < np.log(threshold))):
+        f = nn[g] / nn_typical
+        slip = scale_slip(f)
+        suspect[g] = "geometry"
+        kind_txt[g] = (f"nearest neighbours x{f:.3g} the data set's: "
+                       + (f"positions in another unit ({slip})" if slip
+                          else "scaled positions, or fractional coordinates read as Cartesian?"))
 
     out = {
         "index": np.arange(n_frames),
@@ -893,6 +1003,7 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
         "energy_self_residual": self_r * 1000.0,
         "chi2_dof": np.where(has_obs, chi2_raw / d, np.nan),
         "duplicate_of": dup,
+        "neighbour_ratio": nn,
         "worst": np.array([_TESTS[k] if t else "" for k, t in zip(worst, n_tests)], dtype=object),
         "p_value": np.exp(logp_comb),
         "score": score,
@@ -908,10 +1019,10 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
 
 
 _LABEL_OF_TEST = {"energy": "energy", "energy_self": "energy", "forces": "forces", "net_force": "forces",
-                  "stress": "stress", "chi2": "geometry", "duplicate": "duplicate"}
+                  "stress": "stress", "chi2": "geometry", "duplicate": "duplicate", "neighbours": "geometry"}
 
 
-def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, dup_conflict):
+def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, dup_label):
     """Suspected label and most likely kind of error of each flagged structure (see :mod:`.diagnosis`)."""
     n = len(frames)
     suspect = np.full(n, "", dtype=object)
@@ -954,10 +1065,14 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, d
                 partner[g] = f"swapped with #{h}"
                 break
     for g in np.flatnonzero(flag):
-        if dup_conflict[g] and suspect[g] in ("energy", "duplicate"):
-            suspect[g] = "energy"
-            partner.setdefault(g, f"conflicts with duplicate #{int(dup[g])}")
+        conflict = dup_label[g] and suspect[g] in (dup_label[g], "duplicate")
+        if conflict:
+            suspect[g] = dup_label[g]
+            if suspect[g] == "energy":
+                partner.setdefault(g, f"conflicts with duplicate #{int(dup[g])}")
         net_sig = np.isfinite(logp[g, col["net_force"]]) and logp[g, col["net_force"]] < lt
         what[g] = diagnose(suspect[g], labs[g], preds[g], len(frames[g]), net_force_significant=net_sig,
                            partner=partner.get(g))
+        if conflict and suspect[g] != "energy":
+            what[g] = "; ".join(filter(None, (what[g], f"conflicts with duplicate #{int(dup[g])}")))
     return suspect, what
