@@ -2,10 +2,12 @@
 
 Usage::
 
-    python benchmarks/outliers.py [--quick]
+    python benchmarks/outliers.py [--quick] [--elements Si,Li,emt_cu,acac] [--seeds 0,1]
+                                  [--magnitudes realistic,subtle]
 
-10 % of the mlearn Si and Li training structures (Zuo et al. 2020) are
-corrupted with a fixed seed, each corruption kind on different structures,
+10 % of the mlearn Si and Li training structures (Zuo et al. 2020), and
+with ``--elements`` of acac (300 K) or the project's EMT copper set, are
+corrupted with fixed seeds, each corruption kind on different structures,
 cycling through ten ways real DFT data sets go wrong (magnitudes
 ``realistic``; ``--magnitudes subtle`` halves to thirds them where a
 magnitude exists):
@@ -253,12 +255,23 @@ def ranking_row(table, kind) -> dict:
     return row, s
 
 
+def _training_set(name: str):
+    """Training frames of a data set named on the command line (see ``--elements``)."""
+    import kernelpot
+    if name == "acac":
+        return kernelpot.read(DATA / "acac" / "train_300K.xyz")
+    if name == "emt_cu":
+        return kernelpot.read(ROOT / "data" / "emt_cu_train.xyz")
+    return kernelpot.read(DATA / "mlearn" / name / "training.json")
+
+
 def main(argv=None) -> int:
     import kernelpot
     from kernelpot.uq.metrics import format_table
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small model and subsets: a smoke run")
-    p.add_argument("--elements", default="Si,Li", help="comma-separated mlearn elements")
+    p.add_argument("--elements", default="Si,Li", help="comma-separated data sets: mlearn elements (Si, Li), "
+                   "'acac' (300 K training set) or 'emt_cu' (the project's EMT copper training set)")
     p.add_argument("--magnitudes", default="realistic", help="comma-separated: realistic,subtle")
     p.add_argument("--no-clean", action="store_true", help="skip the uncorrupted data (half the time)")
     p.add_argument("--seeds", default="0", help="comma-separated corruption seeds (which structures, which "
@@ -268,7 +281,7 @@ def main(argv=None) -> int:
     rows, details, clean_rows = {}, [], {}
     pooled: dict = {}
     for el in args.elements.split(","):
-        frames = kernelpot.read(DATA / "mlearn" / el / "training.json")
+        frames = _training_set(el)
 
         def new_model():
             if args.quick:
