@@ -70,7 +70,8 @@ use):
      spread of the atomic descriptors, :func:`kernelpot.uq.diagnosis.duplicates`)
      whose labels differ from the earlier one's by more than the same
      calculation can: the energy per atom by more than the model's energy
-     noise of both and 1 meV/atom allow; the forces and the stress compared
+     noise of both and 1 meV/atom allow; for the same structure (mean
+     descriptors equal to 1e-6) the forces and the stress too, compared
      through what a rotation, a permutation of the atoms or a supercell
      leaves unchanged (the sorted force norms ``|F_i|``, as quantiles when
      the atom counts differ; the sorted principal stresses), with a
@@ -156,6 +157,10 @@ _DUPLICATE_PRECISION = 0.001  # eV/atom: energies of the same structure differ b
 #: per-component precision of repeated DFT labels of one structure (forces eV/Å, stress eV/Å^3)
 _DUPLICATE_LABEL_PRECISION = {"forces": 0.01, "stress": 0.1 * GPa}
 _MIN_DUPLICATE_PAIRS = 5  # near-duplicate pairs needed to estimate the data set's own repeat spread
+#: relative distance of mean descriptors below which two structures are the same one (positions
+#: written to 1e-6 Å), so their forces and stress must agree too; mlearn's repeats are at 1e-16, MD
+#: frames 0.5 fs apart at 3e-4
+_SAME_STRUCTURE_TOL = 1e-6
 #: smallest robust spread of log(neighbour_ratio) over a data set: strain and EOS sets (+-20 % in
 #: volume) stay far inside it, a length-unit slip (x1.89 Bohr, x10 nm) is many spreads out
 _NEIGHBOUR_MIN_LOG_SPREAD = 0.1
@@ -622,7 +627,12 @@ def _physics(model, frames, diag: TrainingDiagnostics, duplicate_tol: float) -> 
     if duplicate_tol is not None and duplicate_tol > 0:
         feats = mean_descriptors(model, frames)
         out["features"] = feats
-        out["duplicate_of"] = duplicates(frames, feats, duplicate_tol)
+        out["duplicate_of"] = dup = duplicates(frames, feats, duplicate_tol)
+        has = dup >= 0
+        dist = np.full(n, np.nan)
+        dist[has] = (np.linalg.norm(feats[has] - feats[dup[has]], axis=1)
+                     / np.maximum(np.linalg.norm(feats[has], axis=1), 1e-300))
+        out["duplicate_distance"] = dist
     return out
 
 
@@ -905,7 +915,10 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
             esig = np.minimum(esig, robust_scale(r_obs[e_fit]))
     pairs = [(g, int(dup[g])) for g in np.flatnonzero(dup >= 0)]
     diffs = {k: {} for k in ("forces", "stress")}
+    dist = np.asarray(extra.get("duplicate_distance", np.full(n_frames, np.inf)), float)
     for g, j in pairs:
+        if not dist[g] <= _SAME_STRUCTURE_TOL:
+            continue  # near, not the same: its forces may honestly differ
         li, lj = frame_labels(frames[g], g), frame_labels(frames[j], j)
         for k in diffs:
             if k in li and k in lj:
