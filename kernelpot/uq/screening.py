@@ -1005,7 +1005,8 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
         suspect[g] = "geometry"
         kind_txt[g] = (f"nearest neighbours x{f:.3g} the data set's: "
                        + (f"positions in another unit ({slip})" if slip
-                          else "scaled positions, or fractional coordinates read as Cartesian?"))
+                          else "scaled positions or fractional coordinates read as Cartesian, "
+                          "unless stretched or compressed on purpose"))
 
     out = {
         "index": np.arange(n_frames),
