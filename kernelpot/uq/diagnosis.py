@@ -256,16 +256,22 @@ def neighbour_ratio(atoms, reach: float = 3.0) -> float:
     1.06
     """
     from ase.data import covalent_radii
-    from ase.neighborlist import neighbor_list
+    from kernelpot.descriptors.neighbors import neighbor_list
     z = atoms.numbers
     rc = covalent_radii[z]
-    cutoff = float(reach * 2.0 * rc.max())
-    i, j, d = neighbor_list("ijd", atoms, cutoff)
-    if i.size == 0:
-        return np.nan if len(atoms) == 1 else float(reach)
-    r = d / (rc[i] + rc[j])
-    best = np.full(len(atoms), reach)
-    np.minimum.at(best, i, r)
+    best = np.full(len(atoms), float(reach))
+    # bonded neighbours lie within ~1.3 radii sums: search there first (cheap), and out to ``reach``
+    # only when an atom has none (a scaled structure), where neighbour lists grow with the cube
+    for factor in (1.5, reach):
+        nl = neighbor_list(atoms, float(factor * 2.0 * rc.max()))
+        i = np.repeat(np.arange(len(atoms)), np.diff(nl.offsets))
+        if i.size:
+            r = np.linalg.norm(nl.vectors, axis=1) / (rc[i] + rc[nl.neighbors])
+            np.minimum.at(best, i, r)
+        if np.all(best < factor) or factor == reach:
+            break
+    if len(atoms) == 1 and best[0] >= reach:
+        return np.nan
     return float(np.median(best))
 
 
