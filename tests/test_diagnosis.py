@@ -18,10 +18,16 @@ def test_energy_kinds():
 
 
 def test_force_kinds():
-    g = F.copy()
+    big = F.copy()
+    big[5] *= 3.0                      # atom 5 carries the largest force, so its error dominates
+    g = big.copy()
     g[5] *= -1.0
-    g[5] += 0.5 * F[5]  # make atom 5 dominate the residual
-    assert diagnose("forces", {"forces": g}, {"forces": F}, 16) == "sign error on atom 5"
+    assert diagnose("forces", {"forces": g}, {"forces": big}, 16) == "sign error on atom 5"
+    # the same atom off but not flipped (anti-parallel at a third of the size, or sideways): the atom
+    # is misplaced or its force wrong, not a sign error
+    for wrong in (-big[5] / 3.0, np.cross(big[5], [0.0, 0.0, 1.0])):
+        g[5] = wrong
+        assert diagnose("forces", {"forces": g}, {"forces": big}, 16) == "one atom wrong (atom 5)"
     assert diagnose("forces", {"forces": -F}, {"forces": F}, 16) == "sign error (all components)"
     assert "eV/Bohr read as eV/Å" in diagnose("forces", {"forces": 0.52917721 * F}, {"forces": F}, 16)
     stale = rng.normal(size=F.shape)

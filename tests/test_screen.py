@@ -504,6 +504,21 @@ def test_positions_in_bohr_flagged_as_geometry(clean, small_soap):
     assert not np.any((t["worst"] == "neighbours") & t["flag"] & (t["index"] != 20))
 
 
+def test_displaced_atom_points_at_the_geometry(clean, small_soap):
+    """One atom moved after the calculation: its force (and its neighbours') disagree, not flipped."""
+    frames = list(clean)
+    a = clean[25].copy()
+    j = 3
+    a.positions[j] += 0.3 * np.array([0.6, -0.8, 0.0])
+    a.calc = SinglePointCalculator(a, **{k: clean[25].calc.results[k] for k in ("energy", "forces", "stress")})
+    frames[25] = a
+    model = SparseGP(descriptor=small_soap, n_sparse=100, verbose=False).fit(frames)
+    t = screen(model, refit_rounds=0)
+    r = int(np.flatnonzero(t["index"] == 25)[0])
+    assert 25 in t.flagged
+    assert t["suspect"][r] == "geometry" and f"one atom misplaced, or its force wrong (atom {j})" in t["diagnosis"][r]
+
+
 def test_chemiscope_file_holds_every_structure_and_column(dirty_table, dirty, tmp_path):
     chemiscope = pytest.importorskip("chemiscope", reason="chemiscope is in the test extra (pip install -e .[test])")
     import gzip

@@ -8,9 +8,13 @@ Diagnosis
 For a flagged structure the label under suspicion is the one whose test has
 the smallest p-value (energy, the energy left out with the structure's own
 forces kept, forces, the net force, stress), except that when two or more of
-energy / forces / stress are each significant the structure itself is
+energy / forces / stress are each significant, the weaker at least a quarter
+as far past the threshold (in log p) as the stronger, the structure itself is
 suspected (``"geometry"``: wrong positions, species or cell; a labels-only
-error rarely spoils all three).  The kind is then read off the labels and the
+error rarely spoils several labels alike), and that forces off on one atom
+alone, not flipped, point at that atom's position (a machine-written force
+block is rarely wrong on one atom; a coordinate edited or mis-wrapped after
+the calculation is).  The kind is then read off the labels and the
 leave-one-out prediction ``P`` of the same label:
 
 * a least-squares factor ``c = <L, P> / <P, P>`` near a known unit ratio
@@ -21,7 +25,8 @@ leave-one-out prediction ``P`` of the same label:
   conflicting duplicate;
 * otherwise an energy error is a reference shift (a per-atom constant);
 * force residuals concentrated on one or two atoms -> one atom (its sign
-  flipped when label and prediction point apart); spread over all atoms and
+  flipped when label and prediction are anti-parallel and of one size, else
+  that atom misplaced or its force off); spread over all atoms and
   uncorrelated with the prediction -> stale forces (from another geometry);
   spread but correlated -> noisy forces (unconverged SCF);
 * a net force far above its noise -> the forces are not the gradient of
@@ -41,6 +46,9 @@ __all__ = ["UNIT_FACTORS", "diagnose", "duplicates", "mean_descriptors", "neighb
 
 _HARTREE, _RYDBERG, _KCAL, _KJ = 27.211386, 13.605693, 23.060548, 96.485332  # per eV
 _BOHR = 0.52917721  # Å
+#: a force sign error: label and prediction on the atom anti-parallel (cos below -this) and of the
+#: same size within this log ratio (x1.5); otherwise one atom's position or force is simply off
+_SIGN_COS, _SIGN_LOG_RATIO = 0.8, float(np.log(1.5))
 #: label -> {factor label/true: description}; the nearest factor counts when within half the
 #: smallest log-gap between the label's factors (8 % for energies, 20 % for forces and stress).
 UNIT_FACTORS = {
@@ -146,7 +154,10 @@ def diagnose(suspect: str, labels: dict, pred: dict, n_atoms: int, *, net_force_
     share = r2[top[:2]].sum() / max(r2.sum(), 1e-300)
     if n_atoms > 4 and share > 0.6:
         j = int(top[0])
-        if float(L[j] @ P[j]) < 0:
+        # a flipped force: the label is minus the prediction, direction and size
+        nl, npred = float(np.linalg.norm(L[j])), float(np.linalg.norm(P[j]))
+        cos_j = float(L[j] @ P[j]) / max(nl * npred, 1e-300)
+        if cos_j < -_SIGN_COS and abs(np.log(max(nl, 1e-300) / max(npred, 1e-300))) < _SIGN_LOG_RATIO:
             return f"sign error on atom {j}"
         return f"one atom wrong (atom {j})"
     if net_force_significant:

@@ -164,6 +164,9 @@ _SAME_STRUCTURE_TOL = 1e-6
 #: smallest robust spread of log(neighbour_ratio) over a data set: strain and EOS sets (+-20 % in
 #: volume) stay far inside it, a length-unit slip (x1.89 Bohr, x10 nm) is many spreads out
 _NEIGHBOUR_MIN_LOG_SPREAD = 0.1
+#: two significant labels point at the geometry when the weaker is at least this share as far past
+#: the threshold (in log p) as the stronger; otherwise the stronger label alone is suspected
+_GEOMETRY_SHARE = 0.25
 _HIGH_LEVERAGE = 5.0  # leverage this many times the median: the structure mostly fits itself
 _PRIOR_COUNT = 30  # pseudo-observations of the global scale in each config_type's robust scale
 _LN10 = float(np.log(10.0))
@@ -1050,8 +1053,16 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, d
                       if lab in _KINDS and row[col[t]] < lt}
         best = _TESTS[int(np.argmin(row))]
         s = _LABEL_OF_TEST[best]
-        if len(sig_labels) >= 2:
+        # how far past the threshold each significant label's strongest test is (log p): several labels
+        # far off together point at the structure itself; one label far beyond the others (the others
+        # just past the threshold, e.g. a refit's side effects) at that label alone
+        excess = {lab: min(row[col[t]] for t, lab_ in _LABEL_OF_TEST.items() if lab_ == lab) - lt
+                  for lab in sig_labels}
+        ranked = sorted(excess, key=excess.get)
+        if len(ranked) >= 2 and excess[ranked[1]] <= _GEOMETRY_SHARE * excess[ranked[0]]:
             s = "geometry"
+        elif len(ranked) >= 2:
+            s = ranked[0]
         elif s == "geometry" and len(sig_labels) == 1:
             s = sig_labels.pop()
         suspect[g] = s
@@ -1089,4 +1100,9 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, d
                            partner=partner.get(g))
         if conflict and suspect[g] != "energy":
             what[g] = "; ".join(filter(None, (what[g], f"conflicts with duplicate #{int(dup[g])}")))
+        if suspect[g] == "forces" and what[g].startswith("one atom wrong"):
+            # one atom's force off alone, not flipped: a machine-written force block rarely has that,
+            # an atom moved after the calculation (a mis-wrapped or hand-edited coordinate) does
+            suspect[g] = "geometry"
+            what[g] = what[g].replace("one atom wrong", "one atom misplaced, or its force wrong")
     return suspect, what
