@@ -402,7 +402,10 @@ def test_swapped_energies_and_conflicting_duplicate(clean, small_soap):
     assert t["diagnosis"][row[i]] == f"swapped with #{j}" and t["diagnosis"][row[j]] == f"swapped with #{i}"
     assert t["duplicate_of"][row[len(frames) - 1]] == 12 and t["duplicate_of"][row[12]] == -1
     assert len(frames) - 1 in t.flagged
-    assert t["diagnosis"][row[len(frames) - 1]] == "conflicts with duplicate #12"
+    # two copies alone cannot tell which is wrong: both are named, each pointing at the other
+    assert t["diagnosis"][row[len(frames) - 1]] == "conflicts with duplicate #12 (one of the two is wrong)"
+    assert 12 in t.flagged
+    assert t["diagnosis"][row[12]] == f"conflicts with duplicate #{len(frames) - 1} (one of the two is wrong)"
 
 
 def _rotated_supercell_copy(a, forces, stress, rng):
@@ -439,8 +442,16 @@ def test_duplicate_force_and_stress_conflicts_against_brute_force(clean, small_s
     near.calc = SinglePointCalculator(near, energy=src.get_potential_energy(), forces=noisy - noisy.mean(axis=0),
                                       stress=s0)
     frames.append(near)
+    # three copies of another structure, the FIRST one wrong (stress in kBar): the copies' median blames it
+    src2 = clean[15]
+    frames[15] = _relabel(src2, stress=10.0 * src2.get_stress())
+    frames += [_rotated_supercell_copy(src2, src2.get_forces(), src2.get_stress(), rng) for _ in range(2)]
     model = SparseGP(descriptor=small_soap, n_sparse=100, verbose=False).fit(frames)
     t = screen(model, refit_rounds=0)
+    r15 = {k: int(np.flatnonzero(t["index"] == k)[0]) for k in (15, 44, 45)}
+    assert 15 in t.flagged and t["suspect"][r15[15]] == "stress" and t["worst"][r15[15]] in ("duplicate", "stress")
+    assert "kBar read as GPa" in t["diagnosis"][r15[15]]
+    assert 44 not in t.flagged and 45 not in t.flagged
     # the moved copy is a near-duplicate, not the same structure: its forces may honestly differ
     from kernelpot.uq.diagnosis import mean_descriptors
     feats = mean_descriptors(model, [src, near])
@@ -451,14 +462,15 @@ def test_duplicate_force_and_stress_conflicts_against_brute_force(clean, small_s
     row = {k: int(np.flatnonzero(t["index"] == k)[0]) for k in (40, 41, 42)}
     assert [t["duplicate_of"][row[k]] for k in (40, 41, 42)] == [12, 12, 12]
     # the honest duplicate agrees (rotation, supercell, permutation change nothing) ...
-    assert 40 not in t.flagged
+    assert 40 not in t.flagged and 12 not in t.flagged
     # ... the noisy forces and the slipped stress conflict, each named as the label that does
     assert {41, 42} <= set(t.flagged.tolist())
     assert t["suspect"][row[41]] == "forces" and t["suspect"][row[42]] == "stress"
-    assert t["diagnosis"][row[41]].endswith("conflicts with duplicate #12")
+    assert re.search(r"conflicts with duplicate #(12|40|42)$", t["diagnosis"][row[41]])
     assert "kBar read as GPa" in t["diagnosis"][row[42]]
-    # brute force: the 2x supercell has each norm twice (take every other); chi2 of the difference at
-    # 0.01 eV/Å per component (fewer than 5 duplicate pairs: no data-set spread), Bonferroni over 3 labels
+    # brute force: the 2x supercell has each norm twice (take every other); the median of the four copies'
+    # invariants is the clean one's; chi2 of the difference at 0.01 eV/Å per component (fewer than 5
+    # duplicate pairs: no data-set spread), Bonferroni over 3 labels
     a = np.sort(np.linalg.norm(f0, axis=1))
     m = len(src)
     d = np.sort(np.linalg.norm(frames[41].get_forces(), axis=1))[::2] - a

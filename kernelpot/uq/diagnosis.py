@@ -139,7 +139,9 @@ def diagnose(suspect: str, labels: dict, pred: dict, n_atoms: int, *, net_force_
             return slip
         if np.isfinite(c) and abs(c + 1.0) < _UNIT_TOL:
             return "sign error"
-        return f"reference shift ({1000.0 * float(L - P) / n_atoms:+.0f} meV/atom)"
+        shift = 1000.0 * float(L - P) / n_atoms
+        return f"reference shift ({shift:+.0f} meV/atom)" if abs(shift) >= 9.5 else \
+            f"reference shift ({shift:+.2g} meV/atom)"
     c, cos = _factor(L, P)
     slip = _unit_slip(suspect, c, cos)
     if slip:

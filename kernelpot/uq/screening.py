@@ -87,8 +87,8 @@ use):
    * ``neighbours``: the median nearest-neighbour distance over the
      covalent radii sum (:func:`kernelpot.uq.diagnosis.neighbour_ratio`,
      about 1 in any bonded structure) against the data set's, on a log scale,
-     robustly standardised over all structures with a spread of at least
-     10 %, two-sided.  Positions in Bohr read as Å (x1.89), in nm, or
+     robustly standardised per config_type like ``chi2`` (a binding curve
+     spans 0.7-2x on purpose) with a spread of at least 10 %, two-sided.  Positions in Bohr read as Å (x1.89), in nm, or
      fractional coordinates read as Cartesian put a structure many spreads
      out, while its labels, those of the real geometry, can stay within the
      model's wide uncertainty for so unusual a structure.  Needs no model.
@@ -143,7 +143,7 @@ from scipy import special, stats
 from sklearn.base import clone
 
 from kernelpot.gp.assembly import note
-from kernelpot.io.labels import _list, config_type, frame_labels
+from kernelpot.io.labels import _list, config_type, frame_labels, is_isolated_atom
 from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
 from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors, neighbour_ratio, scale_slip
 
@@ -161,9 +161,14 @@ _MIN_DUPLICATE_PAIRS = 5  # near-duplicate pairs needed to estimate the data set
 #: written to 1e-6 Å), so their forces and stress must agree too; mlearn's repeats are at 1e-16, MD
 #: frames 0.5 fs apart at 3e-4
 _SAME_STRUCTURE_TOL = 1e-6
+#: near-duplicates also have nearest-neighbour ratios equal to this (relative): MD steps move them ~1e-3
+_DUPLICATE_NEIGHBOUR_TOL = 0.01
 #: smallest robust spread of log(neighbour_ratio) over a data set: strain and EOS sets (+-20 % in
 #: volume) stay far inside it, a length-unit slip (x1.89 Bohr, x10 nm) is many spreads out
 _NEIGHBOUR_MIN_LOG_SPREAD = 0.1
+#: pseudo-observations of the whole set's neighbour distances in a config_type's: geometry is
+#: physics, not model error, so five structures of a kind (a binding curve) already set their own
+_NEIGHBOUR_PRIOR_COUNT = 5
 #: two significant labels point at the geometry when the weaker is at least this share as far past
 #: the threshold (in log p) as the stronger; otherwise the stronger label alone is suspected
 _GEOMETRY_SHARE = 0.25
@@ -625,12 +630,19 @@ def _physics(model, frames, diag: TrainingDiagnostics, duplicate_tol: float) -> 
         fsig[np.bincount(diag.frame[f], minlength=n) == 0] = np.nan
     e = kind == "energy"
     esig[diag.frame[e]] = diag.sigma[e]
-    out = {"force_sigma": fsig, "energy_sigma": esig,
-           "neighbour_ratio": np.array([neighbour_ratio(a) for a in frames])}
+    nn = np.array([neighbour_ratio(a) for a in frames])
+    out = {"force_sigma": fsig, "energy_sigma": esig, "neighbour_ratio": nn}
     if duplicate_tol is not None and duplicate_tol > 0:
         feats = mean_descriptors(model, frames)
         out["features"] = feats
-        out["duplicate_of"] = dup = duplicates(frames, feats, duplicate_tol)
+        dup = duplicates(frames, feats, duplicate_tol)
+        # atoms without neighbours within r_cut all have the isolated atom's descriptor: a dimer at 6 Å
+        # and one at 7 Å (or a cell in Bohr) are not copies of each other; their nearest neighbours say so
+        for g in np.flatnonzero(dup >= 0):
+            a_, b_ = nn[g], nn[dup[g]]
+            if not ((np.isnan(a_) and np.isnan(b_)) or abs(np.log(a_ / b_)) <= _DUPLICATE_NEIGHBOUR_TOL):
+                dup[g] = -1
+        out["duplicate_of"] = dup
         has = dup >= 0
         dist = np.full(n, np.nan)
         dist[has] = (np.linalg.norm(feats[has] - feats[dup[has]], axis=1)
@@ -736,15 +748,17 @@ def _energy_min_scale(residual: np.ndarray, z: np.ndarray) -> float:
 
 
 def _group_calibration(v: np.ndarray, groups: np.ndarray, robust: bool, clip_location: bool = False,
-                       min_scale: float = 1.0):
+                       min_scale: float = 1.0, prior_count: float = None):
     """Per-element ``(location, scale, dof)`` arrays to standardise ``v``, per config_type group.
 
     Each group's median and MAD scale are shrunk towards the global ones with
     the weight of :data:`_PRIOR_COUNT` pseudo-observations (a config_type with
     ten structures has ten energies: too few for its own MAD), and a group's
     scale is never below the global one (a tight group does not amplify the
-    tails of its residuals).  Returns the arrays and the global calibration.
+    tails of its residuals).  ``prior_count`` replaces :data:`_PRIOR_COUNT`.
+    Returns the arrays and the global calibration.
     """
+    prior = _PRIOR_COUNT if prior_count is None else prior_count
     glob = _calibration(v, robust, clip_location, min_scale)
     loc = np.full(v.shape, glob[0])
     scale = np.full(v.shape, glob[1])
@@ -757,7 +771,7 @@ def _group_calibration(v: np.ndarray, groups: np.ndarray, robust: bool, clip_loc
         n_g = int(sel.sum())
         if n_g == v.size or n_g < 2:
             continue
-        w = n_g / (n_g + _PRIOR_COUNT)
+        w = n_g / (n_g + prior)
         lo = w * float(np.median(v[sel])) + (1 - w) * med_all
         if clip_location:
             lo = max(lo, 0.0)
@@ -765,39 +779,134 @@ def _group_calibration(v: np.ndarray, groups: np.ndarray, robust: bool, clip_loc
         loc[sel] = lo
         if s_g > glob[1]:
             scale[sel] = s_g
-            dof[sel] = _MAD_EFFICIENCY * (n_g + _PRIOR_COUNT)
+            dof[sel] = _MAD_EFFICIENCY * (n_g + prior)
     return loc, scale, dof, glob
 
 
-def _invariant_difference(kind: str, a, b) -> np.ndarray:
-    """Difference of what a rotation, an atom permutation or a supercell leaves unchanged in two labels.
+def _label_invariant(kind: str, x, m: int | None = None) -> np.ndarray:
+    """What a rotation, an atom permutation or a supercell leaves unchanged in a force or stress label.
 
-    Forces: the sorted norms ``|F_i|`` (quantiles at ``(k + 1/2) / m``,
-    ``m`` the smaller atom count, when the counts differ: a supercell repeats
-    each atom's force).  Stress: the sorted principal values of the tensor
-    (Voigt order ``xx, yy, zz, yz, xz, xy``).  Returns ``a - b`` in the
-    label's units, shape ``(m,)`` or ``(3,)``.
+    Forces: the sorted norms ``|F_i|``, as the empirical quantiles at
+    ``(k + 1/2) / m`` when ``m`` (the smallest atom count among the copies
+    compared) is given and differs: a k-fold supercell repeats each atom's
+    force k times.  Stress (Voigt ``xx, yy, zz, yz, xz, xy`` or 3x3): the
+    sorted principal values.  Same units as the label.
     """
     if kind == "stress":
-        def inv(s):
-            s = np.ravel(np.asarray(s, float))
-            if s.size == 6:
-                s = np.array([[s[0], s[5], s[4]], [s[5], s[1], s[3]], [s[4], s[3], s[2]]])
-            m = np.reshape(s, (3, 3))
-            return np.linalg.eigvalsh(0.5 * (m + m.T))
-        return inv(a) - inv(b)
-    na, nb = (np.sort(np.linalg.norm(np.reshape(np.asarray(x, float), (-1, 3)), axis=1)) for x in (a, b))
-    if na.size == nb.size:
-        return na - nb
-    m = min(na.size, nb.size)
-    q = (np.arange(m) + 0.5) / m
+        v = np.ravel(np.asarray(x, float))
+        if v.size == 6:
+            v = np.array([[v[0], v[5], v[4]], [v[5], v[1], v[3]], [v[4], v[3], v[2]]])
+        t = np.reshape(v, (3, 3))
+        return np.linalg.eigvalsh(0.5 * (t + t.T))
+    norms = np.sort(np.linalg.norm(np.reshape(np.asarray(x, float), (-1, 3)), axis=1))
+    if m is None or m == norms.size:
+        return norms
     # the empirical quantile (no interpolation): a k-fold supercell's sorted norms, each repeated k times
-    return np.quantile(na, q, method="inverted_cdf") - np.quantile(nb, q, method="inverted_cdf")
+    return np.quantile(norms, (np.arange(m) + 0.5) / m, method="inverted_cdf")
+
+
+def _invariant_difference(kind: str, a, b) -> np.ndarray:
+    """``_label_invariant(a) - _label_invariant(b)`` on the smaller atom count of the two."""
+    m = None if kind == "stress" else min(np.size(a), np.size(b)) // 3
+    return _label_invariant(kind, a, m) - _label_invariant(kind, b, m)
+
+def _duplicate_conflicts(frames, dup: np.ndarray, same: np.ndarray, esig):
+    """Log p-value that each structure's labels disagree with its copies', and the label and copy named.
+
+    Copies are grouped by their first member (``dup`` chains).  Energies per
+    atom are compared within a group of near-duplicates; forces and stress
+    only among copies of the same structure (``same``: the group's first
+    member and those equal to their earlier copy), through
+    :func:`_invariant_difference`.  Two copies are compared with each other
+    (both get the p-value: the copies alone cannot tell which is wrong); three
+    or more with their element-wise median, so a wrong copy is the one that
+    stands out, whichever came first.  Variances: the energy as before
+    (model noise of both, capped, plus 1 meV/atom); forces and stress twice
+    the per-component spread (DFT precision plus, with at least
+    :data:`_MIN_DUPLICATE_PAIRS` pairs, the data set's median repeat spread).
+
+    Returns
+    -------
+    (logp, label) : tuple of ndarray, shape (n_frames,)
+        Bonferroni-combined log p over the labels compared (NaN where there
+        is no copy) and the label with the smallest p.
+    partner : ndarray of int, shape (n_frames,)
+        A copy it was compared with (-1 where none).
+    copies : ndarray of int, shape (n_frames,)
+        Number of copies the label named was compared among (0 where none).
+    """
+    n = len(frames)
+    logp, label, partner = np.full(n, np.nan), np.full(n, "", dtype=object), np.full(n, -1)
+    copies = np.zeros(n, int)
+    root = np.arange(n)
+    for g in range(n):
+        r = g
+        while dup[r] >= 0:
+            r = int(dup[r])
+        root[g] = r
+    groups: dict = {}
+    for g in np.flatnonzero(dup >= 0):
+        groups.setdefault(int(root[g]), [int(root[g])]).append(int(g))
+    labels = [frame_labels(a, g) for g, a in enumerate(frames)]
+    # per-label, per-member values on a common footing within each group
+    values: dict = {}
+    for r, members in groups.items():
+        m_atoms = min(len(frames[g]) for g in members)
+        for g in members:
+            lab = labels[g]
+            if "energy" in lab and esig is not None:
+                values.setdefault(("energy", r), {})[g] = np.array([lab["energy"] / len(frames[g])])
+            if g != r and not same[g]:
+                continue  # near, not the same structure: its forces and stress may honestly differ
+            for k in ("forces", "stress"):
+                if k in lab:
+                    values.setdefault((k, r), {})[g] = _label_invariant(k, lab[k], m_atoms)
+    spread = {}
+    for k in ("forces", "stress"):
+        pairs = [v[g] - v[r] for (kk, r), v in values.items() if kk == k and r in v for g in v if g != r]
+        s2 = _DUPLICATE_LABEL_PRECISION[k] ** 2
+        if len(pairs) >= _MIN_DUPLICATE_PAIRS:
+            # how well this data set repeats itself: median per-component spread over its pairs
+            s2 += float(np.median([np.mean(d ** 2) / 2.0 for d in pairs]))
+        spread[k] = s2
+    per = [dict() for _ in range(n)]
+    for (k, r), v in values.items():
+        if len(v) < 2:
+            continue
+        ids = list(v)
+        X = np.array([v[g] for g in ids])
+        if len(ids) == 2:
+            centre, typical = None, None
+        else:
+            centre = np.median(X, axis=0)
+            # the copy nearest the median: the one to name in the diagnosis
+            typical = ids[int(np.argmin(np.sum((X - centre) ** 2, axis=1)))]
+        for a_, g in enumerate(ids):
+            if centre is None:
+                other, d = ids[1 - a_], X[a_] - X[1 - a_]
+            else:
+                other = typical if typical != g else ids[int(np.argsort(np.sum((X - centre) ** 2, axis=1))[1])]
+                d = X[a_] - centre
+            if k == "energy":
+                s2 = esig[g] ** 2 + esig[other] ** 2 + _DUPLICATE_PRECISION ** 2
+                if not (s2 > 0 and np.isfinite(s2)):
+                    continue
+                lp = np.log(2.0) + float(stats.norm.logsf(abs(float(d[0])) / np.sqrt(s2)))
+            else:
+                lp = _chi2_logsf(float(d @ d) / (2.0 * spread[k]), d.size)
+            per[g][k] = (lp, other, len(ids))
+    for g in range(n):
+        if per[g]:
+            k = min(per[g], key=lambda k_: per[g][k_][0])
+            logp[g] = min(0.0, per[g][k][0] + np.log(len(per[g])))
+            label[g], partner[g], copies[g] = k, per[g][k][1], per[g][k][2]
+    return (logp, label), partner, copies
 
 
 def _is_reference_atom(a) -> bool:
-    """An isolated-atom reference frame: one atom, no periodic neighbours."""
-    return len(a) == 1
+    """An isolated-atom reference frame (:func:`kernelpot.io.labels.is_isolated_atom`): one atom
+    without periodic neighbours, not a one-atom primitive cell of a crystal (screened like any other)."""
+    return is_isolated_atom(a)
 
 
 def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = None,
@@ -882,16 +991,19 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
         logp[ok, _TESTS.index("energy_self")] = np.log(2.0) + _log_sf(np.abs(zs), nu)
 
     # geometry: nearest-neighbour distances against the data set's (a length-unit slip, fractional
-    # coordinates read as Cartesian); physics of the positions alone, so always robust, never per config_type
+    # coordinates read as Cartesian); physics of the positions alone, so always robust
     nn = np.asarray(extra.get("neighbour_ratio", np.full(n_frames, np.nan)), float)
     nn_ok = np.isfinite(nn) & (nn > 0) & ~ref_atom
-    nn_typical = np.nan
+    nn_typical = np.full(n_frames, np.nan)
     if nn_ok.sum() >= 2:
+        # per config_type, shrunk towards the whole set's (a binding curve labelled 'dimer' spans
+        # 0.7-2.7x on purpose; a slipped frame among its own kind stands out)
         v = np.log(nn[nn_ok])
-        loc, sc, nu = _calibration(v, True, min_scale=_NEIGHBOUR_MIN_LOG_SPREAD)
-        nn_typical = float(np.exp(loc))
+        loc, sc, nu, cal["neighbours"] = _group_calibration(v, ctype[nn_ok].astype(str), True,
+                                                            min_scale=_NEIGHBOUR_MIN_LOG_SPREAD,
+                                                            prior_count=_NEIGHBOUR_PRIOR_COUNT)
+        nn_typical[nn_ok] = np.exp(loc)
         logp[nn_ok, _TESTS.index("neighbours")] = np.log(2.0) + _log_sf(np.abs(v - loc) / sc, nu)
-        cal["neighbours"] = (loc, sc, nu)
 
     # net force: forces that are the gradient of a translation-invariant energy sum to zero
     fsig = extra.get("force_sigma")
@@ -916,42 +1028,11 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
         e_fit = (kind_obs == "energy") & fitted_obs
         if e_fit.sum() >= 2:
             esig = np.minimum(esig, robust_scale(r_obs[e_fit]))
-    pairs = [(g, int(dup[g])) for g in np.flatnonzero(dup >= 0)]
-    diffs = {k: {} for k in ("forces", "stress")}
     dist = np.asarray(extra.get("duplicate_distance", np.full(n_frames, np.inf)), float)
-    for g, j in pairs:
-        if not dist[g] <= _SAME_STRUCTURE_TOL:
-            continue  # near, not the same: its forces may honestly differ
-        li, lj = frame_labels(frames[g], g), frame_labels(frames[j], j)
-        for k in diffs:
-            if k in li and k in lj:
-                diffs[k][g] = _invariant_difference(k, li[k], lj[k])
-    spread = {}
-    for k, d in diffs.items():
-        s2 = _DUPLICATE_LABEL_PRECISION[k] ** 2
-        if len(d) >= _MIN_DUPLICATE_PAIRS:
-            # how well this data set repeats itself: median per-component spread over its pairs
-            s2 += float(np.median([np.mean(v ** 2) / 2.0 for v in d.values()]))
-        spread[k] = s2
-    for g, j in pairs:
-        lps = {}
-        li, lj = frame_labels(frames[g], g), frame_labels(frames[j], j)
-        if "energy" in li and "energy" in lj and esig is not None:
-            de = li["energy"] / len(frames[g]) - lj["energy"] / len(frames[j])
-            # the model's energy noise of both, and DFT precision (1 meV/atom) as a floor
-            s2 = esig[g] ** 2 + esig[j] ** 2 + _DUPLICATE_PRECISION ** 2
-            if s2 > 0 and np.isfinite(s2):
-                lps["energy"] = np.log(2.0) + float(stats.norm.logsf(abs(de) / np.sqrt(s2)))
-        for k, d in diffs.items():
-            if g in d:
-                v = d[g]
-                lps[k] = _chi2_logsf(float(v @ v) / (2.0 * spread[k]), v.size)
-        if lps:
-            worst_label = min(lps, key=lps.get)
-            lp = min(0.0, lps[worst_label] + np.log(len(lps)))
-            logp[g, _TESTS.index("duplicate")] = lp
-            if lp < np.log(alpha / n_frames):
-                dup_label[g] = worst_label
+    lp_dup, dup_partner, dup_copies = _duplicate_conflicts(frames, dup, dist <= _SAME_STRUCTURE_TOL, esig)
+    logp[:, _TESTS.index("duplicate")] = lp_dup[0]
+    for g in np.flatnonzero(np.isfinite(lp_dup[0]) & (lp_dup[0] < np.log(alpha / n_frames))):
+        dup_label[g] = lp_dup[1][g]
 
     has_obs = (dof > 0) & ~ref_atom
     d = np.where(has_obs, dof, 1.0)
@@ -995,7 +1076,9 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     score = -logp_comb / _LN10 + 0.0  # + 0.0 turns -0.0 into 0.0 for printing
     threshold = alpha / n_frames
     flag = logp_comb < np.log(threshold)
-    suspect, kind_txt = _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, dup_label)
+    dup_text = np.array([f"conflicts with duplicate #{p}" + (" (one of the two is wrong)" if c == 2 else "")
+                         for p, c in zip(dup_partner, dup_copies)], dtype=object)
+    suspect, kind_txt = _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_text, dup_label)
     # a structure far from the rest of the data can be right and still unpredictable: say so
     lev_med = float(np.median(lev[np.isfinite(lev)])) if np.isfinite(lev).any() else np.nan
     for g in np.flatnonzero(flag & (lev > _HIGH_LEVERAGE * lev_med)):
@@ -1003,7 +1086,7 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     # ... unless its nearest neighbours say the positions themselves are wrong
     lp_nn = logp[:, _TESTS.index("neighbours")]
     for g in np.flatnonzero(flag & np.isfinite(lp_nn) & (lp_nn < np.log(threshold))):
-        f = nn[g] / nn_typical
+        f = nn[g] / nn_typical[g]
         slip = scale_slip(f)
         suspect[g] = "geometry"
         kind_txt[g] = (f"nearest neighbours x{f:.3g} the data set's: "
@@ -1039,7 +1122,7 @@ _LABEL_OF_TEST = {"energy": "energy", "energy_self": "energy", "forces": "forces
                   "stress": "stress", "chi2": "geometry", "duplicate": "duplicate", "neighbours": "geometry"}
 
 
-def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, dup_label):
+def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_text, dup_label):
     """Suspected label and most likely kind of error of each flagged structure (see :mod:`.diagnosis`)."""
     n = len(frames)
     suspect = np.full(n, "", dtype=object)
@@ -1047,6 +1130,7 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, d
     lt = np.log(threshold)
     col = {t: i for i, t in enumerate(_TESTS)}
     labs, preds = {}, {}
+    forces_sig = np.zeros(n, bool)
     for g in np.flatnonzero(flag):
         row = np.where(np.isfinite(logp[g]), logp[g], np.inf)
         sig_labels = {lab for t, lab in _LABEL_OF_TEST.items()
@@ -1066,6 +1150,7 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, d
         elif s == "geometry" and len(sig_labels) == 1:
             s = sig_labels.pop()
         suspect[g] = s
+        forces_sig[g] = "forces" in sig_labels
         lab = frame_labels(frames[g], g)
         pred = {}
         for k in _KINDS:
@@ -1094,15 +1179,18 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup, d
         if conflict:
             suspect[g] = dup_label[g]
             if suspect[g] == "energy":
-                partner.setdefault(g, f"conflicts with duplicate #{int(dup[g])}")
+                partner.setdefault(g, dup_text[g])
         net_sig = np.isfinite(logp[g, col["net_force"]]) and logp[g, col["net_force"]] < lt
         what[g] = diagnose(suspect[g], labs[g], preds[g], len(frames[g]), net_force_significant=net_sig,
                            partner=partner.get(g))
         if conflict and suspect[g] != "energy":
-            what[g] = "; ".join(filter(None, (what[g], f"conflicts with duplicate #{int(dup[g])}")))
-        if suspect[g] == "forces" and what[g].startswith("one atom wrong"):
-            # one atom's force off alone, not flipped: a machine-written force block rarely has that,
-            # an atom moved after the calculation (a mis-wrapped or hand-edited coordinate) does
+            what[g] = "; ".join(filter(None, (what[g], dup_text[g])))
+        # significant forces off on one atom alone, not flipped: a machine-written force block rarely
+        # has that, an atom moved after the calculation (a mis-wrapped or hand-edited coordinate) does
+        # -- and then the energy is off too, often by more decades than the forces
+        f_what = what[g] if suspect[g] == "forces" else (
+            diagnose("forces", labs[g], preds[g], len(frames[g])) if forces_sig[g] and not conflict else "")
+        if f_what.startswith("one atom wrong"):
             suspect[g] = "geometry"
-            what[g] = what[g].replace("one atom wrong", "one atom misplaced, or its force wrong")
+            what[g] = f_what.replace("one atom wrong", "one atom misplaced, or its force wrong")
     return suspect, what
