@@ -8,21 +8,31 @@ happens in :mod:`kernelpot.descriptors.soap`. Index conventions:
 * for each neighbour image, its radial values G, G' and harmonics Y, grad Y
   are kept after the density pass; the contraction of its density derivative
   with ``c`` factorises (:func:`_pair_tmat`) into
-  ``T[alpha, n, (b, n'), l] = G'_nl u_alpha A[(b, n'), l] + G_nl B_alpha[(b, n'), l]``
+  ``T[alpha, n, l, (b, n')] = G'_nl u_alpha A[l, (b, n')] + G_nl B_alpha[l, (b, n')]``
   (images of one atom summed), from which every feature derivative of that
-  atom is assembled; images of the centre and atoms seen through several
-  images also go into per-species strain rows ``T[voigt, n, (b, n'), l]``.
+  atom is assembled (:func:`_write_row`).
 
 Per neighbour image the work is: the coefficients (n_max (l_max+1)^2
 multiply-adds), A and B (4 S n_max (l_max+1)^2), T (6 n_max S n_max (l_max+1))
-and the assembly, normalisation and one write of the 3 F-long output rows.
-Every output row is written exactly once, and the per-centre scratch that is
-cleared is O(S n_max (l_max+1)^2).
+and one pass that assembles, normalises and writes the 3 F-long output rows
+(the normalisation's p . dp is a dot product with T, :func:`_adjoint`). Every
+output row is written exactly once. Everything else is linear in T and goes
+through per-species sums of T, assembled once per centre: the self block
+(minus the sum over the neighbours, translation invariance) and the strain
+rows (sum of T r_b over images). Per-centre scratch is O(S^2 n_max^2 (l_max+1)).
+
+Loops run over long contiguous axes with unsigned computed offsets: numba
+keeps LLVM's SLP vectoriser off, and its loop vectoriser (AVX-512, 4-way
+interleaved) leaves loops of fewer than ~4-32 iterations, or with signed
+(wrap-around checked) computed indices, scalar.
 """
 
 import numba
 import numpy as np
 from numba import prange
+
+# Unsigned index type for computed offsets (see _write_row).
+_U = numba.uint64
 
 
 @numba.njit(cache=True, inline="always")
@@ -125,122 +135,303 @@ def _real_sph(ux, uy, uz, l_max, norm, want_grad, ylm, gylm, cm, sm, plm, dplm):
 
 
 @numba.njit(cache=True, inline="always")
-def _pair_tmat(g, dg, ylm, gylm, ux, uy, uz, ct, n_l, nq, n_max, ab, abt, tmat, accumulate):
+def _pair_tmat(g, dg, ylm, gylm, ux, uy, uz, ct, n_l, nq, n_max, ab, tmat, accumulate):
     """Contraction of one neighbour image's density derivative with the coefficients.
 
-    ``tmat[alpha, n, q, l] = sum_m dc_{n l m, alpha} c[q, l m]`` with
+    ``tmat[alpha, n, l, q] = sum_m dc_{n l m, alpha} c[q, l m]`` with
     ``dc_{nlm, alpha} = G'_nl u_alpha Y_lm + G_nl dY_lm/dr_alpha`` separable in (n, l) x
-    (l, m), so it factorises through ``A[q, l] = sum_m Y_lm c[q, lm]`` and
-    ``B_alpha[q, l] = sum_m dY_lm/dr_alpha c[q, lm]``::
+    (l, m), so it factorises through ``A[l, q] = sum_m Y_lm c[q, lm]`` and
+    ``B_alpha[l, q] = sum_m dY_lm/dr_alpha c[q, lm]``::
 
-        tmat[alpha, n, q, l] = G'_nl u_alpha A[q, l] + G_nl B_alpha[q, l]
+        tmat[alpha, n, l, q] = G'_nl u_alpha A[l, q] + G_nl B_alpha[l, q]
 
     4 nq (l_max+1)^2 + 6 n_max nq (l_max+1) multiply-adds instead of the
     6 n_max (l_max+1)^2 of dc plus 3 n_max nq (l_max+1)^2 of contracting it.
-    l is the fastest axis, as in the feature order, so the assembly reads
-    contiguous runs. ``g, dg`` are G and G' as ``[n, l]``; ``gylm`` is the
-    gradient of Y (already divided by r); ``ab`` (4, n_l, nq) and ``abt``
-    (4, nq, n_l) are scratch.
+    ``tmat`` is (3, n_max n_l nq), flat over (n, l, q): q = (b, n') is the
+    fastest axis so both loops below are over q with scalar factors, which
+    LLVM vectorises (l fastest, as in the feature order, made it a run of
+    l_max + 1 = 7, too short for the vectoriser: 4x slower). ``g, dg`` are G
+    and G' as ``[n, l]``; ``gylm`` is the gradient of Y (already divided by
+    r); ``ab`` (4, n_l nq) is scratch for A, B_x, B_y, B_z.
     """
-    for l in range(n_l):
-        for w in range(4):
-            for q in range(nq):
-                ab[w, l, q] = 0.0
-        for lm in range(l * l, (l + 1) * (l + 1)):
-            y = ylm[lm]
-            gx = gylm[0, lm]
-            gy = gylm[1, lm]
-            gz = gylm[2, lm]
-            crow = ct[lm]
-            for q in range(nq):
-                cq = crow[q]
-                ab[0, l, q] += y * cq
-                ab[1, l, q] += gx * cq
-                ab[2, l, q] += gy * cq
-                ab[3, l, q] += gz * cq
-    for q in range(nq):
-        for l in range(n_l):
-            a = ab[0, l, q]
-            abt[0, q, l] = ux * a
-            abt[1, q, l] = uy * a
-            abt[2, q, l] = uz * a
-            abt[3, q, l] = ab[1, l, q]
-            abt[4, q, l] = ab[2, l, q]
-            abt[5, q, l] = ab[3, l, q]
-    for al in range(3):
-        ua = abt[al]
-        bb = abt[3 + al]
-        for n in range(n_max):
-            gn = g[n]
-            dgn = dg[n]
-            tn = tmat[al, n]
+    # A, B: q in blocks of 4 with the 16 sums in registers (numba leaves the
+    # SLP vectoriser off, and memory accumulators over a q run of n_max = 8
+    # are load/store bound: 2x slower).
+    nqu = _U(nq)
+    nq4 = nqu - nqu % _U(4)
+    for l in range(_U(n_l)):
+        lm0 = l * l
+        lm1 = lm0 + _U(2) * l + _U(1)
+        o = l * nqu
+        for q0 in range(_U(0), nq4, _U(4)):
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            x0 = 0.0
+            x1 = 0.0
+            x2 = 0.0
+            x3 = 0.0
+            y0 = 0.0
+            y1 = 0.0
+            y2 = 0.0
+            y3 = 0.0
+            z0 = 0.0
+            z1 = 0.0
+            z2 = 0.0
+            z3 = 0.0
+            for lm in range(lm0, lm1):
+                y = ylm[lm]
+                gx = gylm[0, lm]
+                gy = gylm[1, lm]
+                gz = gylm[2, lm]
+                crow = ct[lm]
+                c0 = crow[q0]
+                c1 = crow[q0 + _U(1)]
+                c2 = crow[q0 + _U(2)]
+                c3 = crow[q0 + _U(3)]
+                a0 += y * c0
+                a1 += y * c1
+                a2 += y * c2
+                a3 += y * c3
+                x0 += gx * c0
+                x1 += gx * c1
+                x2 += gx * c2
+                x3 += gx * c3
+                y0 += gy * c0
+                y1 += gy * c1
+                y2 += gy * c2
+                y3 += gy * c3
+                z0 += gz * c0
+                z1 += gz * c1
+                z2 += gz * c2
+                z3 += gz * c3
+            k = o + q0
+            ab[0, k] = a0
+            ab[0, k + _U(1)] = a1
+            ab[0, k + _U(2)] = a2
+            ab[0, k + _U(3)] = a3
+            ab[1, k] = x0
+            ab[1, k + _U(1)] = x1
+            ab[1, k + _U(2)] = x2
+            ab[1, k + _U(3)] = x3
+            ab[2, k] = y0
+            ab[2, k + _U(1)] = y1
+            ab[2, k + _U(2)] = y2
+            ab[2, k + _U(3)] = y3
+            ab[3, k] = z0
+            ab[3, k + _U(1)] = z1
+            ab[3, k + _U(2)] = z2
+            ab[3, k + _U(3)] = z3
+        for q in range(nq4, nqu):
+            a0 = 0.0
+            x0 = 0.0
+            y0 = 0.0
+            z0 = 0.0
+            for lm in range(lm0, lm1):
+                c0 = ct[lm, q]
+                a0 += ylm[lm] * c0
+                x0 += gylm[0, lm] * c0
+                y0 += gylm[1, lm] * c0
+                z0 += gylm[2, lm] * c0
+            ab[0, o + q] = a0
+            ab[1, o + q] = x0
+            ab[2, o + q] = y0
+            ab[3, o + q] = z0
+    sn = _U(n_l) * nqu
+    t0 = tmat[0]
+    t1 = tmat[1]
+    t2 = tmat[2]
+    aa = ab[0]
+    bx = ab[1]
+    by = ab[2]
+    bz = ab[3]
+    for n in range(_U(n_max)):
+        for l in range(_U(n_l)):
+            c2 = g[n, l]
+            c1 = dg[n, l]
+            cx = c1 * ux
+            cy = c1 * uy
+            cz = c1 * uz
+            ot = n * sn + l * nqu
+            o = l * nqu
             if accumulate:
-                for q in range(nq):
-                    for l in range(n_l):
-                        tn[q, l] += dgn[l] * ua[q, l] + gn[l] * bb[q, l]
+                for q in range(nqu):
+                    av = aa[o + q]
+                    t0[ot + q] += cx * av + c2 * bx[o + q]
+                    t1[ot + q] += cy * av + c2 * by[o + q]
+                    t2[ot + q] += cz * av + c2 * bz[o + q]
             else:
-                for q in range(nq):
-                    for l in range(n_l):
-                        tn[q, l] = dgn[l] * ua[q, l] + gn[l] * bb[q, l]
+                for q in range(nqu):
+                    av = aa[o + q]
+                    t0[ot + q] = cx * av + c2 * bx[o + q]
+                    t1[ot + q] = cy * av + c2 * by[o + q]
+                    t2[ot + q] = cz * av + c2 * bz[o + q]
 
 
 @numba.njit(cache=True, inline="always")
-def _assemble(t, s, n_species, n_max, n_l, feat_factor, p, gout):
-    """Derivative of every feature for one derivative component of species s.
+def _assemble_add(t, s, n_species, n_max, n_l, feat_factor, out):
+    """Add the (unnormalised) derivative of every feature for species-s neighbours to ``out``.
 
-    ``t[n, b * n_max + n', l]`` holds sum_m D[n, lm] c[b, n', lm].
-    Features are produced in their storage order (a <= b, n, n' [>= n if
-    a == b], l) with d p = [a == s] T[n; b, n'] + [b == s] T[n'; a, n], times
-    the prefactor: runs along l (and, for a != b, along (n', l)) are contiguous
-    in both ``t`` and the output. Species pairs without s are exactly zero.
-    Returns the dot product of the derivative with ``p`` (for the
-    normalisation chain rule).
+    ``t`` is flat over ``(n, b * n_max + n', l)`` and holds sum_m D[n, lm] c[b, n', lm].
+    Features are in their storage order (a <= b, n, n' [>= n if a == b], l)
+    with d p = [a == s] T[n; b, n'] + [b == s] T[n'; a, n], times the
+    prefactor; species pairs without s get nothing. Used for the per-centre
+    sums (self block, strain); the per-pair rows go through :func:`_write_row`,
+    whose loop structure (and unsigned offsets) this mirrors.
     """
-    dot = 0.0
-    f = 0
+    nm = _U(n_max)
+    nl = _U(n_l)
+    nq = _U(n_species) * nm
+    sn = nq * nl
+    f = _U(0)
     for a in range(n_species):
         for b in range(a, n_species):
             if a != s and b != s:
-                cnt = (n_max * (n_max + 1) // 2 if a == b else n_max * n_max) * n_l
-                for k in range(cnt):
-                    gout[f + k] = 0.0
-                f += cnt
-                continue
-            if a == b:
-                for n in range(n_max):
-                    tn = t[n]
-                    for n2 in range(n, n_max):
-                        t1 = tn[a * n_max + n2]
-                        t2 = t[n2, a * n_max + n]
-                        for l in range(n_l):
-                            v = feat_factor[f + l] * (t1[l] + t2[l])
-                            gout[f + l] = v
-                            dot += p[f + l] * v
-                        f += n_l
+                f += (nm * (nm + _U(1)) // _U(2) if a == b else nm * nm) * nl
+            elif a == b:
+                au = _U(a)
+                for n in range(nm):
+                    for n2 in range(n, nm):
+                        o1 = n * sn + au * nm + n2
+                        o2 = n2 * sn + au * nm + n
+                        for l in range(nl):
+                            out[f + l] += feat_factor[f + l] * (t[o1 + l * nq] + t[o2 + l * nq])
+                        f += nl
             elif a == s:
-                for n in range(n_max):
-                    tn = t[n]
-                    for n2 in range(n_max):
-                        t1 = tn[b * n_max + n2]
-                        for l in range(n_l):
-                            v = feat_factor[f + l] * t1[l]
-                            gout[f + l] = v
-                            dot += p[f + l] * v
-                        f += n_l
+                bu = _U(b)
+                for n in range(nm):
+                    for n2 in range(nm):
+                        o1 = n * sn + bu * nm + n2
+                        for l in range(nl):
+                            out[f + l] += feat_factor[f + l] * t[o1 + l * nq]
+                        f += nl
             else:
-                for n in range(n_max):
-                    for n2 in range(n_max):
-                        t2 = t[n2, a * n_max + n]
-                        for l in range(n_l):
-                            v = feat_factor[f + l] * t2[l]
-                            gout[f + l] = v
-                            dot += p[f + l] * v
-                        f += n_l
-    return dot
+                au = _U(a)
+                for n in range(nm):
+                    for n2 in range(nm):
+                        o2 = n2 * sn + au * nm + n
+                        for l in range(nl):
+                            out[f + l] += feat_factor[f + l] * t[o2 + l * nq]
+                        f += nl
+
+
+@numba.njit(cache=True, inline="always")
+def _adjoint(w, s, n_species, n_max, n_l, coef):
+    """Transpose of :func:`_assemble_add`: ``w`` (flat like ``t``) with
+    sum_f coef[f] / feat_factor[f] dp[f] = sum_x w[x] t[x] for every t.
+
+    With ``coef = feat_factor * p`` this gives p . dp as one contiguous dot
+    product over T (n_max nq n_l terms) instead of a second pass over the F
+    features, so each pair row can be normalised while it is written once.
+    """
+    nm = _U(n_max)
+    nl = _U(n_l)
+    nq = _U(n_species) * nm
+    sn = nq * nl
+    for x in range(nm * sn):
+        w[x] = 0.0
+    f = _U(0)
+    for a in range(n_species):
+        for b in range(a, n_species):
+            if a != s and b != s:
+                f += (nm * (nm + _U(1)) // _U(2) if a == b else nm * nm) * nl
+            elif a == b:
+                au = _U(a)
+                for n in range(nm):
+                    for n2 in range(n, nm):
+                        o1 = n * sn + au * nm + n2
+                        o2 = n2 * sn + au * nm + n
+                        for l in range(nl):
+                            w[o1 + l * nq] += coef[f + l]
+                            w[o2 + l * nq] += coef[f + l]
+                        f += nl
+            elif a == s:
+                bu = _U(b)
+                for n in range(nm):
+                    for n2 in range(nm):
+                        o1 = n * sn + bu * nm + n2
+                        for l in range(nl):
+                            w[o1 + l * nq] += coef[f + l]
+                        f += nl
+            else:
+                au = _U(a)
+                for n in range(nm):
+                    for n2 in range(nm):
+                        o2 = n2 * sn + au * nm + n
+                        for l in range(nl):
+                            w[o2 + l * nq] += coef[f + l]
+                        f += nl
+
+
+@numba.njit(cache=True, inline="always")
+def _write_row(t, s, n_species, n_max, n_l, ffi, p, pd, row):
+    """One normalised derivative row of a neighbour of species s, written once.
+
+    ``row[f] = ffi[f] (T[n; b, n'] [a == s] + T[n'; a, n] [b == s]) - p[f] pd`` with
+    ``ffi = feat_factor / |p|`` and ``pd = p . dp / |p|``: the assembly of
+    :func:`_assemble` fused with the normalisation chain rule (I - p p^T) / |p|.
+    Species pairs without s reduce to the rank-1 term -p pd (contiguous).
+    T is read with stride nq along l (its layout suits :func:`_pair_tmat`,
+    which costs more than this transposed read). Offsets are unsigned: numba wraps negative signed indices, and that check
+    on computed offsets keeps LLVM from vectorising the short l runs (3x slower).
+    """
+    nm = _U(n_max)
+    nl = _U(n_l)
+    nq = _U(n_species) * nm
+    sn = nq * nl
+    f = _U(0)
+    for a in range(n_species):
+        for b in range(a, n_species):
+            if a != s and b != s:
+                cnt = (nm * (nm + _U(1)) // _U(2) if a == b else nm * nm) * nl
+                for k in range(f, f + cnt):
+                    row[k] = 0.0 - p[k] * pd
+                f += cnt
+            elif a == b:
+                au = _U(a)
+                for n in range(nm):
+                    for n2 in range(n, nm):
+                        o1 = n * sn + au * nm + n2
+                        o2 = n2 * sn + au * nm + n
+                        for l in range(nl):
+                            row[f + l] = ffi[f + l] * (t[o1 + l * nq] + t[o2 + l * nq]) - p[f + l] * pd
+                        f += nl
+            elif a == s:
+                bu = _U(b)
+                for n in range(nm):
+                    for n2 in range(nm):
+                        o1 = n * sn + bu * nm + n2
+                        for l in range(nl):
+                            row[f + l] = ffi[f + l] * t[o1 + l * nq] - p[f + l] * pd
+                        f += nl
+            else:
+                au = _U(a)
+                for n in range(nm):
+                    for n2 in range(nm):
+                        o2 = n2 * sn + au * nm + n
+                        for l in range(nl):
+                            row[f + l] = ffi[f + l] * t[o2 + l * nq] - p[f + l] * pd
+                        f += nl
 
 
 _VOIGT_A = (0, 1, 2, 1, 0, 0)
 _VOIGT_B = (0, 1, 2, 2, 2, 1)
+
+
+@numba.njit(cache=True, inline="always")
+def _strain_add(ts, used, tk, vec, ntq):
+    """``ts[voigt] (+)= tk[a] r_b`` for the six (a, b) of the Voigt order (= when not ``used``)."""
+    for vo in range(6):
+        vb = vec[_VOIGT_B[vo]]
+        src_t = tk[_VOIGT_A[vo]]
+        dst_t = ts[vo]
+        if used:
+            for x in range(ntq):
+                dst_t[x] += src_t[x] * vb
+        else:
+            for x in range(ntq):
+                dst_t[x] = src_t[x] * vb
 
 
 # Reassociation lets LLVM vectorise the reductions (dot products, sums over m);
@@ -284,12 +475,12 @@ def _soap_centres(
     harmonics Y, grad Y (a few kB, cache-resident); (2) the power spectrum and
     its norm; (3) per neighbour atom, the factorised contraction
     (:func:`_pair_tmat`, summed over the atom's images) into a small
-    L1-resident ``tmat`` and the assembly of its three feature rows, written
-    once to ``pair_grad`` with the normalisation applied. The self block is
-    minus the sum of the other blocks (translation invariance), accumulated
-    from the rows as they are written. Strain: an atom seen through one image
-    adds its assembled row times r_ij,b; images of the centre and atoms seen
-    through several images go through per-species strain rows ``tstr``.
+    L1-resident ``tmat`` and its three feature rows, assembled, normalised and
+    written once to ``pair_grad`` (:func:`_write_row`). The self block is
+    minus the sum of the other blocks (translation invariance): T is summed per
+    neighbour species (``tsum``, ~nq n_max n_l numbers per pair instead of a
+    read-modify-write of 3 F) and assembled once per centre. Strain: every
+    image's T times r_b goes into per-species sums ``tstr``, assembled once.
     """
     n_max = gtab.shape[1]
     n_l = gtab.shape[2]
@@ -321,12 +512,21 @@ def _soap_centres(
     slot_start = np.empty(max_slots + 1, dtype=np.int64)
     slot_fill = np.empty(max_slots, dtype=np.int64)
     slot_imgs = np.empty(max_img, dtype=np.int64)
-    tstr = np.empty((n_species if do_strain else 0, 6, n_max, nq, n_l))
+    # T of one pair (or image) per Cartesian component, flat over (n, q, l)
+    ntq = n_max * nq * n_l
+    tmat = np.empty((3, ntq))
+    tk = np.empty((3, ntq))
+    # per-species sums: of T over the neighbours (self block), of T r_b (strain)
+    tsum = np.empty((n_species if do_grad else 0, 3, ntq))
+    sum_used = np.zeros(n_species, dtype=np.bool_)
+    tstr = np.empty((n_species if do_strain else 0, 6, ntq))
     str_used = np.zeros(n_species, dtype=np.bool_)
-    tmat = np.empty((3, n_max, nq, n_l))
-    tk = np.empty((3, n_max, nq, n_l))
-    ab = np.empty((4, n_l, nq))
-    abt = np.empty((6, nq, n_l))
+    # p . dp of a species-s neighbour as a dot product with T (see _adjoint)
+    wdot = np.empty((n_species if do_grad else 0, ntq))
+    w_done = np.zeros(n_species, dtype=np.bool_)
+    ffi = np.empty(n_feat)
+    coef = np.empty(n_feat)
+    ab = np.empty((4, n_l * nq))
     c = np.empty((n_species, n_max, n_lm))
     ct = np.empty((n_lm, nq))
     g = np.empty((n_max, n_l))
@@ -339,8 +539,7 @@ def _soap_centres(
     dplm = np.empty((l_max + 1, l_max + 1))
     pfull = np.empty(n_l * nq * nq)
     p = np.empty(n_feat)
-    gout = np.empty(n_feat)
-    gself = np.empty((3, n_feat))
+    gsum = np.empty(n_feat)
     s6 = np.empty((6, n_feat))
 
     for i in range(i_start, i_end):
@@ -453,35 +652,26 @@ def _soap_centres(
         if not need_d:
             continue
         inv = 1.0 / nrm
+        for s in range(n_species):
+            sum_used[s] = False
+            w_done[s] = False
+        for f in range(n_feat):
+            ffi[f] = feat_factor[f] * inv
+            coef[f] = feat_factor[f] * p[f]
 
         if do_strain:
-            s6[:, :] = 0.0
-            # images that need strain rows: of the centre itself, of atoms seen
-            # through several images, or every image when positions are not wanted
+            # Images without a pair slot (of the centre itself, or every image
+            # when positions are not wanted) enter only the strain sums.
             for k in range(a0, a1):
                 kk = k - a0
-                if not img_ok[kk]:
-                    continue
-                sl = img_slot[k] if do_grad else -1
-                if sl >= 0 and slot_count[sl] == 1:
+                if not img_ok[kk] or (do_grad and img_slot[k] >= 0):
                     continue
                 s = img_species[k]
                 _pair_tmat(g_k[kk], dg_k[kk], ylm_k[kk], gylm_k[kk], u_k[kk, 0], u_k[kk, 1],
-                           u_k[kk, 2], ct, n_l, nq, n_max, ab, abt, tk, False)
-                ts = tstr[s]
-                if not str_used[s]:
-                    ts[:, :, :, :] = 0.0
-                    str_used[s] = True
-                for vo in range(6):
-                    vb = img_vectors[k, _VOIGT_B[vo]]
-                    src_t = tk[_VOIGT_A[vo]]
-                    dst_t = ts[vo]
-                    for n in range(n_max):
-                        for q in range(nq):
-                            for l in range(n_l):
-                                dst_t[n, q, l] += src_t[n, q, l] * vb
+                           u_k[kk, 2], ct, n_l, nq, n_max, ab, tk, False)
+                _strain_add(tstr[s], str_used[s], tk, img_vectors[k], ntq)
+                str_used[s] = True
         if do_grad:
-            gself[:, :] = 0.0
             pb = pair_offsets[i]
             own = self_slot[i]
             for slot in range(n_slots):
@@ -493,47 +683,79 @@ def _soap_centres(
                     # only a coincident atom (r == 0) can leave a slot empty
                     out[:, :] = 0.0
                     continue
+                # T summed over the atom's images; with strain each image's T
+                # also goes, times its own r_b, into the strain sums.
+                per_image = do_strain and slot_count[slot] > 1
                 first = True
                 for t in range(slot_start[slot], slot_start[slot + 1]):
                     k = slot_imgs[t]
                     kk = k - a0
                     if not img_ok[kk]:
                         continue
-                    _pair_tmat(g_k[kk], dg_k[kk], ylm_k[kk], gylm_k[kk], u_k[kk, 0],
-                               u_k[kk, 1], u_k[kk, 2], ct, n_l, nq, n_max, ab, abt, tmat, not first)
+                    if per_image:
+                        _pair_tmat(g_k[kk], dg_k[kk], ylm_k[kk], gylm_k[kk], u_k[kk, 0],
+                                   u_k[kk, 1], u_k[kk, 2], ct, n_l, nq, n_max, ab, tk, False)
+                        _strain_add(tstr[s], str_used[s], tk, img_vectors[k], ntq)
+                        str_used[s] = True
+                        if first:
+                            tmat[:, :] = tk
+                        else:
+                            for al in range(3):
+                                for x in range(ntq):
+                                    tmat[al, x] += tk[al, x]
+                    else:
+                        _pair_tmat(g_k[kk], dg_k[kk], ylm_k[kk], gylm_k[kk], u_k[kk, 0],
+                                   u_k[kk, 1], u_k[kk, 2], ct, n_l, nq, n_max, ab, tmat,
+                                   not first)
+                        if do_strain:
+                            _strain_add(tstr[s], str_used[s], tmat, img_vectors[k], ntq)
+                            str_used[s] = True
                     first = False
-                single = do_strain and slot_count[slot] == 1
-                vec = img_vectors[slot_imgs[slot_start[slot]]]
+                # The self block is minus the sum of the others (translation
+                # invariance); it is linear in T, so only T is summed here.
+                ts = tsum[s]
+                if sum_used[s]:
+                    for al in range(3):
+                        for x in range(ntq):
+                            ts[al, x] += tmat[al, x]
+                else:
+                    ts[:, :] = tmat
+                    sum_used[s] = True
+                if normalize and not w_done[s]:
+                    _adjoint(wdot[s], s, n_species, n_max, n_l, coef)
+                    w_done[s] = True
+                ws = wdot[s]
                 for al in range(3):
-                    dot = _assemble(tmat[al], s, n_species, n_max, n_l, feat_factor, p, gout)
-                    if single:
-                        for vo in range(6):
-                            if _VOIGT_A[vo] == al:
-                                vb = vec[_VOIGT_B[vo]]
-                                s6v = s6[vo]
-                                for f in range(n_feat):
-                                    s6v[f] += gout[f] * vb
-                    # normalisation chain rule (I - p p^T) / |p|, fused with the one store
-                    pd = dot * inv if normalize else 0.0
-                    row = out[al]
-                    gs = gself[al]
-                    for f in range(n_feat):
-                        v = gout[f] * inv - p[f] * pd
-                        row[f] = v
-                        gs[f] -= v
+                    pd = 0.0
+                    if normalize:
+                        tm = tmat[al]
+                        dot = 0.0
+                        for x in range(ntq):
+                            dot += tm[x] * ws[x]
+                        pd = dot * inv
+                    _write_row(tmat[al], s, n_species, n_max, n_l, ffi, p, pd, out[al])
             out = pair_grad[pb + own]
             for al in range(3):
+                gsum[:] = 0.0
+                for s in range(n_species):
+                    if sum_used[s]:
+                        _assemble_add(tsum[s, al], s, n_species, n_max, n_l, feat_factor, gsum)
+                pd = 0.0
+                if normalize:
+                    dot = 0.0
+                    for f in range(n_feat):
+                        dot += p[f] * gsum[f]
+                    pd = dot * inv
+                row = out[al]
                 for f in range(n_feat):
-                    out[al, f] = gself[al, f]
+                    row[f] = p[f] * pd - gsum[f] * inv
         if do_strain:
+            s6[:, :] = 0.0
             for s in range(n_species):
                 if not str_used[s]:
                     continue
                 for vo in range(6):
-                    _assemble(tstr[s, vo], s, n_species, n_max, n_l, feat_factor, p, gout)
-                    s6v = s6[vo]
-                    for f in range(n_feat):
-                        s6v[f] += gout[f]
+                    _assemble_add(tstr[s, vo], s, n_species, n_max, n_l, feat_factor, s6[vo])
             # S_ab = sum_k dp/dr_k,a r_k,b is symmetric for a rotation-invariant
             # p, so the upper triangle (Voigt order xx yy zz yz xz xy) suffices.
             for vo in range(6):
