@@ -977,7 +977,9 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
             # which the empirical null below needs; ~ count * p1 for small p1)
             lp1 = np.log(2.0) + _log_sf(maxz, nuk[starts])
             small = lp1 < -30.0
-            sidak = np.log(-np.expm1(count * np.log1p(-np.exp(np.where(small, -30.0, lp1)))))
+            # lp1 = 0 (p1 = 1: max |z| = 0, e.g. forces fixed by symmetry) gives log1p(-1) = -inf and p = 1
+            with np.errstate(divide="ignore"):
+                sidak = np.log(-np.expm1(count * np.log1p(-np.exp(np.where(small, -30.0, np.minimum(lp1, 0.0))))))
             logp[ids, _TESTS.index(kind)] = np.minimum(np.where(small, np.log(count) + lp1, sidak), 0.0)
 
     # energy with only its own label left out (own forces/stress kept): robust per config_type
