@@ -805,11 +805,6 @@ def _label_invariant(kind: str, x, m: int | None = None) -> np.ndarray:
     return np.quantile(norms, (np.arange(m) + 0.5) / m, method="inverted_cdf")
 
 
-def _invariant_difference(kind: str, a, b) -> np.ndarray:
-    """``_label_invariant(a) - _label_invariant(b)`` on the smaller atom count of the two."""
-    m = None if kind == "stress" else min(np.size(a), np.size(b)) // 3
-    return _label_invariant(kind, a, m) - _label_invariant(kind, b, m)
-
 def _duplicate_conflicts(frames, dup: np.ndarray, same: np.ndarray, esig):
     """Log p-value that each structure's labels disagree with its copies', and the label and copy named.
 
@@ -817,8 +812,9 @@ def _duplicate_conflicts(frames, dup: np.ndarray, same: np.ndarray, esig):
     atom are compared within a group of near-duplicates; forces and stress
     only among copies of the same structure (``same``: the group's first
     member and those equal to their earlier copy), through
-    :func:`_invariant_difference`.  Two copies are compared with each other
-    (both get the p-value: the copies alone cannot tell which is wrong); three
+    :func:`_label_invariant` on the group's smallest atom count.  Two copies
+    are compared with each other (both get the p-value: the copies alone
+    cannot tell which is wrong); three
     or more with their element-wise median, so a wrong copy is the one that
     stands out, whichever came first.  Variances: the energy as before
     (model noise of both, capped, plus 1 meV/atom); forces and stress twice
