@@ -66,24 +66,26 @@ use):
      ``chi2_g`` is mapped to a normal deviate with the Wilson-Hilferty
      transformation and robustly standardised per config_type (location
      ``>= 0``), ``p = F(w_std)`` (one-sided);
-   * ``duplicate``: a near-duplicate (same composition, equal mean and
-     spread of the atomic descriptors, :func:`kernelpot.uq.diagnosis.duplicates`)
-     whose labels differ from the earlier one's by more than the same
-     calculation can: the energy per atom by more than the model's energy
-     noise of both and 1 meV/atom allow; for the same structure (mean
-     descriptors equal to 1e-6) the forces and the stress too, compared
-     through what a rotation, a permutation of the atoms or a supercell
-     leaves unchanged (the sorted force norms ``|F_i|``, as quantiles when
-     the atom counts differ; the sorted principal stresses), with a
-     per-component spread of DFT precision (0.01 eV/Å, 0.1 GPa) and, when
-     the data hold at least :data:`_MIN_DUPLICATE_PAIRS` near-duplicate
-     pairs, the median spread over them (how well this data set repeats
-     itself), ``q = sum d^2 / (2 s^2)`` referred to ``chi2`` with one dof
-     per compared value.  Each label's p-value is Bonferroni-corrected over
-     the labels compared, and the smallest names the suspect.  Duplicates
-     must agree to DFT precision, far below any model's error, so this
-     finds noisy or unit-slipped labels that the model-based tests miss
-     where the duplicate itself makes the leave-one-out residual small;
+   * ``duplicate``: near-duplicates (same composition, equal mean and
+     spread of the atomic descriptors, :func:`kernelpot.uq.diagnosis.duplicates`,
+     and equal nearest-neighbour distances) must repeat their labels: the
+     energy per atom within the model's energy noise of both and 1 meV/atom;
+     for copies of the same structure (mean descriptors equal to 1e-6) the
+     forces and the stress too, compared through what a rotation, a
+     permutation of the atoms or a supercell leaves unchanged (the sorted
+     force norms ``|F_i|``, as quantiles when the atom counts differ; the
+     sorted principal stresses), with a per-component spread of DFT precision
+     (0.01 eV/Å, 0.1 GPa) and, when the data hold at least
+     :data:`_MIN_DUPLICATE_PAIRS` pairs, the median spread over them (how
+     well this data set repeats itself), ``q = sum d^2 / (2 s^2)`` referred
+     to ``chi2`` with one dof per compared value.  Two copies are compared
+     with each other and both carry the p-value (the copies alone cannot
+     tell which is wrong); three or more with their element-wise median, so
+     the wrong one stands out whichever came first.  Each label's p-value is
+     Bonferroni-corrected over the labels compared, and the smallest names
+     the suspect.  Copies must agree to DFT precision, far below any model's
+     error, so this finds noisy or unit-slipped labels that the model-based
+     tests miss where the copy itself makes the leave-one-out residual small;
    * ``neighbours``: the median nearest-neighbour distance over the
      covalent radii sum (:func:`kernelpot.uq.diagnosis.neighbour_ratio`,
      about 1 in any bonded structure) against the data set's, on a log scale,
