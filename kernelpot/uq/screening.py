@@ -89,11 +89,15 @@ use):
    * ``neighbours``: the median nearest-neighbour distance over the
      covalent radii sum (:func:`kernelpot.uq.diagnosis.neighbour_ratio`,
      about 1 in any bonded structure) against the data set's, on a log scale,
-     robustly standardised per config_type like ``chi2`` (a binding curve
-     spans 0.7-2x on purpose) with a spread of at least 10 %, two-sided.  Positions in Bohr read as Å (x1.89), in nm, or
-     fractional coordinates read as Cartesian put a structure many spreads
-     out, while its labels, those of the real geometry, can stay within the
-     model's wide uncertainty for so unusual a structure.  Needs no model.
+     robustly standardised per config_type (shrunk towards the whole set
+     with 5 pseudo-observations: a binding curve spans 0.7-2.7x on purpose)
+     with a spread of at least 10 %, two-sided.  Positions in Bohr read as Å
+     (x1.89), in nm, or fractional coordinates read as Cartesian put a
+     structure many spreads out, while its labels, those of the real
+     geometry, can stay within the model's wide uncertainty for so unusual a
+     structure.  Needs no model.  Without config_types a deliberately
+     stretched structure among crystals is flagged too (its diagnosis says
+     so); a whole config_type in the wrong unit is not seen.
 
    Empirical null: the maximum-type tests (forces, stress, net force) are
    turned into normal deviates ``u = F^-1(1 - p)`` and robustly standardised
