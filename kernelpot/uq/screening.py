@@ -80,8 +80,13 @@ use):
      well this data set repeats itself), ``q = sum d^2 / (2 s^2)`` referred
      to ``chi2`` with one dof per compared value.  Two copies are compared
      with each other and both carry the p-value (the copies alone cannot
-     tell which is wrong); three or more with their element-wise median, so
-     the wrong one stands out whichever came first.  Each label's p-value is
+     tell which is wrong) unless the model's own tests flag one and not the
+     other; three or more are compared with their element-wise median, so
+     the wrong one stands out whichever came first.  Repeats of an earlier
+     structure do not enter the robust calibrations (each structure counts
+     once: 25 copies predicting each other exactly had set a config_type's
+     spread), and neither do max-type p-values above 0.9987 (residuals fixed
+     at zero by symmetry).  Each label's p-value is
      Bonferroni-corrected over the labels compared, and the smallest names
      the suspect.  Copies must agree to DFT precision, far below any model's
      error, so this finds noisy or unit-slipped labels that the model-based
@@ -178,6 +183,8 @@ _NEIGHBOUR_PRIOR_COUNT = 5
 #: two significant labels point at the geometry when the weaker is at least this share as far past
 #: the threshold (in log p) as the stronger; otherwise the stronger label alone is suspected
 _GEOMETRY_SHARE = 0.25
+#: normal deviate below which a max-type test's p-value (> 0.9987) is structural, not a null draw
+_NULL_MIN_DEVIATE = -3.0
 _HIGH_LEVERAGE = 5.0  # leverage this many times the median: the structure mostly fits itself
 _PRIOR_COUNT = 30  # pseudo-observations of the global scale in each config_type's robust scale
 _LN10 = float(np.log(10.0))
@@ -789,6 +796,24 @@ def _group_calibration(v: np.ndarray, groups: np.ndarray, robust: bool, clip_loc
     return loc, scale, dof, glob
 
 
+def _calibrate_on(v: np.ndarray, groups: np.ndarray, fit: np.ndarray, robust: bool, **kw):
+    """``(location, scale, dof)`` for every element of ``v`` from the per-group calibration of ``v[fit]``.
+
+    :func:`_group_calibration` on the elements that define the null (``fit``:
+    not held out, not a repeat of an earlier structure); every element of a
+    group gets that group's values, a group with none in ``fit`` the global
+    ones.  Returns the three arrays and the global calibration.
+    """
+    groups = np.asarray(groups).astype(str)
+    lo_f, sc_f, nu_f, glob = _group_calibration(v[fit], groups[fit], robust, **kw)
+    loc, sc, nu = (np.full(v.shape, glob[i], dtype=float) for i in range(3))
+    for g in np.unique(groups[fit]):
+        m_fit = groups[fit] == g
+        m_all = groups == g
+        loc[m_all], sc[m_all], nu[m_all] = lo_f[m_fit][0], sc_f[m_fit][0], nu_f[m_fit][0]
+    return loc, sc, nu, glob
+
+
 def _label_invariant(kind: str, x, m: int | None = None) -> np.ndarray:
     """What a rotation, an atom permutation or a supercell leaves unchanged in a force or stress label.
 
@@ -814,7 +839,8 @@ def _label_invariant(kind: str, x, m: int | None = None) -> np.ndarray:
 def _duplicate_conflicts(frames, dup: np.ndarray, same: np.ndarray, esig):
     """Log p-value that each structure's labels disagree with its copies', and the label and copy named.
 
-    Copies are grouped by their first member (``dup`` chains).  Energies per
+    Copies are grouped by their first member (a chain of near-duplicates is
+    taken a link at a time).  Energies per
     atom are compared within a group of near-duplicates; forces and stress
     only among copies of the same structure (``same``: the group's first
     member and those equal to their earlier copy), through
@@ -825,7 +851,8 @@ def _duplicate_conflicts(frames, dup: np.ndarray, same: np.ndarray, esig):
     stands out, whichever came first.  Variances: the energy as before
     (model noise of both, capped, plus 1 meV/atom); forces and stress twice
     the per-component spread (DFT precision plus, with at least
-    :data:`_MIN_DUPLICATE_PAIRS` pairs, the data set's median repeat spread).
+    ``2 _MIN_DUPLICATE_PAIRS`` copies, the data set's median spread of a copy
+    about its group's centre).
 
     Returns
     -------
@@ -840,15 +867,14 @@ def _duplicate_conflicts(frames, dup: np.ndarray, same: np.ndarray, esig):
     n = len(frames)
     logp, label, partner = np.full(n, np.nan), np.full(n, "", dtype=object), np.full(n, -1)
     copies = np.zeros(n, int)
-    root = np.arange(n)
-    for g in range(n):
-        r = g
-        while dup[r] >= 0:
-            r = int(dup[r])
-        root[g] = r
+    # a group is a first copy and the structures whose earliest copy it is; a structure whose earliest
+    # copy has an earlier copy itself (a chain of near-duplicates, each step under the tolerance) is
+    # compared with that copy alone: chained, the ends of a slow path would be judged by its middle
     groups: dict = {}
     for g in np.flatnonzero(dup >= 0):
-        groups.setdefault(int(root[g]), [int(root[g])]).append(int(g))
+        r = int(dup[g])
+        key = r if dup[r] < 0 else (r, int(g))
+        groups.setdefault(key, [r]).append(int(g))
     labels = [frame_labels(a, g) for g, a in enumerate(frames)]
     # per-label, per-member values on a common footing within each group
     values: dict = {}
@@ -858,18 +884,25 @@ def _duplicate_conflicts(frames, dup: np.ndarray, same: np.ndarray, esig):
             lab = labels[g]
             if "energy" in lab and esig is not None:
                 values.setdefault(("energy", r), {})[g] = np.array([lab["energy"] / len(frames[g])])
-            if g != r and not same[g]:
+            if g != members[0] and not same[g]:
                 continue  # near, not the same structure: its forces and stress may honestly differ
             for k in ("forces", "stress"):
                 if k in lab:
                     values.setdefault((k, r), {})[g] = _label_invariant(k, lab[k], m_atoms)
+    # how well this data set repeats itself: each copy's per-component spread about its group's centre
+    # (the median of three or more, the mean of two), the median over all copies -- a wrong copy, even
+    # a group's first, moves neither the centre of its group nor that median
+    dev: dict = {"forces": [], "stress": []}
+    for (k, r), v in values.items():
+        if k in dev and len(v) >= 2:
+            X = np.array(list(v.values()))
+            c = np.median(X, axis=0) if len(v) >= 3 else X.mean(axis=0)
+            dev[k] += [float(np.mean((x - c) ** 2)) * len(v) / (len(v) - 1) for x in X]
     spread = {}
     for k in ("forces", "stress"):
-        pairs = [v[g] - v[r] for (kk, r), v in values.items() if kk == k and r in v for g in v if g != r]
         s2 = _DUPLICATE_LABEL_PRECISION[k] ** 2
-        if len(pairs) >= _MIN_DUPLICATE_PAIRS:
-            # how well this data set repeats itself: median per-component spread over its pairs
-            s2 += float(np.median([np.mean(d ** 2) / 2.0 for d in pairs]))
+        if len(dev[k]) >= 2 * _MIN_DUPLICATE_PAIRS:
+            s2 += float(np.median(dev[k]))
         spread[k] = s2
     per = [dict() for _ in range(n)]
     for (k, r), v in values.items():
@@ -932,7 +965,12 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     kind_obs, frame_obs, r_obs, z_obs = ev["kind"][o], ev["frame"][o], ev["residual"][o], ev["z"][o]
     # isolated-atom reference frames: their energy defines e0, leaving it out removes the reference
     use_obs = ~((kind_obs == "energy") & ref_atom[frame_obs])
-    fitted_obs = ~held[frame_obs] & use_obs
+    # repeats of an earlier structure predict each other almost exactly: 25 copies in a config_type
+    # set its robust spread and every other structure looked extreme, so they are scored, not used
+    # to calibrate (each structure counts once)
+    dup = np.asarray(extra.get("duplicate_of", np.full(n_frames, -1)))
+    null_frame = ~held & (dup < 0)
+    fitted_obs = null_frame[frame_obs] & use_obs
     group_obs = ctype[frame_obs].astype(str)
     obs_scale, obs_centre, obs_dof = np.ones(z_obs.shape), np.zeros(z_obs.shape), np.full(z_obs.shape, np.inf)
     cal = {}
@@ -942,15 +980,10 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     e_fit = (kind_obs == "energy") & fitted_obs
     min_scale = {"energy": _energy_min_scale(r_obs[e_fit], z_obs[e_fit]) if deflate_energy else 1.0}
     for k in _KINDS:
-        sel = (kind_obs == k) & fitted_obs
-        lo, sc, nu, cal[k] = _group_calibration(z_obs[sel], group_obs[sel], robust,
-                                                min_scale=min_scale.get(k, 1.0))
-        obs_centre[kind_obs == k], obs_scale[kind_obs == k], obs_dof[kind_obs == k] = cal[k][:3]
+        m = kind_obs == k
         # per-group values for every observation of kind k (held-out frames use their group's)
-        for g in np.unique(group_obs[sel]):
-            m_all = (kind_obs == k) & (group_obs == g)
-            m_fit = group_obs[sel] == g
-            obs_centre[m_all], obs_scale[m_all], obs_dof[m_all] = lo[m_fit][0], sc[m_fit][0], nu[m_fit][0]
+        obs_centre[m], obs_scale[m], obs_dof[m], cal[k] = _calibrate_on(
+            z_obs[m], group_obs[m], fitted_obs[m], robust, min_scale=min_scale.get(k, 1.0))
     z = (z_obs - obs_centre) / obs_scale
 
     cols = {k: np.full(n_frames, np.nan) for k in
@@ -987,8 +1020,8 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     # energy with only its own label left out (own forces/stress kept): robust per config_type
     ok = np.isfinite(self_z) & ~ref_atom
     if ok.any():
-        lo, sc, nu, cal["energy_self"] = _group_calibration(
-            self_z[ok], ctype[ok].astype(str), robust,
+        lo, sc, nu, cal["energy_self"] = _calibrate_on(
+            self_z[ok], ctype[ok], null_frame[ok], robust,
             min_scale=_energy_min_scale(self_r[ok & ~held], self_z[ok & ~held]) if deflate_energy else 1.0)
         zs = (self_z[ok] - lo) / sc
         cols["energy_self_z"][ok] = zs
@@ -1003,9 +1036,9 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
         # per config_type, shrunk towards the whole set's (a binding curve labelled 'dimer' spans
         # 0.7-2.7x on purpose; a slipped frame among its own kind stands out)
         v = np.log(nn[nn_ok])
-        loc, sc, nu, cal["neighbours"] = _group_calibration(v, ctype[nn_ok].astype(str), True,
-                                                            min_scale=_NEIGHBOUR_MIN_LOG_SPREAD,
-                                                            prior_count=_NEIGHBOUR_PRIOR_COUNT)
+        loc, sc, nu, cal["neighbours"] = _calibrate_on(v, ctype[nn_ok], (dup < 0)[nn_ok], True,
+                                                       min_scale=_NEIGHBOUR_MIN_LOG_SPREAD,
+                                                       prior_count=_NEIGHBOUR_PRIOR_COUNT)
         nn_typical[nn_ok] = np.exp(loc)
         logp[nn_ok, _TESTS.index("neighbours")] = np.log(2.0) + _log_sf(np.abs(v - loc) / sc, nu)
 
@@ -1023,7 +1056,6 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
             logp[g, _TESTS.index("net_force")] = _chi2_logsf(q, 3)
 
     # duplicates with conflicting labels
-    dup = np.asarray(extra.get("duplicate_of", np.full(n_frames, -1)))
     dup_label = np.full(n_frames, "", dtype=object)
     esig = extra.get("energy_sigma")
     if esig is not None:
@@ -1041,13 +1073,7 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     has_obs = (dof > 0) & ~ref_atom
     d = np.where(has_obs, dof, 1.0)
     w = ((chi2_raw / d) ** (1.0 / 3.0) - (1.0 - 2.0 / (9.0 * d))) / np.sqrt(2.0 / (9.0 * d))
-    ref = has_obs & ~held
-    loc_w, sc_w, nu_w, cal["chi2"] = _group_calibration(w[ref], ctype[ref].astype(str), robust, clip_location=True)
-    lw, sw, nw = np.full(n_frames, cal["chi2"][0]), np.full(n_frames, cal["chi2"][1]), np.full(n_frames, cal["chi2"][2])
-    for g in np.unique(ctype[ref].astype(str)):
-        m_fit = ctype[ref].astype(str) == g
-        m_all = ctype.astype(str) == g
-        lw[m_all], sw[m_all], nw[m_all] = loc_w[m_fit][0], sc_w[m_fit][0], nu_w[m_fit][0]
+    lw, sw, nw, cal["chi2"] = _calibrate_on(w, ctype, has_obs & null_frame, robust, clip_location=True)
     logp[has_obs, _TESTS.index("chi2")] = _log_sf((w[has_obs] - lw[has_obs]) / sw[has_obs], nw[has_obs])
     # empirical null of the max-type tests (Efron): their p-values as normal deviates, robustly
     # standardised per config_type like the chi-square -- heavy tails and correlated components of
@@ -1057,18 +1083,28 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
         for t in ("forces", "stress", "net_force"):
             c = _TESTS.index(t)
             have = np.isfinite(logp[:, c])
-            refm = have & ~held
+            u = _isf_log(logp[:, c])
+            # a maximum of many honest |z| is never near 0: p > 0.9987 (u < -3) means residuals fixed at
+            # zero (forces of a symmetric cell), not a draw of the null; such frames made the spread of
+            # a config_type bimodal (mlearn Si's Elastic cells: 4.7 instead of 1.1)
+            refm = have & null_frame & (u > _NULL_MIN_DEVIATE)
             if refm.sum() < 2:
                 continue
-            u = _isf_log(logp[:, c])
-            lo_u, sc_u, nu_u, cal[f"{t}_null"] = _group_calibration(u[refm], ctype[refm].astype(str), robust,
-                                                                    clip_location=True)
-            lu, su, nuu = (np.full(n_frames, cal[f"{t}_null"][i]) for i in range(3))
-            for g in np.unique(ctype[refm].astype(str)):
-                m_fit = ctype[refm].astype(str) == g
-                m_all = ctype.astype(str) == g
-                lu[m_all], su[m_all], nuu[m_all] = lo_u[m_fit][0], sc_u[m_fit][0], nu_u[m_fit][0]
+            lu, su, nuu, cal[f"{t}_null"] = _calibrate_on(u, ctype, refm, robust, clip_location=True)
             logp[have, c] = _log_sf((u[have] - lu[have]) / su[have], nuu[have])
+    # two copies that disagree: when the model's own tests single out one of them, the other is not blamed
+    c_dup = _TESTS.index("duplicate")
+    own = np.where(np.isfinite(logp), logp, 0.0)
+    own[:, c_dup] = 0.0
+    own = own.min(axis=1)
+    lt = np.log(alpha / n_frames)
+    sided = np.zeros(n_frames, bool)
+    for g in np.flatnonzero((dup_copies == 2) & np.isfinite(logp[:, c_dup])):
+        h = dup_partner[g]
+        if own[h] < lt <= own[g]:
+            logp[g, c_dup] = np.nan
+            dup_label[g] = ""
+            sided[h] = True
     scales = {}
     for k, (lo_, s_, nu_) in cal.items():
         scales.update({f"{k}_location": lo_, f"{k}_scale": s_, f"{k}_dof": nu_})
@@ -1080,8 +1116,9 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     score = -logp_comb / _LN10 + 0.0  # + 0.0 turns -0.0 into 0.0 for printing
     threshold = alpha / n_frames
     flag = logp_comb < np.log(threshold)
-    dup_text = np.array([f"conflicts with duplicate #{p}" + (" (one of the two is wrong)" if c == 2 else "")
-                         for p, c in zip(dup_partner, dup_copies)], dtype=object)
+    dup_text = np.array([f"conflicts with duplicate #{p}" + (", which the model reproduces" if sd else
+                                                              " (one of the two is wrong)" if c == 2 else "")
+                         for p, c, sd in zip(dup_partner, dup_copies, sided)], dtype=object)
     suspect, kind_txt = _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_text, dup_label)
     # a structure far from the rest of the data can be right and still unpredictable: say so
     lev_med = float(np.median(lev[np.isfinite(lev)])) if np.isfinite(lev).any() else np.nan
