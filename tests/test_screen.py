@@ -531,6 +531,82 @@ def test_displaced_atom_points_at_the_geometry(clean, small_soap):
     assert t["suspect"][r] == "geometry" and f"one atom misplaced, or its force wrong (atom {j})" in t["diagnosis"][r]
 
 
+def _copies(src, n, rng, forces=None):
+    out = []
+    for k in range(n):
+        b = src.copy()
+        f = src.get_forces() if forces is None or k not in forces else forces[k]
+        b.calc = SinglePointCalculator(b, energy=src.get_potential_energy(), forces=f, stress=src.get_stress())
+        out.append(b)
+    return out
+
+
+@pytest.mark.parametrize("wrong", [0, 3, 5])
+def test_a_wrong_copy_is_found_wherever_it_sits(clean, wrong):
+    """Six copies, one with 0.1 eV/Å noise: the median of the copies blames it, first, middle or last."""
+    from kernelpot.uq.screening import _duplicate_conflicts
+    rng = np.random.default_rng(1)
+    src = clean[5]
+    noisy = src.get_forces() + rng.normal(scale=0.1, size=(len(src), 3))
+    frames = _copies(src, 6, rng, forces={wrong: noisy})
+    dup = np.array([-1, 0, 0, 0, 0, 0])
+    (lp, label), partner, copies = _duplicate_conflicts(frames, dup, np.ones(6, bool), np.full(6, 1e-3))
+    assert np.argmin(lp) == wrong and label[wrong] == "forces" and copies[wrong] == 6
+    assert lp[wrong] < np.log(1e-10)
+    # the clean copies agree with the median exactly: p = 1 (Bonferroni over energy, forces, stress)
+    assert np.all(np.delete(lp, wrong) == 0.0)
+    assert partner[wrong] != wrong
+
+
+def test_a_chain_of_near_duplicates_is_compared_link_by_link(clean):
+    """Each frame a near-duplicate of the previous only: its ends are not judged by its middle."""
+    from kernelpot.uq.screening import _duplicate_conflicts
+    src = clean[5]
+    frames = []
+    for k in range(12):                      # energies drift by 0.4 meV/atom per step, 4.4 over the chain
+        b = src.copy()
+        b.calc = SinglePointCalculator(b, energy=src.get_potential_energy() + 4e-4 * k * len(src),
+                                       forces=src.get_forces(), stress=src.get_stress())
+        frames.append(b)
+    dup = np.r_[-1, np.arange(11)]
+    (lp, label), partner, copies = _duplicate_conflicts(frames, dup, np.zeros(12, bool), np.full(12, 1e-4))
+    # brute force: each link a pair, |dE| = 0.4 meV/atom against sqrt(2 (0.1)^2 + 1^2) meV/atom
+    p_link = 2 * stats.norm.sf(0.4 / np.sqrt(2 * 0.1 ** 2 + 1.0))
+    np.testing.assert_allclose(np.exp(lp[1:]), p_link, rtol=1e-9)
+    assert np.all(copies[1:] == 2)
+    assert all(partner[k] in (k - 1, k + 1) for k in range(1, 12)) and partner[0] == 1
+
+
+def test_many_copies_do_not_set_the_null(small_soap):
+    """25 copies of one structure predict each other exactly; the other structures are not made extreme.
+
+    With the copies in the robust calibration, structures 10 and 20 of this set were flagged.
+    """
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from conftest import label
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(30):
+        a = bulk("Cu", "fcc", a=3.61 * (1 + rng.uniform(-0.02, 0.02)), cubic=True).repeat(2)
+        a.rattle(stdev=rng.uniform(0.02, 0.1), seed=int(rng.integers(1e9)))
+        a.info["config_type"] = "bulk_rattle"
+        frames.append(label(a, EMT()))
+    rng = np.random.default_rng(9)
+    src = frames[4]
+    for _ in range(25):                                   # honest repeats: 1e-4 eV/Å of noise
+        b = src.copy()
+        b.calc = SinglePointCalculator(b, energy=src.get_potential_energy() + rng.normal(scale=1e-4),
+                                       forces=src.get_forces() + rng.normal(scale=1e-4, size=(len(b), 3)),
+                                       stress=src.get_stress())
+        b.info["config_type"] = "bulk_rattle"
+        frames.append(b)
+    model = SparseGP(descriptor=small_soap, n_sparse=100, verbose=False).fit(frames)
+    t = screen(model)
+    assert np.sum(t["duplicate_of"] >= 0) == 25
+    assert len(t.flagged) == 0
+
+
 def test_chemiscope_file_holds_every_structure_and_column(dirty_table, dirty, tmp_path):
     chemiscope = pytest.importorskip("chemiscope", reason="chemiscope is in the test extra (pip install -e .[test])")
     import gzip

@@ -929,7 +929,8 @@ def _duplicate_conflicts(frames, dup: np.ndarray, same: np.ndarray, esig):
                 lp = np.log(2.0) + float(stats.norm.logsf(abs(float(d[0])) / np.sqrt(s2)))
             else:
                 lp = _chi2_logsf(float(d @ d) / (2.0 * spread[k]), d.size)
-            per[g][k] = (lp, other, len(ids))
+            if k not in per[g] or lp < per[g][k][0]:     # a chain link belongs to two pairs
+                per[g][k] = (lp, other, len(ids))
     for g in range(n):
         if per[g]:
             k = min(per[g], key=lambda k_: per[g][k_][0])
