@@ -53,7 +53,13 @@ def test_unit_factors_are_distinct_and_tolerant():
         assert np.all(f[1:] / f[:-1] > 1.15), kind
     assert "kBar read as GPa" in diagnose("stress", {"stress": 11.0 * S}, {"stress": S}, 16)
     assert "kcal/mol" not in diagnose("energy", {"energy": -80.0 / 27.9}, {"energy": -80.0}, 16)
-    assert diagnose("stress", {"stress": 3.0 * S}, {"stress": S}, 16).startswith("stress off")
+    assert diagnose("stress", {"stress": 3.0 * S}, {"stress": S}, 16) == "stress off (label ~ 3 x prediction)"
+    # not a scale: the size of the difference instead of "label ~ 1 x prediction"
+    off = S + np.array([1, -1, 1, -1, 1, -1]) * 0.2 * 0.006241509125883258      # 0.2 GPa each
+    assert diagnose("stress", {"stress": off}, {"stress": S}, 16) == "stress off by 0.2 GPa (RMS)"
+    # labels never written: exactly zero where the model predicts something
+    assert diagnose("forces", {"forces": np.zeros_like(F)}, {"forces": F}, 16).startswith(
+        "every force component exactly zero")
 
 
 def test_duplicates_by_composition_and_descriptor():

@@ -31,6 +31,8 @@ leave-one-out prediction ``P`` of the same label:
   spread but correlated -> noisy forces (unconverged SCF);
 * a net force far above its noise -> the forces are not the gradient of
   any translation-invariant energy;
+* forces or stress exactly zero where the model predicts otherwise -> not
+  written or not computed; a stress off by no common factor -> its RMS size;
 * nearest-neighbour distances out of line with the rest of the data set
   (:func:`neighbour_ratio`) -> positions in the wrong length unit (Bohr,
   nm) or fractional coordinates read as Cartesian.
@@ -46,6 +48,7 @@ __all__ = ["UNIT_FACTORS", "diagnose", "duplicates", "mean_descriptors", "neighb
 
 _HARTREE, _RYDBERG, _KCAL, _KJ = 27.211386, 13.605693, 23.060548, 96.485332  # per eV
 _BOHR = 0.52917721  # Å
+_GPA = 0.006241509125883258  # eV/Å^3 (ase.units.GPa)
 #: a force sign error: label and prediction on the atom anti-parallel (cos below -this) and of the
 #: same size within this log ratio (x1.5); otherwise one atom's position or force is simply off
 _SIGN_COS, _SIGN_LOG_RATIO = 0.8, float(np.log(1.5))
@@ -130,6 +133,9 @@ def diagnose(suspect: str, labels: dict, pred: dict, n_atoms: int, *, net_force_
     if suspect not in labels or suspect not in pred:
         return ""
     L, P = np.asarray(labels[suspect], float), np.asarray(pred[suspect], float)
+    if suspect != "energy" and L.size and not np.any(L) and np.any(P):
+        what = "force" if suspect == "forces" else "stress"
+        return f"every {what} component exactly zero (not written or not computed?)"
     if suspect == "energy":
         if partner:
             return partner
@@ -149,7 +155,10 @@ def diagnose(suspect: str, labels: dict, pred: dict, n_atoms: int, *, net_force_
     if np.isfinite(cos) and cos < -0.8:
         return "sign error (all components)"
     if suspect == "stress":
-        return f"stress off (label ~ {c:.2g} x prediction)" if np.isfinite(c) else "stress off"
+        if np.isfinite(c) and abs(c - 1.0) > 0.2:
+            return f"stress off (label ~ {c:.2g} x prediction)"
+        # not a scale: say by how much
+        return f"stress off by {np.sqrt(np.mean((L - P) ** 2)) / _GPA:.2g} GPa (RMS)"
     # forces
     r2 = np.sum((L - P) ** 2, axis=1)
     top = np.argsort(r2)[::-1]

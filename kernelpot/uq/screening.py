@@ -1131,10 +1131,11 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
         f = nn[g] / nn_typical[g]
         slip = scale_slip(f)
         suspect[g] = "geometry"
+        cluster = len(frames[g]) <= 4 or not np.all(frames[g].pbc)   # a dimer or cluster may be stretched
         kind_txt[g] = (f"nearest neighbours x{f:.3g} the data set's: "
                        + (f"positions in another unit ({slip})" if slip
-                          else "scaled positions or fractional coordinates read as Cartesian, "
-                          "unless stretched or compressed on purpose"))
+                          else "scaled positions or fractional coordinates read as Cartesian")
+                       + (", unless stretched or compressed on purpose" if cluster or not slip else ""))
 
     out = {
         "index": np.arange(n_frames),
@@ -1217,6 +1218,9 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_te
                 partner[g] = f"swapped with #{h}"
                 break
     for g in np.flatnonzero(flag):
+        row = np.where(np.isfinite(logp[g]), logp[g], np.inf)
+        chi2_only = _TESTS[int(np.argmin(row))] == "chi2" and not any(
+            row[col[t]] < lt for t, lab in _LABEL_OF_TEST.items() if lab in _KINDS)
         conflict = dup_label[g] and suspect[g] in (dup_label[g], "duplicate")
         if conflict:
             suspect[g] = dup_label[g]
@@ -1235,4 +1239,7 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_te
         if f_what.startswith("one atom wrong"):
             suspect[g] = "geometry"
             what[g] = f_what.replace("one atom wrong", "one atom misplaced, or its force wrong")
+        elif chi2_only:
+            what[g] = ("many small deviations together (chi-square), no single label off: the geometry, "
+                       "the species, or a structure unlike the rest")
     return suspect, what
