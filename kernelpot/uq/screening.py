@@ -85,8 +85,7 @@ use):
      the wrong one stands out whichever came first.  Repeats of an earlier
      structure do not enter the robust calibrations (each structure counts
      once: 25 copies predicting each other exactly had set a config_type's
-     spread), and neither do max-type p-values above 0.9987 (residuals fixed
-     at zero by symmetry).  Each label's p-value is
+     spread).  Each label's p-value is
      Bonferroni-corrected over the labels compared, and the smallest names
      the suspect.  Copies must agree to DFT precision, far below any model's
      error, so this finds noisy or unit-slipped labels that the model-based
@@ -183,8 +182,8 @@ _NEIGHBOUR_PRIOR_COUNT = 5
 #: two significant labels point at the geometry when the weaker is at least this share as far past
 #: the threshold (in log p) as the stronger; otherwise the stronger label alone is suspected
 _GEOMETRY_SHARE = 0.25
-#: normal deviate below which a max-type test's p-value (> 0.9987) is structural, not a null draw
-_NULL_MIN_DEVIATE = -3.0
+#: share of a structure's squared z-scores in one label above which a chi-square flag names that label
+_CHI2_SHARE = 0.8
 _HIGH_LEVERAGE = 5.0  # leverage this many times the median: the structure mostly fits itself
 _PRIOR_COUNT = 30  # pseudo-observations of the global scale in each config_type's robust scale
 _LN10 = float(np.log(10.0))
@@ -1085,10 +1084,7 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
             c = _TESTS.index(t)
             have = np.isfinite(logp[:, c])
             u = _isf_log(logp[:, c])
-            # a maximum of many honest |z| is never near 0: p > 0.9987 (u < -3) means residuals fixed at
-            # zero (forces of a symmetric cell), not a draw of the null; such frames made the spread of
-            # a config_type bimodal (mlearn Si's Elastic cells: 4.7 instead of 1.1)
-            refm = have & null_frame & (u > _NULL_MIN_DEVIATE)
+            refm = have & null_frame
             if refm.sum() < 2:
                 continue
             lu, su, nuu, cal[f"{t}_null"] = _calibrate_on(u, ctype, refm, robust, clip_location=True)
@@ -1120,7 +1116,13 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     dup_text = np.array([f"conflicts with duplicate #{p}" + (", which the model reproduces" if sd else
                                                               " (one of the two is wrong)" if c == 2 else "")
                          for p, c, sd in zip(dup_partner, dup_copies, sided)], dtype=object)
-    suspect, kind_txt = _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_text, dup_label)
+    # each label's share of the structure's squared z-scores, for a flag by the chi-square alone
+    share = {k: np.bincount(frame_obs[(kind_obs == k) & use_obs], weights=z_obs[(kind_obs == k) & use_obs] ** 2,
+                            minlength=n_frames) for k in _KINDS}
+    tot = np.maximum(sum(share.values()), 1e-300)
+    share = {k: v / tot for k, v in share.items()}
+    suspect, kind_txt = _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_text, dup_label,
+                                   share)
     # a structure far from the rest of the data can be right and still unpredictable: say so
     lev_med = float(np.median(lev[np.isfinite(lev)])) if np.isfinite(lev).any() else np.nan
     for g in np.flatnonzero(flag & (lev > _HIGH_LEVERAGE * lev_med)):
@@ -1165,7 +1167,7 @@ _LABEL_OF_TEST = {"energy": "energy", "energy_self": "energy", "forces": "forces
                   "stress": "stress", "chi2": "geometry", "duplicate": "duplicate", "neighbours": "geometry"}
 
 
-def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_text, dup_label):
+def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_text, dup_label, share):
     """Suspected label and most likely kind of error of each flagged structure (see :mod:`.diagnosis`)."""
     n = len(frames)
     suspect = np.full(n, "", dtype=object)
@@ -1240,6 +1242,12 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_te
             suspect[g] = "geometry"
             what[g] = f_what.replace("one atom wrong", "one atom misplaced, or its force wrong")
         elif chi2_only:
-            what[g] = ("many small deviations together (chi-square), no single label off: the geometry, "
-                       "the species, or a structure unlike the rest")
+            main = max(_KINDS, key=lambda k: share[k][g])
+            if share[main][g] >= _CHI2_SHARE and main in labs[g]:
+                # many small deviations, most of them in one label: that label, as a whole
+                suspect[g] = main
+                what[g] = diagnose(main, labs[g], preds[g], len(frames[g]))
+            else:
+                what[g] = ("many small deviations together (chi-square), no single label off: the geometry, "
+                           "the species, or a structure unlike the rest")
     return suspect, what
