@@ -350,7 +350,7 @@ def _close_pairs(atoms: Atoms, cutoff: float):
         # and a 1000 Å vacuum box took 160 s
         from kernelpot.descriptors.neighbors import neighbor_list
         nl = neighbor_list(atoms, cutoff)
-        i = np.repeat(np.arange(len(atoms)), np.diff(nl.offsets))
+        i = nl.centers
         j, shift = nl.neighbors, nl.shifts
         d = np.linalg.norm(nl.vectors, axis=1)
         # the list holds each pair twice ((i, j, S) and (j, i, -S)); keep one: for an atom

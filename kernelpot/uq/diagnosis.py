@@ -286,7 +286,7 @@ def neighbour_ratio(atoms, reach: float = 3.0) -> float:
     # only when an atom has none (a scaled structure), where neighbour lists grow with the cube
     for factor in (1.5, reach):
         nl = neighbor_list(atoms, float(factor * 2.0 * rc.max()))
-        i = np.repeat(np.arange(len(atoms)), np.diff(nl.offsets))
+        i = nl.centers
         if i.size:
             r = np.linalg.norm(nl.vectors, axis=1) / (rc[i] + rc[nl.neighbors])
             np.minimum.at(best, i, r)

@@ -909,17 +909,14 @@ def _duplicate_conflicts(frames, dup: np.ndarray, same: np.ndarray, esig):
             continue
         ids = list(v)
         X = np.array([v[g] for g in ids])
-        if len(ids) == 2:
-            centre, typical = None, None
-        else:
-            centre = np.median(X, axis=0)
-            # the copy nearest the median: the one to name in the diagnosis
-            typical = ids[int(np.argmin(np.sum((X - centre) ** 2, axis=1)))]
+        centre = None if len(ids) == 2 else np.median(X, axis=0)
+        # the copies nearest the median first: the one to name in the diagnosis
+        nearest = None if centre is None else [ids[i] for i in np.argsort(np.sum((X - centre) ** 2, axis=1))]
         for a_, g in enumerate(ids):
             if centre is None:
                 other, d = ids[1 - a_], X[a_] - X[1 - a_]
             else:
-                other = typical if typical != g else ids[int(np.argsort(np.sum((X - centre) ** 2, axis=1))[1])]
+                other = nearest[0] if nearest[0] != g else nearest[1]
                 d = X[a_] - centre
             if k == "energy":
                 s2 = esig[g] ** 2 + esig[other] ** 2 + _DUPLICATE_PRECISION ** 2
@@ -1175,7 +1172,7 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_te
     lt = np.log(threshold)
     col = {t: i for i, t in enumerate(_TESTS)}
     labs, preds = {}, {}
-    forces_sig = np.zeros(n, bool)
+    forces_sig, chi2_only = np.zeros(n, bool), np.zeros(n, bool)
     for g in np.flatnonzero(flag):
         row = np.where(np.isfinite(logp[g]), logp[g], np.inf)
         sig_labels = {lab for t, lab in _LABEL_OF_TEST.items()
@@ -1193,9 +1190,10 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_te
         elif len(ranked) >= 2:
             s = ranked[0]
         elif s == "geometry" and len(sig_labels) == 1:
-            s = sig_labels.pop()
+            s = next(iter(sig_labels))
         suspect[g] = s
         forces_sig[g] = "forces" in sig_labels
+        chi2_only[g] = best == "chi2" and not sig_labels
         lab = frame_labels(frames[g], g)
         pred = {}
         for k in _KINDS:
@@ -1220,9 +1218,6 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_te
                 partner[g] = f"swapped with #{h}"
                 break
     for g in np.flatnonzero(flag):
-        row = np.where(np.isfinite(logp[g]), logp[g], np.inf)
-        chi2_only = _TESTS[int(np.argmin(row))] == "chi2" and not any(
-            row[col[t]] < lt for t, lab in _LABEL_OF_TEST.items() if lab in _KINDS)
         conflict = dup_label[g] and suspect[g] in (dup_label[g], "duplicate")
         if conflict:
             suspect[g] = dup_label[g]
@@ -1241,7 +1236,7 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_te
         if f_what.startswith("one atom wrong"):
             suspect[g] = "geometry"
             what[g] = f_what.replace("one atom wrong", "one atom misplaced, or its force wrong")
-        elif chi2_only:
+        elif chi2_only[g]:
             main = max(_KINDS, key=lambda k: share[k][g])
             if share[main][g] >= _CHI2_SHARE and main in labs[g]:
                 # many small deviations, most of them in one label: that label, as a whole
