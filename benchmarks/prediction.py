@@ -21,9 +21,12 @@ a 1000-atom cell (cubic x 5):
 Reported: process CPU time per atom (all threads; median of ``--repeats`` after
 one warm-up call), wall time per atom, and the ratios default / one thread
 (CPU; the target of issue 16 is <= 1.3 for the 54-atom cell) and with / without
-uncertainties. CPU time is used because the machine is shared: wall time
-there depends on other jobs, CPU time much less (it still moves by 10-30 %
-from run to run through cache and memory-bandwidth contention).
+uncertainties, and the floor of any exact per-component variance
+(:func:`variance_floor`: descriptors, the one GEMM the force rows need, two
+triangular solves) against the prediction without. CPU time is used
+because the machine is shared: wall time there depends on other jobs, CPU
+time much less (it still moves by 10-30 % from run to run through cache and
+memory-bandwidth contention).
 
 For orientation (not measured here): GAP (quip, Fortran) predicts E+F+S of a
 54-64 atom Si cell in ~6 ms/atom on this kind of machine
@@ -70,6 +73,46 @@ def time_call(fn, repeats):
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
     return float(np.median(cpu)), float(np.median(wall))
+
+
+def variance_floor(model, atoms, repeats):
+    """One-thread CPU seconds of the work any exact per-component variance must do, with kernelpot's data shapes.
+
+    Forces' variances need each force component's design row against the
+    ``M`` sparse points (the mean does not: it contracts with the weights
+    first).  A row is a sum over the neighbour pairs of ``coeff * (g . s_m)``
+    with a coefficient per centre and sparse point, so no ordering of the sum
+    avoids one product ``(3 n_pairs, F) @ (F, M)``; the variances then need
+    two triangular solves of all rows (``L^-1 k`` for the Nystrom part and
+    ``Lc^-1 L^-1 k`` for the posterior).  Timed here as bare BLAS calls on
+    the structure's own descriptor gradients (the GEMM in blocks written into
+    one reused buffer: one (3 n_pairs, M) array of a 1000-atom cell is 0.7 GB,
+    whose page faults alone cost more than the design), plus the descriptors.
+    """
+    import scipy.linalg as sla
+
+    from kernelpot.gp import assembly
+
+    post = model.posterior_
+    feat = assembly.describe(model, atoms, gradients=True, strain=True)
+    pg = feat.pair_grad.reshape(-1, feat.pair_grad.shape[2])
+    St = np.ascontiguousarray(post.sparse.X.T)
+    n = len(atoms)
+    rhs = np.random.default_rng(0).standard_normal((post.Lmm.shape[0], 4 * n + 7))
+    Lc = post.Lc[:post.Lmm.shape[0], :post.Lmm.shape[0]]
+
+    buf = np.empty((4096, St.shape[1]))
+
+    def work():
+        assembly.describe(model, atoms, gradients=True, strain=True)
+        for r0 in range(0, len(pg), len(buf)):  # in cache-sized blocks, as the design does
+            blk = pg[r0:r0 + len(buf)]
+            np.matmul(blk, St, out=buf[:len(blk)])
+        sla.solve_triangular(Lc, sla.solve_triangular(post.Lmm, rhs, lower=True, check_finite=False),
+                             lower=True, check_finite=False)
+
+    with one_thread():
+        return time_call(work, repeats)[0]
 
 
 def one_thread():
@@ -149,13 +192,18 @@ def main(argv=None):
             lines.append(line)
             print(line, flush=True)
     lines.append("")
-    for name in ("54", "1000"):
+    for name, atoms in cells().items():
+        reps = args.repeats if len(atoms) < 200 else max(1, args.repeats // 2)
+        floor = variance_floor(model, atoms, reps) / len(atoms) * 1e6
         for mode in ("default", "one"):
             r = results[(name, True)][mode][0] / results[(name, False)][mode][0]
             lines.append(f"{name}-atom cell, {mode} threads: with uncertainties / without = {r:.2f} (CPU)")
+        lines.append(f"{name}-atom cell, floor of exact per-component variances (descriptors, the force rows' "
+                     f"GEMM, two triangular solves; one thread): {floor:.0f} µs/atom = "
+                     f"{floor / results[(name, False)]['one'][0]:.2f} x without")
     lines.append(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; "
                  f"load average {os.getloadavg()[0]:.1f} at end")
-    print("\n".join(lines[-5:]), flush=True)
+    print("\n".join(lines[-7:]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
 
