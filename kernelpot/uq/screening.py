@@ -101,7 +101,16 @@ use):
      geometry, can stay within the model's wide uncertainty for so unusual a
      structure.  Needs no model.  Without config_types a deliberately
      stretched structure among crystals is flagged too (its diagnosis says
-     so); a whole config_type in the wrong unit is not seen.
+     so); a whole config_type in the wrong length unit is not seen.
+
+   Whole groups: a config_type whose stress labels all follow another
+   convention (shear components in another order, the opposite sign,
+   another unit) has residuals that are all alike, which its own robust
+   scale absorbs.  Its labels are compared instead with the stress its own
+   energies and forces imply (the model without its stress observations,
+   :mod:`kernelpot.uq.conventions`); such groups are listed in
+   ``ScreenTable.findings`` and under the table, not flagged structure by
+   structure.
 
    Empirical null: the maximum-type tests (forces, stress, net force) are
    turned into normal deviates ``u = F^-1(1 - p)`` and robustly standardised
@@ -155,6 +164,7 @@ from sklearn.base import clone
 from kernelpot.gp.assembly import note
 from kernelpot.io.labels import _list, config_type, frame_labels, is_isolated_atom
 from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
+from kernelpot.uq.conventions import physics_stress, stress_conventions
 from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors, neighbour_ratio, scale_slip
 
 __all__ = ["COLUMNS", "ScreenTable", "screen", "robust_scale"]
@@ -331,6 +341,12 @@ class ScreenTable:
     diagnostics : TrainingDiagnostics
         The per-observation leave-one-out results of the given model (the
         first pass; later rounds use the refitted model's).
+    findings : list of kernelpot.uq.conventions.ConventionFinding
+        Whole groups (config_types) whose stress labels match the stress
+        their own energies and forces imply in another convention (shear
+        order, sign, unit; :func:`kernelpot.uq.conventions.stress_conventions`).
+        A per-structure test cannot see these: the group's residuals are all
+        alike.  Listed under the table; its structures are not flagged.
     """
 
     def __init__(self, columns: dict, alpha: float, threshold: float, scales: dict,
@@ -343,6 +359,7 @@ class ScreenTable:
         self.rounds = rounds
         self.model = model
         self.features = None
+        self.findings = []
         self.flagged = columns["index"][columns["flag"]]
 
     def __len__(self) -> int:
@@ -408,7 +425,10 @@ class ScreenTable:
         nf = len(self.flagged)
         foot = (f"{len(self)} structures, {nf} flagged (p < {self.alpha:g}/{len(self)} = {self.threshold:.2g})"
                 + (f"; showing the top {n}" if n < len(self) else ""))
-        return "\n".join(lines + [foot])
+        groups = [f"  - {f.message}" for f in self.findings]
+        if groups:
+            groups.insert(0, "Whole groups whose labels follow another convention (kernelpot.uq.conventions):")
+        return "\n".join(lines + [foot] + groups)
 
     def __str__(self) -> str:
         return self.to_string()
@@ -596,11 +616,15 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
     if diag is None or known is None or any(a is not b for a, b in zip(frames, known)):
         diag = leave_one_out(model, frames)
     extra = _physics(model, frames, diag, duplicate_tol)
+    findings = []
+    if getattr(model, "fit_stress", False) and any(k == "stress" for k in np.asarray(diag.kind)):
+        findings = stress_conventions(frames, physics_stress(model, frames), alpha)
 
     def scored(ev, deflate_energy, fitted, rounds=0):
         t = _table(ev, frames, alpha, robust, extra, deflate_energy=deflate_energy)
         t.diagnostics, t.model, t.rounds = diag, fitted, rounds
         t.features = extra.get("features")
+        t.findings = findings
         return t
 
     first = _loo_evidence(diag, np.arange(n))

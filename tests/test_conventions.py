@@ -1,0 +1,110 @@
+"""Whole groups of stress labels in another convention (kernelpot.uq.conventions)."""
+
+import copy
+
+import numpy as np
+import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.units import GPa
+
+from conftest import emt_frames
+from kernelpot import SparseGP
+from kernelpot.gp.posterior import Posterior
+from kernelpot.uq.conventions import ConventionFinding, physics_stress, stress_conventions
+
+
+def _two_groups():
+    """16 strained, rattled EMT copper cells (shear stresses of ~1 GPa), in two config_types."""
+    frames = emt_frames(16, seed=11, strain=0.04)
+    for i, a in enumerate(frames):
+        a.info["config_type"] = "A" if i % 2 == 0 else "B"
+    return frames
+
+
+def _relabel_stress(frames, fn, group="B"):
+    out = []
+    for a in frames:
+        b = a.copy()
+        s = a.get_stress(voigt=True)
+        if a.info["config_type"] == group:
+            s = fn(s.copy())
+        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=a.get_forces(), stress=s)
+        out.append(b)
+    return out
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return _two_groups()
+
+
+@pytest.fixture(scope="module")
+def clean_model(clean, small_soap):
+    return SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(clean)
+
+
+def test_physics_stress_is_the_model_without_its_stress_data(clean_model, clean):
+    """The stress from energies and forces alone: equal to the posterior built from statistics that never held a
+    stress observation, and close to EMT's own stress (physics, not the labels' echo)."""
+    m = clean_model
+    phys = physics_stress(m, clean)
+    st = copy.deepcopy(m._stats)
+    for k, g in enumerate(m.noise_groups_):
+        if g.startswith("stress"):
+            st.D[k] = 0.0
+            st.e[k] = 0.0
+    p = m.posterior_
+    post = Posterior.from_statistics(m.theta_, st, p.sparse, p.zeta, p.Kmm, p.Lmm, p.offset_species, p.kappa,
+                                     p.pair)
+    from kernelpot.gp import assembly
+    for a, s in zip(clean, phys):
+        feat = assembly.describe(m, a, strain=True)
+        ref = post.mean(feat, a.cell.volume, forces=False, stress=True)["stress"]
+        np.testing.assert_allclose(s, ref, rtol=1e-6, atol=1e-9)
+    lab = np.array([a.get_stress(voigt=True) for a in clean])
+    err = np.sqrt(np.mean((phys - lab) ** 2)) / GPa
+    spread = np.sqrt(np.mean(lab[:, 3:] ** 2)) / GPa
+    assert spread > 0.5          # the shear components carry signal
+    assert err < 0.25 * spread   # and the stress-free model reproduces them
+
+
+def test_clean_groups_read_as_written(clean_model, clean):
+    assert stress_conventions(clean, physics_stress(clean_model, clean)) == []
+
+
+@pytest.mark.parametrize("slip, order, factor, words", [
+    (lambda s: s[[0, 1, 2, 4, 3, 5]], ("xz", "yz", "xy"), 1.0, "label yz is xz, label xz is yz"),
+    (lambda s: s[[0, 1, 2, 5, 3, 4]], ("xy", "yz", "xz"), 1.0, "VASP order (xy yz zx) read as ASE Voigt"),
+    (lambda s: -s, ("yz", "xz", "xy"), -1.0, "opposite sign"),
+    (lambda s: 10.0 * s, ("yz", "xz", "xy"), 10.0, "kBar read as GPa"),
+])
+def test_a_group_in_another_convention_is_found_and_named(clean, small_soap, slip, order, factor, words):
+    frames = _relabel_stress(clean, slip)
+    model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(frames)
+    found = stress_conventions(frames, physics_stress(model, frames))
+    assert [f.group for f in found] == ["B"]
+    f = found[0]
+    assert isinstance(f, ConventionFinding)
+    assert f.order == order
+    assert f.factor == pytest.approx(factor, rel=0.15)
+    assert words in f.message and "config_type 'B' (8 structures" in f.message
+    assert f.rms_converted < 0.5 * f.rms_as_read
+    # converting the labels back gives the physics' convention
+    for i in f.frames:
+        np.testing.assert_allclose(f.convert(frames[i].get_stress(voigt=True)), clean[i].get_stress(voigt=True),
+                                   rtol=0.2 if factor != 1.0 else 1e-12, atol=1e-12)
+
+
+def test_screen_lists_the_group_under_the_table(clean, small_soap):
+    from kernelpot import screen
+    frames = _relabel_stress(clean, lambda s: s[[0, 1, 2, 4, 3, 5]])
+    model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(frames)
+    table = screen(model, refit_rounds=0)
+    assert [f.group for f in table.findings] == ["B"]
+    assert "Whole groups whose labels follow another convention" in str(table)
+    assert "config_type 'B'" in str(table)
+
+
+def test_bad_shape():
+    with pytest.raises(ValueError, match=r"physics must have shape \(2, 6\)"):
+        stress_conventions(emt_frames(2), np.zeros((3, 6)))
