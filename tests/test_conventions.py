@@ -1,6 +1,7 @@
-"""Whole groups of stress labels in another convention (kernelpot.uq.conventions)."""
+"""Whole groups of stress labels in another convention (kernelpot.gp.conventions)."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from ase.units import GPa
 from conftest import emt_frames
 from kernelpot import SparseGP
 from kernelpot.gp.posterior import Posterior
-from kernelpot.uq.conventions import ConventionFinding, physics_stress, stress_conventions
+from kernelpot.io.labels import DataWarning
+from kernelpot.gp.conventions import ConventionFinding, physics_stress, stress_conventions
 
 
 def _two_groups():
@@ -68,8 +70,12 @@ def test_physics_stress_is_the_model_without_its_stress_data(clean_model, clean)
     assert err < 0.25 * spread   # and the stress-free model reproduces them
 
 
-def test_clean_groups_read_as_written(clean_model, clean):
+def test_clean_groups_read_as_written(clean_model, clean, small_soap):
     assert stress_conventions(clean, physics_stress(clean_model, clean)) == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(clean)
+    assert not [w for w in caught if "stress was written" in str(w.message)]
 
 
 @pytest.mark.parametrize("slip, order, factor, words", [
@@ -80,7 +86,8 @@ def test_clean_groups_read_as_written(clean_model, clean):
 ])
 def test_a_group_in_another_convention_is_found_and_named(clean, small_soap, slip, order, factor, words):
     frames = _relabel_stress(clean, slip)
-    model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(frames)
+    with pytest.warns(DataWarning, match=r"config_type 'B' \(8 structures with stress\).*stress was written"):
+        model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(frames)
     found = stress_conventions(frames, physics_stress(model, frames))
     assert [f.group for f in found] == ["B"]
     f = found[0]

@@ -43,8 +43,9 @@ from sklearn.base import BaseEstimator, clone
 from kernelpot import _threads, modelfile
 from kernelpot.calculator import Calculator
 from kernelpot.descriptors import SOAP
-from kernelpot.io.labels import (LABEL_UNITS, check_structure, frame_labels, frame_name, is_isolated_atom, is_periodic,
-                                 same_fingerprint, structure_errors, training_fingerprint)
+from kernelpot.io.labels import (LABEL_UNITS, DataWarning, _list, check_structure, frame_labels, frame_name,
+                                 is_isolated_atom, is_periodic, same_fingerprint, structure_errors,
+                                 training_fingerprint)
 from kernelpot.io.validation import validate, warn_report
 from kernelpot.gp import assembly, hyperparameters
 from kernelpot.gp.calibration import SIGMA_FLOOR, recalibrate
@@ -238,7 +239,13 @@ class SparseGP(BaseEstimator):
         -----
         kernelpot.io.validation.DataWarning
             One warning listing :func:`kernelpot.validate`'s warnings (a
-            stress of 500 GPa, energy and free_energy that differ, ...).
+            stress of 500 GPa, energy and free_energy that differ, ...); and
+            one per config_type whose stress labels match the stress its
+            energies and forces imply only in another convention (shear
+            order, sign, unit: :mod:`kernelpot.gp.conventions`).
+        RuntimeWarning
+            A learned noise comparable to its labels (the fit explains little
+            of them), hyperparameters at their bounds.
 
         Notes
         -----
@@ -304,6 +311,8 @@ class SparseGP(BaseEstimator):
         self._solve(theta)
         _warn_unlearned(self, frames, labels)
         t = assembly.phase(self.verbose, "hyperparameters", t)
+        if _warn_conventions(self, frames, labels):
+            t = assembly.phase(self.verbose, "stress conventions", t)
         self.std_weights_ = {}
         self.__dict__.pop("training_diagnostics_", None)
         if self.calibrate:
@@ -960,6 +969,32 @@ def _warn_unlearned(model, frames, labels):
                               f"Check their sign and units ({hint}) and that the labels belong to their "
                               "structures; labels that are all near zero (relaxed structures) carry little to learn",
                               RuntimeWarning, stacklevel=3)
+
+
+#: structures with a stress label needed before the fit checks their conventions against physics
+_MIN_CONVENTION_FRAMES = 3
+
+
+def _warn_conventions(model, frames, labels) -> bool:
+    """Warn for each group whose stress labels follow another convention than their physics.
+
+    :func:`kernelpot.gp.conventions.stress_conventions` against the stress the
+    fitted energies and forces imply; a shear order, sign or unit shared by a
+    whole config_type is invisible in any per-structure residual.  Returns
+    whether the check ran (it needs at least ``_MIN_CONVENTION_FRAMES``
+    periodic structures with a stress label, and stress in the fit).
+    """
+    if not model.fit_stress:
+        return False
+    have = [i for i, (a, lab) in enumerate(zip(frames, labels)) if "stress" in lab and is_periodic(a)]
+    if len(have) < _MIN_CONVENTION_FRAMES:
+        return False
+    from kernelpot.gp.conventions import physics_stress, stress_conventions
+    sub = [frames[i] for i in have]
+    for f in stress_conventions(sub, physics_stress(model, sub)):
+        warnings.warn(f"fit: {f.message} (frames {_list(np.asarray(have)[f.frames])}; "
+                      "kernelpot.screen lists it too)", DataWarning, stacklevel=3)
+    return True
 
 
 def _warn_unseparable(A, species):

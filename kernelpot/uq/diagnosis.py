@@ -44,27 +44,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernelpot.io.units import BOHR as _BOHR, GPA as _GPA, UNIT_FACTORS, unit_slip as _unit_slip
+
 __all__ = ["UNIT_FACTORS", "diagnose", "duplicates", "mean_descriptors", "neighbour_ratio", "scale_slip"]
 
-_HARTREE, _RYDBERG, _KCAL, _KJ = 27.211386, 13.605693, 23.060548, 96.485332  # per eV
-_BOHR = 0.52917721  # Å
-_GPA = 0.006241509125883258  # eV/Å^3 (ase.units.GPa)
 #: a force sign error: label and prediction on the atom anti-parallel (cos below -this) and of the
 #: same size within this log ratio (x1.5); otherwise one atom's position or force is simply off
 _SIGN_COS, _SIGN_LOG_RATIO = 0.8, float(np.log(1.5))
-#: label -> {factor label/true: description}; the nearest factor counts when within half the
-#: smallest log-gap between the label's factors (8 % for energies, 20 % for forces and stress).
-UNIT_FACTORS = {
-    "energy": {1 / _HARTREE: "Hartree read as eV", _HARTREE: "eV read as Hartree",
-               1 / _RYDBERG: "Rydberg read as eV", _RYDBERG: "eV read as Rydberg",
-               _KCAL: "kcal/mol read as eV", 1 / _KCAL: "eV read as kcal/mol",
-               _KJ: "kJ/mol read as eV", 1 / _KJ: "eV read as kJ/mol"},
-    "forces": {1 / (_HARTREE / _BOHR): "Hartree/Bohr read as eV/Å", _HARTREE / _BOHR: "eV/Å read as Hartree/Bohr",
-               _BOHR: "eV/Bohr read as eV/Å", 1 / _BOHR: "eV/Å read as eV/Bohr",
-               _KCAL: "kcal/mol/Å read as eV/Å", 1 / _KCAL: "eV/Å read as kcal/mol/Å"},
-    "stress": {10.0: "kBar read as GPa", 0.1: "GPa read as kBar", 160.21766: "eV/Å^3 read as GPa",
-               1 / 160.21766: "GPa read as eV/Å^3"},
-}
 _UNIT_TOL = 0.03  # sign error: label / prediction within 3 % of -1
 
 
@@ -76,25 +62,6 @@ def _factor(label: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
         return np.nan, np.nan
     lp = float(label @ pred)
     return lp / pp, lp / np.sqrt(pp * ll)
-
-
-def _unit_tolerance(kind: str) -> float:
-    """Half the smallest log-ratio between the kind's unit factors, at most 0.2 (~20 %)."""
-    f = np.sort(np.log(np.array(list(UNIT_FACTORS[kind]))))
-    return float(min(0.2, 0.5 * np.min(np.diff(f))))
-
-
-def _unit_slip(kind: str, c: float, cos: float) -> str | None:
-    """The unit slip nearest to the factor ``c`` (in log ratio), if within the kind's tolerance."""
-    if not np.isfinite(c) or c <= 0 or (cos < 0.9 and kind != "energy"):
-        return None
-    facs = list(UNIT_FACTORS[kind].items())
-    dist = [abs(np.log(c / f)) for f, _ in facs]
-    k = int(np.argmin(dist))
-    if dist[k] < _unit_tolerance(kind):
-        f, what = facs[k]
-        return f"unit slip ({what}, x{f:.3g})"
-    return None
 
 
 def diagnose(suspect: str, labels: dict, pred: dict, n_atoms: int, *, net_force_significant: bool = False,

@@ -108,7 +108,7 @@ use):
    another unit) has residuals that are all alike, which its own robust
    scale absorbs.  Its labels are compared instead with the stress its own
    energies and forces imply (the model without its stress observations,
-   :mod:`kernelpot.uq.conventions`); such groups are listed in
+   :mod:`kernelpot.gp.conventions`); such groups are listed in
    ``ScreenTable.findings`` and under the table, not flagged structure by
    structure.
 
@@ -164,7 +164,7 @@ from sklearn.base import clone
 from kernelpot.gp.assembly import note
 from kernelpot.io.labels import _list, config_type, frame_labels, is_isolated_atom
 from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
-from kernelpot.uq.conventions import physics_stress, stress_conventions
+from kernelpot.gp.conventions import physics_stress, stress_conventions
 from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors, neighbour_ratio, scale_slip
 
 __all__ = ["COLUMNS", "ScreenTable", "screen", "robust_scale"]
@@ -341,10 +341,10 @@ class ScreenTable:
     diagnostics : TrainingDiagnostics
         The per-observation leave-one-out results of the given model (the
         first pass; later rounds use the refitted model's).
-    findings : list of kernelpot.uq.conventions.ConventionFinding
+    findings : list of kernelpot.gp.conventions.ConventionFinding
         Whole groups (config_types) whose stress labels match the stress
         their own energies and forces imply in another convention (shear
-        order, sign, unit; :func:`kernelpot.uq.conventions.stress_conventions`).
+        order, sign, unit; :func:`kernelpot.gp.conventions.stress_conventions`).
         A per-structure test cannot see these: the group's residuals are all
         alike.  Listed under the table; its structures are not flagged.
     """
@@ -427,7 +427,7 @@ class ScreenTable:
                 + (f"; showing the top {n}" if n < len(self) else ""))
         groups = [f"  - {f.message}" for f in self.findings]
         if groups:
-            groups.insert(0, "Whole groups whose labels follow another convention (kernelpot.uq.conventions):")
+            groups.insert(0, "Whole groups whose labels follow another convention (kernelpot.gp.conventions):")
         return "\n".join(lines + [foot] + groups)
 
     def __str__(self) -> str:

@@ -43,7 +43,7 @@ import numpy as np
 from scipy import stats
 
 from kernelpot.io.labels import config_type, frame_labels, is_periodic
-from kernelpot.uq.diagnosis import _GPA, _unit_slip
+from kernelpot.io.units import GPA as _GPA, unit_slip as _unit_slip
 
 __all__ = ["ConventionFinding", "physics_stress", "stress_conventions", "MIN_IMPROVEMENT"]
 
@@ -176,6 +176,46 @@ def _describe(order: tuple, factor: float, c_name: str | None) -> str:
     return "stress " + "; and ".join(parts)
 
 
+def _candidates(L: np.ndarray, P: np.ndarray, order: tuple) -> list:
+    """``(sse, order, c, name)`` of labels ``L`` reordered by ``order``: as they are, and scaled by a named factor."""
+    Lp = L.copy()
+    for k, comp in enumerate(order):
+        Lp[:, 3 + _SHEAR.index(comp)] = L[:, 3 + k]
+    out = [(float(np.sum((Lp - P) ** 2)), order, 1.0, None)]
+    pp, lp = float(np.sum(P * P)), float(np.sum(Lp * P))
+    if pp <= 0:
+        return out
+    c = lp / pp
+    cos = lp / np.sqrt(pp * float(np.sum(Lp * Lp)) + 1e-300)
+    name = None
+    if c < 0 and abs(np.log(-c)) < _SIGN_LOG_TOL:
+        name = "with the opposite sign (pressure-positive, as VASP prints it?)"
+    elif c > 0:
+        slip = _unit_slip("stress", c, cos)
+        name = slip and slip.replace("unit slip (", "in another unit (")
+    else:
+        slip = _unit_slip("stress", -c, -cos)
+        name = slip and slip.replace("unit slip (", "with the opposite sign and in another unit (")
+    if name:
+        out.append((float(np.sum((Lp - c * P) ** 2)), order, c, name))
+    return out
+
+
+def _evidence(sse_from: float, sse_to: float, n: int, n_tests: int, alpha: float) -> float | None:
+    """Bonferroni p-value of going from ``sse_from`` to ``sse_to`` over ``n`` structures; None when not reported.
+
+    Reported: the new convention explains at least half of the residual sum of
+    squares (:data:`MIN_IMPROVEMENT`) and the likelihood ratio
+    ``n/2 log(sse_from / sse_to)`` is significant (``chi2(1)``, one degree of
+    freedom per structure: its six components share their model error).
+    """
+    ratio = sse_from / max(sse_to, 1e-300)
+    if ratio < MIN_IMPROVEMENT:
+        return None
+    p = min(1.0, n_tests * float(stats.chi2.sf(n * np.log(ratio), df=1)))
+    return p if p < alpha else None
+
+
 def stress_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=None) -> list:
     """Groups whose stress labels match the physics in another convention (see the module docstring).
 
@@ -221,40 +261,18 @@ def stress_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
         sse0 = float(np.sum((L - P) ** 2))
         if sse0 <= 0:
             continue
-        best = None
-        for order in perms:
-            Lp = L.copy()
-            for k, comp in enumerate(order):
-                Lp[:, 3 + _SHEAR.index(comp)] = L[:, 3 + k]
-            pp, lp = float(np.sum(P * P)), float(np.sum(Lp * P))
-            cands = [(1.0, None)]
-            if pp > 0:
-                c = lp / pp
-                cos = lp / np.sqrt(pp * float(np.sum(Lp * Lp)) + 1e-300)
-                if c < 0 and abs(np.log(-c)) < _SIGN_LOG_TOL:
-                    cands.append((c, "with the opposite sign (pressure-positive, as VASP prints it?)"))
-                else:
-                    slip = _unit_slip("stress", c, cos)
-                    if slip:
-                        cands.append((c, slip.replace("unit slip (", "in another unit (")))
-                    elif c < 0:
-                        slip = _unit_slip("stress", -c, -cos)
-                        if slip:
-                            cands.append((c, slip.replace("unit slip (", "with the opposite sign and in another "
-                                                          "unit (")))
-            for c, name in cands:
-                if order == _SHEAR and name is None:
-                    continue
-                sse = float(np.sum((Lp - c * P) ** 2))
-                if best is None or sse < best[0]:
-                    best = (sse, order, c, name)
-        if best is None:
+        cands = [c for order in perms for c in _candidates(L, P, order)]
+        # the simplest explanation first: a factor alone (sign, unit); a reordering of the shear
+        # components only when it explains at least half of what remains, significantly
+        choice = min((c for c in cands if c[1] == _SHEAR), key=lambda c: c[0])
+        perm = min((c for c in cands if c[1] != _SHEAR), key=lambda c: c[0])
+        if _evidence(choice[0], perm[0], len(idx), n_tests, alpha) is not None:
+            choice = perm
+        sse, order, c, name = choice
+        if order == _SHEAR and name is None:
             continue
-        sse, order, c, name = best
-        ratio = sse0 / max(sse, 1e-300)
-        lr = 0.5 * len(idx) * np.log(ratio)
-        p = min(1.0, n_tests * float(stats.chi2.sf(2.0 * lr, df=1)))
-        if ratio < MIN_IMPROVEMENT or p >= alpha:
+        p = _evidence(sse0, sse, len(idx), n_tests, alpha)
+        if p is None:
             continue
         n_comp = L.size
         rms0 = np.sqrt(sse0 / n_comp) / _GPA
