@@ -20,6 +20,13 @@ isolated atoms; EMT Cu rattled at 0.03 Å (cold) -> rattled at 0.15 Å (hot).
 (Not yet here: mlearn Si with one config_type held out at a time, and the
 committee comparison of the previous version, both too slow for this machine.)
 
+When the fit finds whole config_types whose stress labels follow another
+convention than their own energies and forces imply
+(:mod:`kernelpot.gp.conventions`; mlearn Si's AIMD and vacancy structures
+hold yz and xz exchanged), the data set is fitted and tested once more with
+those groups' stress converted, train and test alike (``..., stress as
+found``): how much of a stress miss is the labels' and not the model's.
+
 Columns per quantity: n, coverage at 1/2/3 sigma, miscalibration area, mean
 Gaussian NLL, Spearman(|error|, sigma), ``sp_ideal`` (the Spearman a perfectly
 calibrated model with the same sigma would reach on average:
@@ -117,6 +124,31 @@ def _datasets(quick: bool, only):
     return [s for s in sets if not only or s[0] in only]
 
 
+def _conventions(model, train):
+    """Whole config_types whose stress labels follow another convention (:mod:`kernelpot.gp.conventions`)."""
+    from kernelpot.gp.conventions import physics_stress, stress_conventions
+    if not any(a.calc is not None and "stress" in a.calc.results for a in train):
+        return []
+    return stress_conventions(train, physics_stress(model, train))
+
+
+def _convert(frames, found):
+    """Copies of ``frames`` with the stress of each found config_type converted (``ConventionFinding.convert``)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    by_group = {f.group: f for f in found}
+    out = []
+    for a in frames:
+        f = by_group.get(str(a.info.get("config_type")))
+        if f is None or a.calc is None or "stress" not in a.calc.results:
+            out.append(a)
+            continue
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=a.get_forces(),
+                                       stress=f.convert(a.get_stress(voigt=True)))
+        out.append(b)
+    return out
+
+
 def _rows(model, frames, label):
     """Metrics of raw and calibrated sigma for energy (per atom), forces and stress."""
     from kernelpot.uq import metrics
@@ -170,7 +202,9 @@ def main(argv=None) -> int:
         return kernelpot.SparseGP(verbose=False)
 
     rows, notes, kinds = {}, [], {}
-    for name, load in _datasets(args.quick, only):
+    queue = list(_datasets(args.quick, only))
+    while queue:
+        name, load = queue.pop(0)
         train, tests = load()
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
@@ -187,6 +221,16 @@ def main(argv=None) -> int:
             rows.update(r)
             kinds.update({key: ind for key in r})
             print(format_table(r, columns=COLUMNS, floatfmt=".3g", name="test | quantity | sigma"), flush=True)
+        found = [] if name.endswith("stress as found") else _conventions(model, train)
+        if found:
+            # the fit warned that whole config_types hold their stress in another convention than their
+            # physics (mlearn Si: shear yz and xz exchanged in AIMD and vacancy structures); the same data
+            # with those groups' stress as their physics reads it, train and test alike
+            notes.append(f"{name}: stress conventions found: " + "; ".join(f"{f.group} {f.order} x{f.factor:.3g}"
+                                                                          for f in found))
+            queue.insert(0, (f"{name}, stress as found", lambda train=train, tests=tests, found=found: (
+                _convert(train, found), {f"{k}, stress as found": (_convert(v, found), ind)
+                                         for k, (v, ind) in tests.items()})))
     table = format_table(rows, columns=COLUMNS, floatfmt=".3g", name="test | quantity | sigma")
     checks = []
     for key, r in rows.items():

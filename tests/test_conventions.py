@@ -12,7 +12,7 @@ from conftest import emt_frames
 from kernelpot import SparseGP
 from kernelpot.gp.posterior import Posterior
 from kernelpot.io.labels import DataWarning
-from kernelpot.gp.conventions import ConventionFinding, physics_stress, stress_conventions
+from kernelpot.gp.conventions import ConventionFinding, check, physics_energy, physics_stress, stress_conventions
 
 
 def _two_groups():
@@ -115,3 +115,39 @@ def test_screen_lists_the_group_under_the_table(clean, small_soap):
 def test_bad_shape():
     with pytest.raises(ValueError, match=r"physics must have shape \(2, 6\)"):
         stress_conventions(emt_frames(2), np.zeros((3, 6)))
+
+
+@pytest.mark.parametrize("factor, words", [(1 / 27.211386, "Hartree read as eV"), (23.060548, "kcal/mol read as eV"),
+                                           (-1.0, "opposite sign")])
+def test_a_group_of_energies_in_another_unit_is_found(clean, small_soap, factor, words):
+    """Energies of one config_type in another unit (or sign): the energies the forces imply say so."""
+    frames = []
+    for a in clean:
+        b = a.copy()
+        e = a.get_potential_energy() * (factor if a.info["config_type"] == "B" else 1.0)
+        b.calc = SinglePointCalculator(b, energy=e, forces=a.get_forces(), stress=a.get_stress(voigt=True))
+        frames.append(b)
+    with pytest.warns(DataWarning, match=r"config_type 'B' \(8 structures with energy\): energies .*"
+                                         r"energies were written"):
+        model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(frames)
+    found = [f for f in check(model, frames) if f.label == "energy"]
+    assert [f.group for f in found] == ["B"]
+    f = found[0]
+    assert words in f.message
+    assert f.factor == pytest.approx(factor, rel=0.15)
+    assert f.rms_converted < 0.5 * f.rms_as_read
+    assert list(f.frames) == [i for i, a in enumerate(frames) if a.info["config_type"] == "B"]
+
+
+def test_energies_from_forces_follow_the_labels_up_to_a_constant(clean_model, clean):
+    """physics_energy: the energies the forces imply; per atom, their spread around the one constant matches
+    EMT's energies (a pure Cu set: one species, one constant)."""
+    phys = physics_energy(clean_model, clean) / np.array([len(a) for a in clean])
+    lab = np.array([a.get_potential_energy() / len(a) for a in clean])
+    d = (phys - phys.mean()) - (lab - lab.mean())
+    assert np.std(lab) > 0.01                    # 10 meV/atom of spread to reproduce
+    assert np.sqrt(np.mean(d ** 2)) < 0.2 * np.std(lab)
+
+
+def test_clean_data_have_no_energy_finding(clean_model, clean):
+    assert [f for f in check(clean_model, clean) if f.label == "energy"] == []

@@ -311,8 +311,8 @@ class SparseGP(BaseEstimator):
         self._solve(theta)
         _warn_unlearned(self, frames, labels)
         t = assembly.phase(self.verbose, "hyperparameters", t)
-        if _warn_conventions(self, frames, labels):
-            t = assembly.phase(self.verbose, "stress conventions", t)
+        if _warn_conventions(self, frames):
+            t = assembly.phase(self.verbose, "label conventions", t)
         self.std_weights_ = {}
         self.__dict__.pop("training_diagnostics_", None)
         if self.calibrate:
@@ -971,29 +971,20 @@ def _warn_unlearned(model, frames, labels):
                               RuntimeWarning, stacklevel=3)
 
 
-#: structures with a stress label needed before the fit checks their conventions against physics
-_MIN_CONVENTION_FRAMES = 3
+def _warn_conventions(model, frames) -> bool:
+    """Warn for each group whose energy or stress labels follow another convention than their physics.
 
-
-def _warn_conventions(model, frames, labels) -> bool:
-    """Warn for each group whose stress labels follow another convention than their physics.
-
-    :func:`kernelpot.gp.conventions.stress_conventions` against the stress the
-    fitted energies and forces imply; a shear order, sign or unit shared by a
-    whole config_type is invisible in any per-structure residual.  Returns
-    whether the check ran (it needs at least ``_MIN_CONVENTION_FRAMES``
-    periodic structures with a stress label, and stress in the fit).
+    :func:`kernelpot.gp.conventions.check`: energies against what the forces
+    imply, stress against what energies and forces imply; a unit, sign or
+    shear order shared by a whole config_type is invisible in any
+    per-structure residual.  Returns whether there was anything to check.
     """
-    if not model.fit_stress:
+    from kernelpot.gp.conventions import check
+    if not (model.fit_forces or model.fit_stress):
         return False
-    have = [i for i, (a, lab) in enumerate(zip(frames, labels)) if "stress" in lab and is_periodic(a)]
-    if len(have) < _MIN_CONVENTION_FRAMES:
-        return False
-    from kernelpot.gp.conventions import physics_stress, stress_conventions
-    sub = [frames[i] for i in have]
-    for f in stress_conventions(sub, physics_stress(model, sub)):
-        warnings.warn(f"fit: {f.message} (frames {_list(np.asarray(have)[f.frames])}; "
-                      "kernelpot.screen lists it too)", DataWarning, stacklevel=3)
+    for f in check(model, frames):
+        warnings.warn(f"fit: {f.message} (frames {_list(f.frames)}; kernelpot.screen lists it too)",
+                      DataWarning, stacklevel=3)
     return True
 
 

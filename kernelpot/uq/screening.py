@@ -103,12 +103,13 @@ use):
      stretched structure among crystals is flagged too (its diagnosis says
      so); a whole config_type in the wrong length unit is not seen.
 
-   Whole groups: a config_type whose stress labels all follow another
-   convention (shear components in another order, the opposite sign,
-   another unit) has residuals that are all alike, which its own robust
-   scale absorbs.  Its labels are compared instead with the stress its own
-   energies and forces imply (the model without its stress observations,
-   :mod:`kernelpot.gp.conventions`); such groups are listed in
+   Whole groups: a config_type whose energies or stresses all follow another
+   convention (another unit, the opposite sign, shear components in another
+   order) has residuals that are all alike, which its own robust scale
+   absorbs.  Its labels are compared instead with what its own physics
+   implies (energies from the forces, up to one constant per species;
+   stress from energies and forces: the model without that kind's
+   observations, :mod:`kernelpot.gp.conventions`); such groups are listed in
    ``ScreenTable.findings`` and under the table, not flagged structure by
    structure.
 
@@ -164,7 +165,7 @@ from sklearn.base import clone
 from kernelpot.gp.assembly import note
 from kernelpot.io.labels import _list, config_type, frame_labels, is_isolated_atom
 from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
-from kernelpot.gp.conventions import physics_stress, stress_conventions
+from kernelpot.gp import conventions
 from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors, neighbour_ratio, scale_slip
 
 __all__ = ["COLUMNS", "ScreenTable", "screen", "robust_scale"]
@@ -342,9 +343,10 @@ class ScreenTable:
         The per-observation leave-one-out results of the given model (the
         first pass; later rounds use the refitted model's).
     findings : list of kernelpot.gp.conventions.ConventionFinding
-        Whole groups (config_types) whose stress labels match the stress
-        their own energies and forces imply in another convention (shear
-        order, sign, unit; :func:`kernelpot.gp.conventions.stress_conventions`).
+        Whole groups (config_types) whose energies match what their forces
+        imply, or whose stress matches what their energies and forces imply,
+        only in another convention (unit, sign, shear order;
+        :func:`kernelpot.gp.conventions.check`).
         A per-structure test cannot see these: the group's residuals are all
         alike.  Listed under the table; its structures are not flagged.
     """
@@ -616,9 +618,7 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
     if diag is None or known is None or any(a is not b for a, b in zip(frames, known)):
         diag = leave_one_out(model, frames)
     extra = _physics(model, frames, diag, duplicate_tol)
-    findings = []
-    if getattr(model, "fit_stress", False) and any(k == "stress" for k in np.asarray(diag.kind)):
-        findings = stress_conventions(frames, physics_stress(model, frames), alpha)
+    findings = conventions.check(model, frames, alpha)
 
     def scored(ev, deflate_energy, fitted, rounds=0):
         t = _table(ev, frames, alpha, robust, extra, deflate_energy=deflate_energy)
