@@ -240,9 +240,10 @@ class SparseGP(BaseEstimator):
         kernelpot.io.validation.DataWarning
             One warning listing :func:`kernelpot.validate`'s warnings (a
             stress of 500 GPa, energy and free_energy that differ, ...); and
-            one per config_type whose stress labels match the stress its
-            energies and forces imply only in another convention (shear
-            order, sign, unit: :mod:`kernelpot.gp.conventions`).
+            one per config_type whose energies match what its forces imply,
+            or whose stress matches what its energies and forces imply, only
+            in another convention (unit, sign, shear order:
+            :mod:`kernelpot.gp.conventions`).
         RuntimeWarning
             A learned noise comparable to its labels (the fit explains little
             of them), hyperparameters at their bounds.
