@@ -151,3 +151,63 @@ def test_energies_from_forces_follow_the_labels_up_to_a_constant(clean_model, cl
 
 def test_clean_data_have_no_energy_finding(clean_model, clean):
     assert [f for f in check(clean_model, clean) if f.label == "energy"] == []
+
+
+def _fixed_volume(n, seed, group, rattle=0.15):
+    """Rattled copper at one volume (strain 0.2 %): shear stress from the rattle alone, a volume derivative the
+    energies cannot pin (the physics' diagonal is off by ~1-10 GPa, its shear right)."""
+    from ase.build import bulk
+    from conftest import label
+    from ase.calculators.emt import EMT
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+        eps = rng.uniform(-0.002, 0.002, (3, 3))
+        a.set_cell(a.cell @ (np.eye(3) + (eps + eps.T) / 2), scale_atoms=True)
+        a.positions += rng.normal(scale=rattle, size=a.positions.shape)
+        a.info["config_type"] = group
+        out.append(label(a, EMT()))
+    return out
+
+
+def test_a_shear_reordering_is_judged_on_the_shear(small_soap):
+    """A fixed-volume MD group with yz and xz exchanged: the diagonal's model error must not hide it (found by a
+    tester: all six components together improved by 1.04x only, the shear by 10^4)."""
+    frames = _fixed_volume(15, 1, "A") + _fixed_volume(15, 2, "B")
+    frames = _relabel_stress(frames, lambda s: s[[0, 1, 2, 4, 3, 5]])
+    model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(frames)
+    found = check(model, frames)
+    assert [(f.group, f.label, f.order) for f in found] == [("B", "stress", ("xz", "yz", "xy"))]
+
+
+def test_a_rotated_frame_is_not_called_a_reordering(clean, small_soap):
+    """Stress written in a frame rotated 90 degrees about z: a reordering fits its shear better, but the converted
+    group still sits far from its physics while the other group matches it, so nothing is named."""
+    R = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+    frames = _relabel_stress(clean, lambda s: full_3x3_to_voigt_6_stress(R @ voigt_6_to_full_3x3_stress(s) @ R.T))
+    model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(frames)
+    assert [f for f in check(model, frames) if f.label == "stress"] == []
+
+
+def test_one_slip_in_every_group_is_one_finding(clean, small_soap):
+    frames = _relabel_stress(_relabel_stress(clean, lambda s: 10.0 * s, "A"), lambda s: 10.0 * s, "B")
+    model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(frames)
+    found = [f for f in check(model, frames) if f.label == "stress"]
+    assert len(found) == 1 and found[0].group == "(all structures)"
+    assert "all structures, in every config_type (16 with stress)" in found[0].message
+    assert "kBar read as GPa" in found[0].convention and list(found[0].frames) == list(range(16))
+
+
+def test_stress_is_checked_when_not_fitted(clean, small_soap):
+    """fit_stress=False: the model's stress is physics already, and the labels are still worth checking."""
+    frames = _relabel_stress(clean, lambda s: -s)
+    model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False, fit_stress=False).fit(frames)
+    assert [(f.group, f.label) for f in check(model, frames)] == [("B", "stress")]
+
+
+def test_groups_of_the_wrong_length():
+    frames = emt_frames(3)
+    with pytest.raises(ValueError, match=r"groups must have one entry per frame \(3\), got 2"):
+        stress_conventions(frames, np.zeros((3, 6)), groups=["a", "b"])

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from kernelpot.io.labels import config_type, frame_labels, is_isolated_atom, is_periodic
+from kernelpot.io.labels import frame_labels, is_isolated_atom, is_periodic
 from kernelpot.io.units import GPA as _GPA, unit_slip as _unit_slip
 
 __all__ = ["ConventionFinding", "check", "energy_conventions", "physics_energy", "physics_stress",
@@ -90,8 +90,12 @@ class ConventionFinding:
         per-species term (energy).
     p_value : float
         Bonferroni-corrected p-value of the likelihood ratio.
+    convention : str
+        The convention found, in words (``"stress in another unit (kBar
+        read as GPa, x10)"``).
     message : str
-        What the finding says, for people.
+        What the finding says, for people: the group, the convention, the
+        evidence.
     """
 
     group: str
@@ -102,6 +106,7 @@ class ConventionFinding:
     rms_as_read: float
     rms_converted: float
     p_value: float
+    convention: str
     message: str
 
     def convert(self, value):
@@ -147,6 +152,25 @@ def _posterior_without(model, frames, kind: str):
                                      post.kappa, post.pair)
 
 
+def _physics(model, frames, energy: bool, stress: bool) -> tuple:
+    """Energies (from forces and stress) and stress (from energies and forces), one descriptor pass."""
+    from kernelpot.gp import assembly
+
+    pe = _posterior_without(model, frames, "energy") if energy else None
+    ps = _posterior_without(model, frames, "stress") if stress else None
+    E = np.full(len(frames), np.nan)
+    S = np.full((len(frames), 6), np.nan)
+    for i, a in enumerate(frames):
+        per = stress and is_periodic(a)
+        feat = assembly.describe(model, a, gradients=False, strain=per)
+        base = model._baseline_compute(a)
+        if energy:
+            E[i] = pe.mean(feat, None, forces=False)["energies"].sum() + base[0]
+        if per:
+            S[i] = ps.mean(feat, a.cell.volume, forces=False, stress=True)["stress"] + base[2]
+    return E, S
+
+
 def physics_stress(model, frames) -> np.ndarray:
     """Stress of each structure predicted from the fitted model's energies and forces alone.
 
@@ -168,16 +192,7 @@ def physics_stress(model, frames) -> np.ndarray:
         model holds them, else assembled again from ``frames`` (a loaded
         model).
     """
-    from kernelpot.gp import assembly
-
-    phys = _posterior_without(model, frames, "stress")
-    out = np.full((len(frames), 6), np.nan)
-    for i, a in enumerate(frames):
-        if not is_periodic(a):
-            continue
-        feat = assembly.describe(model, a, gradients=False, strain=True)
-        out[i] = phys.mean(feat, a.cell.volume, forces=False, stress=True)["stress"] + model._baseline_compute(a)[2]
-    return out
+    return _physics(model, list(frames), False, True)[1]
 
 
 def physics_energy(model, frames) -> np.ndarray:
@@ -201,14 +216,7 @@ def physics_energy(model, frames) -> np.ndarray:
         multiplied by ``1e8`` (statistics as :func:`physics_stress`), plus
         the baseline's energy.
     """
-    from kernelpot.gp import assembly
-
-    phys = _posterior_without(model, frames, "energy")
-    out = np.empty(len(frames))
-    for i, a in enumerate(frames):
-        feat = assembly.describe(model, a)
-        out[i] = phys.mean(feat, None, forces=False)["energies"].sum() + model._baseline_compute(a)[0]
-    return out
+    return _physics(model, list(frames), True, False)[0]
 
 
 def _hint(order: tuple) -> str:
@@ -227,37 +235,32 @@ def _show(comps: tuple, convention: str) -> str:
 
 def _describe(order: tuple, factor: float, c_name: str | None) -> str:
     parts = []
+    if factor != 1.0:
+        parts.append(c_name)
     if order != _SHEAR:
         moved = [f"label {lab} is {phys}" for lab, phys in zip(_SHEAR, order) if lab != phys]
         parts.append("shear components in another order: " + ", ".join(moved) + _hint(order))
-    if factor != 1.0:
-        parts.append(c_name)
     return "stress " + "; and ".join(parts)
 
 
-def _candidates(L: np.ndarray, P: np.ndarray, order: tuple) -> list:
-    """``(sse, order, c, name)`` of labels ``L`` reordered by ``order``: as they are, and scaled by a named factor."""
-    Lp = L.copy()
+def _reorder(L: np.ndarray, order: tuple) -> np.ndarray:
+    """Stress labels (n, 6) with their shear components put where ``order`` says the physics has them."""
+    out = L.copy()
     for k, comp in enumerate(order):
-        Lp[:, 3 + _SHEAR.index(comp)] = L[:, 3 + k]
-    out = [(float(np.sum((Lp - P) ** 2)), order, 1.0, None)]
-    pp, lp = float(np.sum(P * P)), float(np.sum(Lp * P))
-    if pp <= 0:
-        return out
-    c = lp / pp
-    cos = lp / np.sqrt(pp * float(np.sum(Lp * Lp)) + 1e-300)
-    name = None
-    if c < 0 and abs(np.log(-c)) < _SIGN_LOG_TOL:
-        name = "with the opposite sign (pressure-positive, as VASP prints it?)"
-    elif c > 0:
-        slip = _unit_slip("stress", c, cos)
-        name = slip and slip.replace("unit slip (", "in another unit (")
-    else:
-        slip = _unit_slip("stress", -c, -cos)
-        name = slip and slip.replace("unit slip (", "with the opposite sign and in another unit (")
-    if name:
-        out.append((float(np.sum((Lp - c * P) ** 2)), order, c, name))
+        out[:, 3 + _SHEAR.index(comp)] = L[:, 3 + k]
     return out
+
+
+def _named_factor(kind: str, c: float, cos: float) -> str | None:
+    """What a least-squares factor ``label ~ c physics`` names: a sign flip, a unit slip, or nothing."""
+    what = "" if kind == "stress" else "energies "
+    if c < 0 and abs(np.log(-c)) < _SIGN_LOG_TOL and cos < -0.9:
+        return what + ("with the opposite sign (pressure-positive, as VASP prints it?)" if kind == "stress"
+                       else "with the opposite sign")
+    slip = _unit_slip(kind, abs(c), abs(cos)) if abs(cos) >= 0.9 else None
+    if not slip:
+        return None
+    return what + ("with the opposite sign and " if c < 0 else "") + slip.replace("unit slip (", "in another unit (")
 
 
 def _evidence(sse_from: float, sse_to: float, n: int, n_tests: int, alpha: float) -> float | None:
@@ -266,13 +269,41 @@ def _evidence(sse_from: float, sse_to: float, n: int, n_tests: int, alpha: float
     Reported: the new convention explains at least half of the residual sum of
     squares (:data:`MIN_IMPROVEMENT`) and the likelihood ratio
     ``n/2 log(sse_from / sse_to)`` is significant (``chi2(1)``, one degree of
-    freedom per structure: its six components share their model error).
+    freedom per structure: its components share their model error).
     """
     ratio = sse_from / max(sse_to, 1e-300)
     if ratio < MIN_IMPROVEMENT:
         return None
     p = min(1.0, n_tests * float(stats.chi2.sf(n * np.log(ratio), df=1)))
     return p if p < alpha else None
+
+
+def _stress_group(L: np.ndarray, P: np.ndarray, n_tests: int, alpha: float):
+    """``(order, c, name, p)`` of the convention the group's stress labels follow, or None (as read).
+
+    First a factor on all six components (sign, unit); then, with that
+    factor, a reordering of the shear components judged on the shear
+    components alone (a reordering cannot help the diagonal, whose model
+    error would otherwise hide a shear slip of fixed-volume MD).
+    """
+    c, name, p_c = 1.0, None, None
+    pp, lp = float(np.sum(P * P)), float(np.sum(L * P))
+    if pp > 0:
+        cf = lp / pp
+        nm = _named_factor("stress", cf, lp / np.sqrt(pp * float(np.sum(L * L)) + 1e-300))
+        if nm:
+            p_c = _evidence(float(np.sum((L - P) ** 2)), float(np.sum((L - cf * P) ** 2)), len(L), n_tests, alpha)
+            if p_c is not None:
+                c, name = cf, nm
+    sh = slice(3, 6)
+    base = float(np.sum((L[:, sh] - c * P[:, sh]) ** 2))
+    sse = {o: float(np.sum((_reorder(L, o)[:, sh] - c * P[:, sh]) ** 2)) for o in itertools.permutations(_SHEAR)}
+    best = min((o for o in sse if o != _SHEAR), key=sse.get)
+    p_o = _evidence(base, sse[best], len(L), n_tests, alpha)
+    order = best if p_o is not None else _SHEAR
+    if name is None and order == _SHEAR:
+        return None
+    return order, c, name, min(p for p in (p_c, p_o) if p is not None)
 
 
 def stress_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=None) -> list:
@@ -289,12 +320,18 @@ def stress_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
         Family-wise error rate over groups and candidate conventions.
     groups : sequence of str, optional
         Group of each frame (default its ``config_type``; one group when no
-        frame has one).
+        frame has one, ``"(no config_type)"`` for frames without one among
+        frames with).
 
     Returns
     -------
     list of ConventionFinding
         Most significant first; empty when every group reads as written.
+
+    Raises
+    ------
+    ValueError
+        When ``physics`` or ``groups`` does not have one entry per frame.
     """
     frames = list(frames)
     physics = np.asarray(physics, float)
@@ -308,39 +345,79 @@ def stress_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
             labels[i] = lab["stress"]
     ok = np.all(np.isfinite(labels), axis=1) & np.all(np.isfinite(physics), axis=1)
     names = sorted({g for g in groups[ok]}, key=str)
-    perms = list(itertools.permutations(_SHEAR))
-    n_tests = max(1, len(names) * (2 * len(perms) - 1))
-    found = []
+    n_tests = max(1, len(names) * 2)  # a factor and a reordering per group
+    rows = {}
     for g in names:
         idx = np.flatnonzero(ok & (groups == g))
         L, P = labels[idx], physics[idx]
-        sse0 = float(np.sum((L - P) ** 2))
-        if sse0 <= 0:
+        res = _stress_group(L, P, n_tests, alpha) if np.sum((L - P) ** 2) > 0 else None
+        # residual and label size over all components and over the shear ones (GPa)
+        fit = {k: (np.sqrt(np.mean((L[:, c] - P[:, c]) ** 2)) / _GPA, np.sqrt(np.mean(L[:, c] ** 2)) / _GPA)
+               for k, c in (("all", slice(0, 6)), ("shear", slice(3, 6)))}
+        rows[g] = (idx, res, fit, L, P)
+    found = []
+    for g, (idx, res, fit, L, P) in rows.items():
+        if res is None:
             continue
-        cands = [c for order in perms for c in _candidates(L, P, order)]
-        # the simplest explanation first: a factor alone (sign, unit); a reordering of the shear
-        # components only when it explains at least half of what remains, significantly
-        choice = min((c for c in cands if c[1] == _SHEAR), key=lambda c: c[0])
-        perm = min((c for c in cands if c[1] != _SHEAR), key=lambda c: c[0])
-        if _evidence(choice[0], perm[0], len(idx), n_tests, alpha) is not None:
-            choice = perm
-        sse, order, c, name = choice
-        if order == _SHEAR and name is None:
+        order, c, name, p = res
+        conv = _reorder(L, order) / c
+        # a reordering alone is judged on the shear components, whatever the diagonal's model error
+        comp = slice(0, 6) if name else slice(3, 6)
+        key = "all" if name else "shear"
+        rms1 = np.sqrt(np.mean((conv[:, comp] - P[:, comp]) ** 2)) / _GPA
+        others = [r[2][key] for h, r in rows.items() if r[1] is None and h != g]
+        if not _plausible(rms1, np.sqrt(np.mean(conv[:, comp] ** 2)) / _GPA, others, _STRESS_PRECISION):
             continue
-        p = _evidence(sse0, sse, len(idx), n_tests, alpha)
-        if p is None:
-            continue
-        n_comp = L.size
-        rms0 = np.sqrt(sse0 / n_comp) / _GPA
-        rms1 = np.sqrt(sse / n_comp) / _GPA
-        what = _describe(tuple(order), c if name else 1.0, name)
+        rms0, rms1 = fit["all"][0], np.sqrt(np.mean((conv - P) ** 2)) / _GPA
+        what = _describe(order, c, name)
         msg = (f"{_group_name(g)} ({len(idx)} structures with stress): {what}. Against the stress their own "
-               f"energies and forces imply, RMS {rms0:.2f} GPa as read, {rms1:.2f} GPa so (p = {p:.2g}); "
-               "check how this group's stress was written")
-        found.append(ConventionFinding(str(g), idx, "stress", tuple(order), float(c if name else 1.0),
-                                       float(rms0), float(rms1), p, msg))
-    found.sort(key=lambda f: f.p_value)
-    return found
+               f"energies and forces imply, RMS {rms0:.2g} GPa as read, {rms1:.2g} GPa converted "
+               f"(p = {p:.2g}); check how this group's stress was written")
+        found.append(ConventionFinding(str(g), idx, "stress", tuple(order), float(c), float(rms0), float(rms1), p,
+                                       what, msg))
+    return _merge(found, len(rows))
+
+
+#: DFT precision of a label's residual: below it, a converted group is as good as any (GPa, meV/atom)
+_STRESS_PRECISION, _ENERGY_PRECISION = 0.1, 1.0
+#: a finding needs the physics to reproduce the other groups to this fraction of their labels' size, and
+#: its converted residual within this many times theirs (or DFT precision)
+_OTHERS_FIT, _OTHERS_RATIO = 0.5, 3.0
+
+
+def _plausible(rms_converted: float, size_converted: float, others: list, precision: float) -> bool:
+    """Whether a group's converted labels fit the physics about as well as the groups read as written do.
+
+    ``others``: ``(rms as read, label size)`` of the groups without a finding.
+    Without them, the converted residual must be under half the converted
+    labels' size.  With them, the physics must reproduce them
+    (median residual at most half their size: else it is the model, not the
+    labels) and the converted group must come within three times their
+    median residual or DFT precision (a stress written in a rotated frame
+    is not a reordering, however much better the reordering fits).
+    """
+    if not others:
+        return rms_converted <= _OTHERS_FIT * size_converted
+    rms_o = float(np.median([r for r, _ in others]))
+    size_o = float(np.median([s for _, s in others]))
+    return rms_o <= _OTHERS_FIT * size_o and rms_converted <= max(_OTHERS_RATIO * rms_o, precision)
+
+
+def _merge(found: list, n_groups: int) -> list:
+    """One finding for the whole data set when every group has the same one; else most significant first."""
+    if n_groups > 1 and len(found) == n_groups and len({f.convention for f in found}) == 1:
+        f0 = found[0]
+        frames = np.sort(np.concatenate([f.frames for f in found]))
+        w = [len(f.frames) for f in found]
+        rms0 = float(np.sqrt(np.average([f.rms_as_read ** 2 for f in found], weights=w)))
+        rms1 = float(np.sqrt(np.average([f.rms_converted ** 2 for f in found], weights=w)))
+        p = min(f.p_value for f in found)
+        unit = "GPa" if f0.label == "stress" else "meV/atom"
+        msg = (f"all structures, in every config_type ({len(frames)} with {f0.label}): {f0.convention}. "
+               f"Against what their own physics implies, RMS {rms0:.3g} {unit} as read, {rms1:.3g} {unit} "
+               f"converted (p = {p:.2g}); check how the {f0.label} labels were written")
+        return [ConventionFinding(_ALL, frames, f0.label, f0.order, f0.factor, rms0, rms1, p, f0.convention, msg)]
+    return sorted(found, key=lambda f: f.p_value)
 
 
 def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=None) -> list:
@@ -353,7 +430,8 @@ def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
     when ``c`` is a known energy unit ratio (Hartree, Rydberg, kcal/mol,
     kJ/mol per eV) or ``-1``, with a cosine of at least 0.9 between the two.
     Reported under the rule of :func:`stress_conventions` (halves the residual
-    sum of squares, significant with one degree of freedom per structure).
+    sum of squares, significant with one degree of freedom per structure,
+    and plausible against the other groups).
 
     Parameters
     ----------
@@ -372,6 +450,11 @@ def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
     list of ConventionFinding
         ``label="energy"``, ``order=()``; RMS in meV/atom after the
         per-species term is removed.
+
+    Raises
+    ------
+    ValueError
+        When ``physics`` or ``groups`` does not have one entry per frame.
     """
     frames = list(frames)
     physics = np.asarray(physics, float)
@@ -385,7 +468,7 @@ def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
             E[i] = lab["energy"]
     ok = np.isfinite(E) & np.isfinite(physics)
     names = sorted({g for g in groups[ok]}, key=str)
-    found = []
+    rows = {}
     for g in names:
         idx = np.flatnonzero(ok & (groups == g))
         n_at = np.array([len(frames[i]) for i in idx], float)
@@ -398,38 +481,40 @@ def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
         Q = Q[:, :rank]
         L, P = E[idx] / n_at, physics[idx] / n_at
         L, P = L - Q @ (Q.T @ L), P - Q @ (Q.T @ P)
-        sse0 = float(L @ L - 2 * L @ P + P @ P)
+        sse0 = float(np.sum((L - P) ** 2))
         pp, ll, lp = float(P @ P), float(L @ L), float(L @ P)
-        if sse0 <= 0 or pp <= 0 or ll <= 0:
+        res = None
+        if sse0 > 0 and pp > 0 and ll > 0:
+            c = lp / pp
+            name = _named_factor("energy", c, lp / np.sqrt(pp * ll))
+            p = name and _evidence(sse0, float(np.sum((L - c * P) ** 2)), len(idx), max(1, len(names)), alpha)
+            res = (c, name, p) if p is not None and name else None
+        rows[g] = (idx, res, 1e3 * np.sqrt(sse0 / len(idx)), 1e3 * np.sqrt(ll / len(idx)), L, P)
+    found = []
+    for g, (idx, res, rms0, size, L, P) in rows.items():
+        if res is None:
             continue
-        c, cos = lp / pp, lp / np.sqrt(pp * ll)
-        if c < 0 and abs(np.log(-c)) < _SIGN_LOG_TOL and cos < -0.9:
-            what = "energies with the opposite sign"
-        else:
-            slip = _unit_slip("energy", c, cos) if cos >= 0.9 else None
-            if not slip:
-                continue
-            what = "energies " + slip.replace("unit slip (", "in another unit (")
-        sse = float(np.sum((L - c * P) ** 2))
-        p = _evidence(sse0, sse, len(idx), max(1, len(names)), alpha)
-        if p is None:
+        c, what, p = res
+        rms1 = 1e3 * np.sqrt(np.mean((L / c - P) ** 2))
+        if not _plausible(rms1, size / abs(c), [(r[2], r[3]) for h, r in rows.items() if r[1] is None and h != g],
+                          _ENERGY_PRECISION):
             continue
-        rms0, rms1 = 1e3 * np.sqrt(sse0 / len(idx)), 1e3 * np.sqrt(sse / len(idx))
         msg = (f"{_group_name(g)} ({len(idx)} structures with energy): {what}. Against the energies their own "
                f"forces imply (up to one constant per species), RMS {rms0:.3g} meV/atom as read, {rms1:.3g} "
-               f"meV/atom so (p = {p:.2g}); check how this group's energies were written")
-        found.append(ConventionFinding(str(g), idx, "energy", (), float(c), float(rms0), float(rms1), p, msg))
-    found.sort(key=lambda f: f.p_value)
-    return found
+               f"meV/atom converted (p = {p:.2g}); check how this group's energies were written")
+        found.append(ConventionFinding(str(g), idx, "energy", (), float(c), float(rms0), float(rms1), p, what, msg))
+    return _merge(found, len(rows))
 
 
 def check(model, frames, alpha: float = 0.05) -> list:
     """Every whole-group convention check the fitted model's data allow, most significant first.
 
     Energies (:func:`energy_conventions`) when forces were fitted and at least
-    three structures carry an energy; stress (:func:`stress_conventions`)
-    when stress was fitted and at least three periodic structures carry one.
-    Used by :meth:`SparseGP.fit` (a ``DataWarning`` per finding) and
+    three structures carry an energy and forces; stress
+    (:func:`stress_conventions`) when at least three periodic structures
+    carry one (also when the model was fitted without stress: its stress is
+    then physics already).  One descriptor pass for both.  Used by
+    :meth:`SparseGP.fit` (a ``DataWarning`` per finding) and
     :func:`kernelpot.screen` (``ScreenTable.findings``).
 
     Returns
@@ -438,19 +523,23 @@ def check(model, frames, alpha: float = 0.05) -> list:
         ``frames`` indices refer to ``frames``.
     """
     frames = list(frames)
-    found = []
     labels = [frame_labels(a, i) for i, a in enumerate(frames)]
-    if getattr(model, "fit_forces", True):
-        have = [i for i, (a, lab) in enumerate(zip(frames, labels))
-                if "energy" in lab and "forces" in lab and not is_isolated_atom(a)]
-        if len(have) >= _MIN_FRAMES:
-            found += _reindex(energy_conventions([frames[i] for i in have],
-                                                 physics_energy(model, [frames[i] for i in have]), alpha), have)
-    if getattr(model, "fit_stress", True):
-        have = [i for i, (a, lab) in enumerate(zip(frames, labels)) if "stress" in lab and is_periodic(a)]
-        if len(have) >= _MIN_FRAMES:
-            found += _reindex(stress_conventions([frames[i] for i in have],
-                                                 physics_stress(model, [frames[i] for i in have]), alpha), have)
+    he = [i for i, (a, lab) in enumerate(zip(frames, labels))
+          if "energy" in lab and "forces" in lab and not is_isolated_atom(a)]
+    if not getattr(model, "fit_forces", True):
+        he = []
+    hs = [i for i, (a, lab) in enumerate(zip(frames, labels)) if "stress" in lab and is_periodic(a)]
+    do_e, do_s = len(he) >= _MIN_FRAMES, len(hs) >= _MIN_FRAMES
+    if not (do_e or do_s):
+        return []
+    use = sorted(set(he if do_e else []) | set(hs if do_s else []))
+    E, S = _physics(model, [frames[i] for i in use], do_e, do_s)
+    pos = {i: k for k, i in enumerate(use)}
+    found = []
+    if do_e:
+        found += _reindex(energy_conventions([frames[i] for i in he], E[[pos[i] for i in he]], alpha), he)
+    if do_s:
+        found += _reindex(stress_conventions([frames[i] for i in hs], S[[pos[i] for i in hs]], alpha), hs)
     return sorted(found, key=lambda f: f.p_value)
 
 
@@ -463,9 +552,14 @@ def _reindex(found: list, have: list) -> list:
 def _groups(frames, groups) -> np.ndarray:
     if groups is None:
         has_ct = any("config_type" in a.info for a in frames)
-        groups = [config_type(a) if has_ct else _ALL for a in frames]
+        groups = [str(a.info.get("config_type", _NONE)) if has_ct else _ALL for a in frames]
+    if len(groups) != len(frames):
+        raise ValueError(f"groups must have one entry per frame ({len(frames)}), got {len(groups)}")
     return np.asarray(groups, dtype=object)
 
 
+_NONE = "(no config_type)"
+
+
 def _group_name(g) -> str:
-    return "all structures" if g == _ALL else f"config_type {g!r}"
+    return {_ALL: "all structures", _NONE: "structures without a config_type"}.get(g, f"config_type {g!r}")

@@ -26,7 +26,8 @@ UNIT_FACTORS = {
                BOHR: "eV/Bohr read as eV/Å", 1 / BOHR: "eV/Å read as eV/Bohr",
                _KCAL: "kcal/mol/Å read as eV/Å", 1 / _KCAL: "eV/Å read as kcal/mol/Å"},
     "stress": {10.0: "kBar read as GPa", 0.1: "GPa read as kBar", 160.21766: "eV/Å^3 read as GPa",
-               1 / 160.21766: "GPa read as eV/Å^3"},
+               1 / 160.21766: "GPa read as eV/Å^3", 1602.1766: "kBar read as eV/Å^3",
+               1 / 1602.1766: "eV/Å^3 read as kBar", 1e4: "bar read as GPa", 1e3: "bar read as kBar"},
 }
 
 
