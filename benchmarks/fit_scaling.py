@@ -45,7 +45,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 TRAIN = DATA / "mlearn" / "Si" / "training.json"
-PHASE_ORDER = ("descriptors", "sparse selection", "assembly", "hyperparameters", "calibration (LOO)")
+PHASE_ORDER = ("descriptors", "sparse selection", "assembly", "hyperparameters", "label conventions",
+               "calibration (LOO)")
 PHASE_RE = re.compile(r"^kernelpot: (?P<name>\S.*?)\s+(?P<s>\d+(?:\.\d*)?) s(?:  \(.*\))?\s*$")
 FULL = {"sizes": (25, 54, 107, 214), "m_fixed": 1000, "sparse": (250, 500, 1000, 2000)}
 QUICK = {"sizes": (10, 20), "m_fixed": 100, "sparse": (50, 100)}
