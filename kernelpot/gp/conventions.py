@@ -173,6 +173,7 @@ def _physics(model, frames, energy: bool, stress: bool) -> tuple:
     set of relaxed structures at one volume leaves dE/dV open).
     """
     from kernelpot.gp import assembly
+    from kernelpot.gp.variance import prior_stress_var
 
     pe = _posterior_without(model, frames, "energy") if energy else None
     ps = _posterior_without(model, frames, "stress") if stress else None
@@ -188,7 +189,8 @@ def _physics(model, frames, energy: bool, stress: bool) -> tuple:
         if per:
             vol = a.cell.volume
             S[i] = ps.mean(feat, vol, forces=False, stress=True)["stress"] + base[2]
-            S_std[i] = np.sqrt(ps.latent_variances(feat, vol, forces=False, stress=True)["stress"][0])
+            rows = ps.design(feat, vol, forces=False, stress=True)["stress"]
+            S_std[i] = np.sqrt(ps.latent_variance(rows, prior_stress_var(feat, ps.zeta, vol)))
     return E, S, S_std
 
 
