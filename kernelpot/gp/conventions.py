@@ -395,10 +395,7 @@ def stress_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
     ValueError
         When ``physics`` or ``groups`` does not have one entry per frame.
     """
-    frames = list(frames)
-    physics = np.asarray(physics, float)
-    if physics.shape != (len(frames), 6):
-        raise ValueError(f"physics must have shape ({len(frames)}, 6), got {physics.shape}")
+    frames, physics = _inputs(frames, physics, (6,))
     if physics_std is not None:
         physics_std = np.asarray(physics_std, float)
         if physics_std.shape != physics.shape:
@@ -532,10 +529,7 @@ def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
     ValueError
         When ``physics`` or ``groups`` does not have one entry per frame.
     """
-    frames = list(frames)
-    physics = np.asarray(physics, float)
-    if physics.shape != (len(frames),):
-        raise ValueError(f"physics must have shape ({len(frames)},), got {physics.shape}")
+    frames, physics = _inputs(frames, physics, ())
     groups = _groups(frames, groups)
     E = np.full(len(frames), np.nan)
     for i, a in enumerate(frames):
@@ -620,6 +614,15 @@ def check(model, frames, alpha: float = 0.05) -> list:
         k = [pos[i] for i in hs]
         found += _reindex(stress_conventions([frames[i] for i in hs], S[k], alpha, physics_std=S_std[k]), hs)
     return sorted(found, key=lambda f: f.p_value)
+
+
+def _inputs(frames, physics, tail: tuple) -> tuple:
+    """``frames`` as a list and ``physics`` as an array of shape ``(n_frames, *tail)`` (ValueError otherwise)."""
+    frames = list(frames)
+    physics = np.asarray(physics, float)
+    if physics.shape != (len(frames), *tail):
+        raise ValueError(f"physics must have shape {(len(frames), *tail)}, got {physics.shape}")
+    return frames, physics
 
 
 def _reindex(found: list, have: list) -> list:
