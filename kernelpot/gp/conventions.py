@@ -180,17 +180,19 @@ def _physics(model, frames, energy: bool, stress: bool) -> tuple:
     E = np.full(len(frames), np.nan)
     S = np.full((len(frames), 6), np.nan)
     S_std = np.full((len(frames), 6), np.nan)
+    post = pe if energy else ps
     for i, a in enumerate(frames):
         per = stress and is_periodic(a)
         feat = assembly.describe(model, a, gradients=False, strain=per)
         base = model._baseline_compute(a)
+        vol = a.cell.volume if per else None
+        # one set of design rows for both posteriors: they share the sparse set and differ in weights
+        d = post.design(feat, vol, forces=False, stress=per)
         if energy:
-            E[i] = pe.mean(feat, None, forces=False)["energies"].sum() + base[0]
+            E[i] = pe.mean_from_design(d, a.numbers)["energies"].sum() + base[0]
         if per:
-            vol = a.cell.volume
-            S[i] = ps.mean(feat, vol, forces=False, stress=True)["stress"] + base[2]
-            rows = ps.design(feat, vol, forces=False, stress=True)["stress"]
-            S_std[i] = np.sqrt(ps.latent_variance(rows, prior_stress_var(feat, ps.zeta, vol)))
+            S[i] = ps.mean_from_design(d, a.numbers)["stress"] + base[2]
+            S_std[i] = np.sqrt(ps.latent_variance(d["stress"], prior_stress_var(feat, ps.zeta, vol)))
     return E, S, S_std
 
 
