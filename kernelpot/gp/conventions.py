@@ -604,7 +604,9 @@ def check(model, frames, alpha: float = 0.05) -> list:
     three structures carry an energy and forces; stress
     (:func:`stress_conventions`) when at least three periodic structures
     carry one (also when the model was fitted without stress: its stress is
-    then physics already).  One descriptor pass for both.  Used by
+    then physics already).  One descriptor pass for both means, and one
+    more over the groups with a candidate stress finding, for the physics'
+    std.  Used by
     :meth:`SparseGP.fit` (a ``DataWarning`` per finding) and
     :func:`kernelpot.screen` (``ScreenTable.findings``).
 
