@@ -65,6 +65,8 @@ __all__ = ["ConventionFinding", "check", "energy_conventions", "physics_energy",
 
 #: a convention is reported when it at least halves the group's residual sum of squares
 MIN_IMPROVEMENT = 2.0
+#: family-wise error rate of :func:`check` by default (the fit's own check uses it)
+ALPHA = 0.05
 #: a group is judged only where its physics is pinned: residual as read at least this many times the
 #: physics' own epistemic std (relaxed cells at one volume leave dE/dV, so the stress, open)
 _MIN_Z = 3.0
@@ -130,22 +132,26 @@ class ConventionFinding:
         """
         if self.label == "energy":
             return float(value) / self.factor
-        s = np.array(value, dtype=float)
-        out = s.copy()
-        for k, comp in enumerate(self.order):
-            out[3 + _SHEAR.index(comp)] = s[3 + k]
-        return out / self.factor
+        return _reorder(np.atleast_2d(np.asarray(value, dtype=float)), self.order)[0] / self.factor
 
 
-def _posterior_without(model, frames, kind: str):
-    """The fitted posterior with every ``kind`` observation's noise multiplied by ``_DROP`` (no weight).
+def _statistics(model, frames):
+    """The fit's whitened statistics: kept by a model fitted in this session, else assembled from ``frames``.
 
-    The sparse set, ``delta`` and the other noises stay as fitted.  The
-    statistics of the fit are reused when the model holds them, else
-    assembled again from ``frames`` (a loaded model).
+    ``frames`` must then be the model's training frames, all of them (a
+    loaded model does not store its statistics).
     """
     from kernelpot.gp import assembly
-    from kernelpot.gp.likelihood import GroupStats
+
+    st = getattr(model, "_stats", None)
+    return st if st is not None else assembly.accumulate(model, frames, assembly.labels_in_groups(model, frames))
+
+
+def _posterior_without(model, stats, kind: str):
+    """The fitted posterior with every ``kind`` observation's noise multiplied by ``_DROP`` (no weight).
+
+    The sparse set, ``delta`` and the other noises stay as fitted.
+    """
     from kernelpot.gp.posterior import Posterior
 
     post = model.posterior_
@@ -155,49 +161,42 @@ def _posterior_without(model, frames, kind: str):
             theta[1 + k] += np.log(_DROP)
     if np.array_equal(theta, model.theta_):
         return post
-    st = getattr(model, "_stats", None)
-    if st is None:
-        labels = assembly.labels_in_groups(model, frames)
-        st = GroupStats.empty(model.noise_groups_, assembly.n_columns(model))
-        for a, lab in zip(frames, labels):
-            assembly.add_frame(model, st, a, lab)
-    return Posterior.from_statistics(theta, st, post.sparse, post.zeta, post.Kmm, post.Lmm, post.offset_species,
+    return Posterior.from_statistics(theta, stats, post.sparse, post.zeta, post.Kmm, post.Lmm, post.offset_species,
                                      post.kappa, post.pair)
 
 
-def _physics(model, frames, energy: bool, stress: bool) -> tuple:
-    """Energies (from forces and stress) and stress (from energies and forces) of each frame, one descriptor pass.
+def _physics(model, frames, pe=None, ps=None) -> tuple:
+    """Energies from posterior ``pe`` (without energies) and stress from ``ps`` (without stress), one descriptor pass.
 
-    Means only, contracted with the weights (no design rows).
+    Means only, contracted with the weights (no design rows).  NaN where a
+    posterior is None or (stress) the structure is not periodic.
     """
     from kernelpot.gp import assembly
 
-    pe = _posterior_without(model, frames, "energy") if energy else None
-    ps = _posterior_without(model, frames, "stress") if stress else None
     E = np.full(len(frames), np.nan)
     S = np.full((len(frames), 6), np.nan)
     for i, a in enumerate(frames):
-        per = stress and is_periodic(a)
+        per = ps is not None and is_periodic(a)
         feat = assembly.describe(model, a, gradients=False, strain=per)
         base = model._baseline_compute(a)
-        if energy:
+        if pe is not None:
             E[i] = pe.mean(feat, None, forces=False)["energies"].sum() + base[0]
         if per:
             S[i] = ps.mean(feat, a.cell.volume, forces=False, stress=True)["stress"] + base[2]
     return E, S
 
 
-def _stress_std(model, frames) -> np.ndarray:
-    """Epistemic std (n_frames, 6) of the stress without the stress observations: how well energies and forces pin it.
+def _stress_std(model, frames, ps) -> np.ndarray:
+    """Epistemic std (n_frames, 6) of the stress under ``ps`` (without the stress observations).
 
-    A set of relaxed structures at one volume leaves dE/dV open.  Needs each
-    structure's stress design rows, so :func:`check` asks for it only where
-    a group has a candidate finding.
+    How well energies and forces pin the stress: a set of relaxed structures
+    at one volume leaves dE/dV open.  Needs each structure's stress design
+    rows, so :func:`check` asks for it only where a group has a candidate
+    finding.
     """
     from kernelpot.gp import assembly
     from kernelpot.gp.variance import prior_stress_var
 
-    ps = _posterior_without(model, frames, "stress")
     out = np.zeros((len(frames), 6))
     # the rows of up to 256 structures in one pair of triangular solves (six at a time read L from
     # memory for every structure: half the check's time on mlearn Si)
@@ -232,9 +231,10 @@ def physics_stress(model, frames) -> np.ndarray:
         ``delta`` and the energy and force noises as fitted), plus the
         baseline's stress.  The statistics of the fit are reused when the
         model holds them, else assembled again from ``frames`` (a loaded
-        model).
+        model: pass all its training frames).
     """
-    return _physics(model, list(frames), False, True)[1]
+    frames = list(frames)
+    return _physics(model, frames, ps=_posterior_without(model, _statistics(model, frames), "stress"))[1]
 
 
 def physics_energy(model, frames) -> np.ndarray:
@@ -258,7 +258,8 @@ def physics_energy(model, frames) -> np.ndarray:
         multiplied by ``1e8`` (statistics as :func:`physics_stress`), plus
         the baseline's energy.
     """
-    return _physics(model, list(frames), True, False)[0]
+    frames = list(frames)
+    return _physics(model, frames, pe=_posterior_without(model, _statistics(model, frames), "energy"))[0]
 
 
 def _hint(order: tuple) -> str:
@@ -448,9 +449,9 @@ def stress_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
         key = "all" if name else "shear"
         if physics_std is not None and fit[key][0] * _GPA < _MIN_Z * np.sqrt(np.mean(physics_std[idx][:, comp] ** 2)):
             continue
-        rms1 = np.sqrt(np.mean((conv[:, comp] - P[:, comp]) ** 2)) / _GPA
+        judged = np.sqrt(np.mean((conv[:, comp] - P[:, comp]) ** 2)) / _GPA
         others = [r[2][key] for h, r in rows.items() if r[1] is None and h != g]
-        if not _plausible(rms1, np.sqrt(np.mean(conv[:, comp] ** 2)) / _GPA, others, _STRESS_PRECISION):
+        if not _plausible(judged, np.sqrt(np.mean(conv[:, comp] ** 2)) / _GPA, others, _STRESS_PRECISION):
             continue
         rms0, rms1 = fit["all"][0], np.sqrt(np.mean((conv - P) ** 2)) / _GPA
         what = _describe(order, c, name)
@@ -597,7 +598,7 @@ def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
     return _merge(found, len(rows))
 
 
-def check(model, frames, alpha: float = 0.05) -> list:
+def check(model, frames, alpha: float = ALPHA) -> list:
     """Every whole-group convention check the fitted model's data allow, most significant first.
 
     Energies (:func:`energy_conventions`) when forces were fitted and at least
@@ -626,7 +627,11 @@ def check(model, frames, alpha: float = 0.05) -> list:
     if not (do_e or do_s):
         return []
     use = sorted(set(he if do_e else []) | set(hs if do_s else []))
-    E, S = _physics(model, [frames[i] for i in use], do_e, do_s)
+    # the statistics from every frame (a loaded model's are assembled again), each posterior once
+    st = _statistics(model, frames)
+    pe = _posterior_without(model, st, "energy") if do_e else None
+    ps = _posterior_without(model, st, "stress") if do_s else None
+    E, S = _physics(model, [frames[i] for i in use], pe, ps)
     pos = {i: k for k, i in enumerate(use)}
     found = []
     if do_e:
@@ -639,7 +644,7 @@ def check(model, frames, alpha: float = 0.05) -> list:
         if prelim:
             need = np.unique(np.concatenate([f.frames for f in prelim]))
             std = np.full_like(Ss, np.inf)
-            std[need] = _stress_std(model, [sub[j] for j in need])
+            std[need] = _stress_std(model, [sub[j] for j in need], ps)
             found += _reindex(stress_conventions(sub, Ss, alpha, physics_std=std), hs)
     return sorted(found, key=lambda f: f.p_value)
 

@@ -66,7 +66,7 @@ class SparseSet:
             yield int(Z), int(a), int(b)
 
 
-def _force_rows(out: np.ndarray, pg, pc, pn, mask, S: np.ndarray, coeff: np.ndarray, n: int) -> None:
+def _force_rows(out: np.ndarray, pg, pc, pn, mask, S: np.ndarray, coeff: np.ndarray) -> None:
     """Subtract from ``out`` (n, 3, m) each pair's ``coeff[centre] * (dx_centre/dr_neighbour . S^T)``.
 
     Summed per neighbour (the atom whose force the row is).
@@ -78,6 +78,7 @@ def _force_rows(out: np.ndarray, pg, pc, pn, mask, S: np.ndarray, coeff: np.ndar
     version that scattered one large block through a sparse matrix spent ~20 %
     over it.
     """
+    n = out.shape[0]
     sel = np.flatnonzero(mask)
     sel = sel[np.argsort(pn[sel], kind="stable")]
     bounds = np.searchsorted(pn[sel], np.arange(n + 1))
@@ -150,7 +151,7 @@ def frame_design(feat, sparse: SparseSet, zeta: float, volume: float | None,
         coeff = np.zeros((n, b - a))
         coeff[idx] = dot_kernel_coeff(D, zeta)
         if forces:
-            _force_rows(f_rows[:, :, a:b], pg, pc, pn, Z[pc] == z, S, coeff, n)
+            _force_rows(f_rows[:, :, a:b], pg, pc, pn, Z[pc] == z, S, coeff)
         if stress:
             # one 2-D GEMM: numpy's batched 3-D matmul does not use BLAS and was 20x slower
             sg = feat.strain_grad[idx]

@@ -144,6 +144,11 @@ class SparseGP(BaseEstimator):
     ----------
     pair_ : kernelpot.gp.twobody.PairTerm or None
         The fitted two-body term (its ``scale`` is the learned relative scale).
+    conventions_ : list of kernelpot.gp.conventions.ConventionFinding or None
+        Whole config_types whose energy or stress labels follow another
+        convention than their physics (warned about at fit; reused by
+        :func:`kernelpot.screen`); None when the fit checked nothing.  Not
+        saved with the model; ``update`` and ``refit`` drop it.
 
     Examples
     --------
@@ -312,7 +317,8 @@ class SparseGP(BaseEstimator):
         self._solve(theta)
         _warn_unlearned(self, frames, labels)
         t = assembly.phase(self.verbose, "hyperparameters", t)
-        if _warn_conventions(self, frames):
+        self.conventions_ = _warn_conventions(self, frames)
+        if self.conventions_ is not None:
             t = assembly.phase(self.verbose, "label conventions", t)
         self.std_weights_ = {}
         self.__dict__.pop("training_diagnostics_", None)
@@ -415,6 +421,7 @@ class SparseGP(BaseEstimator):
         self._stats = stats
         self._train_frames = frames
         self.__dict__.pop("training_diagnostics_", None)
+        self.__dict__.pop("conventions_", None)
         self._optimize_or_keep(optimize)
         return self
 
@@ -438,6 +445,7 @@ class SparseGP(BaseEstimator):
             assembly.add_frame(self, self._stats, a, lab)
         self._train_frames = list(self._train_frames) + frames
         self.__dict__.pop("training_diagnostics_", None)
+        self.__dict__.pop("conventions_", None)
         self._optimize_or_keep(optimize)
         return self
 
@@ -972,21 +980,23 @@ def _warn_unlearned(model, frames, labels):
                               RuntimeWarning, stacklevel=3)
 
 
-def _warn_conventions(model, frames) -> bool:
+def _warn_conventions(model, frames) -> list | None:
     """Warn for each group whose energy or stress labels follow another convention than their physics.
 
     :func:`kernelpot.gp.conventions.check`: energies against what the forces
     imply, stress against what energies and forces imply; a unit, sign or
     shear order shared by a whole config_type is invisible in any
-    per-structure residual.  Returns whether there was anything to check.
+    per-structure residual.  Returns the findings (``model.conventions_``,
+    which :func:`kernelpot.screen` reuses), or None when nothing was checked.
     """
     from kernelpot.gp.conventions import check
     if not (model.fit_forces or model.fit_stress):
-        return False
-    for f in check(model, frames):
+        return None
+    found = check(model, frames)
+    for f in found:
         warnings.warn(f"fit: {f.message} (frames {_list(f.frames)}; kernelpot.screen lists it too)",
                       DataWarning, stacklevel=3)
-    return True
+    return found
 
 
 def _warn_unseparable(A, species):

@@ -614,11 +614,15 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
             raise ValueError(f"frames has {len(frames)} structures but the model was fitted on "
                              f"{len(known)}; pass the training frames in training order")
     n = len(frames)
-    diag = getattr(model, "training_diagnostics_", None)
-    if diag is None or known is None or any(a is not b for a, b in zip(frames, known)):
+    own = known is not None and all(a is b for a, b in zip(frames, known))  # the model's own training frames
+    diag = getattr(model, "training_diagnostics_", None) if own else None
+    if diag is None:
         diag = leave_one_out(model, frames)
     extra = _physics(model, frames, diag, duplicate_tol)
-    findings = conventions.check(model, frames, alpha)
+    # the fit's own whole-group check when it saw these frames at this alpha, else the check again
+    findings = getattr(model, "conventions_", None) if own and alpha == conventions.ALPHA else None
+    if findings is None:
+        findings = conventions.check(model, frames, alpha)
 
     def scored(ev, deflate_energy, fitted, rounds=0):
         t = _table(ev, frames, alpha, robust, extra, deflate_energy=deflate_energy)
