@@ -137,8 +137,8 @@ def test_table_sorted_and_p_values_follow_the_documented_rule(dirty_table, dirty
         nu = sc[f"{kind}_dof"]
         return stats.norm.sf(x) if np.isinf(nu) else stats.t.sf(x, nu)
 
-    # the combined p is (number of tests) x the smallest: at most T x each test's p, equal for the worst;
-    # the energy tests are reproducible from the printed columns (one config_type: global scales)
+    # the combined p is Sidak's 1 - (1 - p_min)^T: at most T x each test's p, equal to Sidak's formula for
+    # the worst; the energy tests are reproducible from the printed columns (one config_type: global scales)
     for r in range(n):
         n_tests = 7  # energy, energy_self, forces, net_force, stress, chi2, neighbours (no duplicates)
         p_e = 2 * sf(abs(t["energy_z"][r]), "energy")
@@ -147,7 +147,7 @@ def test_table_sorted_and_p_values_follow_the_documented_rule(dirty_table, dirty
         assert t["p_value"][r] <= min(1.0, n_tests * p_s) * (1 + 1e-6) + 1e-300
         if t["worst"][r] in ("energy", "energy_self"):
             p = p_e if t["worst"][r] == "energy" else p_s
-            assert t["p_value"][r] == pytest.approx(min(1.0, n_tests * p), rel=1e-6, abs=1e-300)
+            assert t["p_value"][r] == pytest.approx(1.0 - (1.0 - p) ** n_tests, rel=1e-6, abs=1e-300)
     # n_atoms, config_type and leverage (trace of the structure's hat block) per row
     assert set(t["config_type"]) == {"rattle"}
     assert np.all(t["n_atoms"] == 8)
@@ -478,6 +478,22 @@ def test_duplicate_force_and_stress_conflicts_against_brute_force(clean, small_s
     # 8 tests for a structure with a duplicate (Bonferroni over them as well)
     assert t["worst"][row[41]] == "duplicate"
     assert np.log(t["p_value"][row[41]]) == pytest.approx(lp_f + np.log(3) + np.log(8), rel=1e-6)
+
+
+def test_sidak_combination_known_values_and_ranking():
+    from kernelpot.uq.screening import _sidak_log
+    p = np.array([1e-300, 1e-20, 1e-6, 0.01, 0.3, 0.9, 1.0, 0.5])
+    t = np.array([8, 8, 8, 8, 8, 8, 8, 0])
+    got = np.exp(_sidak_log(np.log(p), t))
+    # direct formula where double precision resolves it, T p below; no tests: p = 1
+    want = np.where(p > 1e-12, 1.0 - (1.0 - p) ** t, t * p)
+    want[t == 0] = 1.0
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    # never above one, and strictly increasing in p_min: clean structures are ranked, not tied at p = 1
+    assert np.all(got <= 1.0)
+    assert np.all(np.diff(_sidak_log(np.log(p[:6]), t[:6])) > 0)
+    # Bonferroni's T p where it matters
+    assert got[2] == pytest.approx(8e-6, rel=1e-4)
 
 
 def test_neighbour_ratio_known_values_and_invariances():

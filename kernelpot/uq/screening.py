@@ -125,8 +125,11 @@ use):
    leaves the whole cohesive energy as "residual" (thousands of meV/atom),
    which says nothing about the label.
 
-3. Combined (Bonferroni over the tests present): ``p = min(1, T min_t p_t)``,
-   score ``= -log10 p``; flagged when ``p < alpha / n_structures``
+3. Combined (Sidak over the ``T`` tests present): ``p = 1 - (1 - min_t p_t)^T``,
+   ``T min_t p_t`` to within ``O(T p^2)`` where it matters, but continuous below
+   the threshold too, so structures that no test flags are still ranked by
+   their evidence rather than tied at ``p = 1``; score ``= -log10 p``;
+   flagged when ``p < alpha / n_structures``
    (Bonferroni over the training set, so on data that follow the model up to
    a per-config_type miscalibration the chance of any false flag is about
    ``alpha``).
@@ -222,7 +225,7 @@ COLUMNS = {
     "neighbour_ratio": ("", "median nearest-neighbour distance over the pair's covalent radii sum "
                         "(kernelpot.uq.diagnosis.neighbour_ratio; ~1 in any bonded structure)"),
     "worst": ("", "test with the smallest p-value"),
-    "p_value": ("", "combined p-value (Bonferroni over tests)"),
+    "p_value": ("", "combined p-value (Sidak over tests)"),
     "score": ("", "-log10 p_value"),
     "flag": ("", "p_value < alpha / n_structures"),
     "suspect": ("", "flagged: the label the evidence points at (energy, forces, stress, geometry)"),
@@ -278,6 +281,29 @@ def _chi2_logsf(q: float, k: float) -> float:
     if np.isfinite(out):
         return out
     return float((k / 2.0 - 1.0) * np.log(q / 2.0) - q / 2.0 - special.gammaln(k / 2.0))
+
+
+def _sidak_log(logp_min: np.ndarray, n_tests: np.ndarray) -> np.ndarray:
+    """Log of the Sidak-combined p-value ``1 - (1 - p_min)^T`` of the smallest of ``T`` p-values.
+
+    Equal to Bonferroni's ``T p_min`` where it matters (``p_min`` small: the flags), but below one and
+    strictly increasing in ``p_min`` everywhere, so the structures below the threshold are still ranked
+    by their evidence instead of all tying at ``p = 1``.  Computed in log space (finite for any
+    ``p_min``); ``T = 0`` gives ``p = 1``.
+
+    References
+    ----------
+    Z. Sidak, J. Am. Stat. Assoc. 62, 626 (1967).
+    """
+    t = np.maximum(np.asarray(n_tests, float), 1.0)
+    lp = np.minimum(np.asarray(logp_min, float), 0.0)
+    out = lp + np.log(t)  # the small-p limit, exact to O(T p^2)
+    big = lp > -30.0
+    with np.errstate(divide="ignore"):
+        # 1 - (1 - p)^T = -expm1(T log1p(-p)); p = 1 gives log(1) = 0
+        out[big] = np.log(-np.expm1(t[big] * np.log1p(-np.exp(lp[big]))))
+    out[np.asarray(n_tests) == 0] = 0.0
+    return out
 
 
 def _isf_log(logp: np.ndarray) -> np.ndarray:
@@ -1133,8 +1159,7 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     n_tests = np.sum(np.isfinite(logp), axis=1)
     filled = np.where(np.isfinite(logp), logp, np.inf)
     worst = np.argmin(filled, axis=1)
-    logp_comb = np.minimum(np.min(filled, axis=1) + np.log(np.maximum(n_tests, 1)), 0.0)
-    logp_comb[n_tests == 0] = 0.0
+    logp_comb = _sidak_log(np.min(filled, axis=1), n_tests)
     score = -logp_comb / _LN10 + 0.0  # + 0.0 turns -0.0 into 0.0 for printing
     threshold = alpha / n_frames
     flag = logp_comb < np.log(threshold)
