@@ -3,7 +3,7 @@
 import numpy as np
 from ase.build import bulk
 
-from kernelpot.uq.diagnosis import UNIT_FACTORS, diagnose, duplicates
+from kernelpot.uq.diagnosis import UNIT_FACTORS, diagnose, duplicates, force_concentration, moved_atom
 
 rng = np.random.default_rng(0)
 F = rng.normal(size=(16, 3))
@@ -36,6 +36,36 @@ def test_force_kinds():
     assert diagnose("forces", {"forces": noisy}, {"forces": F}, 16).startswith("noisy forces")
     assert diagnose("forces", {"forces": noisy}, {"forces": F}, 16,
                     net_force_significant=True) == "not a gradient (net force)"
+
+
+def test_moved_atom_against_a_reference_shift():
+    """An atom moved after the calculation spoils its energy and the forces on it and a bonded neighbour;
+    a reference shift leaves the forces as they are (EMT on a small molecule: labels of the geometry as
+    computed, "prediction" of a perfect model at the moved one)."""
+    from ase.build import molecule
+    from ase.calculators.emt import EMT
+    a = molecule("CH3CH2OH")
+    a.rattle(0.05, seed=1)
+    a.calc = EMT()
+    lab = {"energy": a.get_potential_energy(), "forces": a.get_forces()}
+    for d in (0.05, 0.1, 0.2):
+        b = a.copy()
+        b.positions[3] += d * np.array([0.6, 0.8, 0.0])
+        b.calc = EMT()
+        pred = {"energy": b.get_potential_energy(), "forces": b.get_forces()}
+        j, share = force_concentration(lab["forces"], pred["forces"])
+        assert j == 3 and share > 0.95
+        assert moved_atom(lab, pred, len(a)) == 3
+    # a reference shift: the forces differ by a model's spread-out error only
+    pred = {"energy": lab["energy"] - 0.2, "forces": lab["forces"] + 0.05 * rng.normal(size=lab["forces"].shape)}
+    assert moved_atom(lab, pred, len(a)) is None
+    assert diagnose("energy", lab, pred, len(a)).startswith("reference shift")
+    # evenly spread residuals: the two largest carry about 2 / n of the total; exact known value
+    j, share = force_concentration(np.zeros((4, 3)), np.array([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 1.0], [1.0, 1.0, 1.0]]))
+    assert j == 1 and share == 7.0 / 9.0
+    # too few atoms, or no forces: no reading
+    assert moved_atom(lab, {"energy": 0.0}, len(a)) is None
+    assert moved_atom({"forces": np.ones((3, 3))}, {"forces": np.zeros((3, 3))}, 3) is None
 
 
 def test_stress_and_geometry_kinds():

@@ -169,7 +169,7 @@ from kernelpot.gp.assembly import note
 from kernelpot.io.labels import _list, config_type, frame_labels, is_isolated_atom
 from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
 from kernelpot.gp import conventions
-from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors, neighbour_ratio, scale_slip
+from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors, moved_atom, neighbour_ratio, scale_slip
 
 __all__ = ["COLUMNS", "ScreenTable", "screen", "robust_scale"]
 
@@ -1281,6 +1281,14 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_te
                            partner=partner.get(g))
         if conflict and suspect[g] != "energy":
             what[g] = "; ".join(filter(None, (what[g], dup_text[g])))
+        # an energy off like a reference shift, but with the force residual on one atom and the neighbour it
+        # pushes: a shift leaves forces untouched, an atom moved after the calculation does not
+        j = moved_atom(labs[g], preds[g], len(frames[g])) if (
+            suspect[g] == "energy" and not conflict and what[g].startswith("reference shift")) else None
+        if j is not None:
+            suspect[g] = "geometry"
+            what[g] = (f"one atom misplaced (atom {j}): the energy off "
+                       f"{what[g][len('reference shift '):]} with the forces on it and a neighbour")
         # significant forces off on one atom alone, not flipped: a machine-written force block rarely
         # has that, an atom moved after the calculation (a mis-wrapped or hand-edited coordinate) does
         # -- and then the energy is off too, often by more decades than the forces
