@@ -133,20 +133,10 @@ def _conventions(model, train):
 
 
 def _convert(frames, found):
-    """Copies of ``frames`` with the stress of each found config_type converted (``ConventionFinding.convert``)."""
-    from ase.calculators.singlepoint import SinglePointCalculator
-    by_group = {f.group: f for f in found}
-    out = []
-    for a in frames:
-        f = by_group.get(str(a.info.get("config_type")))
-        if f is None or a.calc is None or "stress" not in a.calc.results:
-            out.append(a)
-            continue
-        b = a.copy()
-        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=a.get_forces(),
-                                       stress=f.convert(a.get_stress(voigt=True)))
-        out.append(b)
-    return out
+    """Copies of ``frames`` with the label of each found config_type converted (``ConventionFinding.apply``)."""
+    for f in found:
+        frames = f.apply(frames)
+    return frames
 
 
 def _rows(model, frames, label):

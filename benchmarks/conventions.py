@@ -46,7 +46,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.units import GPa
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,18 +84,11 @@ def _has(a, kind):
 
 
 def relabel(frames, group, fn, kind):
-    out = []
-    for a in frames:
-        if a.info.get("config_type") != group or not _has(a, kind):
-            out.append(a)
-            continue
-        b = a.copy()
-        res = {k: v for k, v in a.calc.results.items() if k in ("energy", "forces", "stress")}
-        res[kind] = fn(np.array(res[kind], float).copy()) if kind == "stress" else fn(float(res[kind]))
-        res.pop("free_energy", None)
-        b.calc = SinglePointCalculator(b, **res)
-        out.append(b)
-    return out
+    """Copies of ``frames`` with ``kind`` of every structure of ``group`` replaced by ``fn`` of it."""
+    from kernelpot.io.labels import frame_labels, relabelled
+    return [relabelled(a, **{kind: fn(np.array(frame_labels(a)[kind], float).copy()) if kind == "stress"
+                             else fn(float(frame_labels(a)[kind]))})
+            if a.info.get("config_type") == group and _has(a, kind) else a for a in frames]
 
 
 def _change(frames, idx, fn, kind):

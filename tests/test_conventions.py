@@ -11,7 +11,7 @@ from ase.units import GPa
 from conftest import emt_frames
 from kernelpot import SparseGP
 from kernelpot.gp.posterior import Posterior
-from kernelpot.io.labels import DataWarning
+from kernelpot.io.labels import DataWarning, relabelled
 from kernelpot.gp.conventions import ConventionFinding, check, physics_energy, physics_stress, stress_conventions
 
 
@@ -24,15 +24,8 @@ def _two_groups():
 
 
 def _relabel_stress(frames, fn, group="B"):
-    out = []
-    for a in frames:
-        b = a.copy()
-        s = a.get_stress(voigt=True)
-        if a.info["config_type"] == group:
-            s = fn(s.copy())
-        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=a.get_forces(), stress=s)
-        out.append(b)
-    return out
+    return [relabelled(a, stress=fn(a.get_stress(voigt=True).copy())) if a.info["config_type"] == group else a
+            for a in frames]
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +93,16 @@ def test_a_group_in_another_convention_is_found_and_named(clean, small_soap, sli
     for i in f.frames:
         np.testing.assert_allclose(f.convert(frames[i].get_stress(voigt=True)), clean[i].get_stress(voigt=True),
                                    rtol=0.2 if factor != 1.0 else 1e-12, atol=1e-12)
+    # ... and so does applying the finding to the whole set: its group converted, the other one as it was
+    back = f.apply(frames)
+    for a, b, c in zip(frames, back, clean):
+        if a.info["config_type"] == "B":
+            assert b is not a and b.info == a.info
+            np.testing.assert_allclose(b.get_stress(voigt=True), f.convert(a.get_stress(voigt=True)), rtol=1e-12)
+            np.testing.assert_array_equal(b.get_forces(), a.get_forces())
+            assert b.get_potential_energy() == a.get_potential_energy()
+        else:
+            assert b is a
 
 
 def test_screen_lists_the_group_under_the_table(clean, small_soap):

@@ -268,3 +268,23 @@ def test_shipped_data_has_no_overlaps(name):
         pytest.skip(shared_missing(name))
     frames = kernelpot.read(SHARED / name, index=":40")
     assert [e for k, a in enumerate(frames) for e in structure_errors(a, frame_name(k, a))] == []
+
+
+def test_relabelled_replaces_only_what_it_is_given():
+    from kernelpot.io.labels import relabelled
+    a = bulk("Cu", "fcc", a=3.6, cubic=True)
+    f = np.arange(12.0).reshape(4, 3)
+    s = np.array([1.0, 2, 3, 4, 5, 6]) * 1e-3
+    a.calc = SinglePointCalculator(a, energy=-14.0, free_energy=-14.2, forces=f, stress=s)
+    a.info["config_type"] = "bulk"
+    b = relabelled(a, stress=-s)
+    # the fitted energy is still the free energy; forces kept; stress replaced; the original untouched
+    assert frame_labels(b)["energy"] == -14.2 and b.info == {"config_type": "bulk"} and b.info is not a.info
+    np.testing.assert_array_equal(frame_labels(b)["forces"], f)
+    np.testing.assert_array_equal(frame_labels(b)["stress"], -s)
+    np.testing.assert_array_equal(frame_labels(a)["stress"], s)
+    # a new energy is the energy the fit uses: the free energy it replaces does not come back
+    c = relabelled(a, energy=-13.0)
+    assert frame_labels(c)["energy"] == -13.0 and "free_energy" not in c.calc.results
+    with pytest.raises(ValueError, match="unknown label"):
+        relabelled(a, virial=np.zeros(6))

@@ -134,6 +134,33 @@ class ConventionFinding:
             return float(value) / self.factor
         return _reorder(np.atleast_2d(np.asarray(value, dtype=float)), self.order)[0] / self.factor
 
+    def apply(self, frames) -> list:
+        """Copies of ``frames`` with this label converted (:meth:`convert`) in the finding's group.
+
+        The group is matched by ``config_type`` (every structure for
+        ``"(all structures)"``, those without one for ``"(no config_type)"``), so the same finding converts a test set
+        written the same way.  Structures of other groups or without the
+        label are returned as they are; ``frames`` is not changed.  Whether
+        to convert is the user's call: a finding is evidence about how a file
+        was written, not proof.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+
+        Returns
+        -------
+        list of ase.Atoms
+        """
+        from kernelpot.io.labels import frame_labels, relabelled
+
+        out = []
+        for i, a in enumerate(frames):
+            ours = self.group == _ALL or str(a.info.get("config_type", _NONE)) == self.group
+            lab = frame_labels(a, i) if ours else {}
+            out.append(relabelled(a, **{self.label: self.convert(lab[self.label])}) if self.label in lab else a)
+        return out
+
 
 def _statistics(model, frames):
     """The fit's whitened statistics: kept by a model fitted in this session, else assembled from ``frames``.

@@ -56,7 +56,7 @@ import numpy as np
 __all__ = ["DataWarning", "frame_labels", "training_fingerprint", "same_fingerprint", "parse_labels", "frame_noise",
            "structure_errors", "check_structure", "frame_name", "is_periodic", "is_isolated_atom", "config_type",
            "energy_conflict", "OVERLAP_DISTANCE", "LABEL_UNITS", "overlapping_pairs", "overlap_message",
-           "ENERGY_KEYS", "FORCES_KEYS", "STRESS_KEYS", "VIRIAL_KEYS", "NOISE_KEYS", "looks_like_label"]
+           "ENERGY_KEYS", "FORCES_KEYS", "STRESS_KEYS", "VIRIAL_KEYS", "NOISE_KEYS", "looks_like_label", "relabelled"]
 
 VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
 
@@ -402,6 +402,45 @@ def frame_labels(atoms, index: int | None = None) -> dict:
     if errs:
         raise ValueError("; ".join(errs))
     return out
+
+
+def relabelled(atoms, **labels):
+    """A copy of ``atoms`` with some of its labels replaced, the others kept.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        A labelled frame (labels on its calculator, as :func:`frame_labels` reads them).
+    **labels
+        ``energy`` (eV, total), ``forces`` ((n_atoms, 3), eV/Å) and/or ``stress`` ((6,), eV/Å^3, ASE Voigt).
+
+    Returns
+    -------
+    ase.Atoms
+        A new frame (``info`` copied) whose SinglePointCalculator holds the
+        frame's energy, forces and stress with the given ones replaced.  A new
+        energy replaces ``free_energy`` too (it is the energy the fit uses).
+        ``atoms`` itself is not changed.
+
+    Raises
+    ------
+    ValueError
+        For a key that is not ``energy``, ``forces`` or ``stress``.
+    """
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    unknown = sorted(set(labels) - {"energy", "forces", "stress"})
+    if unknown:
+        raise ValueError(f"relabelled: unknown label(s) {unknown}; give energy, forces or stress")
+    res = {} if atoms.calc is None else {k: v for k, v in atoms.calc.results.items()
+                                         if k in ("energy", "free_energy", "forces", "stress")}
+    if "energy" in labels:
+        res.pop("free_energy", None)
+    res.update({k: (float(v) if k == "energy" else np.array(v, float)) for k, v in labels.items()})
+    b = atoms.copy()
+    b.info = dict(atoms.info)
+    b.calc = SinglePointCalculator(b, **res)
+    return b
 
 
 def _positive(value, what: str, name: str, shape=()) -> np.ndarray:
