@@ -51,7 +51,7 @@ from kernelpot.gp import assembly, hyperparameters
 from kernelpot.gp.calibration import SIGMA_FLOOR, recalibrate
 from kernelpot.gp.hyperparameters import NOISE_FLOOR
 from kernelpot.gp.design import SparseSet, model_kernel
-from kernelpot.gp.likelihood import GroupStats, neg_log_marginal_likelihood
+from kernelpot.gp.likelihood import neg_log_marginal_likelihood
 from kernelpot.gp.group_loo import calibration_groups
 from kernelpot.gp.loo import leave_one_out
 from kernelpot.gp.offsets import OFFSET_KAPPA, composition_matrix, composition_null_space, fit_offsets
@@ -414,11 +414,8 @@ class SparseGP(BaseEstimator):
         """
         self._check_fitted()
         frames = list(frames)
-        labels = assembly.labels_in_groups(self, frames)
-        stats = GroupStats.empty(self.noise_groups_, assembly.n_columns(self))
-        for a, lab in zip(frames, labels):
-            assembly.add_frame(self, stats, a, lab)
-        self._stats = stats
+        # the fit's own assembly (on the Dask client when there is one)
+        self._stats = assembly.accumulate(self, frames, assembly.labels_in_groups(self, frames))
         self._train_frames = frames
         self.__dict__.pop("training_diagnostics_", None)
         self.__dict__.pop("conventions_", None)
