@@ -53,19 +53,36 @@ def test_moved_atom_against_a_reference_shift():
         b.positions[3] += d * np.array([0.6, 0.8, 0.0])
         b.calc = EMT()
         pred = {"energy": b.get_potential_energy(), "forces": b.get_forces()}
-        j, share = force_concentration(lab["forces"], pred["forces"])
-        assert j == 3 and share > 0.95
-        assert moved_atom(lab, pred, len(a)) == 3
+        j, k, share = force_concentration(lab["forces"], pred["forces"])
+        assert j == 3 and share > 0.95 and a.get_distance(j, k) < 1.6      # the moved H and its carbon
+        assert moved_atom(a, lab, pred) == 3
+        # with the forces' uncertainty: off beyond it (z of 10 on the atom) or within it (z of 1)
+        z = np.full((9, 3), 0.3)
+        z[3] = 10.0
+        assert moved_atom(a, lab, pred, z) == 3
+        z[3] = 1.0
+        assert moved_atom(a, lab, pred, z) is None
     # a reference shift: the forces differ by a model's spread-out error only
     pred = {"energy": lab["energy"] - 0.2, "forces": lab["forces"] + 0.05 * rng.normal(size=lab["forces"].shape)}
-    assert moved_atom(lab, pred, len(a)) is None
+    assert moved_atom(a, lab, pred) is None
     assert diagnose("energy", lab, pred, len(a)).startswith("reference shift")
+    # the residual on two atoms far apart is no displacement (ethanol's two H 3 Å apart)
+    far = lab["forces"].copy()
+    far[[5, 8]] += [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]
+    assert a.get_distance(5, 8) > 2.5
+    assert force_concentration(lab["forces"], far)[2] > 0.99 and moved_atom(a, lab, {"forces": far}) is None
     # evenly spread residuals: the two largest carry about 2 / n of the total; exact known value
-    j, share = force_concentration(np.zeros((4, 3)), np.array([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 1.0], [1.0, 1.0, 1.0]]))
-    assert j == 1 and share == 7.0 / 9.0
+    j, k, share = force_concentration(np.zeros((4, 3)), np.array([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 1.0],
+                                                                   [1.0, 1.0, 1.0]]))
+    assert (j, k) == (1, 3) and share == 7.0 / 9.0
     # too few atoms, or no forces: no reading
-    assert moved_atom(lab, {"energy": 0.0}, len(a)) is None
-    assert moved_atom({"forces": np.ones((3, 3))}, {"forces": np.zeros((3, 3))}, 3) is None
+    assert moved_atom(a, lab, {"energy": 0.0}) is None
+    small = molecule("CH4")
+    small.calc = EMT()
+    f = small.get_forces()
+    off = f.copy()
+    off[1] += [0.5, 0.0, 0.0]
+    assert moved_atom(small, {"forces": f}, {"forces": off}) is None
 
 
 def test_stress_and_geometry_kinds():

@@ -494,6 +494,9 @@ def test_sidak_combination_known_values_and_ranking():
     assert np.all(np.diff(_sidak_log(np.log(p[:6]), t[:6])) > 0)
     # Bonferroni's T p where it matters
     assert got[2] == pytest.approx(8e-6, rel=1e-4)
+    # p near one keeps its digits: 1 - (1 - p)^8 for p = 1 - 1e-3 is 1 - 1e-24, log -1e-24, not 0
+    lq = _sidak_log(np.array([np.log1p(-1e-3)]), np.array([8]))[0]
+    assert lq < 0 and lq == pytest.approx(-1e-24, rel=1e-6)
 
 
 def test_neighbour_ratio_known_values_and_invariances():
@@ -572,8 +575,8 @@ def test_moved_hydrogen_is_not_a_reference_shift(small_soap):
     # the evidence: the forces test alone would not flag it, the force residual sits on the H and one neighbour
     assert t["forces_max_z"][r] < 4.0
     rest = SparseGP(descriptor=small_soap, n_sparse=100, verbose=False).fit(frames[:g] + frames[g + 1:])
-    j, share = force_concentration(a.get_forces(), rest.predict_frame(b, return_std=False)["forces"])
-    assert j == h and share > 0.9
+    j, k, share = force_concentration(a.get_forces(), rest.predict_frame(b, return_std=False)["forces"])
+    assert j == h and share > 0.9 and b.get_distance(j, k) < 1.2      # the H and its carbon
     # no clean structure is read as a moved atom
     assert not any(d.startswith("one atom misplaced") for i, d in zip(t["index"], t["diagnosis"]) if i != g)
 

@@ -24,10 +24,11 @@ leave-one-out prediction ``P`` of the same label:
   other's predictions -> swapped labels; a duplicate with another energy ->
   conflicting duplicate;
 * otherwise an energy error is a reference shift (a per-atom constant),
-  unless the force residual sits on one atom and the neighbour it pushes
-  (at least 90 % of it on two atoms): a reference shift leaves the forces
-  untouched, an atom moved after the calculation spoils its energy and those
-  forces together (``geometry``, :func:`moved_atom`);
+  unless the force residual sits on one atom and the bonded neighbour it
+  pushes (at least 90 % of it on the two, the first atom's force off beyond
+  its uncertainty): a reference shift leaves the forces untouched, an atom
+  moved after the calculation spoils its energy and those forces together
+  (``geometry``, :func:`moved_atom`);
 * force residuals concentrated on one or two atoms -> one atom (its sign
   flipped when label and prediction are anti-parallel and of one size, else
   that atom misplaced or its force off); spread over all atoms and
@@ -63,10 +64,18 @@ _ONE_ATOM_SHARE = 0.6
 #: bonded neighbour's (equal and opposite) off together while a reference shift leaves forces untouched
 #: (clean acetylacetone frames: median 0.43, largest 0.78 of 150; one H moved 0.05-0.15 Å: 0.96-0.99)
 _MOVED_ATOM_SHARE = 0.9
+#: ... in at least this many atoms (in fewer, two atoms carry most of any residual by chance: a clean
+#: 6-atom mlearn Li surface cell reached 0.9), the two atoms bonded (within this factor of their
+#: covalent radii's sum), and the moved atom's force off beyond its own uncertainty (chi-square of its
+#: three z-scores at this level: a concentration of residuals that are all within their uncertainty
+#: is no evidence of anything)
+_MOVED_MIN_ATOMS = 8
+_BOND_FACTOR = 1.3
+_MOVED_ALPHA = 0.05
 
 
-def force_concentration(label: np.ndarray, pred: np.ndarray) -> tuple[int, float]:
-    """Atom with the largest force residual and the share of the two largest in the structure's.
+def force_concentration(label: np.ndarray, pred: np.ndarray) -> tuple[int, int, float]:
+    """The two atoms with the largest force residuals and their share of the structure's.
 
     Parameters
     ----------
@@ -75,17 +84,18 @@ def force_concentration(label: np.ndarray, pred: np.ndarray) -> tuple[int, float
 
     Returns
     -------
-    atom : int
-        Index of the atom with the largest ``|label - pred|``.
+    first, second : int
+        Indices of the atoms with the largest and second-largest ``|label - pred|``
+        (``second == first`` for a single atom).
     share : float
-        ``(r_1^2 + r_2^2) / sum_i r_i^2`` of the squared residual norms, largest two first: near one when
+        ``(r_1^2 + r_2^2) / sum_i r_i^2`` of the squared residual norms: near one when
         one atom (and the neighbour its displacement pushes) carries the whole residual, about ``2 / n``
         for residuals spread evenly.  NaN when the residual is zero.
     """
     r2 = np.sum((np.asarray(label, float) - np.asarray(pred, float)) ** 2, axis=1)
     top = np.argsort(r2)[::-1]
     tot = float(r2.sum())
-    return int(top[0]), (float(r2[top[:2]].sum()) / tot if tot > 0 else np.nan)
+    return int(top[0]), int(top[min(1, len(top) - 1)]), (float(r2[top[:2]].sum()) / tot if tot > 0 else np.nan)
 
 
 def _factor(label: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
@@ -98,23 +108,51 @@ def _factor(label: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     return lp / pp, lp / np.sqrt(pp * ll)
 
 
-def moved_atom(labels: dict, pred: dict, n_atoms: int) -> int | None:
+def moved_atom(atoms, labels: dict, pred: dict, z: np.ndarray | None = None) -> int | None:
     """The atom an energy error points at when it was moved after the calculation, else None.
 
-    A wrong energy with the structure's force residual concentrated on one
-    atom and the neighbour its displacement pushes (at least
-    ``_MOVED_ATOM_SHARE`` of it on two atoms, :func:`force_concentration`)
-    reads as a misplaced atom, not as a reference shift, which leaves
-    forces untouched.  Needs more than four atoms and both force labels
-    and their prediction.
+    A wrong energy whose structure's force residual sits on one atom and
+    the bonded neighbour its displacement pushes reads as a misplaced atom,
+    not as a reference shift, which leaves forces untouched.  All of these
+    must hold: at least ``_MOVED_MIN_ATOMS`` atoms; the two largest residuals
+    carry ``_MOVED_ATOM_SHARE`` of it (:func:`force_concentration`); the two
+    atoms are within ``_BOND_FACTOR`` times their covalent radii's sum of
+    each other; and, with ``z``, the first atom's force is off beyond its
+    own uncertainty (``chi2_3`` of its three z-scores at ``_MOVED_ALPHA``).
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        The structure as labelled (its positions, cell and species).
+    labels, pred : dict
+        ``"forces"`` (n_atoms, 3), eV/Å: labels and their leave-one-out prediction.
+    z : (n_atoms, 3) array, optional
+        The force z-scores (residual over predictive std).
+
+    Returns
+    -------
+    int or None
     """
-    if n_atoms <= 4 or "forces" not in labels or "forces" not in pred:
+    from ase.data import covalent_radii
+    from scipy import stats
+
+    n = len(atoms)
+    if n < _MOVED_MIN_ATOMS or "forces" not in labels or "forces" not in pred:
         return None
     L, P = np.asarray(labels["forces"], float), np.asarray(pred["forces"], float)
-    if L.shape != P.shape or L.ndim != 2:
+    if L.shape != P.shape or L.shape != (n, 3):
         return None
-    j, share = force_concentration(L, P)
-    return j if np.isfinite(share) and share >= _MOVED_ATOM_SHARE else None
+    j, k, share = force_concentration(L, P)
+    if not (np.isfinite(share) and share >= _MOVED_ATOM_SHARE):
+        return None
+    Z = atoms.numbers
+    if atoms.get_distance(j, k, mic=bool(atoms.pbc.any())) > _BOND_FACTOR * (covalent_radii[Z[j]] +
+                                                                             covalent_radii[Z[k]]):
+        return None
+    if z is not None and np.shape(z) == (n, 3):
+        if stats.chi2.sf(float(np.sum(np.square(z[j]))), 3) >= _MOVED_ALPHA:
+            return None
+    return j
 
 
 def diagnose(suspect: str, labels: dict, pred: dict, n_atoms: int, *, net_force_significant: bool = False,
@@ -180,7 +218,7 @@ def diagnose(suspect: str, labels: dict, pred: dict, n_atoms: int, *, net_force_
         # not a scale: say by how much
         return f"stress off by {np.sqrt(np.mean((L - P) ** 2)) / _GPA:.2g} GPa (RMS)"
     # forces
-    j, share = force_concentration(L, P)
+    j, _, share = force_concentration(L, P)
     if n_atoms > 4 and share > _ONE_ATOM_SHARE:
         # a flipped force: the label is minus the prediction, direction and size
         nl, npred = float(np.linalg.norm(L[j])), float(np.linalg.norm(P[j]))

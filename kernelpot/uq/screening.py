@@ -300,10 +300,19 @@ def _sidak_log(logp_min: np.ndarray, n_tests: np.ndarray) -> np.ndarray:
     out = lp + np.log(t)  # the small-p limit, exact to O(T p^2)
     big = lp > -30.0
     with np.errstate(divide="ignore"):
-        # 1 - (1 - p)^T = -expm1(T log1p(-p)); p = 1 gives log(1) = 0
-        out[big] = np.log(-np.expm1(t[big] * np.log1p(-np.exp(lp[big]))))
+        # log(1 - (1 - p)^T) = log1mexp(T log(1 - p)), log(1 - p) = log1mexp(log p), each in its
+        # accurate form, so p near 1 keeps its digits too (1 - (1 - p)^T does not round to 1)
+        out[big] = _log1mexp(t[big] * _log1mexp(lp[big]))
     out[np.asarray(n_tests) == 0] = 0.0
     return out
+
+
+def _log1mexp(x: np.ndarray) -> np.ndarray:
+    """``log(1 - exp(x))`` for ``x <= 0``, accurate everywhere (Maechler 2012: ``log(-expm1(x))`` near 0,
+    ``log1p(-exp(x))`` below ``-log 2``); ``-inf`` at ``x = 0``."""
+    x = np.asarray(x, float)
+    with np.errstate(divide="ignore"):
+        return np.where(x > -np.log(2.0), np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
 
 
 def _isf_log(logp: np.ndarray) -> np.ndarray:
@@ -1171,8 +1180,8 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
                             minlength=n_frames) for k in _KINDS}
     tot = np.maximum(sum(share.values()), 1e-300)
     share = {k: v / tot for k, v in share.items()}
-    suspect, kind_txt = _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_text, dup_label,
-                                   share)
+    suspect, kind_txt = _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, z_obs, dup_text,
+                                   dup_label, share)
     # a structure far from the rest of the data can be right and still unpredictable: say so
     lev_med = float(np.median(lev[np.isfinite(lev)])) if np.isfinite(lev).any() else np.nan
     for g in np.flatnonzero(flag & (lev > _HIGH_LEVERAGE * lev_med)):
@@ -1217,7 +1226,7 @@ _LABEL_OF_TEST = {"energy": "energy", "energy_self": "energy", "forces": "forces
                   "stress": "stress", "chi2": "geometry", "duplicate": "duplicate", "neighbours": "geometry"}
 
 
-def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_text, dup_label, share):
+def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, z_obs, dup_text, dup_label, share):
     """Suspected label and most likely kind of error of each flagged structure (see :mod:`.diagnosis`)."""
     n = len(frames)
     suspect = np.full(n, "", dtype=object)
@@ -1283,8 +1292,9 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, dup_te
             what[g] = "; ".join(filter(None, (what[g], dup_text[g])))
         # an energy off like a reference shift, but with the force residual on one atom and the neighbour it
         # pushes: a shift leaves forces untouched, an atom moved after the calculation does not
-        j = moved_atom(labs[g], preds[g], len(frames[g])) if (
-            suspect[g] == "energy" and not conflict and what[g].startswith("reference shift")) else None
+        zf = z_obs[(frame_obs == g) & (kind_obs == "forces")]
+        j = moved_atom(frames[g], labs[g], preds[g], zf.reshape(-1, 3) if zf.size == 3 * len(frames[g]) else None) \
+            if suspect[g] == "energy" and not conflict and what[g].startswith("reference shift") else None
         if j is not None:
             suspect[g] = "geometry"
             what[g] = (f"one atom misplaced (atom {j}): the energy off "
