@@ -140,6 +140,16 @@ def test_a_group_of_energies_in_another_unit_is_found(clean, small_soap, factor,
     assert f.factor == pytest.approx(factor, rel=0.15)
     assert f.rms_converted < 0.5 * f.rms_as_read
     assert list(f.frames) == [i for i, a in enumerate(frames) if a.info["config_type"] == "B"]
+    # converting: group B's energies back to the unit of their forces; a frame of B without forces was not
+    # judged (the energies were compared with what forces imply) and stays as it is
+    bare = frames[1].copy()
+    bare.calc = SinglePointCalculator(bare, energy=frames[1].get_potential_energy())
+    bare.info = dict(frames[1].info)
+    back = f.apply(frames + [bare])
+    assert back[-1] is bare
+    np.testing.assert_allclose([b.get_potential_energy() for b in back[:-1]],
+                               [c.get_potential_energy() * (factor / f.factor if c.info["config_type"] == "B" else 1.0)
+                                for c in clean], rtol=1e-12)
 
 
 def test_energies_from_forces_follow_the_labels_up_to_a_constant(clean_model, clean):
@@ -201,6 +211,19 @@ def test_one_slip_in_every_group_is_one_finding(clean, small_soap):
     assert len(found) == 1 and found[0].group == "(all structures)"
     assert "all structures, in every config_type (16 with stress)" in found[0].message
     assert "kBar read as GPa" in found[0].convention and list(found[0].frames) == list(range(16))
+    assert set(found[0].groups) == {"A", "B"}
+    # applied to a set with a config_type the check never judged (an isolated atom's reference frame, a
+    # cell of another group): those stay as they are, the judged groups are converted
+    from ase import Atoms
+    iso = Atoms("Cu", positions=[[5.0, 5.0, 5.0]], cell=[10.0] * 3, pbc=True)
+    iso.calc = SinglePointCalculator(iso, energy=-0.5, stress=np.full(6, 0.01))
+    iso.info["config_type"] = "IsolatedAtom"
+    other = relabelled(frames[0])
+    other.info["config_type"] = "C"
+    back = found[0].apply(frames + [iso, other])
+    assert back[-2] is iso and back[-1] is other
+    np.testing.assert_allclose([b.get_stress(voigt=True) for b in back[:16]],
+                               [a.get_stress(voigt=True) / found[0].factor for a in frames], rtol=1e-12)
 
 
 def test_stress_is_checked_when_not_fitted(clean, small_soap):

@@ -111,6 +111,9 @@ class ConventionFinding:
     message : str
         What the finding says, for people: the group, the convention, the
         evidence.
+    groups : tuple of str
+        The config_types the finding covers: ``(group,)``, or every group
+        judged when one finding stands for all of them (``"(all structures)"``).
     """
 
     group: str
@@ -123,6 +126,10 @@ class ConventionFinding:
     p_value: float
     convention: str
     message: str
+    groups: tuple = ()
+
+    def __post_init__(self):
+        self.groups = tuple(self.groups) or (self.group,)
 
     def convert(self, value):
         """A label as the physics reads it: a stress (6,) (ASE Voigt, eV/Å^3) reordered, and divided by ``factor``.
@@ -135,12 +142,15 @@ class ConventionFinding:
         return _reorder(np.atleast_2d(np.asarray(value, dtype=float)), self.order)[0] / self.factor
 
     def apply(self, frames) -> list:
-        """Copies of ``frames`` with this label converted (:meth:`convert`) in the finding's group.
+        """Copies of ``frames`` with this label converted (:meth:`convert`) in the groups the finding covers.
 
-        The group is matched by ``config_type`` (every structure for
-        ``"(all structures)"``, those without one for ``"(no config_type)"``), so the same finding converts a test set
-        written the same way.  Structures of other groups or without the
-        label are returned as they are; ``frames`` is not changed.  Whether
+        The groups are matched by ``config_type`` (``groups``; every structure
+        when the data set has none), so the same finding converts a test set
+        written the same way.  Only structures of the kind the check judged
+        are converted: with the label, and for an energy finding with forces
+        and more than one atom (the energies were judged against the energies
+        their forces imply; an isolated atom's energy is its own reference).
+        Others are returned as they are; ``frames`` is not changed.  Whether
         to convert is the user's call: a finding is evidence about how a file
         was written, not proof.
 
@@ -156,9 +166,10 @@ class ConventionFinding:
 
         out = []
         for i, a in enumerate(frames):
-            ours = self.group == _ALL or str(a.info.get("config_type", _NONE)) == self.group
-            lab = frame_labels(a, i) if ours else {}
-            out.append(relabelled(a, **{self.label: self.convert(lab[self.label])}) if self.label in lab else a)
+            g = _ALL if self.groups == (_ALL,) else str(a.info.get("config_type", _NONE))
+            lab = frame_labels(a, i) if g in self.groups else {}
+            judged = self.label in lab and (self.label != "energy" or ("forces" in lab and len(a) > 1))
+            out.append(relabelled(a, **{self.label: self.convert(lab[self.label])}) if judged else a)
         return out
 
 
@@ -534,7 +545,8 @@ def _merge(found: list, n_groups: int) -> list:
         msg = (f"all structures, in every config_type ({len(frames)} with {f0.label}): {f0.convention}. "
                f"Against what their own physics implies, RMS {rms0:.3g} {unit} as read, {rms1:.3g} {unit} "
                f"converted (p = {p:.2g}); check how the {f0.label} labels were written")
-        return [ConventionFinding(_ALL, frames, f0.label, f0.order, f0.factor, rms0, rms1, p, f0.convention, msg)]
+        return [ConventionFinding(_ALL, frames, f0.label, f0.order, f0.factor, rms0, rms1, p, f0.convention, msg,
+                                  tuple(g for f in found for g in f.groups))]
     return sorted(found, key=lambda f: f.p_value)
 
 
