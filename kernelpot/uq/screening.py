@@ -149,7 +149,10 @@ Masking and refit rounds
 Gross errors inflate the learned noise (the likelihood is Gaussian), which
 hides smaller errors of the same kind.  With ``refit_rounds > 0`` the model
 is fitted again from scratch (``clone(model).fit``: new offsets, sparse
-set and hyperparameters) without the flagged structures; the kept structures
+set and hyperparameters) without the flagged structures, except a
+config_type more than half of which (three structures or more) is flagged:
+that is the group's matter (a convention, or the model's limit there), and
+a refit without the group would judge it by extrapolation, so it stays in; the kept structures
 are screened again by closed-form LOO, and the removed ones by their
 out-of-sample prediction from the refitted model (z-scores from the full
 predictive std; ``chi2`` as the sum of their squares, correlations ignored).
@@ -200,6 +203,11 @@ _GEOMETRY_SHARE = 0.25
 _CHI2_SHARE = 0.8
 _HIGH_LEVERAGE = 5.0  # leverage this many times the median: the structure mostly fits itself
 _PRIOR_COUNT = 30  # pseudo-observations of the global scale in each config_type's robust scale
+_OWN_LOCATION = 5  # members from which a config_type is centred on its own median
+#: a refit round keeps a config_type in when more than this share of it (and at least _GROUP_MIN_FLAGGED
+#: structures) is flagged: the group is then the matter, and its held-out prediction an extrapolation
+_GROUP_MAX_REMOVED = 0.5
+_GROUP_MIN_FLAGGED = 3
 _LN10 = float(np.log(10.0))
 
 #: column name -> (unit, description); the order is the column order.
@@ -670,9 +678,17 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
     # a first pass that only chooses what a refit round holds out may deflate the energy scale
     table = scored(first, refit_rounds > 0, model)
     removed = np.zeros(n, bool)
+    ctype = np.array([config_type(a, "") for a in frames], dtype=object)
     for r in range(refit_rounds):
         flag = np.zeros(n, bool)
         flag[table.flagged] = True
+        # most of a config_type flagged at once is the group's matter (a convention, or the model's limit
+        # there), not outliers among it: without the group, the refit would judge it by extrapolation
+        # (a tester's clean EMT slabs, all 24 flagged at +40..+178 meV/atom), so it stays in
+        for g in np.unique(ctype[flag]):
+            in_g = ctype == g
+            if flag[in_g].sum() >= _GROUP_MIN_FLAGGED and flag[in_g].mean() > _GROUP_MAX_REMOVED:
+                flag[in_g] = False
         if np.array_equal(flag, removed) or flag.all():
             break
         removed = flag
@@ -826,11 +842,14 @@ def _group_calibration(v: np.ndarray, groups: np.ndarray, robust: bool, clip_loc
                        min_scale: float = 1.0, prior_count: float = None):
     """Per-element ``(location, scale, dof)`` arrays to standardise ``v``, per config_type group.
 
-    Each group's median and MAD scale are shrunk towards the global ones with
-    the weight of :data:`_PRIOR_COUNT` pseudo-observations (a config_type with
-    ten structures has ten energies: too few for its own MAD), and a group's
+    Each group's MAD scale is shrunk towards the global one with the weight
+    of :data:`_PRIOR_COUNT` pseudo-observations (a config_type with ten
+    structures has ten energies: too few for its own MAD), and a group's
     scale is never below the global one (a tight group does not amplify the
-    tails of its residuals).  ``prior_count`` replaces :data:`_PRIOR_COUNT`.
+    tails of its residuals).  The location is the group's own median from
+    :data:`_OWN_LOCATION` members on (its uncertainty is in the scale's
+    ``sqrt(1 + pi / (2 n))``), shrunk like the scale below: a group offset as
+    a whole is not an outlier among it.  ``prior_count`` replaces :data:`_PRIOR_COUNT`.
     Returns the arrays and the global calibration.
     """
     prior = _PRIOR_COUNT if prior_count is None else prior_count
@@ -847,7 +866,9 @@ def _group_calibration(v: np.ndarray, groups: np.ndarray, robust: bool, clip_loc
         if n_g == v.size or n_g < 2:
             continue
         w = n_g / (n_g + prior)
-        lo = w * float(np.median(v[sel])) + (1 - w) * med_all
+        # the location is the group's own median once it has a few members: a group offset as a whole
+        # (its own reference, or the model's limit there) is the group's matter, not each structure's
+        lo = float(np.median(v[sel])) if n_g >= _OWN_LOCATION else w * float(np.median(v[sel])) + (1 - w) * med_all
         if clip_location:
             lo = max(lo, 0.0)
         s_g = np.sqrt(w * robust_scale(v[sel]) ** 2 + (1 - w) * s_all ** 2) * np.sqrt(1.0 + np.pi / (2.0 * n_g))
