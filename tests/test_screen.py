@@ -408,6 +408,24 @@ def test_swapped_energies_and_conflicting_duplicate(clean, small_soap):
     assert t["diagnosis"][row[12]] == f"conflicts with duplicate #{len(frames) - 1} (one of the two is wrong)"
 
 
+def test_swap_partners_are_mutual_and_within_the_uncertainty():
+    """Two structures' energies are swapped when each label is the other's prediction within a few
+    predictive stds, and each is the other's best match; two independent shifts of opposite sign that
+    nearly exchange (a residual of many stds left) are not, nor is a chain g -> h -> k."""
+    from kernelpot.uq.screening import _swap_partners
+    # (n_atoms, label, prediction, std), eV
+    assert _swap_partners({1: (8, -30.0, -28.0, 0.05), 2: (8, -28.02, -30.0, 0.05)}) == {1: 2, 2: 1}
+    # 20 % of the difference left after exchanging (the old rule's 25 % accepted it), 8 stds each
+    assert _swap_partners({1: (8, -30.0, -28.4, 0.05), 2: (8, -28.0, -29.6, 0.05)}) == {}
+    # ... which within a wide uncertainty is a swap again
+    assert _swap_partners({1: (8, -30.0, -28.4, 0.5), 2: (8, -28.0, -29.6, 0.5)}) == {1: 2, 2: 1}
+    # different sizes never
+    assert _swap_partners({1: (8, -30.0, -28.0, 0.05), 2: (9, -28.0, -30.0, 0.05)}) == {}
+    # 3 matches 1 and 2 best, but 1 and 2 match each other best: only they are paired
+    got = _swap_partners({1: (8, -30.0, -28.0, 0.05), 2: (8, -28.0, -30.0, 0.05), 3: (8, -28.03, -30.5, 0.5)})
+    assert got == {1: 2, 2: 1}
+
+
 def _rotated_supercell_copy(a, forces, stress, rng):
     """The same structure and labels seen another way: a 2x1x1 supercell, rotated, atoms permuted."""
     from scipy.spatial.transform import Rotation

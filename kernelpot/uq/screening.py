@@ -204,6 +204,7 @@ _CHI2_SHARE = 0.8
 _HIGH_LEVERAGE = 5.0  # leverage this many times the median: the structure mostly fits itself
 _PRIOR_COUNT = 30  # pseudo-observations of the global scale in each config_type's robust scale
 _OWN_LOCATION = 5  # members from which a config_type is centred on its own median
+_SWAP_Z = 4.0  # swapped energies: each label within this many predictive stds of the other's prediction
 #: a refit round keeps a config_type in when more than this share of it (and at least _GROUP_MIN_FLAGGED
 #: structures) is flagged: the group is then the matter, and its held-out prediction an extrapolation
 _GROUP_MAX_REMOVED = 0.5
@@ -1247,6 +1248,31 @@ _LABEL_OF_TEST = {"energy": "energy", "energy_self": "energy", "forces": "forces
                   "stress": "stress", "chi2": "geometry", "duplicate": "duplicate", "neighbours": "geometry"}
 
 
+def _swap_partners(energy: dict) -> dict:
+    """Structures whose energy labels are each other's: ``{g: h}`` for mutually best-matching pairs.
+
+    ``energy[g] = (n_atoms, label, prediction, predictive std)`` (total
+    energies, eV).  ``h`` matches ``g`` when both have the same number of
+    atoms, exchanging their labels leaves under a quarter of the residual,
+    and each label is within ``_SWAP_Z`` predictive stds of the other's
+    prediction; ``g`` and ``h`` are paired when each is the other's best
+    match (smallest residual after the exchange).
+    """
+    best = {}
+    for g, (ng, eg, pg, sg) in energy.items():
+        cands = []
+        for h, (nh, eh, ph, sh) in energy.items():
+            if h == g or nh != ng:
+                continue
+            after = abs(eg - ph) + abs(eh - pg)
+            if after < 0.25 * (abs(eg - pg) + abs(eh - ph)) and abs(eg - ph) <= _SWAP_Z * sh \
+                    and abs(eh - pg) <= _SWAP_Z * sg:
+                cands.append((after, h))
+        if cands:
+            best[g] = min(cands)[1]
+    return {g: h for g, h in best.items() if best.get(h) == g}
+
+
 def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, z_obs, dup_text, dup_label, share):
     """Suspected label and most likely kind of error of each flagged structure (see :mod:`.diagnosis`)."""
     n = len(frames)
@@ -1289,17 +1315,19 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, z_obs,
                 continue
             pred[k] = L - r.reshape(L.shape) if k != "energy" else float(L - r[0])
         labs[g], preds[g] = lab, pred
-    # swapped energies: two flagged energy suspects of the same size matching each other's predictions
+    # swapped energies: two flagged energy suspects of the same size matching each other's predictions,
+    # each the other's best match, and each label within _SWAP_Z predictive stds of the other's
+    # prediction (two independent shifts of opposite sign had been paired, not even mutually)
     partner = {}
     e_sus = [g for g in np.flatnonzero(flag) if suspect[g] == "energy" and "energy" in preds[g]]
+    e_std = {}
     for g in e_sus:
-        for h in e_sus:
-            if h == g or len(frames[h]) != len(frames[g]):
-                continue
-            eg, eh, pg, ph = labs[g]["energy"], labs[h]["energy"], preds[g]["energy"], preds[h]["energy"]
-            if abs(eg - ph) + abs(eh - pg) < 0.25 * (abs(eg - pg) + abs(eh - ph)):
-                partner[g] = f"swapped with #{h}"
-                break
+        m = (frame_obs == g) & (kind_obs == "energy")
+        r, z = float(r_obs[m][0]), float(z_obs[m][0])
+        e_std[g] = abs(r / z) * len(frames[g]) if z != 0 else np.inf   # total-energy predictive std, eV
+    for g, h in _swap_partners({g: (len(frames[g]), labs[g]["energy"], preds[g]["energy"], e_std[g])
+                                for g in e_sus}).items():
+        partner[g] = f"swapped with #{h}"
     for g in np.flatnonzero(flag):
         conflict = dup_label[g] and suspect[g] in (dup_label[g], "duplicate")
         if conflict:
