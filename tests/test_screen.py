@@ -517,6 +517,20 @@ def test_sidak_combination_known_values_and_ranking():
     assert lq < 0 and lq == pytest.approx(-1e-24, rel=1e-6)
 
 
+def test_energy_floor_per_structure():
+    """No structure's energy counts more than one std per 1 meV/atom off, however sure the model is."""
+    from kernelpot.uq.screening import _energy_floor
+    # a model near-certain of one structure: 0.41 meV/atom off at a std of 0.015 meV/atom (z 27): z 0.41
+    assert _energy_floor(np.array([27.3]), np.array([27.3]), np.array([0.00041]), 1.0)[0] == pytest.approx(0.41)
+    # a std of 5 meV/atom (scale 2 of a raw 2.5): untouched
+    assert _energy_floor(np.array([2.0]), np.array([4.0]), np.array([0.010]), 2.0)[0] == 2.0
+    # the scale counts: raw std 0.5 meV/atom, scale 0.5 -> 0.25 meV/atom, floored to 1: z x 0.25
+    got = _energy_floor(np.array([-8.0]), np.array([-4.0]), np.array([-0.002]), 0.5)[0]
+    assert got == pytest.approx(-2.0)
+    # a zero z (no information on the std) is left as it is
+    assert _energy_floor(np.array([0.0]), np.array([0.0]), np.array([0.0]), 1.0)[0] == 0.0
+
+
 def test_neighbour_ratio_known_values_and_invariances():
     from ase.build import bulk, molecule
     from ase.data import covalent_radii
