@@ -22,16 +22,21 @@ use):
    themselves), so an over-confident model does not flag everything.
    Honest errors are heteroscedastic -- hot MD frames have larger ones than
    a perfect crystal -- so the median and the spread are estimated per
-   ``config_type``, shrunk towards the global ones with the weight of
-   :data:`_PRIOR_COUNT` pseudo-observations (ten energies of one config_type
-   are too few for a MAD of their own), and never below the global scale nor
-   below one: spreads below one occur when outliers have inflated the learned
-   noise, and dividing by them would amplify the heavy tails of the clean
-   structures' residuals (swamping).  Energies are the exception: their
-   spread may fall below one down to the z-score of a 1 meV/atom residual
-   when a refit round follows (:func:`_energy_min_scale`), since a learned
-   energy noise far above DFT precision hides every reference shift.  The
-   spread is widened by
+   ``config_type``: the median is the group's own from
+   :data:`_OWN_LOCATION` members on (a group the model predicts off as a
+   whole -- its own reference, or the model's limit there -- is the group's
+   matter, not each member's), the spread is shrunk towards the global one
+   with the weight of :data:`_PRIOR_COUNT` pseudo-observations (ten energies
+   of one config_type are too few for a MAD of their own), and never below
+   the global scale nor below one: spreads below one occur when outliers
+   have inflated the learned noise, and dividing by them would amplify the
+   heavy tails of the clean structures' residuals (swamping).  Energies are
+   the exception: their spread may fall below one down to the z-score of a
+   1 meV/atom residual when a refit round follows
+   (:func:`_energy_min_scale`), since a learned energy noise far above DFT
+   precision hides every reference shift; and structure by structure no
+   energy counts more than one std per 1 meV/atom off
+   (:func:`_energy_floor`).  The spread is widened by
    ``sqrt(1 + pi / (2 n))`` for the uncertainty of the median, and when a
    MAD scale is applied the standardised values are referred to Student's t
    with ``0.3675 n`` degrees of freedom (the MAD's efficiency) instead of
