@@ -145,7 +145,14 @@ def test_a_group_of_energies_in_another_unit_is_found(clean, small_soap, factor,
     bare = frames[1].copy()
     bare.calc = SinglePointCalculator(bare, energy=frames[1].get_potential_energy())
     bare.info = dict(frames[1].info)
-    back = f.apply(frames + [bare])
+    # a one-atom periodic cell of B was judged like the rest (it is no isolated atom) and is converted
+    from ase.build import bulk
+    one = bulk("Cu", "fcc", a=3.6)
+    one.calc = SinglePointCalculator(one, energy=-3.7 * factor, forces=np.zeros((1, 3)))
+    one.info["config_type"] = "B"
+    back = f.apply(frames + [bare, one])
+    assert back[-1].get_potential_energy() == pytest.approx(-3.7 * factor / f.factor)
+    back = back[:-1]
     assert back[-1] is bare
     np.testing.assert_allclose([b.get_potential_energy() for b in back[:-1]],
                                [c.get_potential_energy() * (factor / f.factor if c.info["config_type"] == "B" else 1.0)

@@ -148,11 +148,13 @@ class ConventionFinding:
         when the data set has none), so the same finding converts a test set
         written the same way.  Only structures of the kind the check judged
         are converted: with the label, and for an energy finding with forces
-        and more than one atom (the energies were judged against the energies
-        their forces imply; an isolated atom's energy is its own reference).
-        Others are returned as they are; ``frames`` is not changed.  Whether
-        to convert is the user's call: a finding is evidence about how a file
-        was written, not proof.
+        and not an isolated atom (the energies were judged against the
+        energies their forces imply; an isolated atom's energy is its own
+        reference).  Others -- including groups too small to be judged, which
+        even a finding on ``"(all structures)"`` does not cover -- are
+        returned as they are (the same objects); ``frames`` is not changed.
+        Whether to convert is the user's call: a finding is evidence about
+        how a file was written, not proof.
 
         Parameters
         ----------
@@ -161,14 +163,21 @@ class ConventionFinding:
         Returns
         -------
         list of ase.Atoms
-        """
-        from kernelpot.io.labels import frame_labels, relabelled
 
+        Raises
+        ------
+        ValueError
+            If a structure of a covered group has a malformed label (the
+            message of :func:`kernelpot.io.labels.frame_labels`).
+        """
+        from kernelpot.io.labels import frame_labels, is_isolated_atom, relabelled
+
+        groups = tuple(getattr(self, "groups", ())) or (self.group,)
         out = []
         for i, a in enumerate(frames):
-            g = _ALL if self.groups == (_ALL,) else str(a.info.get("config_type", _NONE))
-            lab = frame_labels(a, i) if g in self.groups else {}
-            judged = self.label in lab and (self.label != "energy" or ("forces" in lab and len(a) > 1))
+            g = _ALL if groups == (_ALL,) else str(a.info.get("config_type", _NONE))
+            lab = frame_labels(a, i) if g in groups else {}
+            judged = self.label in lab and (self.label != "energy" or ("forces" in lab and not is_isolated_atom(a)))
             out.append(relabelled(a, **{self.label: self.convert(lab[self.label])}) if judged else a)
         return out
 

@@ -22,12 +22,13 @@ use):
    themselves), so an over-confident model does not flag everything.
    Honest errors are heteroscedastic -- hot MD frames have larger ones than
    a perfect crystal -- so the median and the spread are estimated per
-   ``config_type``: the median is the group's own from
-   :data:`_OWN_LOCATION` members on (a group the model predicts off as a
-   whole -- its own reference, or the model's limit there -- is the group's
-   matter, not each member's), the spread is shrunk towards the global one
-   with the weight of :data:`_PRIOR_COUNT` pseudo-observations (ten energies
-   of one config_type are too few for a MAD of their own), and never below
+   ``config_type``, shrunk towards the global ones with the weight of
+   :data:`_PRIOR_COUNT` pseudo-observations (ten energies of one config_type
+   are too few for a MAD of their own) -- except the energies' median, which
+   is the group's own from :data:`_OWN_LOCATION` structures on: a group the
+   model predicts off as a whole (its own reference, or the model's limit
+   there) is the group's matter, not each member's, and is listed under the
+   table instead (``ScreenTable.findings``) -- and the spread never below
    the global scale nor below one: spreads below one occur when outliers
    have inflated the learned noise, and dividing by them would amplify the
    heavy tails of the clean structures' residuals (swamping).  Energies are
@@ -168,6 +169,8 @@ fit's own progress lines), with the structures it removes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from ase.units import GPa
 from scipy import special, stats
@@ -179,7 +182,7 @@ from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
 from kernelpot.gp import conventions
 from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors, moved_atom, neighbour_ratio, scale_slip
 
-__all__ = ["COLUMNS", "ScreenTable", "screen", "robust_scale"]
+__all__ = ["COLUMNS", "GroupOffset", "ScreenTable", "screen", "robust_scale"]
 
 _MAD_TO_SD = 1.4826  # 1 / Phi^-1(3/4): MAD of a normal sample times this is its std
 _MAD_EFFICIENCY = 0.3675  # asymptotic efficiency of the MAD scale relative to the std (normal data)
@@ -391,11 +394,12 @@ class ScreenTable:
     diagnostics : TrainingDiagnostics
         The per-observation leave-one-out results of the given model (the
         first pass; later rounds use the refitted model's).
-    findings : list of kernelpot.gp.conventions.ConventionFinding
+    findings : list of kernelpot.gp.conventions.ConventionFinding and GroupOffset
         Whole groups (config_types) whose energies match what their forces
         imply, or whose stress matches what their energies and forces imply,
         only in another convention (unit, sign, shear order;
-        :func:`kernelpot.gp.conventions.check`).
+        :func:`kernelpot.gp.conventions.check`); and groups whose energies
+        the model predicts off as a whole (:class:`GroupOffset`).
         A per-structure test cannot see these: the group's residuals are all
         alike.  Listed under the table; its structures are not flagged.
     """
@@ -411,6 +415,7 @@ class ScreenTable:
         self.model = model
         self.features = None
         self.findings = []
+        self.offsets = []
         self.flagged = columns["index"][columns["flag"]]
 
     def __len__(self) -> int:
@@ -677,7 +682,7 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         t = _table(ev, frames, alpha, robust, extra, deflate_energy=deflate_energy)
         t.diagnostics, t.model, t.rounds = diag, fitted, rounds
         t.features = extra.get("features")
-        t.findings = findings
+        t.findings = list(findings) + t.offsets
         return t
 
     first = _loo_evidence(diag, np.arange(n))
@@ -861,17 +866,19 @@ def _energy_min_scale(residual: np.ndarray, z: np.ndarray) -> float:
 
 
 def _group_calibration(v: np.ndarray, groups: np.ndarray, robust: bool, clip_location: bool = False,
-                       min_scale: float = 1.0, prior_count: float = None):
+                       min_scale: float = 1.0, prior_count: float = None, own_location: bool = False):
     """Per-element ``(location, scale, dof)`` arrays to standardise ``v``, per config_type group.
 
     Each group's MAD scale is shrunk towards the global one with the weight
     of :data:`_PRIOR_COUNT` pseudo-observations (a config_type with ten
     structures has ten energies: too few for its own MAD), and a group's
     scale is never below the global one (a tight group does not amplify the
-    tails of its residuals).  The location is the group's own median from
-    :data:`_OWN_LOCATION` members on (its uncertainty is in the scale's
-    ``sqrt(1 + pi / (2 n))``), shrunk like the scale below: a group offset as
-    a whole is not an outlier among it.  ``prior_count`` replaces :data:`_PRIOR_COUNT`.
+    tails of its residuals).  The location is shrunk the same way, except
+    with ``own_location`` (one value per structure: the energy tests), where
+    it is the group's own median from :data:`_OWN_LOCATION` members on (its
+    uncertainty is in the scale's ``sqrt(1 + pi / (2 n))``): a group offset as
+    a whole is not an outlier among it (:func:`_group_offsets` reports it).
+    ``prior_count`` replaces :data:`_PRIOR_COUNT`.
     Returns the arrays and the global calibration.
     """
     prior = _PRIOR_COUNT if prior_count is None else prior_count
@@ -890,7 +897,8 @@ def _group_calibration(v: np.ndarray, groups: np.ndarray, robust: bool, clip_loc
         w = n_g / (n_g + prior)
         # the location is the group's own median once it has a few members: a group offset as a whole
         # (its own reference, or the model's limit there) is the group's matter, not each structure's
-        lo = float(np.median(v[sel])) if n_g >= _OWN_LOCATION else w * float(np.median(v[sel])) + (1 - w) * med_all
+        own = own_location and n_g >= _OWN_LOCATION
+        lo = float(np.median(v[sel])) if own else w * float(np.median(v[sel])) + (1 - w) * med_all
         if clip_location:
             lo = max(lo, 0.0)
         s_g = np.sqrt(w * robust_scale(v[sel]) ** 2 + (1 - w) * s_all ** 2) * np.sqrt(1.0 + np.pi / (2.0 * n_g))
@@ -1086,7 +1094,8 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
         m = kind_obs == k
         # per-group values for every observation of kind k (held-out frames use their group's)
         obs_centre[m], obs_scale[m], obs_dof[m], cal[k] = _calibrate_on(
-            z_obs[m], group_obs[m], fitted_obs[m], robust, min_scale=min_scale.get(k, 1.0))
+            z_obs[m], group_obs[m], fitted_obs[m], robust, min_scale=min_scale.get(k, 1.0),
+            own_location=k == "energy")
     z = (z_obs - obs_centre) / obs_scale
     # ... and, structure by structure, an energy never counts more than one std per 1 meV/atom off
     # (a model near-certain of one structure, a std of 0.015 meV/atom, had z = 27 for 0.41 meV/atom)
@@ -1124,7 +1133,7 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     ok = np.isfinite(self_z) & ~ref_atom
     if ok.any():
         lo, sc, nu, cal["energy_self"] = _calibrate_on(
-            self_z[ok], ctype[ok], null_frame[ok], robust,
+            self_z[ok], ctype[ok], null_frame[ok], robust, own_location=True,
             min_scale=_energy_min_scale(self_r[ok & ~held], self_z[ok & ~held]) if deflate_energy else 1.0)
         zs = _energy_floor((self_z[ok] - lo) / sc, self_z[ok], self_r[ok], sc)
         cols["energy_self_z"][ok] = zs
@@ -1262,7 +1271,70 @@ def _table(ev: dict, frames, alpha: float, robust: bool, extra: dict | None = No
     out = {k: out[k] for k in COLUMNS}
     order = np.lexsort((out["index"], -score))
     out = {k: v[order] for k, v in out.items()}
-    return ScreenTable(out, alpha, threshold, scales, None)
+    table = ScreenTable(out, alpha, threshold, scales, None)
+    e_obs = (kind_obs == "energy") & use_obs & ~ref_atom[frame_obs]
+    table.offsets = _group_offsets(r_obs[e_obs], z_obs[e_obs], group_obs[e_obs], frame_obs[e_obs],
+                                   fitted_obs[e_obs], alpha)
+    return table
+
+
+@dataclass
+class GroupOffset:
+    """A config_type whose energies the model predicts off as a whole (listed under the screening table).
+
+    Attributes
+    ----------
+    group : str
+        The config_type.
+    frames : ndarray of int
+        Its structures.
+    offset : float
+        Median energy residual of the group minus that of the other groups, meV/atom.
+    p_value : float
+        Bonferroni-corrected (over the groups compared) p-value of the difference of medians.
+    message : str
+    """
+
+    group: str
+    frames: np.ndarray
+    offset: float
+    p_value: float
+    message: str
+    label: str = "energy"
+
+
+def _group_offsets(residual, z, groups, frames, fit, alpha: float) -> list:
+    """Config_types (from :data:`_OWN_LOCATION` structures) whose energy residuals are off as a group.
+
+    Each group's median energy z-score is compared with the other groups'
+    (standard error of a median ``1.2533 s / sqrt(n)`` with robust spreads
+    ``s``), two-sided, Bonferroni over the groups compared; reported when
+    significant at ``alpha`` and at least DFT precision (1 meV/atom) apart
+    in residual.  The energy tests centre each such group on its own median
+    (:func:`_group_calibration`), so without this a group in a reference of
+    its own would pass unseen.  ``residual`` per atom (eV), one entry per
+    structure.
+    """
+    groups = np.asarray(groups).astype(str)
+    use = np.asarray(fit, bool) & np.isfinite(residual) & np.isfinite(z)
+    names = [str(g) for g in np.unique(groups[use]) if np.sum(use & (groups == g)) >= _OWN_LOCATION]
+    out = []
+    if len(names) < 2:
+        return out
+    for g in names:
+        m, rest = use & (groups == g), use & (groups != g)
+        se = 1.2533 * np.sqrt(robust_scale(z[m]) ** 2 / m.sum() + robust_scale(z[rest]) ** 2 / rest.sum())
+        d = float(np.median(z[m]) - np.median(z[rest]))
+        p = min(1.0, len(names) * 2.0 * float(stats.norm.sf(abs(d) / se))) if se > 0 else (0.0 if d else 1.0)
+        off = 1000.0 * float(np.median(residual[m]) - np.median(residual[rest]))
+        if p < alpha and abs(off) >= 1000.0 * _DUPLICATE_PRECISION:
+            idx = np.unique(frames[groups == g])
+            out.append(GroupOffset(g, idx, off, p, (
+                f"config_type {g!r} ({len(idx)} structures): energies {off:+.1f} meV/atom from the other "
+                f"config_types' as a group (p = {p:.2g}), not flagged one by one: a reference of their own "
+                f"(another functional, pseudopotential, code or setting: kernelpot.audit compares them), or "
+                f"structures the model does not reach")))
+    return out
 
 
 _LABEL_OF_TEST = {"energy": "energy", "energy_self": "energy", "forces": "forces", "net_force": "forces",
@@ -1345,7 +1417,8 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, z_obs,
     for g in e_sus:
         m = (frame_obs == g) & (kind_obs == "energy")
         r, z = float(r_obs[m][0]), float(z_obs[m][0])
-        e_std[g] = abs(r / z) * len(frames[g]) if z != 0 else np.inf   # total-energy predictive std, eV
+        # total-energy predictive std (eV), never below DFT precision per atom (as _energy_floor)
+        e_std[g] = max(abs(r / z), _DUPLICATE_PRECISION) * len(frames[g]) if z != 0 else np.inf
     for g, h in _swap_partners({g: (len(frames[g]), labs[g]["energy"], preds[g]["energy"], e_std[g])
                                 for g in e_sus}).items():
         partner[g] = f"swapped with #{h}"
