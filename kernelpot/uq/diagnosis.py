@@ -86,13 +86,15 @@ def force_concentration(label: np.ndarray, pred: np.ndarray) -> tuple[int, int, 
     -------
     first, second : int
         Indices of the atoms with the largest and second-largest ``|label - pred|``
-        (``second == first`` for a single atom).
+        (``second == first`` for a single atom; both -1 for none).
     share : float
         ``(r_1^2 + r_2^2) / sum_i r_i^2`` of the squared residual norms: near one when
         one atom (and the neighbour its displacement pushes) carries the whole residual, about ``2 / n``
         for residuals spread evenly.  NaN when the residual is zero.
     """
     r2 = np.sum((np.asarray(label, float) - np.asarray(pred, float)) ** 2, axis=1)
+    if r2.size == 0:
+        return -1, -1, np.nan
     top = np.argsort(r2)[::-1]
     tot = float(r2.sum())
     return int(top[0]), int(top[min(1, len(top) - 1)]), (float(r2[top[:2]].sum()) / tot if tot > 0 else np.nan)
@@ -132,6 +134,7 @@ def moved_atom(atoms, labels: dict, pred: dict, z: np.ndarray | None = None) -> 
     Returns
     -------
     int or None
+        Index of the atom read as moved, or None when the evidence does not point at one.
     """
     from ase.data import covalent_radii
     from scipy import stats

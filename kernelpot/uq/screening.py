@@ -228,7 +228,8 @@ COLUMNS = {
     "energy_residual": ("meV/atom", "energy label minus LOO prediction, per atom (NaN for isolated-atom "
                         "reference frames: their energy is the e0 reference itself, so leaving it out "
                         "leaves the cohesive energy as residual, not an error; not screened)"),
-    "energy_z": ("", "LOO energy z-score, robustly standardised per config_type"),
+    "energy_z": ("", "LOO energy z-score, robustly standardised per config_type (at most one per 1 meV/atom "
+                 "of residual)"),
     "energy_self_residual": ("meV/atom", "energy label minus its prediction with only the energy left out "
                              "(the structure's own forces and stress kept)"),
     "energy_self_z": ("", "z-score of energy_self_residual, robustly standardised per config_type"),
