@@ -1290,9 +1290,9 @@ class GroupOffset:
     frames : ndarray of int
         Its structures.
     offset : float
-        Median energy residual of the group minus that of the other groups, meV/atom.
+        Mean energy residual of the group minus that of the other groups (those not offset), meV/atom.
     p_value : float
-        Bonferroni-corrected (over the groups compared) p-value of the difference of medians.
+        Bonferroni-corrected (over the groups compared) p-value of the offset.
     message : str
     """
 
@@ -1307,34 +1307,33 @@ class GroupOffset:
 def _group_offsets(residual, z, groups, frames, fit, alpha: float) -> list:
     """Config_types (from :data:`_OWN_LOCATION` structures) whose energy residuals are off as a group.
 
-    Each group's median energy z-score is compared with the other groups'
-    (standard error of a median ``1.2533 s / sqrt(n)`` with robust spreads
-    ``s``), two-sided, Bonferroni over the groups compared; reported when
-    significant at ``alpha`` and at least DFT precision (1 meV/atom) apart
-    in residual.  The energy tests centre each such group on its own median
-    (:func:`_group_calibration`), so without this a group in a reference of
-    its own would pass unseen.  ``residual`` per atom (eV), one entry per
-    structure.
+    The offset test of :func:`kernelpot.audit` (:func:`kernelpot.io.dft_audit._offset_tests`: each
+    group's mean residual against the other groups', z-test Bonferroni over the groups, groups found
+    offset left out of the reference one at a time) on the structures' leave-one-out energy residuals,
+    with DFT precision (1 meV/atom) as the smallest offset reported.  The energy tests centre each such
+    group on its own median (:func:`_group_calibration`), so without this a group in a reference of
+    its own would pass unseen.  ``residual`` per atom (eV), one entry per structure; ``z`` is not used
+    by the test, only its finiteness.
     """
+    from kernelpot.io.dft_audit import _offset_tests
+
     groups = np.asarray(groups).astype(str)
     use = np.asarray(fit, bool) & np.isfinite(residual) & np.isfinite(z)
-    names = [str(g) for g in np.unique(groups[use]) if np.sum(use & (groups == g)) >= _OWN_LOCATION]
+    tests = _offset_tests("config_type", list(groups[use]), 1000.0 * np.asarray(residual, float)[use],
+                          1000.0 * _DUPLICATE_PRECISION, alpha)
+    n_groups = len(tests)
     out = []
-    if len(names) < 2:
-        return out
-    for g in names:
-        m, rest = use & (groups == g), use & (groups != g)
-        se = 1.2533 * np.sqrt(robust_scale(z[m]) ** 2 / m.sum() + robust_scale(z[rest]) ** 2 / rest.sum())
-        d = float(np.median(z[m]) - np.median(z[rest]))
-        p = min(1.0, len(names) * 2.0 * float(stats.norm.sf(abs(d) / se))) if se > 0 else (0.0 if d else 1.0)
-        off = 1000.0 * float(np.median(residual[m]) - np.median(residual[rest]))
-        if p < alpha and abs(off) >= 1000.0 * _DUPLICATE_PRECISION:
-            idx = np.unique(frames[groups == g])
-            out.append(GroupOffset(g, idx, off, p, (
-                f"config_type {g!r} ({len(idx)} structures): energies {off:+.1f} meV/atom from the other "
-                f"config_types' as a group (p = {p:.2g}), not flagged one by one: a reference of their own "
-                f"(another functional, pseudopotential, code or setting: kernelpot.audit compares them), or "
-                f"structures the model does not reach")))
+    for t in tests:
+        if not t.flagged or t.n_frames < _OWN_LOCATION:
+            continue
+        g = str(t.group)
+        idx = np.unique(frames[groups == g])
+        p = min(1.0, n_groups * t.p_value)
+        out.append(GroupOffset(g, idx, t.offset_meV, p, (
+            f"config_type {g!r} ({len(idx)} structures): energies {t.offset_meV:+.1f} meV/atom from the "
+            f"other config_types' as a group (p = {p:.2g}), not flagged one by one: a reference of their own "
+            f"(another functional, pseudopotential, code or setting: kernelpot.audit compares them), or "
+            f"structures the model does not reach")))
     return out
 
 
