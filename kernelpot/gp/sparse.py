@@ -438,8 +438,8 @@ class SparseGP(BaseEstimator):
         """
         self._check_fitted()
         frames = list(frames)
-        for a, lab in zip(frames, assembly.labels_in_groups(self, frames)):
-            assembly.add_frame(self, self._stats, a, lab)
+        # the new frames' statistics by the fit's own assembly (on the Dask client when there is one)
+        self._stats.merge(assembly.accumulate(self, frames, assembly.labels_in_groups(self, frames)))
         self._train_frames = list(self._train_frames) + frames
         self.__dict__.pop("training_diagnostics_", None)
         self.__dict__.pop("conventions_", None)
