@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from kernelpot.io.labels import frame_labels, is_isolated_atom, is_periodic
+from kernelpot.io.labels import frame_labels, is_isolated_atom, is_periodic, relabelled
 from kernelpot.io.units import GPA as _GPA, UNIT_FACTORS
 
 __all__ = ["ConventionFinding", "check", "energy_conventions", "physics_energy", "physics_stress",
@@ -170,8 +170,6 @@ class ConventionFinding:
             If a structure of a covered group has a malformed label (the
             message of :func:`kernelpot.io.labels.frame_labels`).
         """
-        from kernelpot.io.labels import frame_labels, is_isolated_atom, relabelled
-
         groups = tuple(getattr(self, "groups", ())) or (self.group,)
         out = []
         for i, a in enumerate(frames):
