@@ -91,7 +91,7 @@ def test_energy_row_is_the_sum_over_unordered_pairs():
                 if r >= term.r_cut:
                     continue
                 x = np.clip((r - (term.r_cut - term.cutoff_width)) / term.cutoff_width, 0, 1)
-                t = term._lookup[atoms.numbers[i], atoms.numbers[j]]
+                t = term._index.lookup[atoms.numbers[i], atoms.numbers[j]]
                 k = np.exp(-0.5 * ((r - term.grid) / term.length_scale) ** 2)
                 h = 0.5 * (1 + np.cos(np.pi * x)) * k
                 ref[t * G:(t + 1) * G] += 0.5 * h * term.scale  # each unordered pair seen twice

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-__all__ = ["NeighborList", "neighbor_list", "smallest_distance"]
+__all__ = ["NeighborList", "neighbor_list", "smallest_distance", "SpeciesPairs"]
 
 
 @dataclass(frozen=True)
@@ -315,3 +315,68 @@ def smallest_distance(frames, cutoff: float = 4.0) -> float:
         if len(nl.vectors):
             d = min(d, float(np.sqrt(np.min(np.sum(nl.vectors ** 2, axis=1)))))
     return d
+
+
+class SpeciesPairs:
+    """Index of the unordered species pairs of a set of elements, and pair lists labelled by it.
+
+    Shared by the two-body kernel term (:mod:`kernelpot.gp.twobody`) and the
+    repulsion prior (:mod:`kernelpot.gp.wall`).
+
+    Parameters
+    ----------
+    pairs : (T, 2) int array
+        Species pairs ``(Z_a, Z_b)`` with ``Z_a <= Z_b``; pair ``t`` is row ``t``.
+    """
+
+    def __init__(self, pairs):
+        self.pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        zmax = int(self.pairs.max()) + 1 if len(self.pairs) else 1
+        self.lookup = np.full((zmax, zmax), -1, dtype=np.int64)
+        for t, (a, b) in enumerate(self.pairs):
+            self.lookup[a, b] = self.lookup[b, a] = t
+
+    @classmethod
+    def of(cls, species) -> "SpeciesPairs":
+        """Every unordered pair of the atomic numbers ``species`` (sorted)."""
+        species = sorted(int(z) for z in species)
+        return cls(np.array([(a, b) for k, a in enumerate(species) for b in species[k:]],
+                            dtype=np.int64).reshape(-1, 2))
+
+    def pair_list(self, atoms, cutoff: float):
+        """Ordered pairs of ``atoms`` within ``cutoff`` whose species pair is indexed (others are dropped).
+
+        Returns
+        -------
+        center, neighbor : (p,) int arrays
+            Atoms ``i`` and ``j`` (periodic images keep their atom's index).
+        vectors : (p, 3) array
+            ``r_j + shift - r_i``, Å.
+        r : (p,) array
+            Distances, Å.
+        kind : (p,) int array
+            Row of the species pair in :attr:`pairs`.
+        """
+        nl = neighbor_list(atoms, cutoff)
+        Z = np.asarray(atoms.numbers, dtype=np.int64)
+        c, j = nl.centers, nl.neighbors
+        n = self.lookup.shape[0]
+        kind = np.full(len(c), -1, dtype=np.int64)
+        ok = (Z[c] < n) & (Z[j] < n)
+        kind[ok] = self.lookup[Z[c][ok], Z[j][ok]]
+        keep = kind >= 0
+        v = nl.vectors[keep]
+        return c[keep], j[keep], v, np.sqrt(np.einsum("pc,pc->p", v, v)), kind[keep]
+
+    def shortest(self, frames, cutoff: float) -> np.ndarray:
+        """Shortest distance of each species pair over ``frames``, (T,) Å; ``cutoff`` where none is within it.
+
+        Single isolated atoms (one atom, no periodic direction) have no pairs and are skipped.
+        """
+        r_min = np.full(len(self.pairs), float(cutoff))
+        for atoms in frames:
+            if len(atoms) > 1 or atoms.pbc.any():
+                _, _, _, r, kind = self.pair_list(atoms, cutoff)
+                if len(r):
+                    np.minimum.at(r_min, kind, r)
+        return r_min

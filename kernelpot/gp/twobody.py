@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from kernelpot.descriptors.neighbors import neighbor_list
+from kernelpot.descriptors.neighbors import SpeciesPairs
 
 __all__ = ["TwoBody", "PairTerm", "PairGeometry"]
 
@@ -150,10 +150,7 @@ class PairTerm:
         self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
         self.grid = np.asarray(self.grid, dtype=float)
         self.r_min = np.asarray(self.r_min, dtype=float).reshape(len(self.pairs))
-        zmax = int(self.pairs.max()) + 1 if len(self.pairs) else 1
-        self._lookup = np.full((zmax, zmax), -1, dtype=np.int64)
-        for t, (a, b) in enumerate(self.pairs):
-            self._lookup[a, b] = self._lookup[b, a] = t
+        self._index = SpeciesPairs(self.pairs)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -167,15 +164,9 @@ class PairTerm:
         settings.check()
         r_cut = float(settings.r_cut if settings.r_cut is not None else r_cut_default)
         ell = float(settings.length_scale)
-        species = sorted(int(z) for z in species)
-        pairs = [(a, b) for k, a in enumerate(species) for b in species[k:]]
-        term = cls(np.array(pairs), np.array([r_cut]), np.full(len(pairs), r_cut), r_cut, ell,
+        index = SpeciesPairs.of(species)
+        term = cls(index.pairs, np.array([r_cut]), index.shortest(frames, r_cut), r_cut, ell,
                    float(settings.cutoff_width))
-        for atoms in frames:
-            if len(atoms) > 1 or atoms.pbc.any():
-                geom = term.geometry(atoms)
-                if len(geom.r):
-                    np.minimum.at(term.r_min, geom.kind, geom.r)
         # sparse points also below the shortest distance (never evaluated there): their kernels'
         # tails let g bend steeply at the edge of the data (the first-neighbour repulsion); with
         # the grid starting at the edge, mlearn Si's evidence dropped the term
@@ -199,16 +190,8 @@ class PairTerm:
     # --------------------------------------------------------------- geometry
     def geometry(self, atoms) -> PairGeometry:
         """Ordered pairs of ``atoms`` within ``r_cut`` (species pairs the term does not know get no columns)."""
-        nl = neighbor_list(atoms, self.r_cut)
-        Z = np.asarray(atoms.numbers, dtype=np.int64)
-        c, j = nl.centers, nl.neighbors
-        zc, zj = Z[c], Z[j]
-        ok = (zc < self._lookup.shape[0]) & (zj < self._lookup.shape[0])
-        kind = np.full(len(c), -1, dtype=np.int64)
-        kind[ok] = self._lookup[zc[ok], zj[ok]]
-        keep = kind >= 0
-        v = nl.vectors[keep]
-        return PairGeometry(c[keep], j[keep], v, np.sqrt(np.einsum("pc,pc->p", v, v)), kind[keep], len(atoms))
+        c, j, v, r, kind = self._index.pair_list(atoms, self.r_cut)
+        return PairGeometry(c, j, v, r, kind, len(atoms))
 
     # ------------------------------------------------------------------ rows
     def _basis(self, r: np.ndarray):
