@@ -136,3 +136,15 @@ def test_from_frames_switches_off_just_beyond_the_closest_training_pair():
         ZBL.from_frames([Atoms("Si")])
     with pytest.raises(ValueError, match="margin"):
         ZBL.from_frames(frames, margin=-1.0)
+
+
+@pytest.mark.parametrize("z1, z2", [(1, 1), (6, 8), (29, 79)])
+def test_second_derivative_is_the_derivative_of_the_first(z1, z2):
+    from kernelpot.baselines.zbl import zbl_pair
+    r = np.linspace(0.3, 4.0, 9)
+    za, zb = np.full(9, z1), np.full(9, z2)
+    h = 1e-5
+    _, _, d2 = zbl_pair(r, za, zb, second=True)
+    fd = (zbl_pair(r + h, za, zb)[1] - zbl_pair(r - h, za, zb)[1]) / (2 * h)
+    np.testing.assert_allclose(d2, fd, rtol=1e-6)
+    assert np.all(d2 > 0)  # a sum of screened Coulomb terms: convex at every distance

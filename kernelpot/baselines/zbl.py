@@ -33,8 +33,8 @@ OUTER_FRACTION = 0.6
 INNER_FRACTION = 0.5
 
 
-def zbl_pair(r: np.ndarray, za: np.ndarray, zb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unswitched ZBL pair energy and its radial derivative.
+def zbl_pair(r: np.ndarray, za: np.ndarray, zb: np.ndarray, second: bool = False) -> tuple:
+    """Unswitched ZBL pair energy and its radial derivative (and, with ``second``, the second derivative).
 
     ``u(r) = k Z_a Z_b / r * phi(r / a)``, ``a = 0.46850 / (Z_a^0.23 + Z_b^0.23)`` Å,
     ``k = 14.399645`` eV Å.
@@ -46,12 +46,17 @@ def zbl_pair(r: np.ndarray, za: np.ndarray, zb: np.ndarray) -> tuple[np.ndarray,
     za, zb : (n,) int or float
         Atomic numbers.
 
+    second : bool, default False
+        Also return the second derivative.
+
     Returns
     -------
     u : (n,) float
         Energy (eV).
     dudr : (n,) float
         Derivative (eV/Å).
+    d2udr2 : (n,) float
+        Second derivative (eV/Å^2), only with ``second``.
     """
     r = np.asarray(r, float)
     za = np.asarray(za, float)
@@ -64,7 +69,11 @@ def zbl_pair(r: np.ndarray, za: np.ndarray, zb: np.ndarray) -> tuple[np.ndarray,
     pref = COULOMB_CONSTANT * za * zb
     u = pref * phi / r
     dudr = pref * (dphi_dx / (a * r) - phi / r**2)
-    return u, dudr
+    if not second:
+        return u, dudr
+    d2phi_dx2 = (_ZBL_D[:, None] ** 2 * terms).sum(axis=0)
+    d2udr2 = pref * (d2phi_dx2 / (a**2 * r) - 2.0 * dphi_dx / (a * r**2) + 2.0 * phi / r**3)
+    return u, dudr, d2udr2
 
 
 class ZBL(BaseEstimator):

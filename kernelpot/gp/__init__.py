@@ -13,6 +13,7 @@ Read in the order data flows:
 - :mod:`~kernelpot.gp.posterior`: the fitted posterior (mean, variance, weight samples);
 - :mod:`~kernelpot.gp.loo`: leverage and closed-form leave-one-out;
 - :mod:`~kernelpot.gp.calibration`: variance weights from held-out residuals;
+- :mod:`~kernelpot.gp.wall`: the repulsion prior for pairs closer than any in the training data;
 - :mod:`~kernelpot.gp.sparse`: ``SparseGP``, the estimator that ties them together;
 - :mod:`~kernelpot.gp.tune`: descriptor settings by evidence or k-fold.
 """

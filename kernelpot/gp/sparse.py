@@ -59,6 +59,7 @@ from kernelpot.gp.posterior import Posterior, predictive_std
 from kernelpot.gp.select import choose_sparse_set
 from kernelpot.gp.solve import safe_cholesky
 from kernelpot.gp.twobody import PairTerm, TwoBody
+from kernelpot.gp.wall import WallPrior
 
 __all__ = ["SparseGP"]
 
@@ -144,6 +145,11 @@ class SparseGP(BaseEstimator):
     ----------
     pair_ : kernelpot.gp.twobody.PairTerm or None
         The fitted two-body term (its ``scale`` is the learned relative scale).
+    wall_ : kernelpot.gp.wall.WallPrior or None
+        The shortest distance of each species pair in the training data,
+        below which every predictive variance gains the repulsion prior of
+        :mod:`kernelpot.gp.wall` (None for a model file written before it:
+        no such term).
     conventions_ : list of kernelpot.gp.conventions.ConventionFinding or None
         Whole config_types whose energy or stress labels follow another
         convention than their physics (warned about at fit; reused by
@@ -295,6 +301,7 @@ class SparseGP(BaseEstimator):
         if self.two_body is not False:
             settings = self.two_body if isinstance(self.two_body, TwoBody) else TwoBody()
             self.pair_ = PairTerm.build(settings, frames, self.species_, float(self.descriptor_.r_cut))
+        self.wall_ = WallPrior.build(frames, self.species_, float(self.descriptor_.r_cut))
         self._Kmm = model_kernel(self.sparse_, self.zeta, self.pair_)
         self._Lmm, _ = safe_cholesky(self._Kmm, "sparse kernel Kmm", jitter=_KMM_JITTER)
         self.noise_groups_ = assembly.group_names(self, frames, labels)
@@ -402,11 +409,14 @@ class SparseGP(BaseEstimator):
         self._solve(theta)
 
     def refit(self, frames, optimize: bool = False):
-        """Refit the weights on ``frames`` keeping sparse set, descriptor and offsets.
+        """Refit the weights on ``frames`` keeping sparse set, descriptor, offsets and the repulsion prior.
 
         Hyperparameters are kept too unless ``optimize``.  This is the
         brute-force counterpart of the closed-form leave-one-out in
         :mod:`kernelpot.gp.loo`, and the cheap path for active learning.
+        The repulsion prior (``wall_``) keeps the fit's shortest distances,
+        as the two-body term keeps its grid: a structure left out is judged
+        by the model's own variance, as the leave-one-out judges it.
 
         Returns
         -------
@@ -441,6 +451,8 @@ class SparseGP(BaseEstimator):
         # the new frames' statistics by the fit's own assembly (on the Dask client when there is one)
         self._stats.merge(assembly.accumulate(self, frames, assembly.labels_in_groups(self, frames)))
         self._train_frames = list(self._train_frames) + frames
+        if getattr(self, "wall_", None) is not None:
+            self.wall_ = self.wall_.including(frames)
         self.__dict__.pop("training_diagnostics_", None)
         self.__dict__.pop("conventions_", None)
         self._optimize_or_keep(optimize)
@@ -493,7 +505,10 @@ class SparseGP(BaseEstimator):
             ``energies_std`` (n,) (posterior std of each local energy, eV: a
             latent quantity, so epistemic only), all with the
             weights of :func:`kernelpot.gp.calibration.recalibrate` when it was
-            run (``std_weights_``) unless ``calibrated=False``.
+            run (``std_weights_``) unless ``calibrated=False``.  Where two
+            atoms are closer than any pair of their species in the training
+            data, every std (epistemic and total, calibrated or not) also
+            carries the repulsion prior of :mod:`kernelpot.gp.wall`.
             ``energies`` includes e0 and mean offsets; a baseline's energy is
             shared equally among atoms.
 
@@ -542,10 +557,14 @@ class SparseGP(BaseEstimator):
             if kind in var:
                 noise[kind] = self._noise_for(kind, atoms)
         # local energies are latent, never observed: no noise; the energy kind's calibration
+        wall = self._wall_variances(atoms, forces, stress)
         v_local, ny_local = var.pop("energies")
-        out["energies_std"] = predictive_std(v_local, 0.0, cal.get("energy", (1.0, 1.0)), "energy", ny_local)[0]
+        out["energies_std"] = np.sqrt(predictive_std(v_local, 0.0, cal.get("energy", (1.0, 1.0)), "energy",
+                                                     ny_local)[0] ** 2 + wall["energies"])
         for kind, (v, ny) in var.items():
             se, st = predictive_std(v, noise[kind], cal.get(kind, (1.0, 1.0)), kind, ny, n_atoms=n)
+            # the repulsion prior below the data (kernelpot.gp.wall): zero on the calibration's data
+            se, st = np.sqrt(se ** 2 + wall[kind]), np.sqrt(st ** 2 + wall[kind])
             # never below the floor, also for a kind the model was not trained or calibrated on
             # (a stress component of a crystal fixed by symmetry has zero latent variance)
             st = np.maximum(st, SIGMA_FLOOR[kind] * (n if kind == "energy" else 1.0))
@@ -555,6 +574,14 @@ class SparseGP(BaseEstimator):
             out["stress_std_epistemic"] = np.full(6, np.nan)
             out["stress_std"] = np.full(6, np.nan)
         return out
+
+    def _wall_variances(self, atoms, forces, stress) -> dict:
+        """Variances of the repulsion prior below the data (:class:`kernelpot.gp.wall.WallPrior`), zeros without it."""
+        wall = getattr(self, "wall_", None)
+        if wall is not None:
+            return wall.variances(atoms, forces=forces, stress=stress)
+        n = len(atoms)
+        return {"energy": np.zeros(1), "energies": np.zeros(n), "forces": np.zeros((n, 3)), "stress": np.zeros(6)}
 
     def predict(self, frames, return_std=True):
         """Batch predictions as arrays.
@@ -738,12 +765,14 @@ class SparseGP(BaseEstimator):
         var = self.posterior_.latent_variances(feat, atoms.cell.volume if stress else None, forces=forces,
                                                stress=stress)
         var.pop("energies")
+        wall = self._wall_variances(atoms, forces, stress)
         cal = getattr(self, "std_weights_", {})
         out = {}
         for kind, (v, ny) in var.items():
             if kind not in kinds:
                 continue
             target = predictive_std(v, 0.0, cal.get(kind, (1.0, 1.0)), kind, ny, n_atoms=len(atoms))[0] ** 2
+            target = target + wall[kind]
             raw = np.ravel(v - ny)
             # components fixed by symmetry (forces of a perfect crystal) have a variance at rounding level
             keep = raw > (1e-3 * SIGMA_FLOOR[kind] * (len(atoms) if kind == "energy" else 1.0)) ** 2
@@ -848,6 +877,7 @@ class SparseGP(BaseEstimator):
                 "offset_species_": [int(z) for z in getattr(self, "offset_species_", ())],
                 "offset_kappa_": float(getattr(self, "offset_kappa_", 0.0)),
                 "pair_": None if getattr(self, "pair_", None) is None else self.pair_.to_dict(),
+                "wall_": None if getattr(self, "wall_", None) is None else self.wall_.to_dict(),
             },
         }
         post = self.posterior_
@@ -908,6 +938,7 @@ class SparseGP(BaseEstimator):
         model.sparse_index_ = data["sparse_index_"]
         model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"])
         model.pair_ = None if fit.get("pair_") is None else PairTerm.from_dict(fit["pair_"])
+        model.wall_ = None if fit.get("wall_") is None else WallPrior.from_dict(fit["wall_"])
         if "Kmm" not in data:  # compact file: recompute as fit did
             data["Kmm"] = model_kernel(model.sparse_, model.zeta, model.pair_)
             data["Lmm"], _ = safe_cholesky(data["Kmm"], "sparse kernel Kmm", jitter=_KMM_JITTER)

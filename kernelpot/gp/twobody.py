@@ -28,8 +28,10 @@ mlearn Si all three fit alike.  The return to zero is an attractive hole
 *far* below the data; with a repulsion baseline (:mod:`kernelpot.baselines`,
 e.g. ``ZBL``) a compressed dimer stays monotonically repulsive
 (tests/test_gp_baselines.py), and for high-temperature MD or compression
-such a baseline is what we recommend, as for GAP.  There the SOAP term's
-variance is that of an environment never seen.  On the grid the Nyström
+such a baseline is what we recommend, as for GAP.  Below the data every
+predictive variance also carries the repulsion prior of
+:mod:`kernelpot.gp.wall`, which grows as the screened nuclear repulsion
+steepens.  On the grid the Nyström
 approximation of a one-dimensional SE kernel is exact to ~1e-4, so the term is
 used as the finite (degenerate) model it spans: its prior variance is that of
 its columns and it adds nothing to the Nyström residual of
