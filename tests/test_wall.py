@@ -1,4 +1,4 @@
-"""The repulsion prior below the training data (kernelpot.gp.wall): shape, exact derivatives, coverage under compression."""
+"""The repulsion prior below the training data (kernelpot.gp.wall): shape, derivatives, coverage, files, samples."""
 
 import copy
 
@@ -167,5 +167,69 @@ def test_update_lowers_the_edge_and_files_keep_it(cold_hot, tmp_path):
     shortest = min(float(np.min(h.get_all_distances(mic=True)[np.triu_indices(len(h), 1)])) for h in hot[:2])
     grown = copy.deepcopy(model).update(hot[:2], optimize=False)
     assert grown.wall_.r_min[0] == pytest.approx(shortest)
-    with pytest.raises(ValueError, match="wall prior"):
-        WallPrior.from_dict({"pairs": [[29, 29]], "r_min": [-1.0]})
+
+
+GOOD = {"pairs": [[29, 29], [29, 79], [79, 79]], "r_min": [2.3, 2.4, 3.5]}
+
+
+@pytest.mark.parametrize("entry, match", [
+    ("not a dict", "exactly the keys"),
+    ({"pairs": GOOD["pairs"]}, "exactly the keys"),
+    ({**GOOD, "pairs": [29, 29, 29, 79, 79, 79]}, "list of \\[Z_a, Z_b\\]"),            # flat list
+    ({**GOOD, "pairs": [[29, 29, 1], [29, 79, 1]], "r_min": [2.3, 2.4]}, "list of"),   # three columns
+    ({**GOOD, "pairs": [[29, 29], [29.7, 79], [79, 79]]}, "list of"),                  # not an integer
+    ({**GOOD, "r_min": [2.3, True, 3.5]}, "'r_min' must be"),
+    ({**GOOD, "r_min": [2.3, 2.4]}, "'r_min' must be"),
+    ({"pairs": [], "r_min": []}, "not the species pairs"),                             # prior switched off
+    ({"pairs": [[1, 1]], "r_min": [0.7]}, "not the species pairs"),
+    ({"pairs": [[29, 29], [29, 79]], "r_min": [2.3, 2.4]}, "not the species pairs"),   # a pair missing
+    ({"pairs": [[29, 29], [29, 29], [79, 79]], "r_min": [2.3, 1.0, 3.5]}, "not the species pairs"),
+    ({**GOOD, "r_min": [2.3, 1e4, 3.5]}, "in \\(0, 5"),                                # beyond the cutoff
+    ({**GOOD, "r_min": [2.3, 0.0, 3.5]}, "in \\(0, 5"),
+    ({**GOOD, "r_min": [2.3, float("nan"), 3.5]}, "in \\(0, 5"),
+])
+def test_a_file_entry_that_does_not_describe_the_model_is_refused(entry, match):
+    with pytest.raises(ValueError, match="wall prior .*" + match):
+        WallPrior.from_dict(entry, species=[29, 79], r_cut=5.0)
+    assert WallPrior.from_dict(GOOD, species=[79, 29], r_cut=5.0).r_min.tolist() == GOOD["r_min"]
+
+
+def test_load_names_the_file_of_a_forged_entry(cold_hot, tmp_path):
+    import json
+    model = cold_hot[0]
+    path = tmp_path / "m.npz"
+    model.save(path)
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    header = json.loads(str(data["header"]))
+    header["fitted"]["wall_"]["r_min"] = [1e4]
+    data["header"] = np.array(json.dumps(header))
+    bad = tmp_path / "forged.npz"
+    np.savez_compressed(bad, **data)
+    with pytest.raises(ValueError, match="forged.npz.*wall prior"):
+        SparseGP.load(bad)
+
+
+def test_posterior_calculators_carry_the_prior_exactly(cold_hot):
+    """Samples spread at a compressed cell by the weight posterior plus the prior's variance, unscaled."""
+    model, cold, hot = cold_hot
+    a = hot[0]
+    n = 400
+    energies = {}
+    for key, wall in (("with", model.wall_), ("without", None)):
+        saved, model.wall_ = model.wall_, wall
+        try:
+            energies[key] = np.array([c.model.predict_frame(a)["energy"] for c in model.posterior_calculators(n)])
+        finally:
+            model.wall_ = saved
+    extra = energies["with"] - energies["without"]  # the same weight samples: the prior's term alone
+    want = model.wall_.variances(a, forces=False)["energy"][0]
+    assert want > 0
+    assert np.var(extra) == pytest.approx(want, rel=4 * np.sqrt(2 / n))
+    # the prior enters the samples, not the factor that scales the weight deviations
+    scale = model.posterior_calculators(2, reference=a)[0].scale
+    wall, model.wall_ = model.wall_, None
+    try:
+        assert model.posterior_calculators(2, reference=a)[0].scale == pytest.approx(scale)
+    finally:
+        model.wall_ = wall

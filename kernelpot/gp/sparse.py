@@ -645,6 +645,11 @@ class SparseGP(BaseEstimator):
         derivatives of its energy), so a property computed with each --
         relaxed lattice constant, elastic constants, phonons -- gives its
         posterior spread (:func:`kernelpot.workflows.properties.with_error_bars`).
+        Each also draws the amplitudes of the repulsion prior below the data
+        (:mod:`kernelpot.gp.wall`) and adds their pair term, unscaled: where
+        atoms come closer than in any training structure (a compressed EOS
+        point) the samples spread by that prior's exact variance, as the
+        calculator's sigma does.
 
         Parameters
         ----------
@@ -717,9 +722,13 @@ class SparseGP(BaseEstimator):
         f = max(ratios, default=1.0)
         samples = self.sample_weights(n_samples, random_state)
         alpha = self.posterior_.alpha
+        wall = getattr(self, "wall_", None)
+        # the repulsion prior's amplitudes, drawn beside the weights and not scaled: its variance is exact
+        xis = (np.random.default_rng([int(random_state), 1]).standard_normal((n_samples, len(wall.pairs)))
+               if wall is not None else [None] * n_samples)
         out = []
-        for w in samples:
-            calc = Calculator(_WeightView(self, alpha + f * (w - alpha)), uncertainty=False)
+        for w, xi in zip(samples, xis):
+            calc = Calculator(_WeightView(self, alpha + f * (w - alpha), xi), uncertainty=False)
             calc.scale = f
             calc.scales = scales
             out.append(calc)
@@ -765,14 +774,12 @@ class SparseGP(BaseEstimator):
         var = self.posterior_.latent_variances(feat, atoms.cell.volume if stress else None, forces=forces,
                                                stress=stress)
         var.pop("energies")
-        wall = self._wall_variances(atoms, forces, stress)
         cal = getattr(self, "std_weights_", {})
         out = {}
         for kind, (v, ny) in var.items():
             if kind not in kinds:
                 continue
             target = predictive_std(v, 0.0, cal.get(kind, (1.0, 1.0)), kind, ny, n_atoms=len(atoms))[0] ** 2
-            target = target + wall[kind]
             raw = np.ravel(v - ny)
             # components fixed by symmetry (forces of a perfect crystal) have a variance at rounding level
             keep = raw > (1e-3 * SIGMA_FLOOR[kind] * (len(atoms) if kind == "energy" else 1.0)) ** 2
@@ -938,7 +945,12 @@ class SparseGP(BaseEstimator):
         model.sparse_index_ = data["sparse_index_"]
         model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"])
         model.pair_ = None if fit.get("pair_") is None else PairTerm.from_dict(fit["pair_"])
-        model.wall_ = None if fit.get("wall_") is None else WallPrior.from_dict(fit["wall_"])
+        model.wall_ = None
+        if fit.get("wall_") is not None:
+            try:
+                model.wall_ = WallPrior.from_dict(fit["wall_"], model.species_, float(model.descriptor_.r_cut))
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
         if "Kmm" not in data:  # compact file: recompute as fit did
             data["Kmm"] = model_kernel(model.sparse_, model.zeta, model.pair_)
             data["Lmm"], _ = safe_cholesky(data["Kmm"], "sparse kernel Kmm", jitter=_KMM_JITTER)
@@ -1059,11 +1071,29 @@ _RECOMPUTED = ("Kmm", "Lmm")  # left out of compact files: functions of sparse_X
 
 
 class _WeightView:
-    """A fitted model with its weights replaced by a posterior sample."""
+    """A fitted model with its weights replaced by a posterior sample.
 
-    def __init__(self, model, alpha):
+    ``xi`` (T,): a sample of the repulsion prior's amplitudes (:mod:`kernelpot.gp.wall`),
+    whose term is added to the energy, local energies, forces and stress.
+    """
+
+    def __init__(self, model, alpha, xi=None):
         self._model = model
         self._alpha = alpha
+        self._xi = xi
 
     def predict_frame(self, atoms, return_std=False, **kw):
-        return self._model.predict_frame(atoms, return_std=False, alpha=self._alpha, **kw)
+        out = self._model.predict_frame(atoms, return_std=False, alpha=self._alpha, **kw)
+        wall = getattr(self._model, "wall_", None)
+        if self._xi is None or wall is None:
+            return out
+        stress = bool(np.all(np.isfinite(out["stress"])))
+        rows = wall.rows(atoms, forces="forces" in out, stress=stress)
+        if rows is not None:
+            out["energies"] = out["energies"] + rows["local"] @ self._xi
+            out["energy"] = float(out["energy"] + rows["energy"] @ self._xi)
+            if "forces" in out:
+                out["forces"] = out["forces"] + rows["forces"] @ self._xi
+            if stress:
+                out["stress"] = out["stress"] + rows["stress"] @ self._xi
+        return out

@@ -44,9 +44,12 @@ hundredths of an Å below the data, where ``w`` is third order).
 
 The variance is added after the calibration (:mod:`kernelpot.gp.calibration`),
 which is fitted on training structures where it is zero and so cannot
-speak for it.  Weight samples (:meth:`kernelpot.SparseGP.sample_weights`)
-do not carry it; :meth:`kernelpot.SparseGP.sample_scales` counts it in the
-calibrated target, as it does the Nyström residual.
+speak for it.  Posterior calculators
+(:meth:`kernelpot.SparseGP.posterior_calculators`) draw ``xi`` beside the
+weights and add its term, so property error bars carry it exactly; it is
+not part of the factor that scales the weight samples
+(:meth:`kernelpot.SparseGP.sample_scales`), which would spread a variance
+that lives only below the data over every structure.
 """
 
 from __future__ import annotations
@@ -210,13 +213,46 @@ class WallPrior:
         return {"pairs": self.pairs.tolist(), "r_min": self.r_min.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WallPrior":
-        """Inverse of :meth:`to_dict`; raises ``ValueError`` for a malformed entry."""
-        try:
-            prior = cls(np.array(d["pairs"], dtype=np.int64), np.array(d["r_min"], dtype=float))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"malformed wall prior in the model file: {exc}") from None
-        if not (prior.pairs.ndim == 2 and np.all(prior.pairs > 0) and np.all(prior.pairs <= 118)
-                and np.all(np.isfinite(prior.r_min)) and np.all(prior.r_min > 0)):
-            raise ValueError("malformed wall prior in the model file: values out of range")
+    def from_dict(cls, d, species=None, r_cut: float | None = None) -> "WallPrior":
+        """Inverse of :meth:`to_dict`, checked against the model it belongs to.
+
+        Parameters
+        ----------
+        d : dict
+            ``{"pairs": [[Z_a, Z_b], ...], "r_min": [...]}``.
+        species : sequence of int, optional
+            The model's atomic numbers: ``pairs`` must be exactly their
+            species pairs, in :meth:`build`'s order.
+        r_cut : float, optional
+            The model's cutoff (Å): every ``r_min`` must lie in ``(0, r_cut]``.
+
+        Raises
+        ------
+        ValueError
+            For anything else (a file edited by hand or written by another
+            program): a prior that does not describe the model would change
+            every std it gives, or make a prediction scan pairs out to an
+            arbitrary distance.
+        """
+        bad = "malformed wall prior ('wall_') in the model file: "
+        if not isinstance(d, dict) or set(d) != {"pairs", "r_min"}:
+            raise ValueError(bad + "expected an object with exactly the keys 'pairs' and 'r_min', got "
+                             f"{sorted(d) if isinstance(d, dict) else type(d).__name__}")
+        pairs, r_min = d["pairs"], d["r_min"]
+        if not (isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 for p in pairs)
+                and all(isinstance(z, int) and not isinstance(z, bool) and 1 <= z <= 118 for p in pairs for z in p)):
+            raise ValueError(bad + "'pairs' must be a list of [Z_a, Z_b] pairs of atomic numbers 1-118")
+        if not (isinstance(r_min, list) and len(r_min) == len(pairs)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in r_min)):
+            raise ValueError(bad + f"'r_min' must be a list of {len(pairs)} distances (Å), one per pair")
+        prior = cls(np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(r_min, dtype=float))
+        if species is not None:
+            want = SpeciesPairs.of(species).pairs
+            if prior.pairs.shape != want.shape or np.any(prior.pairs != want):
+                raise ValueError(bad + f"its pairs {prior.pairs.tolist()} are not the species pairs of the model's "
+                                 f"elements {sorted(int(z) for z in species)} ({want.tolist()})")
+        hi = np.inf if r_cut is None else float(r_cut) * (1 + 1e-12)
+        if not np.all(np.isfinite(prior.r_min) & (prior.r_min > 0) & (prior.r_min <= hi)):
+            raise ValueError(bad + f"every 'r_min' must be a distance in (0, {hi:.6g}] Å (the model's cutoff), got "
+                             f"{prior.r_min.tolist()}")
         return prior
