@@ -165,6 +165,8 @@ def test_update_lowers_the_edge_and_files_keep_it(cold_hot, tmp_path):
     a = hot[0]
     np.testing.assert_allclose(loaded.predict_frame(a)["forces_std"], model.predict_frame(a)["forces_std"], rtol=1e-10)
     shortest = min(float(np.min(h.get_all_distances(mic=True)[np.triu_indices(len(h), 1)])) for h in hot[:2])
+    with pytest.raises(RuntimeError, match="refit"):
+        loaded.update(hot[:2])
     grown = copy.deepcopy(model).update(hot[:2], optimize=False)
     assert grown.wall_.r_min[0] == pytest.approx(shortest)
 

@@ -440,13 +440,24 @@ class SparseGP(BaseEstimator):
         (cheap: the likelihood only needs the accumulated statistics) unless
         ``optimize=False``.  New config_types fall into existing noise groups
         by kind when ``noise_per_config_type`` is off; with it on, frames of an
-        unseen config_type raise ``ValueError`` (refit instead).
+        unseen config_type raise ``ValueError`` (refit instead).  The
+        repulsion prior's shortest distances (``wall_``) are lowered to the
+        new frames' pairs.
 
         Returns
         -------
         self
+
+        Raises
+        ------
+        RuntimeError
+            On a model read from a file, which does not keep the training
+            statistics: ``refit`` on all the frames instead.
         """
         self._check_fitted()
+        if getattr(self, "_stats", None) is None:
+            raise RuntimeError("update() adds to the statistics of the training set, which a model file does not "
+                               "keep; on a loaded model call refit(training_frames + new_frames) instead")
         frames = list(frames)
         # the new frames' statistics by the fit's own assembly (on the Dask client when there is one)
         self._stats.merge(assembly.accumulate(self, frames, assembly.labels_in_groups(self, frames)))
