@@ -297,6 +297,10 @@ class SparseGP(BaseEstimator):
             self.sparse_index_, self.sparse_ = choose_sparse_set(
                 feats, frames, self.species_, self.n_sparse, self.sparse_method, self.zeta, self.random_state,
                 self.sparse_points, _SPARSE_TOL)
+        # later only the calibration's clusters read the descriptors, through each frame's mean: the
+        # per-atom features are freed here (126 MB on acetylacetone's 500 frames)
+        mean_features = np.array([f.features.mean(axis=0) for f in feats])
+        del feats
         self.pair_ = None
         if self.two_body is not False:
             settings = self.two_body if isinstance(self.two_body, TwoBody) else TwoBody()
@@ -331,7 +335,7 @@ class SparseGP(BaseEstimator):
         self.__dict__.pop("training_diagnostics_", None)
         if self.calibrate:
             groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state,
-                                                                  features=feats)
+                                                                  mean_features=mean_features)
             self.training_diagnostics_ = leave_one_out(self, groups=groups)
             recalibrate(self, self.training_diagnostics_)
             assembly.phase(self.verbose, "calibration (LOO)", t)
