@@ -14,25 +14,26 @@ from kernelpot.gp.wall import WallPrior, wall_shape
 from conftest import emt_frames
 
 
-def test_shape_is_zbl_beyond_its_second_order_taylor_polynomial():
+def test_shape_is_zbl_beyond_its_third_order_taylor_polynomial():
     za, zb, r0 = np.array([29]), np.array([79]), np.array([2.4])
     r = np.array([1.2])
     u, du = zbl_pair(r, za, zb)
-    h = 1e-4
-    # Taylor coefficients at r0 by finite differences of ZBL itself
-    up, um = zbl_pair(r0 + h, za, zb)[0], zbl_pair(r0 - h, za, zb)[0]
-    u0 = zbl_pair(r0, za, zb)[0]
-    d1, d2 = (up - um) / (2 * h), (up - 2 * u0 + um) / h ** 2
+    h = 1e-3
+    # Taylor coefficients at r0 by finite differences of ZBL's energy itself
+    e = [zbl_pair(r0 + k * h, za, zb)[0] for k in (-2, -1, 0, 1, 2)]
+    d1 = (e[3] - e[1]) / (2 * h)
+    d2 = (e[3] - 2 * e[2] + e[1]) / h ** 2
+    d3 = (e[4] - 2 * e[3] + 2 * e[1] - e[0]) / (2 * h ** 3)
     x = r - r0
     w, dw = wall_shape(r, za, zb, r0)
-    np.testing.assert_allclose(w, u - u0 - d1 * x - 0.5 * d2 * x ** 2, rtol=1e-6)
-    np.testing.assert_allclose(dw, du - d1 - d2 * x, rtol=1e-5)
-    # zero at and above the edge; value and slope vanish to third and second order below it
+    np.testing.assert_allclose(w, u - e[2] - d1 * x - d2 * x ** 2 / 2 - d3 * x ** 3 / 6, rtol=1e-5)
+    np.testing.assert_allclose(dw, du - d1 - d2 * x - d3 * x ** 2 / 2, rtol=1e-5)
+    # zero at and above the edge; value and slope vanish to fourth and third order below it
     assert np.all(wall_shape(np.array([2.4, 2.5, 4.0]), np.full(3, 29), np.full(3, 79), np.full(3, 2.4))[0] == 0)
     eps = np.array([1e-2, 5e-3])
     w, dw = wall_shape(2.4 - eps, np.full(2, 29), np.full(2, 79), np.full(2, 2.4))
-    assert w[0] / w[1] == pytest.approx(8.0, rel=0.02) and dw[0] / dw[1] == pytest.approx(4.0, rel=0.02)
-    assert np.all(w > 0)  # ZBL is convex beyond its curvature at the edge: the rest steepens the repulsion
+    assert w[0] / w[1] == pytest.approx(16.0, rel=0.03) and dw[0] / dw[1] == pytest.approx(8.0, rel=0.03)
+    assert np.all(w > 0) and np.all(dw < 0)  # ZBL is completely monotone: the rest steepens the repulsion
 
 
 def _alloy():

@@ -139,12 +139,15 @@ def test_from_frames_switches_off_just_beyond_the_closest_training_pair():
 
 
 @pytest.mark.parametrize("z1, z2", [(1, 1), (6, 8), (29, 79)])
-def test_second_derivative_is_the_derivative_of_the_first(z1, z2):
-    from kernelpot.baselines.zbl import zbl_pair
+def test_higher_derivatives_are_derivatives_of_the_lower(z1, z2):
+    from kernelpot.baselines.zbl import zbl_derivatives, zbl_pair
     r = np.linspace(0.3, 4.0, 9)
     za, zb = np.full(9, z1), np.full(9, z2)
     h = 1e-5
-    _, _, d2 = zbl_pair(r, za, zb, second=True)
-    fd = (zbl_pair(r + h, za, zb)[1] - zbl_pair(r - h, za, zb)[1]) / (2 * h)
-    np.testing.assert_allclose(d2, fd, rtol=1e-6)
-    assert np.all(d2 > 0)  # a sum of screened Coulomb terms: convex at every distance
+    d = zbl_derivatives(r, za, zb, 3)
+    np.testing.assert_allclose(d[:2], zbl_pair(r, za, zb), rtol=1e-13)
+    up, um = zbl_derivatives(r + h, za, zb, 2), zbl_derivatives(r - h, za, zb, 2)
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(d[k], (up[k - 1] - um[k - 1]) / (2 * h), rtol=1e-6)
+    # a positive sum of screened Coulomb terms, each e^{-c r} / r: completely monotone
+    assert np.all(d[0] > 0) and np.all(d[1] < 0) and np.all(d[2] > 0) and np.all(d[3] < 0)

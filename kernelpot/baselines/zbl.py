@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from numbers import Real
 from typing import Any
 
@@ -20,7 +21,7 @@ from ._pair_kernels import (
     virial_to_stress,
 )
 
-__all__ = ["ZBL", "COULOMB_CONSTANT", "zbl_pair"]
+__all__ = ["ZBL", "COULOMB_CONSTANT", "zbl_pair", "zbl_derivatives"]
 
 # Universal screening function phi(x) = sum_k c_k exp(-d_k x) (ZBL 1985).
 _ZBL_C = np.array([0.18175, 0.50986, 0.28022, 0.02817])
@@ -33,8 +34,8 @@ OUTER_FRACTION = 0.6
 INNER_FRACTION = 0.5
 
 
-def zbl_pair(r: np.ndarray, za: np.ndarray, zb: np.ndarray, second: bool = False) -> tuple:
-    """Unswitched ZBL pair energy and its radial derivative (and, with ``second``, the second derivative).
+def zbl_pair(r: np.ndarray, za: np.ndarray, zb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unswitched ZBL pair energy and its radial derivative.
 
     ``u(r) = k Z_a Z_b / r * phi(r / a)``, ``a = 0.46850 / (Z_a^0.23 + Z_b^0.23)`` Å,
     ``k = 14.399645`` eV Å.
@@ -46,8 +47,6 @@ def zbl_pair(r: np.ndarray, za: np.ndarray, zb: np.ndarray, second: bool = False
     za, zb : (n,) int or float
         Atomic numbers.
 
-    second : bool, default False
-        Also return the second derivative.
 
     Returns
     -------
@@ -55,8 +54,6 @@ def zbl_pair(r: np.ndarray, za: np.ndarray, zb: np.ndarray, second: bool = False
         Energy (eV).
     dudr : (n,) float
         Derivative (eV/Å).
-    d2udr2 : (n,) float
-        Second derivative (eV/Å^2), only with ``second``.
     """
     r = np.asarray(r, float)
     za = np.asarray(za, float)
@@ -69,11 +66,41 @@ def zbl_pair(r: np.ndarray, za: np.ndarray, zb: np.ndarray, second: bool = False
     pref = COULOMB_CONSTANT * za * zb
     u = pref * phi / r
     dudr = pref * (dphi_dx / (a * r) - phi / r**2)
-    if not second:
-        return u, dudr
-    d2phi_dx2 = (_ZBL_D[:, None] ** 2 * terms).sum(axis=0)
-    d2udr2 = pref * (d2phi_dx2 / (a**2 * r) - 2.0 * dphi_dx / (a * r**2) + 2.0 * phi / r**3)
-    return u, dudr, d2udr2
+    return u, dudr
+
+
+def zbl_derivatives(r: np.ndarray, za: np.ndarray, zb: np.ndarray, order: int) -> list:
+    """Unswitched ZBL pair energy and its radial derivatives up to ``order``.
+
+    Leibniz's rule on ``u = k Z_a Z_b (1/r) phi(r/a)``:
+    ``u^(n) = k Z_a Z_b sum_m C(n, m) phi^(m)(r/a) a^-m (-1)^(n-m) (n-m)! / r^(n-m+1)``.
+
+    Parameters
+    ----------
+    r, za, zb : (n,) arrays
+        Distances (Å, > 0) and atomic numbers.
+    order : int
+        Highest derivative (>= 0).
+
+    Returns
+    -------
+    list of (n,) arrays
+        ``[u, du/dr, ..., d^order u/dr^order]`` in eV/Å^k.
+    """
+    r = np.asarray(r, float)
+    za = np.asarray(za, float)
+    zb = np.asarray(zb, float)
+    a = _ZBL_A0 / (za**0.23 + zb**0.23)
+    terms = _ZBL_C[:, None] * np.exp(-_ZBL_D[:, None] * (r / a)[None, :])
+    # phi^(m)(x) / a^m: each derivative of exp(-d r / a) brings -d / a
+    dphi = [((-_ZBL_D[:, None]) ** m * terms).sum(axis=0) / a**m for m in range(order + 1)]
+    pref = COULOMB_CONSTANT * za * zb
+    out = []
+    for n in range(order + 1):
+        s = sum(math.comb(n, m) * dphi[m] * (-1) ** (n - m) * math.factorial(n - m) / r ** (n - m + 1)
+                for m in range(n + 1))
+        out.append(pref * s)
+    return out
 
 
 class ZBL(BaseEstimator):
