@@ -31,6 +31,54 @@ def needs_shared(*parts):
     return pytest.mark.skipif(reason is not None, reason=reason or "")
 
 
+def pair_test_structure(system, compressed=False):
+    """Structures for derivative tests of pair terms: a sheared, rattled Cu-Au ``"alloy"`` cell (non-orthogonal),
+    a rattled ethanol ``"molecule"`` (no cell) or a ``"small cell"`` (2-atom Si, smaller than any cutoff: atoms
+    see their own images); ``compressed`` shrinks and shakes them so that pairs come closer."""
+    from ase.build import molecule
+    if system == "alloy":
+        a = bulk("Cu", "fcc", a=3.6 if compressed else 3.7, cubic=True).repeat((2, 1, 1))
+        a.numbers[[1, 4, 6]] = 79
+        a.set_cell(a.cell @ np.array([[1.0, 0.03, 0.0], [0.0, 0.98, 0.02], [0.01, 0.0, 1.02]]), scale_atoms=True)
+        a.rattle(0.15 if compressed else 0.1, seed=3)
+    elif system == "molecule":
+        a = molecule("CH3CH2OH")
+        a.rattle(0.05, seed=1)
+    else:
+        a = bulk("Si", "diamond", a=5.2 if compressed else 5.43)
+        a.rattle(0.05, seed=2)
+    return a
+
+
+def finite_difference_forces_stress(energy, atoms, h=1e-5, stress=True):
+    """Central differences of ``energy(atoms)``: forces ``-dE/dR`` (n, 3) and, for a cell, stress ``(1/V) dE/deps``.
+
+    The stress is in ASE's Voigt order (xx, yy, zz, yz, xz, xy), from symmetric strains applied with
+    ``scale_atoms=True``; None when ``stress`` is False.
+    """
+    from ase.stress import full_3x3_to_voigt_6_stress
+    fd = np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for c in range(3):
+            p, m = atoms.copy(), atoms.copy()
+            p.positions[i, c] += h
+            m.positions[i, c] -= h
+            fd[i, c] = -(energy(p) - energy(m)) / (2 * h)
+    if not stress:
+        return fd, None
+    s = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(3):
+            e = np.zeros((3, 3))
+            e[a, b] += h / 2
+            e[b, a] += h / 2
+            p, m = atoms.copy(), atoms.copy()
+            p.set_cell(atoms.cell @ (np.eye(3) + e), scale_atoms=True)
+            m.set_cell(atoms.cell @ (np.eye(3) - e), scale_atoms=True)
+            s[a, b] = (energy(p) - energy(m)) / (2 * h) / atoms.get_volume()
+    return fd, full_3x3_to_voigt_6_stress(s)
+
+
 def label(atoms, calc, noise=None, rng=None):
     """Attach reference labels from ``calc`` (plus optional Gaussian noise) as a SinglePointCalculator."""
     a = atoms.copy()

@@ -4,14 +4,12 @@ import copy
 
 import numpy as np
 import pytest
-from ase.build import bulk, molecule
-from ase.stress import full_3x3_to_voigt_6_stress
 
 from kernelpot import SparseGP
 from kernelpot.baselines.zbl import zbl_pair
 from kernelpot.gp.wall import WallPrior, wall_shape
 
-from conftest import emt_frames
+from conftest import emt_frames, finite_difference_forces_stress, pair_test_structure
 
 
 def test_shape_is_zbl_beyond_its_third_order_taylor_polynomial():
@@ -37,11 +35,7 @@ def test_shape_is_zbl_beyond_its_third_order_taylor_polynomial():
 
 
 def _alloy():
-    a = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
-    a.numbers[[1, 4, 6]] = 79
-    a.set_cell(a.cell @ np.array([[1.0, 0.03, 0.0], [0.0, 0.98, 0.02], [0.01, 0.0, 1.02]]), scale_atoms=True)
-    a.rattle(0.15, seed=3)
-    return a
+    return pair_test_structure("alloy", compressed=True)
 
 
 def _prior(atoms, r_min):
@@ -57,41 +51,17 @@ def _energy(prior, atoms, xi):
 
 @pytest.mark.parametrize("system", ["alloy", "molecule", "small cell"])
 def test_force_and_stress_rows_are_derivatives_of_the_energy_row(system):
-    if system == "alloy":
-        atoms = _alloy()
-    elif system == "molecule":
-        atoms = molecule("CH3CH2OH")
-        atoms.rattle(0.05, seed=1)
-    else:  # a cell smaller than the distances compared: the atom's own images are neighbours
-        atoms = bulk("Si", "diamond", a=5.2)
-        atoms.rattle(0.05, seed=2)
+    atoms = pair_test_structure(system, compressed=True)
     prior = _prior(atoms, {"alloy": 2.6, "molecule": 1.5, "small cell": 2.4}[system])
     periodic = bool(atoms.pbc.all())
     rows = prior.rows(atoms, forces=True, stress=periodic)
     assert rows is not None and np.count_nonzero(rows["energy"]) >= 1
     xi = np.random.default_rng(0).standard_normal(len(prior.pairs))
-    h = 1e-5
-    fd = np.zeros((len(atoms), 3))
-    for i in range(len(atoms)):
-        for c in range(3):
-            p, m = atoms.copy(), atoms.copy()
-            p.positions[i, c] += h
-            m.positions[i, c] -= h
-            fd[i, c] = -(_energy(prior, p, xi) - _energy(prior, m, xi)) / (2 * h)
+    fd, fd_stress = finite_difference_forces_stress(lambda x: _energy(prior, x, xi), atoms, stress=periodic)
     np.testing.assert_allclose(rows["forces"] @ xi, fd, atol=1e-6 * max(1, np.abs(fd).max()))
     np.testing.assert_allclose(rows["local"].sum(axis=0), rows["energy"], rtol=1e-12)
     if periodic:
-        s = np.zeros((3, 3))
-        for a in range(3):
-            for b in range(3):
-                e = np.zeros((3, 3))
-                e[a, b] += h / 2
-                e[b, a] += h / 2
-                p, m = atoms.copy(), atoms.copy()
-                p.set_cell(atoms.cell @ (np.eye(3) + e), scale_atoms=True)
-                m.set_cell(atoms.cell @ (np.eye(3) - e), scale_atoms=True)
-                s[a, b] = (_energy(prior, p, xi) - _energy(prior, m, xi)) / (2 * h) / atoms.get_volume()
-        np.testing.assert_allclose(rows["stress"] @ xi, full_3x3_to_voigt_6_stress(s), atol=1e-7)
+        np.testing.assert_allclose(rows["stress"] @ xi, fd_stress, atol=1e-7)
     # the variances are those of E = sum_t xi_t row_t with xi ~ N(0, 1)
     var = prior.variances(atoms, forces=True, stress=periodic)
     np.testing.assert_allclose(var["forces"], np.sum(rows["forces"] ** 2, axis=2))
