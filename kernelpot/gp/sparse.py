@@ -571,8 +571,8 @@ class SparseGP(BaseEstimator):
         for kind in ("forces", "stress"):
             if kind in var:
                 noise[kind] = self._noise_for(kind, atoms)
-        # local energies are latent, never observed: no noise; the energy kind's calibration
         wall = self._wall_variances(atoms, forces, stress)
+        # local energies are latent, never observed: no noise; the energy kind's calibration
         v_local, ny_local = var.pop("energies")
         out["energies_std"] = np.sqrt(predictive_std(v_local, 0.0, cal.get("energy", (1.0, 1.0)), "energy",
                                                      ny_local)[0] ** 2 + wall["energies"])
@@ -739,7 +739,9 @@ class SparseGP(BaseEstimator):
         alpha = self.posterior_.alpha
         wall = getattr(self, "wall_", None)
         # the repulsion prior's amplitudes, drawn beside the weights and not scaled: its variance is exact
-        xis = (np.random.default_rng([int(random_state), 1]).standard_normal((n_samples, len(wall.pairs)))
+        # (a stream of its own: the weight samples draw from default_rng(random_state))
+        seed = None if random_state is None else [int(random_state), 1]
+        xis = (np.random.default_rng(seed).standard_normal((n_samples, len(wall.pairs)))
                if wall is not None else [None] * n_samples)
         out = []
         for w, xi in zip(samples, xis):
