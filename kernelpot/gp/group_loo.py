@@ -82,23 +82,6 @@ def calibration_groups(model, frames, max_groups: int = 8, random_state=0,
     return groups, "clusters"
 
 
-def _cholesky_in_place(A: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of the symmetric positive definite C-ordered ``A``, written over ``A``.
-
-    ``A.T`` is the same matrix in Fortran order, so LAPACK's upper factor of it,
-    computed in its buffer, is the lower factor of ``A`` read in C order.
-    Raises ``numpy.linalg.LinAlgError`` like :func:`scipy.linalg.cholesky`.
-    """
-    At = A.T
-    if not At.flags.f_contiguous:  # not C-ordered: LAPACK would work on a copy anyway
-        return sla.cholesky(A, lower=True, check_finite=False)
-    potrf = sla.get_lapack_funcs("potrf", (A,))
-    c, info = potrf(At, lower=False, overwrite_a=True, clean=True)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"{info}-th leading minor not positive definite")
-    return c.T
-
-
 class GroupAccumulator:
     """Sums over each group's observations, and a subsample of rows to predict, from one pass.
 
@@ -162,20 +145,47 @@ class GroupAccumulator:
         self.q += other.q
         self.rows += other.rows
 
-    def group_sums(self, g: int) -> tuple:
-        """``(P_g, q_g)``: ``sum A^T A / sigma^2`` and ``sum A^T y / sigma^2`` over group ``g``'s observations."""
+    def held_out_factor(self, g: int, Lc: np.ndarray, u: float) -> tuple:
+        """Lower Cholesky factor of ``Chat - u P_g`` (``Chat = Lc Lc^T``) and ``q_g``.
+
+        ``P_g = sum A^T A / sigma^2`` and ``q_g = sum A^T y / sigma^2`` over
+        group ``g``'s observations.  One ``W x W`` buffer holds ``P_g``, then
+        ``Chat - u P_g``, then its factor: the sums are accumulated and
+        combined with ``Lc`` by BLAS's symmetric rank-k update (``dsyrk``, one
+        triangle) and factored in place by LAPACK's ``dpotrf``.  The sums this
+        accumulator holds (no ``rows_of``) are copied, not overwritten.
+
+        Returns
+        -------
+        Lg : (W, W) array, lower triangular
+        q : (W,) array
+
+        Raises
+        ------
+        numpy.linalg.LinAlgError
+            If ``Chat - u P_g`` is not positive definite.
+        """
+        from scipy.linalg.blas import dsyrk
         if self.rows_of is None:
-            return self.P[g], self.q[g]
-        P = np.zeros((self.n_columns, self.n_columns))
-        q = np.zeros(self.n_columns)
-        for fi in np.flatnonzero(self.groups == g):
-            if fi not in self.frame_sigma:
-                continue
-            ys, inv = self.frame_sigma[fi]
-            As = self.rows_of(int(fi)) * inv[:, None]
-            P += As.T @ As
-            q += As.T @ ys
-        return P, q
+            Pt = np.array(self.P[g].T, order="F")
+            q = self.q[g]
+        else:
+            # the upper triangle of Pt (Fortran order) accumulates sum As^T As
+            Pt = np.zeros((self.n_columns, self.n_columns), order="F")
+            q = np.zeros(self.n_columns)
+            for fi in np.flatnonzero(self.groups == g):
+                if fi not in self.frame_sigma:
+                    continue
+                ys, inv = self.frame_sigma[fi]
+                As = self.rows_of(int(fi)) * inv[:, None]
+                Pt = dsyrk(1.0, As.T, beta=1.0, c=Pt, trans=0, lower=0, overwrite_c=1)
+                q += As.T @ ys
+        Pt = dsyrk(1.0, Lc.T, beta=-u, c=Pt, trans=1, lower=0, overwrite_c=1)  # Lc Lc^T - u P, upper
+        potrf = sla.get_lapack_funcs("potrf", (Pt,))
+        U, info = potrf(Pt, lower=0, overwrite_a=1, clean=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"{info}-th leading minor of Chat - u P_g not positive definite")
+        return U.T, q
 
     def residuals(self, posterior) -> dict:
         """Leave-one-group-out residuals of the kept rows under ``posterior``.
@@ -190,21 +200,14 @@ class GroupAccumulator:
         """
         u = posterior.delta ** 2
         Lc = posterior.Lc
-        Chat = Lc @ Lc.T
-        b = Chat @ posterior.a
+        b = Lc @ (Lc.T @ posterior.a)  # Chat a
         out = {k: [] for k in ("kind", "frame", "group", "atom", "component", "residual", "sigma", "epistemic",
                                "nystrom")}
         for g in range(self.n_groups):
             mine = [r for r in self.rows if r[1] == g]
             if not mine:
                 continue
-            P, q = self.group_sums(g)
-            # Chat - u P in one W x W buffer, factored in place (4 fewer W x W temporaries: 300 MB
-            # of the fit's peak on acetylacetone); the sums this accumulator holds are not overwritten
-            P = np.multiply(P, -u) if self.rows_of is None else np.multiply(P, -u, out=P)
-            P += Chat
-            Lg = _cholesky_in_place(P)
-            del P
+            Lg, q = self.held_out_factor(g, Lc, u)
             ag = sla.cho_solve((Lg, True), b - q, check_finite=False)
             for fi, _, A, y, sig, nys, kind, unit, atom, comp in mine:
                 V = sla.solve_triangular(Lg, A.T, lower=True, check_finite=False)
