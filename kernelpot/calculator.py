@@ -25,6 +25,9 @@ key                        shape       meaning
                                        environment is unlike the training data
 =========================  ==========  =============================================
 
+Every std includes, where two atoms are closer than any pair of their
+elements in the training data, the repulsion prior of :mod:`kernelpot.gp.wall`.
+
 The uncertainty keys are filled when the calculator was made with
 ``uncertainty=True`` (the default); MD users who do not need them save about
 half the cost per step with ``uncertainty=False``.
