@@ -180,7 +180,11 @@ class GroupAccumulator:
                 As = self.rows_of(int(fi)) * inv[:, None]
                 Pt = dsyrk(1.0, As.T, beta=1.0, c=Pt, trans=0, lower=0, overwrite_c=1)
                 q += As.T @ ys
-        Pt = dsyrk(1.0, Lc.T, beta=-u, c=Pt, trans=1, lower=0, overwrite_c=1)  # Lc Lc^T - u P, upper
+        # Lc Lc^T - u P (upper triangle), with Lc passed in the order it is stored: no copy of it
+        if Lc.flags.f_contiguous:
+            Pt = dsyrk(1.0, Lc, beta=-u, c=Pt, trans=0, lower=0, overwrite_c=1)
+        else:
+            Pt = dsyrk(1.0, Lc.T, beta=-u, c=Pt, trans=1, lower=0, overwrite_c=1)
         potrf = sla.get_lapack_funcs("potrf", (Pt,))
         U, info = potrf(Pt, lower=0, overwrite_a=1, clean=1)
         if info != 0:
