@@ -47,7 +47,6 @@ def zbl_pair(r: np.ndarray, za: np.ndarray, zb: np.ndarray) -> tuple[np.ndarray,
     za, zb : (n,) int or float
         Atomic numbers.
 
-
     Returns
     -------
     u : (n,) float
@@ -55,17 +54,7 @@ def zbl_pair(r: np.ndarray, za: np.ndarray, zb: np.ndarray) -> tuple[np.ndarray,
     dudr : (n,) float
         Derivative (eV/Å).
     """
-    r = np.asarray(r, float)
-    za = np.asarray(za, float)
-    zb = np.asarray(zb, float)
-    a = _ZBL_A0 / (za**0.23 + zb**0.23)
-    x = r / a
-    terms = _ZBL_C[:, None] * np.exp(-_ZBL_D[:, None] * x[None, :])
-    phi = terms.sum(axis=0)
-    dphi_dx = -(_ZBL_D[:, None] * terms).sum(axis=0)
-    pref = COULOMB_CONSTANT * za * zb
-    u = pref * phi / r
-    dudr = pref * (dphi_dx / (a * r) - phi / r**2)
+    u, dudr = zbl_derivatives(r, za, zb, 1)
     return u, dudr
 
 
