@@ -170,11 +170,10 @@ class ConventionFinding:
             If a structure of a covered group has a malformed label (the
             message of :func:`kernelpot.io.labels.frame_labels`).
         """
-        groups = tuple(getattr(self, "groups", ())) or (self.group,)
         out = []
         for i, a in enumerate(frames):
-            g = _ALL if groups == (_ALL,) else str(a.info.get("config_type", _NONE))
-            lab = frame_labels(a, i) if g in groups else {}
+            g = _ALL if self.groups == (_ALL,) else str(a.info.get("config_type", _NONE))
+            lab = frame_labels(a, i) if g in self.groups else {}
             judged = self.label in lab and (self.label != "energy" or ("forces" in lab and not is_isolated_atom(a)))
             out.append(relabelled(a, **{self.label: self.convert(lab[self.label])}) if judged else a)
         return out
