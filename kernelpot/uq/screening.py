@@ -1435,9 +1435,10 @@ def _diagnoses(flag, logp, threshold, frames, kind_obs, frame_obs, r_obs, z_obs,
             what[g] = "; ".join(filter(None, (what[g], dup_text[g])))
         # an energy off like a reference shift, but with the force residual on one atom and the neighbour it
         # pushes: a shift leaves forces untouched, an atom moved after the calculation does not
-        zf = z_obs[(frame_obs == g) & (kind_obs == "forces")]
-        j = moved_atom(frames[g], labs[g], preds[g], zf.reshape(-1, 3) if zf.size == 3 * len(frames[g]) else None) \
-            if suspect[g] == "energy" and not conflict and what[g].startswith("reference shift") else None
+        j = None
+        if suspect[g] == "energy" and not conflict and what[g].startswith("reference shift"):
+            zf = z_obs[(frame_obs == g) & (kind_obs == "forces")]
+            j = moved_atom(frames[g], labs[g], preds[g], zf.reshape(-1, 3) if zf.size == 3 * len(frames[g]) else None)
         if j is not None:
             suspect[g] = "geometry"
             what[g] = (f"one atom misplaced (atom {j}): the energy off "
