@@ -7,6 +7,7 @@ import pytest
 
 from kernelpot import SparseGP
 from kernelpot.baselines.zbl import zbl_pair
+from kernelpot.descriptors.neighbors import SpeciesPairs
 from kernelpot.gp.wall import WallPrior, wall_shape
 
 from conftest import emt_frames, finite_difference_forces_stress, pair_test_structure
@@ -39,9 +40,8 @@ def _alloy():
 
 
 def _prior(atoms, r_min):
-    species = sorted(set(atoms.numbers.tolist()))
-    pairs = [(a, b) for k, a in enumerate(species) for b in species[k:]]
-    return WallPrior(np.array(pairs), r_min + 0.1 * np.arange(len(pairs)))
+    pairs = SpeciesPairs.of(atoms.numbers).pairs
+    return WallPrior(pairs, r_min + 0.1 * np.arange(len(pairs)))
 
 
 def _energy(prior, atoms, xi):

@@ -338,8 +338,8 @@ class SpeciesPairs:
 
     @classmethod
     def of(cls, species) -> "SpeciesPairs":
-        """Every unordered pair of the atomic numbers ``species`` (sorted)."""
-        species = sorted(int(z) for z in species)
+        """Every unordered pair of the distinct atomic numbers in ``species`` (sorted)."""
+        species = sorted({int(z) for z in species})
         return cls(np.array([(a, b) for k, a in enumerate(species) for b in species[k:]],
                             dtype=np.int64).reshape(-1, 2))
 

@@ -59,7 +59,7 @@ from kernelpot.gp.posterior import Posterior, predictive_std
 from kernelpot.gp.select import choose_sparse_set
 from kernelpot.gp.solve import safe_cholesky
 from kernelpot.gp.twobody import PairTerm, TwoBody
-from kernelpot.gp.wall import WallPrior
+from kernelpot.gp.wall import WallPrior, no_variances
 
 __all__ = ["SparseGP"]
 
@@ -593,10 +593,9 @@ class SparseGP(BaseEstimator):
     def _wall_variances(self, atoms, forces, stress) -> dict:
         """Variances of the repulsion prior below the data (:class:`kernelpot.gp.wall.WallPrior`), zeros without it."""
         wall = getattr(self, "wall_", None)
-        if wall is not None:
-            return wall.variances(atoms, forces=forces, stress=stress)
-        n = len(atoms)
-        return {"energy": np.zeros(1), "energies": np.zeros(n), "forces": np.zeros((n, 3)), "stress": np.zeros(6)}
+        if wall is None:
+            return no_variances(len(atoms), forces, stress)
+        return wall.variances(atoms, forces=forces, stress=stress)
 
     def predict(self, frames, return_std=True):
         """Batch predictions as arrays.

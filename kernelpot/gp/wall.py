@@ -78,7 +78,7 @@ import numpy as np
 from kernelpot.baselines.zbl import zbl_derivatives, zbl_pair
 from kernelpot.descriptors.neighbors import SpeciesPairs
 
-__all__ = ["WallPrior", "wall_shape"]
+__all__ = ["WallPrior", "wall_shape", "no_variances"]
 
 _VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
@@ -109,6 +109,16 @@ def wall_shape(r, za, zb, r0):
         w[below] = u - u0 - du0 * x - d2u0 * x ** 2 / 2 - d3u0 * x ** 3 / 6
         dw[below] = du - du0 - d2u0 * x - d3u0 * x ** 2 / 2
     return w, dw
+
+
+def no_variances(n_atoms: int, forces: bool = True, stress: bool = False) -> dict:
+    """The zero variances of :meth:`WallPrior.variances`: a structure with no pair below the data, or no prior."""
+    out = {"energy": np.zeros(1), "energies": np.zeros(n_atoms)}
+    if forces:
+        out["forces"] = np.zeros((n_atoms, 3))
+    if stress:
+        out["stress"] = np.zeros(6)
+    return out
 
 
 @dataclass
@@ -209,14 +219,8 @@ class WallPrior:
             ``"stress"`` (6,) (eV/Å^3)^2; all zero when no pair is below the data.
         """
         rows = self.rows(atoms, forces, stress)
-        n = len(atoms)
         if rows is None:
-            out = {"energy": np.zeros(1), "energies": np.zeros(n)}
-            if forces:
-                out["forces"] = np.zeros((n, 3))
-            if stress:
-                out["stress"] = np.zeros(6)
-            return out
+            return no_variances(len(atoms), forces, stress)
         out = {"energy": np.atleast_1d(np.sum(rows["energy"] ** 2)), "energies": np.sum(rows["local"] ** 2, axis=1)}
         if forces:
             out["forces"] = np.sum(rows["forces"] ** 2, axis=2)
