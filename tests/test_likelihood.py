@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from kernelpot.gp.likelihood import GroupStats, whiten, neg_log_marginal_likelihood, optimize_hyperparameters
-from kernelpot.gp.solve import safe_cholesky
+from kernelpot.gp.solve import safe_cholesky, cho_inverse, symmetrize_lower
 
 
 def _problem(seed=0, M=6, sizes=(5, 12, 4)):
@@ -148,3 +148,40 @@ def test_search_reports_its_likelihood_evaluations(monkeypatch):
     theta0, bounds, fixed = hyperparameters.initial_theta(ws)
     theta, n, _ = hyperparameters.search(ws, theta0, bounds, fixed, energy_noise="evidence", warn=False)
     assert n == len(calls) > 13
+
+
+def test_cholesky_and_inverse_without_copies_are_exact():
+    rng = np.random.default_rng(8)
+    S = rng.normal(size=(700, 40))
+    A = S.T @ S + np.eye(40)
+    L, j = safe_cholesky(A)
+    assert j == 0.0 and np.allclose(np.triu(L, 1), 0.0)
+    np.testing.assert_allclose(L @ L.T, A, rtol=1e-12, atol=1e-9)
+    inv = np.linalg.inv(A)
+    np.testing.assert_allclose(cho_inverse(L), inv, rtol=1e-9, atol=1e-12)
+    Ci = cho_inverse(L, overwrite=True)  # written over L
+    np.testing.assert_allclose(Ci, inv, rtol=1e-9, atol=1e-12)
+    assert np.array_equal(Ci, Ci.T)
+    X = rng.normal(size=(23, 23))  # the lower triangle mirrored in blocks that do not divide M
+    assert np.array_equal(symmetrize_lower(np.tril(X), block=7), np.tril(X) + np.tril(X, -1).T)
+    # singular: the smallest jitter that factors it, relative to the mean diagonal
+    B = S[:, :30].T @ S[:, :30]
+    B = np.block([[B, B[:, :5]], [B[:5, :], B[:5, :5]]])  # 35 x 35 of rank 30
+    L, j = safe_cholesky(B)
+    assert j > 0
+    np.testing.assert_allclose(L @ L.T, B + j * np.mean(np.diag(B)) * np.eye(35), rtol=1e-10, atol=1e-8)
+
+
+def test_in_place_cholesky_equals_the_copy_and_survives_failed_attempts():
+    rng = np.random.default_rng(9)
+    S = rng.normal(size=(50, 30))
+    B = S.T @ S
+    B = np.block([[B, B[:, :4]], [B[:4, :], B[:4, :4]]])  # rank 30 of 34: the first attempts fail
+    L_copy, j_copy = safe_cholesky(B)
+    W = np.asfortranarray(B)
+    L, j = safe_cholesky(W, overwrite=True)
+    assert j == j_copy > 0 and np.shares_memory(L, W)
+    np.testing.assert_array_equal(L, L_copy)
+    C = np.array(B, order="C")  # not Fortran-ordered: copied, left as it was
+    safe_cholesky(C, overwrite=True)
+    np.testing.assert_array_equal(C, B)

@@ -14,45 +14,69 @@ import warnings
 import numpy as np
 import scipy.linalg as sla
 
-__all__ = ["safe_cholesky", "cho_solve", "cho_logdet", "cho_inverse"]
+__all__ = ["safe_cholesky", "cho_solve", "cho_logdet", "cho_inverse", "symmetrize_lower"]
 
 #: condition number above which results lose more than ~3 significant digits
 COND_WARN = 1e13
 
 
 def safe_cholesky(A: np.ndarray, name: str = "matrix", jitter: float = 0.0,
-                  max_tries: int = 8) -> tuple[np.ndarray, float]:
+                  max_tries: int = 8, overwrite: bool = False) -> tuple[np.ndarray, float]:
     """Lower Cholesky factor of a symmetric positive (semi-)definite matrix.
 
     Parameters
     ----------
     A : (M, M) array
+        Only its lower triangle is read.
     name : str
         Used in warnings and errors.
     jitter : float
         Initial diagonal jitter, relative to the mean diagonal.
     max_tries : int
         Jitter is multiplied by 10 (starting at 1e-10 if 0) up to this many times.
+    overwrite : bool
+        Factor ``A`` in place when it is a writeable Fortran-ordered float64
+        array (``A`` then holds the factor): no ``M x M`` copy.  An attempt
+        that fails is undone from the upper triangle, which LAPACK never
+        touches, before the next jitter.  Other arrays are copied.
 
     Returns
     -------
     L : (M, M) array
-        Lower-triangular factor of ``A + jitter_used * mean(diag(A)) * I``.
+        Lower-triangular factor (Fortran-ordered) of
+        ``A + jitter_used * mean(diag(A)) * I``.
     jitter_used : float
+
+    Raises
+    ------
+    ValueError
+        Non-finite entries, or a mean diagonal that is not positive.
+    numpy.linalg.LinAlgError
+        Not positive definite even with the largest jitter.
     """
+    in_place = (overwrite and isinstance(A, np.ndarray) and A.dtype == np.float64 and A.ndim == 2
+                and A.flags.f_contiguous and A.flags.writeable)
     A = np.asarray(A, dtype=float)
     if not np.all(np.isfinite(A)):
         raise ValueError(f"{name} contains non-finite entries; check the training labels and descriptors")
     scale = float(np.mean(np.diag(A))) if A.size else 1.0
     if scale <= 0:
         raise ValueError(f"{name} has a non-positive mean diagonal ({scale:g}); it cannot be a covariance")
+    diag = np.diag(A).copy()
     j = jitter
     for _ in range(max_tries + 1):
-        try:
-            L = sla.cholesky(A + (j * scale) * np.eye(len(A)), lower=True, check_finite=False)
-        except np.linalg.LinAlgError:
+        # LAPACK's dpotrf on one Fortran-ordered buffer: A itself, or one copy (no identity matrix, no second copy)
+        W = A if in_place else np.array(A, order="F", copy=True)
+        if j or in_place:
+            W.flat[::len(W) + 1] = diag + j * scale
+        L, info = sla.lapack.dpotrf(W, lower=1, clean=0, overwrite_a=1)
+        if info != 0:
+            if in_place:
+                symmetrize_lower(A.T)  # the lower triangle again from the untouched upper one
+            del W, L
             j = 1e-10 if j == 0 else j * 10
             continue
+        _zero_upper(L)
         d = np.diag(L)
         cond = float((d.max() / d.min()) ** 2) if d.min() > 0 else np.inf
         if cond > COND_WARN:
@@ -62,6 +86,16 @@ def safe_cholesky(A: np.ndarray, name: str = "matrix", jitter: float = 0.0,
     raise np.linalg.LinAlgError(
         f"{name} is not positive definite even with jitter {j:g} x mean diagonal; "
         "this usually means duplicated sparse environments or NaN descriptors")
+
+
+def _zero_upper(A: np.ndarray, block: int = 512) -> None:
+    """Zero the strictly upper triangle of square ``A`` in place, in blocks."""
+    M = len(A)
+    for i0 in range(0, M, block):
+        i1 = min(M, i0 + block)
+        A[i0:i1, i1:] = 0.0
+        D = A[i0:i1, i0:i1]
+        D[...] = np.tril(D)
 
 
 def cho_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -74,7 +108,31 @@ def cho_logdet(L: np.ndarray) -> float:
     return 2.0 * float(np.sum(np.log(np.diag(L))))
 
 
-def cho_inverse(L: np.ndarray) -> np.ndarray:
-    """``(L L^T)^-1`` as a dense symmetric matrix."""
-    Li = sla.solve_triangular(L, np.eye(len(L)), lower=True, check_finite=False)
-    return Li.T @ Li
+def cho_inverse(L: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """``(L L^T)^-1`` as a dense symmetric matrix (LAPACK ``dpotri``).
+
+    With ``overwrite`` the inverse is written over ``L`` when ``L`` is a
+    writeable Fortran-ordered float array (as :func:`safe_cholesky` returns
+    it), so no second ``M x M`` array is allocated; otherwise ``L`` is left
+    as it is.
+    """
+    L = np.asarray(L, dtype=float)
+    if L.size == 0:
+        return np.zeros_like(L)
+    # never write over a read-only factor (LAPACK would)
+    overwrite = overwrite and L.flags.writeable and L.flags.f_contiguous
+    Ci, info = sla.lapack.dpotri(L, lower=1, overwrite_c=1 if overwrite else 0)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"dpotri failed (info {info}): the factor is singular")
+    return symmetrize_lower(Ci)
+
+
+def symmetrize_lower(A: np.ndarray, block: int = 512) -> np.ndarray:
+    """Copy the lower triangle of square ``A`` onto its upper triangle, in place, in blocks (no ``M x M`` temporary)."""
+    M = len(A)
+    for i0 in range(0, M, block):
+        i1 = min(M, i0 + block)
+        D = A[i0:i1, i0:i1]
+        D[...] = np.tril(D) + np.tril(D, -1).T
+        A[i0:i1, i1:] = A[i1:, i0:i1].T
+    return A
