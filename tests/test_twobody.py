@@ -111,6 +111,27 @@ def test_scale_gradient_of_the_evidence_matches_finite_differences():
         assert g[k] == pytest.approx(fd, rel=1e-5, abs=1e-6)
 
 
+def test_evidence_with_a_scale_reads_the_statistics_of_scaled_rows():
+    """The copy-free reading of ``scale_mask`` equals the evidence of rows accumulated with those columns scaled."""
+    rng = np.random.default_rng(5)
+    M, r = 14, 3.1
+    mask = np.zeros(M, bool)
+    mask[[2, 8, 9]] = True
+    plain, scaled = GroupStats.empty(["energy", "forces"], M), GroupStats.empty(["energy", "forces"], M)
+    for g, n in ((0, 10), (1, 50)):
+        A = rng.standard_normal((n, M))
+        y = A @ rng.standard_normal(M) + 0.2 * rng.standard_normal(n)
+        plain.add(g, A, y)
+        As = A.copy()
+        As[:, mask] *= r
+        scaled.add(g, As, y)
+    theta = np.array([0.3, -1.2, -0.8])
+    v, g = neg_log_marginal_likelihood(np.append(theta, np.log(r)), plain, scale_mask=mask)
+    v_ref, g_ref = neg_log_marginal_likelihood(theta, scaled)
+    assert v == pytest.approx(v_ref, rel=1e-12)
+    np.testing.assert_allclose(g[:-1], g_ref, rtol=1e-9)
+
+
 def test_scale_columns_equals_accumulating_scaled_rows():
     rng = np.random.default_rng(4)
     M, r = 9, 2.7

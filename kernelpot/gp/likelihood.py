@@ -118,12 +118,6 @@ class GroupStats:
             A[:, mask] *= r
             self.loo_rows[k] = A
 
-    def scaled(self, mask: np.ndarray, r: float) -> "GroupStats":
-        """A copy with the statistics (not the kept rows) of columns ``mask`` scaled by ``r``."""
-        rho = np.where(np.asarray(mask, bool), r, 1.0)
-        return GroupStats(self.names, self.D * rho[None, :, None] * rho[None, None, :], self.e * rho[None, :],
-                          self.c, self.n, self.logdet_scale)
-
     def merge(self, other: "GroupStats") -> None:
         """Add another chunk's statistics (same groups and sparse set)."""
         self.D += other.D
@@ -143,12 +137,25 @@ def whiten(Lmm: np.ndarray, K: np.ndarray) -> np.ndarray:
     return sla.solve_triangular(Lmm, K.T, lower=True, check_finite=False).T
 
 
-def posterior_factor(theta: np.ndarray, ws: GroupStats):
+def posterior_factor(theta: np.ndarray, ws: GroupStats, rho: np.ndarray | None = None):
     """Cholesky factor of ``I + delta^2 sum_g s_g D_g`` and ``a = (...)^-1 sum_g s_g e_g``.
+
+    Parameters
+    ----------
+    theta : (1 + G,) array
+        ``[log delta, log sigma_1, ..., log sigma_G]``.
+    ws : GroupStats
+    rho : (M,) array, optional
+        Column scales: the statistics are read as those of rows whose
+        whitened columns were multiplied by ``rho`` (``rho D_g rho``,
+        ``rho e_g``: as :meth:`GroupStats.scale_columns` would leave them),
+        without copying ``D``.
 
     Returns
     -------
     Lc : (M, M) array
+        Fortran-ordered lower factor, computed in place in the one ``M x M``
+        array this allocates; never a copy of the ``(G, M, M)`` statistics.
     a : (M,) array
     u : float
         ``delta^2``.
@@ -158,9 +165,17 @@ def posterior_factor(theta: np.ndarray, ws: GroupStats):
     u = np.exp(2.0 * theta[0])
     s = np.exp(-2.0 * np.asarray(theta[1:]))
     M = ws.D.shape[1]
-    Chat = np.eye(M) + u * np.tensordot(s, ws.D, axes=1)
-    Lc, _ = safe_cholesky(Chat, "posterior precision")
-    a = cho_solve(Lc, s @ ws.e)
+    W = np.asfortranarray(np.tensordot(s, ws.D, axes=1))
+    if rho is not None:
+        W *= rho[:, None]
+        W *= rho[None, :]
+    W *= u
+    W.flat[::M + 1] += 1.0
+    ehat = s @ ws.e
+    if rho is not None:
+        ehat = ehat * rho
+    Lc, _ = safe_cholesky(W, "posterior precision", overwrite=True)
+    a = cho_solve(Lc, ehat)
     return Lc, a, u, s
 
 
@@ -171,16 +186,17 @@ def neg_log_marginal_likelihood(theta: np.ndarray, ws: GroupStats, grad: bool = 
     ----------
     theta : (1 + G,) array, or (2 + G,) with ``scale_mask``
         ``[log delta, log sigma_1, ..., log sigma_G]`` (and ``log r``).
-    ws : WhitenedStats
+    ws : GroupStats
     scale_mask : (M,) bool array, optional
         Columns of a kernel term whose prior std relative to ``delta`` is a
         further parameter ``r`` (the last entry of ``theta``): the statistics
-        are evaluated as :meth:`GroupStats.scaled` by ``r``.
+        are read as if :meth:`GroupStats.scale_columns` had scaled them by ``r``,
+        without a copy.
 
     Returns
     -------
     nll : float
-    grad : (1 + G,) array, only when ``grad``.
+    grad : (1 + G,) array (``2 + G`` with ``scale_mask``), only when ``grad``.
 
     Notes
     -----
@@ -189,37 +205,48 @@ def neg_log_marginal_likelihood(theta: np.ndarray, ws: GroupStats, grad: bool = 
     ``-2 log L = log|Chat| - sum_g n_g log s_g + sum_g s_g c_g - u ehat.a + N log 2 pi + const``.
     With ``scale_mask`` (``J`` its diagonal projector, ``B = sum_g s_g D_g`` of the scaled statistics):
     ``d(-2 log L)/d log r = 2 u tr(J B Chat^-1) - 2 u a_J.ehat_J + 2 u^2 a_J.(B a)_J``.
+    The scaled statistics are never formed: with ``rho`` the column scales,
+    ``tr(C rho D rho) = tr((rho C rho) D)`` and ``a.(rho D rho).a = (rho a).D.(rho a)``.
+    Memory beyond the statistics: one ``M x M`` array (the precision, its
+    factor in place, then the inverse over it) and the masked rows of ``B``.
     """
+    rho = mask = None
     if scale_mask is not None:
         mask = np.asarray(scale_mask, bool)
-        ws = ws.scaled(mask, float(np.exp(theta[-1])))
-        if not grad:
-            return neg_log_marginal_likelihood(theta[:-1], ws, grad=False)
-        nll, g = neg_log_marginal_likelihood(theta[:-1], ws, grad=True)
-        Lc, a, u, s = posterior_factor(theta[:-1], ws)
-        Ci = cho_inverse(Lc)
-        B = np.tensordot(s, ws.D, axes=1)
-        ehat = s @ ws.e
-        d_r = (2.0 * u * float(np.sum((B[mask] * Ci[mask]))) - 2.0 * u * float(a[mask] @ ehat[mask])
-               + 2.0 * u * u * float(a[mask] @ (B @ a)[mask]))
-        return nll, np.append(g, 0.5 * d_r)
-    Lc, a, u, s = posterior_factor(theta, ws)
+        rho = np.where(mask, float(np.exp(theta[-1])), 1.0)
+        theta = theta[:-1]
+    Lc, a, u, s = posterior_factor(theta, ws, rho)
     ehat = s @ ws.e
+    if rho is not None:
+        ehat *= rho
     N = float(ws.n.sum())
     m2ll = (cho_logdet(Lc) - float(ws.n @ np.log(s)) + float(s @ ws.c) - u * float(ehat @ a)
             + N * np.log(2 * np.pi) + ws.logdet_scale)
     nll = 0.5 * m2ll
     if not grad:
         return nll
-    Ci = cho_inverse(Lc)
+    Ci = cho_inverse(Lc, overwrite=True)
+    del Lc
     M = len(a)
-    g = np.empty(len(theta))
+    g = np.empty(len(theta) + (mask is not None))
     d_u = (M - np.trace(Ci)) / u - float(a @ a)
     g[0] = 0.5 * d_u * 2.0 * u
+    if mask is not None:
+        # masked rows of the scaled B = sum_g s_g rho D_g rho
+        BJ = np.tensordot(s, ws.D[:, mask, :], axes=1) * rho[None, :] * rho[mask][:, None]
+        d_r = (2.0 * u * float(np.sum(BJ * Ci[mask])) - 2.0 * u * float(a[mask] @ ehat[mask])
+               + 2.0 * u * u * float(a[mask] @ (BJ @ a)))
+        g[-1] = 0.5 * d_r
+        Ci *= rho[:, None]
+        Ci *= rho[None, :]
+        a_r = a * rho
+    else:
+        a_r = a
     for k in range(len(s)):
         Dk = ws.D[k]
-        d_s = (u * float(np.sum(Ci * Dk)) - ws.n[k] / s[k] + ws.c[k]
-               - 2.0 * u * float(ws.e[k] @ a) + u * u * float(a @ Dk @ a))
+        e_k = ws.e[k] if rho is None else ws.e[k] * rho
+        d_s = (u * float(np.vdot(Ci.T, Dk)) - ws.n[k] / s[k] + ws.c[k]
+               - 2.0 * u * float(e_k @ a) + u * u * float(a_r @ Dk @ a_r))
         g[1 + k] = 0.5 * d_s * (-2.0 * s[k])
     return nll, g
 
