@@ -60,8 +60,9 @@ class Posterior:
         Dot-product kernel exponent.
     delta : float
         Kernel scale (eV).
-    Kmm : (M, M) array
-        Sparse covariance divided by ``delta^2``.
+    Kmm : (M, M) array or None
+        Sparse covariance divided by ``delta^2``; None when not kept (a fit
+        frees it once ``Lmm`` is known: :meth:`sparse_kernel` recomputes it).
     Lmm : (M, M) array
         Lower Cholesky factor of ``Kmm``.
     Lc : (M, M) array
@@ -83,7 +84,7 @@ class Posterior:
     sparse: SparseSet
     zeta: float
     delta: float
-    Kmm: np.ndarray
+    Kmm: np.ndarray | None
     Lmm: np.ndarray
     Lc: np.ndarray
     a: np.ndarray
@@ -94,7 +95,7 @@ class Posterior:
 
     @classmethod
     def from_statistics(cls, theta: np.ndarray, stats: GroupStats, sparse: SparseSet, zeta: float,
-                        Kmm: np.ndarray, Lmm: np.ndarray, offset_species=(), kappa: float = 0.0,
+                        Kmm: np.ndarray | None, Lmm: np.ndarray, offset_species=(), kappa: float = 0.0,
                         pair=None) -> "Posterior":
         """Solve for the posterior given log hyperparameters and whitened statistics."""
         with _threads.limit(blas_threads=_threads.threads_for_matrix(stats.D.shape[1])):
@@ -103,6 +104,13 @@ class Posterior:
                    np.asarray(offset_species, dtype=int), float(kappa), pair)
         post.alpha = post._weights(a)
         return post
+
+    def sparse_kernel(self) -> np.ndarray:
+        """``Kmm``: the kept matrix, or recomputed exactly as the fit computed it (``model_kernel``)."""
+        if self.Kmm is not None:
+            return self.Kmm
+        from kernelpot.gp.design import model_kernel
+        return model_kernel(self.sparse, self.zeta, self.pair)
 
     @property
     def n_offsets(self) -> int:

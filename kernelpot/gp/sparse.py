@@ -306,8 +306,9 @@ class SparseGP(BaseEstimator):
             settings = self.two_body if isinstance(self.two_body, TwoBody) else TwoBody()
             self.pair_ = PairTerm.build(settings, frames, self.species_, float(self.descriptor_.r_cut))
         self.wall_ = WallPrior.build(frames, self.species_, float(self.descriptor_.r_cut))
-        self._Kmm = model_kernel(self.sparse_, self.zeta, self.pair_)
-        self._Lmm, _ = safe_cholesky(self._Kmm, "sparse kernel Kmm", jitter=_KMM_JITTER)
+        # Kmm itself is not kept (77 MB at M = 3100): a model file recomputes it (Posterior.sparse_kernel)
+        self._Lmm, _ = safe_cholesky(model_kernel(self.sparse_, self.zeta, self.pair_), "sparse kernel Kmm",
+                                     jitter=_KMM_JITTER)
         self.noise_groups_ = assembly.group_names(self, frames, labels)
         t = assembly.phase(self.verbose, "sparse selection", t, f"{self.sparse_.size} sparse points"
                            + ("" if self.pair_ is None else f" + {self.pair_.size} two-body"))
@@ -396,8 +397,8 @@ class SparseGP(BaseEstimator):
         self.delta_ = float(np.exp(self.theta_[0]))
         self.noise_ = {g: float(np.exp(t)) for g, t in zip(self.noise_groups_, self.theta_[1:])}
         self.log_marginal_likelihood_ = -float(neg_log_marginal_likelihood(self.theta_, self._stats, grad=False))
-        self.posterior_ = Posterior.from_statistics(self.theta_, self._stats, self.sparse_, self.zeta,
-                                                    self._Kmm, self._Lmm, getattr(self, "offset_species_", ()),
+        self.posterior_ = Posterior.from_statistics(self.theta_, self._stats, self.sparse_, self.zeta, None,
+                                                    self._Lmm, getattr(self, "offset_species_", ()),
                                                     getattr(self, "offset_kappa_", 0.0), getattr(self, "pair_", None))
         self.alpha_ = self.posterior_.alpha
 
@@ -906,7 +907,7 @@ class SparseGP(BaseEstimator):
         post = self.posterior_
         arrays = {"alpha_": self.alpha_, "theta_": self.theta_, "sparse_index_": self.sparse_index_,
                   "sparse_X": self.sparse_.X, "sparse_numbers": self.sparse_.numbers,
-                  "Lmm": post.Lmm, "Lc": post.Lc, "Kmm": post.Kmm, "a": post.a}
+                  "Lmm": post.Lmm, "Lc": post.Lc, "Kmm": post.sparse_kernel(), "a": post.a}
         return header, arrays
 
     @classmethod
@@ -967,15 +968,15 @@ class SparseGP(BaseEstimator):
                 model.wall_ = WallPrior.from_dict(fit["wall_"], model.species_, float(model.descriptor_.r_cut))
             except ValueError as exc:
                 raise ValueError(f"{path}: {exc}") from None
-        if "Kmm" not in data:  # compact file: recompute as fit did
-            data["Kmm"] = model_kernel(model.sparse_, model.zeta, model.pair_)
-            data["Lmm"], _ = safe_cholesky(data["Kmm"], "sparse kernel Kmm", jitter=_KMM_JITTER)
-        model._Kmm, model._Lmm = data["Kmm"], data["Lmm"]
+        if "Kmm" not in data:  # compact file: recompute Lmm as fit did (Kmm itself is recomputed when saved)
+            data["Lmm"], _ = safe_cholesky(model_kernel(model.sparse_, model.zeta, model.pair_), "sparse kernel Kmm",
+                                           jitter=_KMM_JITTER)
+        model._Lmm = data["Lmm"]
         model.alpha_ = data["alpha_"]
         # files written before the Bayesian offsets have none (S = 0)
         model.offset_species_ = np.array(fit.get("offset_species_", []), dtype=int)
         model.offset_kappa_ = float(fit.get("offset_kappa_", 0.0))
-        model.posterior_ = Posterior(model.sparse_, float(model.zeta), model.delta_, data["Kmm"], data["Lmm"],
+        model.posterior_ = Posterior(model.sparse_, float(model.zeta), model.delta_, data.get("Kmm"), data["Lmm"],
                                      data["Lc"], data["a"], data["alpha_"], model.offset_species_, model.offset_kappa_,
                                      model.pair_)
         return model
