@@ -9,6 +9,7 @@ from ase.calculators.emt import EMT
 import kernelpot
 from kernelpot import SparseGP
 from kernelpot.gp.assembly import describe
+from kernelpot.gp.design import model_kernel
 from conftest import emt_frames, label
 
 
@@ -196,6 +197,12 @@ def test_save_load_round_trip(cuau_model, cuau_frames, tmp_path):
     r1, r2 = cuau_model.predict_frame(a), m2.predict_frame(a)
     for k in ("energy", "forces", "stress", "forces_std", "energy_std", "stress_std"):
         np.testing.assert_array_equal(r1[k], r2[k])
+    # the fit does not keep Kmm; the file holds the sparse kernel recomputed as the fit built it, factored by Lmm
+    assert cuau_model.posterior_.Kmm is None
+    with np.load(path) as f:
+        Kmm, Lmm = f["Kmm"], f["Lmm"]
+    np.testing.assert_array_equal(Kmm, model_kernel(cuau_model.sparse_, cuau_model.zeta, cuau_model.pair_))
+    np.testing.assert_allclose(Lmm @ Lmm.T, Kmm, rtol=1e-8, atol=1e-8 * np.abs(Kmm).max())
 
 
 def test_bad_model_files(cuau_model, tmp_path):
