@@ -216,7 +216,9 @@ class GroupAccumulator:
             if not mine:
                 continue
             Lg, q = self.held_out_factor(g, Lc, u)
-            ag = sla.cho_solve((Lg, True), b - q, check_finite=False)
+            # Lg is the transpose of LAPACK's Fortran-ordered upper factor: solved as that (Lg.T, upper),
+            # since LAPACK would copy the C-ordered view (one more W x W array)
+            ag = sla.cho_solve((Lg.T, False), b - q, check_finite=False)
             for fi, _, A, y, sig, nys, kind, unit, atom, comp in mine:
                 if A.ndim == 1:  # row indices into the row cache
                     A = self.rows_of(int(fi))[A]
@@ -230,4 +232,6 @@ class GroupAccumulator:
                 out["group"].append(np.full(len(y), g))
                 out["atom"].append(atom)
                 out["component"].append(comp)
+            # one W x W factor at a time: this group's is released before the next group's sums are built
+            del Lg
         return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
