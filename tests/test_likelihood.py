@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from kernelpot.gp.likelihood import GroupStats, whiten, neg_log_marginal_likelihood, optimize_hyperparameters
-from kernelpot.gp.solve import safe_cholesky, cho_inverse, symmetrize_lower
+from kernelpot.gp.solve import safe_cholesky, cho_inverse, symmetrize_lower, fortran_in_place
 
 
 def _problem(seed=0, M=6, sizes=(5, 12, 4)):
@@ -185,3 +185,13 @@ def test_in_place_cholesky_equals_the_copy_and_survives_failed_attempts():
     C = np.array(B, order="C")  # not Fortran-ordered: copied, left as it was
     safe_cholesky(C, overwrite=True)
     np.testing.assert_array_equal(C, B)
+
+
+def test_fortran_in_place_keeps_every_number():
+    rng = np.random.default_rng(10)
+    for M, block in ((23, 7), (16, 4), (5, 512)):
+        X = rng.normal(size=(M, M))  # not symmetric: a transposed copy would show
+        F = fortran_in_place(X.copy(), block=block)
+        assert F.flags.f_contiguous and np.array_equal(F, X)
+    with pytest.raises(ValueError, match="square"):
+        fortran_in_place(np.zeros((3, 4)))

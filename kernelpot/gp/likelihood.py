@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.optimize as so
 
-from kernelpot.gp.solve import safe_cholesky, cho_solve, cho_logdet, cho_inverse
+from kernelpot.gp.solve import safe_cholesky, cho_solve, cho_logdet, cho_inverse, fortran_in_place
 
 __all__ = ["GroupStats", "whiten", "posterior_factor", "neg_log_marginal_likelihood", "loo_neg_log_predictive",
            "optimize_hyperparameters", "select_noise_by_loo"]
@@ -165,7 +165,7 @@ def posterior_factor(theta: np.ndarray, ws: GroupStats, rho: np.ndarray | None =
     u = np.exp(2.0 * theta[0])
     s = np.exp(-2.0 * np.asarray(theta[1:]))
     M = ws.D.shape[1]
-    W = np.asfortranarray(np.tensordot(s, ws.D, axes=1))
+    W = fortran_in_place(np.tensordot(s, ws.D, axes=1))  # the same numbers, no second M x M array
     if rho is not None:
         W *= rho[:, None]
         W *= rho[None, :]

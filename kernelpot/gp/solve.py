@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import scipy.linalg as sla
 
-__all__ = ["safe_cholesky", "cho_solve", "cho_logdet", "cho_inverse", "symmetrize_lower"]
+__all__ = ["safe_cholesky", "cho_solve", "cho_logdet", "cho_inverse", "symmetrize_lower", "fortran_in_place"]
 
 #: condition number above which results lose more than ~3 significant digits
 COND_WARN = 1e13
@@ -136,3 +136,25 @@ def symmetrize_lower(A: np.ndarray, block: int = 512) -> np.ndarray:
         D[...] = np.tril(D) + np.tril(D, -1).T
         A[i0:i1, i1:] = A[i1:, i0:i1].T
     return A
+
+
+def fortran_in_place(A: np.ndarray, block: int = 512) -> np.ndarray:
+    """The values of square C-ordered ``A`` as a Fortran-ordered array in ``A``'s own memory.
+
+    ``A`` is transposed in place block by block (one ``block x block``
+    temporary) and its transpose, a Fortran-ordered view, is returned: the
+    same numbers bitwise, without the ``M x M`` copy ``np.asfortranarray``
+    makes.  ``A`` itself then holds its transpose.
+    """
+    if not (A.ndim == 2 and A.shape[0] == A.shape[1] and A.flags.c_contiguous and A.flags.writeable):
+        raise ValueError("fortran_in_place needs a square, writeable, C-ordered array")
+    M = len(A)
+    for i0 in range(0, M, block):
+        i1 = min(M, i0 + block)
+        A[i0:i1, i0:i1] = A[i0:i1, i0:i1].T.copy()
+        for j0 in range(i1, M, block):
+            j1 = min(M, j0 + block)
+            upper = A[i0:i1, j0:j1].copy()
+            A[i0:i1, j0:j1] = A[j0:j1, i0:i1].T
+            A[j0:j1, i0:i1] = upper.T
+    return A.T
