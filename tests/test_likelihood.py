@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from kernelpot.gp.likelihood import GroupStats, whiten, neg_log_marginal_likelihood, optimize_hyperparameters
-from kernelpot.gp.solve import safe_cholesky, cho_inverse, symmetrize_lower, fortran_in_place
+from kernelpot.gp.solve import safe_cholesky, cho_inverse, cho_solve, symmetrize_lower, fortran_in_place
 
 
 def _problem(seed=0, M=6, sizes=(5, 12, 4)):
@@ -195,3 +195,14 @@ def test_fortran_in_place_keeps_every_number():
         assert F.flags.f_contiguous and np.array_equal(F, X)
     with pytest.raises(ValueError, match="square"):
         fortran_in_place(np.zeros((3, 4)))
+
+
+def test_cho_solve_reads_a_transposed_upper_factor_as_it_is_stored():
+    rng = np.random.default_rng(11)
+    S = rng.normal(size=(60, 25))
+    A = S.T @ S + np.eye(25)
+    b = rng.normal(size=25)
+    L, _ = safe_cholesky(A)  # Fortran-ordered lower
+    Lc = np.ascontiguousarray(L)  # C-ordered lower: the view of an upper factor group LOO returns
+    for factor in (L, Lc):
+        np.testing.assert_allclose(A @ cho_solve(factor, b), b, rtol=1e-10, atol=1e-10)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
+from kernelpot.gp.solve import cho_solve
 from kernelpot.io.labels import config_type, is_isolated_atom
 
 __all__ = ["calibration_groups", "GroupAccumulator"]
@@ -216,9 +217,7 @@ class GroupAccumulator:
             if not mine:
                 continue
             Lg, q = self.held_out_factor(g, Lc, u)
-            # Lg is the transpose of LAPACK's Fortran-ordered upper factor: solved as that (Lg.T, upper),
-            # since LAPACK would copy the C-ordered view (one more W x W array)
-            ag = sla.cho_solve((Lg.T, False), b - q, check_finite=False)
+            ag = cho_solve(Lg, b - q)
             for fi, _, A, y, sig, nys, kind, unit, atom, comp in mine:
                 if A.ndim == 1:  # row indices into the row cache
                     A = self.rows_of(int(fi))[A]

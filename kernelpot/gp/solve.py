@@ -99,7 +99,13 @@ def _zero_upper(A: np.ndarray, block: int = 512) -> None:
 
 
 def cho_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Solve ``(L L^T) x = b``."""
+    """Solve ``(L L^T) x = b`` for a lower factor ``L`` (as :func:`safe_cholesky` returns it).
+
+    A C-ordered ``L`` (the transposed view of a Fortran-ordered upper factor)
+    is solved as that upper factor: LAPACK would otherwise copy it.
+    """
+    if not L.flags.f_contiguous and L.T.flags.f_contiguous:
+        return sla.cho_solve((L.T, False), b, check_finite=False)
     return sla.cho_solve((L, True), b, check_finite=False)
 
 
