@@ -85,6 +85,16 @@ def _fit(model, frames):
         return model.fit(frames)
 
 
+def _sparse_count(s):
+    """``--n-sparse``: a positive integer or ``auto``."""
+    if str(s).strip().lower() == "auto":
+        return "auto"
+    try:
+        return _positive_int(s)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {s!r}") from None
+
+
 def _positive_int(s):
     try:
         v = int(s)
@@ -139,8 +149,8 @@ def _validate(frames, path, quiet):
 
 
 def _model_kwargs(args) -> dict:
-    kw = {"verbose": not args.quiet, "n_sparse": args.n_sparse, "random_state": args.seed,
-          "calibrate": not args.no_calibrate}
+    kw = {"verbose": not args.quiet, "n_sparse": args.n_sparse, "max_memory": args.max_memory,
+          "random_state": args.seed, "calibrate": not args.no_calibrate}
     if args.r_cut is not None:
         from kernelpot import SOAP
         kw["descriptor"] = SOAP(r_cut=args.r_cut)
@@ -360,8 +370,13 @@ def _add_label_keys(p):
 
 
 def _add_model_settings(p, when=""):
-    p.add_argument("--n-sparse", type=_positive_int, default=1000, metavar="M",
-                   help=f"sparse environments per species{when} (default 1000; fewer is faster and coarser)")
+    from kernelpot.gp.sparse import SparseGP
+    default = SparseGP().n_sparse
+    p.add_argument("--n-sparse", type=_sparse_count, default=default, metavar="M",
+                   help=f"sparse environments per species{when}, or 'auto': grown while the evidence rises, "
+                        f"within --max-memory (default {default}; fewer is faster and coarser)")
+    p.add_argument("--max-memory", type=_positive_float, default=SparseGP().max_memory, metavar="GiB",
+                   help=f"memory budget of --n-sparse auto{when} (default {SparseGP().max_memory} GiB)")
     p.add_argument("--r-cut", type=_positive_float, default=None, metavar="Å",
                    help=f"SOAP cutoff radius in Å{when} (default: the SOAP default, 5 Å)")
     p.add_argument("--seed", type=int, default=0, help=f"seed of the sparse selection{when} (default 0); "

@@ -390,11 +390,13 @@ class RowCache:
     beyond it (``O(n_observations x columns)`` on disk, not in memory; the
     folder is removed by :meth:`close` or when the cache is collected).
     Columns rescaled after assembly (the learned two-body scale, the offsets'
-    prior) are rescaled on read (:meth:`scale_columns`).
+    prior) are rescaled on read (:meth:`scale_columns`), and a sparse set cut
+    after assembly (``n_sparse="auto"``) is cut on read (:meth:`select_columns`).
     """
 
     def __init__(self, n_columns: int, budget: int = 128 * 2**20):
         self._col = np.ones(n_columns)
+        self._keep = self._dropped = None
         self._mem = {}
         self._used = 0
         self._budget = int(budget)
@@ -432,7 +434,24 @@ class RowCache:
             with np.load(self._path(index), allow_pickle=False) as f:
                 entry = {k: (f[f"{k}.A"], f[f"{k}.y"], f[f"{k}.scale"] if f"{k}.scale" in f else None, f[f"{k}.ny"])
                          for k in entry}
+        if self._keep is not None:
+            entry = {k: (A[:, self._keep], y, sc, None if ny is None else ny + np.sum(A[:, self._dropped] ** 2, axis=1))
+                     for k, (A, y, sc, ny) in entry.items()}
         return {k: (A * self._col, y, sc, ny) for k, (A, y, sc, ny) in entry.items()}
+
+    def select_columns(self, ix: np.ndarray, n_soap: int) -> None:
+        """Read only the columns ``ix`` from now on (ascending; see :func:`kernelpot.gp.sparse_size.sub_statistics`).
+
+        The first ``n_soap`` columns are SOAP's: the Nystrom residual of each
+        row grows by what its dropped SOAP columns represented.  Call before
+        any :meth:`scale_columns` of the cut columns.
+        """
+        ix = np.asarray(ix, np.int64)
+        if self._keep is not None:
+            raise ValueError("RowCache.select_columns: the columns were already cut once")
+        self._keep = ix
+        self._dropped = np.setdiff1d(np.arange(n_soap), ix)
+        self._col = self._col[ix]
 
     def scale_columns(self, mask: np.ndarray, r: float) -> None:
         """As :meth:`kernelpot.gp.likelihood.GroupStats.scale_columns`: columns ``mask`` times ``r``."""

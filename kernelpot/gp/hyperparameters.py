@@ -20,7 +20,7 @@ from kernelpot import _threads
 from kernelpot.gp.assembly import interactive
 from kernelpot.gp.likelihood import GroupStats, optimize_hyperparameters, select_noise_by_loo
 
-__all__ = ["NOISE_FLOOR", "DELTA_BOUNDS", "SCALE_BOUNDS", "initial_theta", "search"]
+__all__ = ["NOISE_FLOOR", "DELTA_BOUNDS", "SCALE_BOUNDS", "initial_theta", "search", "warn_at_bounds"]
 
 NOISE_FLOOR = {"energy": 1e-4, "forces": 1e-3, "stress": 1e-5}
 _NOISE_INIT = {"energy": 0.005, "forces": 0.1, "stress": 0.002}
@@ -132,9 +132,14 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
         if energy_noise == "loo":
             theta = _energy_noise_by_loo(stats, theta, bounds, fixed, progress)
     if warn:
-        at_bound = [name for name, t, (lo, hi), f in zip(["delta"] + list(stats.names), theta, bounds, fixed)
-                    if not f and (t - lo < 1e-3 or hi - t < 1e-3)]
-        if at_bound:
-            warnings.warn(f"hyperparameters at their bounds after optimisation: {at_bound}; "
-                          "the data may not constrain them (see model.noise_)", RuntimeWarning, stacklevel=3)
+        warn_at_bounds(theta, bounds, fixed, stats.names, stacklevel=4)
     return theta, count[0], scale
+
+
+def warn_at_bounds(theta, bounds, fixed, names, stacklevel: int = 3) -> None:
+    """``RuntimeWarning`` naming the free parameters (``delta``, then ``names``) within 1e-3 of a bound."""
+    at_bound = [name for name, t, (lo, hi), f in zip(["delta"] + list(names), theta, bounds, fixed)
+                if not f and (t - lo < 1e-3 or hi - t < 1e-3)]
+    if at_bound:
+        warnings.warn(f"hyperparameters at their bounds after optimisation: {at_bound}; "
+                      "the data may not constrain them (see model.noise_)", RuntimeWarning, stacklevel=stacklevel)

@@ -17,7 +17,7 @@ import numpy as np
 from kernelpot.gp.design import SparseSet
 from kernelpot.gp.kernels import dot_kernel
 
-__all__ = ["select_sparse", "prune_dependent", "choose_sparse_set", "SPARSE_METHODS"]
+__all__ = ["select_sparse", "sparse_order", "prune_dependent", "prune_ordered", "choose_sparse_set", "SPARSE_METHODS"]
 
 SPARSE_METHODS = ("cur", "fps", "random")
 
@@ -57,6 +57,32 @@ def select_sparse(X: np.ndarray, n: int, method: str = "cur", random_state=0) ->
     else:
         idx = _cur(X, n, rng)
     return np.sort(idx)
+
+
+def sparse_order(X: np.ndarray, n: int, method: str = "cur", random_state=0) -> np.ndarray:
+    """``min(n, n_env)`` rows of ``X`` in the order the method picks them: every prefix is a selection.
+
+    The nested counterpart of :func:`select_sparse` for growing the sparse set
+    (``SparseGP(n_sparse="auto")``): ``sparse_order(X, n)[:m]`` is the
+    selection the method makes of ``m`` points given ``n`` (for CUR, the
+    leverage scores of the rank-``min(rank, n)`` subspace; for FPS, its first
+    ``m`` steps; for random, a uniform sample).  Unlike
+    :func:`select_sparse` the indices are not sorted, and all rows are
+    ordered when ``n >= n_env``.
+
+    Returns
+    -------
+    (min(n, n_env),) int array of distinct row indices, in order of choice.
+    """
+    if method not in SPARSE_METHODS:
+        raise ValueError(f"sparse_method must be one of {SPARSE_METHODS}, got {method!r}")
+    n = min(int(n), len(X))
+    rng = np.random.default_rng(random_state)
+    if method == "random":
+        return rng.permutation(len(X))[:n]
+    if method == "fps":
+        return _fps(X, n, rng)
+    return _cur(X, n, rng)
 
 
 def _cur(X, n, rng):
@@ -120,8 +146,38 @@ def prune_dependent(K: np.ndarray, tol: float = 1e-8) -> np.ndarray:
     return np.sort(np.array(kept, dtype=int))
 
 
+def prune_ordered(K: np.ndarray, tol: float = 1e-8) -> np.ndarray:
+    """Points of an ordered sparse set whose kernel function is not a combination of the points before them.
+
+    :func:`prune_dependent` without pivoting: point ``k`` is kept when its
+    conditional variance given the points kept before it exceeds ``tol``
+    times the largest diagonal entry, so every prefix of the result is the
+    pruned prefix of the input (what :func:`sparse_order` needs).
+
+    Returns
+    -------
+    Indices of the points kept, in their given order.
+    """
+    import scipy.linalg as sla
+    M = len(K)
+    d = np.diag(K).astype(float)
+    thresh = tol * d.max(initial=0.0)
+    L = np.zeros((M, M))  # rows of the Cholesky factor of the kept points' kernel
+    kept = []
+    for p in range(M):
+        k = len(kept)
+        # conditional variance of point p given the kept ones: K_pp - |L^-1 K_kept,p|^2
+        c = sla.solve_triangular(L[:k, :k], K[kept, p], lower=True, check_finite=False) if k else np.zeros(0)
+        v = d[p] - float(c @ c)
+        if v > thresh:
+            L[k, :k] = c
+            L[k, k] = np.sqrt(v)
+            kept.append(p)
+    return np.array(kept, dtype=int)
+
+
 def choose_sparse_set(feats, frames, species, n_sparse: int, method: str, zeta: float, random_state=0,
-                      sparse_points=None, tol: float = 1e-10):
+                      sparse_points=None, tol: float = 1e-10, ordered: bool = False):
     """Sparse environments of a fit, per species, without linearly dependent points.
 
     Parameters
@@ -141,11 +197,19 @@ def choose_sparse_set(feats, frames, species, n_sparse: int, method: str, zeta: 
         Points whose kernel function has a relative conditional variance below
         ``tol`` given the others are dropped: they make ``Kmm`` singular to
         working precision and add nothing the model can resolve.
+    ordered : bool
+        Keep each species' points in the order the method picks them
+        (:func:`sparse_order`, pruned by :func:`prune_ordered`), so that the
+        first ``m`` of a species are its selection of ``m``: what
+        ``SparseGP(n_sparse="auto")`` grows through.  Default: sorted by
+        index within each species.
 
     Returns
     -------
     index : (M,) int array
-        Indices into the concatenated atoms of ``frames``, sorted by species.
+        Indices into the concatenated atoms of ``frames``, species blocks
+        contiguous (ascending), each sorted by index or, with ``ordered``, in
+        order of choice.
     sparse : SparseSet
     """
     X = np.concatenate([f.features for f in feats])
@@ -157,9 +221,12 @@ def choose_sparse_set(feats, frames, species, n_sparse: int, method: str, zeta: 
         idx = []
         for z in species:
             cand = np.flatnonzero(Z == z)
-            sel = cand[select_sparse(X[cand], int(n_sparse), method, random_state)]
-            keep = prune_dependent(dot_kernel(X[sel], X[sel], zeta), tol)
+            pick, prune = (sparse_order, prune_ordered) if ordered else (select_sparse, prune_dependent)
+            sel = cand[pick(X[cand], int(n_sparse), method, random_state)]
+            keep = prune(dot_kernel(X[sel], X[sel], zeta), tol)
             idx.append(sel[keep])
         idx = np.concatenate(idx)
+        if ordered:
+            return idx, SparseSet(X[idx], Z[idx])
     idx = idx[np.lexsort((idx, Z[idx]))]
     return idx, SparseSet(X[idx], Z[idx])

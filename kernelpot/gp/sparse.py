@@ -47,11 +47,11 @@ from kernelpot.io.labels import (LABEL_UNITS, DataWarning, _list, check_structur
                                  is_isolated_atom, is_periodic, same_fingerprint, structure_errors,
                                  training_fingerprint)
 from kernelpot.io.validation import validate, warn_report
-from kernelpot.gp import assembly, hyperparameters
+from kernelpot.gp import assembly, hyperparameters, sparse_size
 from kernelpot.gp.calibration import SIGMA_FLOOR, recalibrate
 from kernelpot.gp.hyperparameters import NOISE_FLOOR
 from kernelpot.gp.design import SparseSet, model_kernel
-from kernelpot.gp.likelihood import neg_log_marginal_likelihood
+from kernelpot.gp.likelihood import loo_neg_log_predictive, neg_log_marginal_likelihood
 from kernelpot.gp.group_loo import calibration_groups
 from kernelpot.gp.loo import leave_one_out
 from kernelpot.gp.offsets import OFFSET_KAPPA, composition_matrix, composition_null_space, fit_offsets
@@ -77,8 +77,18 @@ class SparseGP(BaseEstimator):
     descriptor : SOAP, optional
         Descriptor settings; species are taken from the training data at fit
         time.  Default ``SOAP(r_cut=5.0, n_max=8, l_max=6, atom_sigma=0.5)``.
-    n_sparse : int
+    n_sparse : int or "auto"
         Sparse environments per species (fewer if the data have fewer).
+        ``"auto"``: grown per species through 250, 500, 1000, ... while the
+        optimised log marginal likelihood rises by more than ``ln 100`` nats
+        a step and the fit's estimated peak memory stays within
+        ``max_memory`` (:mod:`kernelpot.gp.sparse_size`: one assembly pass,
+        one hyperparameter search per size); what was tried and why it
+        stopped is in ``sparse_growth_``.
+    max_memory : float
+        Budget of ``n_sparse="auto"`` (GiB): the largest size tried is the
+        last whose estimated peak memory
+        (:func:`kernelpot.gp.sparse_size.fit_memory`) is within it.
     sparse_method : {"cur", "fps", "random"}
         How sparse environments are chosen (see :mod:`kernelpot.gp.select`).
     sparse_points : dict, optional
@@ -150,6 +160,13 @@ class SparseGP(BaseEstimator):
         below which every predictive variance gains the repulsion prior of
         :mod:`kernelpot.gp.wall` (None for a model file written before it:
         no such term).
+    sparse_growth_ : dict or None
+        With ``n_sparse="auto"``: ``"steps"``, one dict per size tried
+        (``counts`` {symbol: environments}, ``log_likelihood`` in nats,
+        ``energy_loo``, the leave-one-out log density of the training
+        energies in nats, ``seconds`` of its hyperparameter search), ``"chosen"`` (index into
+        the steps) and ``"reason"`` (why the growth stopped).  None otherwise;
+        not saved with the model.
     conventions_ : list of kernelpot.gp.conventions.ConventionFinding or None
         Whole config_types whose energy or stress labels follow another
         convention than their physics (warned about at fit; reused by
@@ -168,7 +185,7 @@ class SparseGP(BaseEstimator):
                  zeta=4.0, sigma_energy=None, sigma_force=None, sigma_stress=None, delta=None,
                  noise_per_config_type=False, e0="auto", baseline=None, fit_forces=True,
                  fit_stress=True, energy_noise="loo", calibrate=True, random_state=0, verbose=True,
-                 client=None, chunk_size=16, two_body=True):
+                 client=None, chunk_size=16, two_body=True, max_memory=1.0):
         self.descriptor = descriptor
         self.n_sparse = n_sparse
         self.sparse_method = sparse_method
@@ -190,12 +207,17 @@ class SparseGP(BaseEstimator):
         self.client = client
         self.chunk_size = chunk_size
         self.two_body = two_body
-
+        self.max_memory = max_memory
 
     # ------------------------------------------------------------------ fit
     def _check_params(self):
-        if not (isinstance(self.n_sparse, (int, np.integer)) and self.n_sparse >= 1):
-            raise ValueError(f"n_sparse must be a positive integer, got {self.n_sparse!r}")
+        if not ((isinstance(self.n_sparse, (int, np.integer)) and not isinstance(self.n_sparse, bool)
+                 and self.n_sparse >= 1) or (isinstance(self.n_sparse, str) and self.n_sparse == "auto")):
+            raise ValueError(f"n_sparse must be a positive integer or 'auto', got {self.n_sparse!r}")
+        mem = self.max_memory
+        if not (isinstance(mem, (int, float, np.integer, np.floating)) and not isinstance(mem, bool)
+                and np.isfinite(mem) and mem > 0):
+            raise ValueError(f"max_memory must be a positive number of GiB, got {self.max_memory!r}")
         if self.energy_noise not in ("loo", "evidence"):
             raise ValueError(f"energy_noise must be 'loo' or 'evidence', got {self.energy_noise!r}")
         if not (np.isfinite(self.zeta) and self.zeta >= 1):
@@ -293,23 +315,26 @@ class SparseGP(BaseEstimator):
         t = time.perf_counter()
         feats = assembly.compute_features(self, frames)
         t = assembly.phase(self.verbose, "descriptors", t, f"{len(frames)} frames")
-        with _threads.limit(blas_threads=_threads.threads_for_matrix(int(self.n_sparse) * len(self.species_))):
-            self.sparse_index_, self.sparse_ = choose_sparse_set(
-                feats, frames, self.species_, self.n_sparse, self.sparse_method, self.zeta, self.random_state,
-                self.sparse_points, _SPARSE_TOL)
-        # later only the calibration's clusters read the descriptors, through each frame's mean: the
-        # per-atom features are freed here (126 MB on acetylacetone's 500 frames)
-        mean_features = np.array([f.features.mean(axis=0) for f in feats])
-        del feats
         self.pair_ = None
         if self.two_body is not False:
             settings = self.two_body if isinstance(self.two_body, TwoBody) else TwoBody()
             self.pair_ = PairTerm.build(settings, frames, self.species_, float(self.descriptor_.r_cut))
+        self.noise_groups_ = assembly.group_names(self, frames, labels)
+        self.sparse_growth_ = None
+        auto = self.sparse_points is None and isinstance(self.n_sparse, str)
+        n_pick, available = self._largest_auto_size(frames) if auto else (int(self.n_sparse), None)
+        with _threads.limit(blas_threads=_threads.threads_for_matrix(n_pick * len(self.species_))):
+            self.sparse_index_, self.sparse_ = choose_sparse_set(
+                feats, frames, self.species_, n_pick, self.sparse_method, self.zeta, self.random_state,
+                self.sparse_points, _SPARSE_TOL, ordered=auto)
+        # later only the calibration's clusters read the descriptors, through each frame's mean: the
+        # per-atom features are freed here (126 MB on acetylacetone's 500 frames)
+        mean_features = np.array([f.features.mean(axis=0) for f in feats])
+        del feats
         self.wall_ = WallPrior.build(frames, self.species_, float(self.descriptor_.r_cut))
         # Kmm itself is not kept (77 MB at M = 3100): a model file recomputes it (Posterior.sparse_kernel)
         self._Lmm, _ = safe_cholesky(model_kernel(self.sparse_, self.zeta, self.pair_), "sparse kernel Kmm",
                                      jitter=_KMM_JITTER)
-        self.noise_groups_ = assembly.group_names(self, frames, labels)
         t = assembly.phase(self.verbose, "sparse selection", t, f"{self.sparse_.size} sparse points"
                            + ("" if self.pair_ is None else f" + {self.pair_.size} two-body"))
         if self.verbose:
@@ -321,8 +346,14 @@ class SparseGP(BaseEstimator):
         self._stats = assembly.accumulate(self, frames, labels, cache=self._row_cache)
         t = assembly.phase(self.verbose, "assembly", t)
         theta0, bounds, fixed = self._initial_theta()
-        theta, self.n_likelihood_evaluations_, scale = hyperparameters.search(
-            self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose, scale_mask=self._pair_mask())
+        if auto:
+            theta, self.n_likelihood_evaluations_, scale = self._grow_sparse_set(theta0, bounds, fixed, n_pick,
+                                                                                 available)
+            t = assembly.phase(self.verbose, "sparse set size", t, f"{self.sparse_.size} sparse points")
+        else:
+            theta, self.n_likelihood_evaluations_, scale = hyperparameters.search(
+                self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose,
+                scale_mask=self._pair_mask())
         self._scale_pair(scale)
         self._offset_prior_with_pair(frames)
         self._train_frames = frames
@@ -344,6 +375,70 @@ class SparseGP(BaseEstimator):
             self._row_cache.close()
             self._row_cache = None
         return self
+
+    def _n_extra_columns(self):
+        """Whitened columns besides the sparse environments: the two-body grid and the offsets."""
+        pair = getattr(self, "pair_", None)
+        return (0 if pair is None else pair.size) + len(getattr(self, "offset_species_", ()))
+
+    def _largest_auto_size(self, frames):
+        """Environments per species of the largest size ``n_sparse="auto"`` may try (memory budget),
+        and the environments of each species in ``frames`` ({Z: count})."""
+        Z = np.concatenate([a.numbers for a in frames])
+        available = {int(z): int(np.sum(Z == z)) for z in self.species_}
+        sizes = sparse_size.rungs(available, self._n_extra_columns(), len(self.noise_groups_),
+                                  self.max_memory * 2**30)
+        return max(max(c.values()) for c in sizes), available
+
+    def _grow_sparse_set(self, theta0, bounds, fixed, n_pick, available):
+        """``n_sparse="auto"``: compare nested sparse sets by the evidence (:mod:`kernelpot.gp.sparse_size`).
+
+        The statistics were accumulated for the largest set; the chosen one's
+        sub-block replaces them, with the sparse set, its Cholesky factor and
+        the cached rows cut to match.  Returns the chosen set's hyperparameter
+        search result ``(theta, n_evaluations, scale)``; the evaluations are
+        those of every size tried.
+        """
+        M = self.sparse_.size
+        P = 0 if self.pair_ is None else self.pair_.size
+        blocks = {z: (a, b) for z, a, b in self.sparse_.blocks()}
+        sizes = sparse_size.rungs({z: b - a for z, (a, b) in blocks.items()}, self._n_extra_columns(),
+                                  len(self.noise_groups_), self.max_memory * 2**30)
+
+        energy = [k for k, g in enumerate(self.noise_groups_) if g.split(":")[0] == "energy"]
+
+        def search(sub, ix):
+            mask = None if P == 0 else (ix >= M) & (ix < M + P)
+            theta, n_eval, scale = hyperparameters.search(sub, theta0, bounds, fixed, self.energy_noise,
+                                                          verbose=self.verbose, warn=False, scale_mask=mask)
+            e_loo = (-loo_neg_log_predictive(theta, sub, energy) if energy and sum(map(len, sub.loo_y)) >= 10
+                     else None)
+            return theta, n_eval, scale, -float(neg_log_marginal_likelihood(theta, sub, grad=False)), e_loo
+
+        chosen, steps, reason = sparse_size.grow(self._stats, blocks, sizes, search,
+                                                 note=lambda text: assembly.note(self.verbose, text))
+        ix, sub, theta, _, scale = steps[chosen].result
+        hyperparameters.warn_at_bounds(theta, bounds, fixed, sub.names, stacklevel=4)
+        if reason is None:
+            more = any(n > n_pick for n in available.values())
+            reason = ("the next size would exceed max_memory" if more and n_pick < sparse_size.LADDER[-1]
+                      else "the largest size of the ladder" if more else "every environment of the data is used")
+        from ase.data import chemical_symbols
+        self.sparse_growth_ = {
+            "steps": [{"counts": {chemical_symbols[z]: n for z, n in st.counts.items()},
+                       "log_likelihood": st.log_likelihood, "energy_loo": st.energy_loo, "seconds": st.seconds}
+                      for st in steps],
+            "chosen": chosen, "reason": reason}
+        keep = ix[ix < M]
+        assembly.note(self.verbose, f"kept {len(keep)} sparse points: {reason}")
+        kernel_cols = ix[ix < M + P]
+        self.sparse_index_ = self.sparse_index_[keep]
+        self.sparse_ = SparseSet(self.sparse_.X[keep], self.sparse_.numbers[keep])
+        self._Lmm = np.asfortranarray(self._Lmm[np.ix_(kernel_cols, kernel_cols)])
+        self._stats = sub
+        if self._row_cache is not None:
+            self._row_cache.select_columns(ix, M)
+        return theta, sum(st.n_evaluations for st in steps), scale
 
     def _pair_mask(self):
         """Whitened columns of the two-body term (None without it)."""
