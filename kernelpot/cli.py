@@ -371,12 +371,12 @@ def _add_label_keys(p):
 
 def _add_model_settings(p, when=""):
     from kernelpot.gp.sparse import SparseGP
-    default = SparseGP().n_sparse
-    p.add_argument("--n-sparse", type=_sparse_count, default=default, metavar="M",
-                   help=f"sparse environments per species{when}, or 'auto': grown while the evidence rises, "
-                        f"within --max-memory (default {default}; fewer is faster and coarser)")
-    p.add_argument("--max-memory", type=_positive_float, default=SparseGP().max_memory, metavar="GiB",
-                   help=f"memory budget of --n-sparse auto{when} (default {SparseGP().max_memory} GiB)")
+    defaults = SparseGP()
+    p.add_argument("--n-sparse", type=_sparse_count, default=defaults.n_sparse, metavar="M",
+                   help=f"sparse environments per species{when} (default {defaults.n_sparse}; fewer is faster and "
+                        "coarser), or 'auto': grown while the evidence rises, within --max-memory")
+    p.add_argument("--max-memory", type=_positive_float, default=defaults.max_memory, metavar="GiB",
+                   help=f"memory budget of --n-sparse auto{when} (default {defaults.max_memory} GiB)")
     p.add_argument("--r-cut", type=_positive_float, default=None, metavar="Å",
                    help=f"SOAP cutoff radius in Å{when} (default: the SOAP default, 5 Å)")
     p.add_argument("--seed", type=int, default=0, help=f"seed of the sparse selection{when} (default 0); "

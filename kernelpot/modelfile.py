@@ -134,9 +134,8 @@ def _max_sparse(path, header) -> int:
     if params.get("sparse_points") is not None:
         return len(params["sparse_points"])
     n_sparse = params.get("n_sparse")
-    if n_sparse == "auto":  # grown by the evidence up to the ladder's last size (kernelpot.gp.sparse_size)
-        from kernelpot.gp.sparse_size import LADDER
-        n_sparse = LADDER[-1]
+    if n_sparse == "auto":  # grown by the evidence within a memory budget: only the file-wide bound applies
+        return _MAX_SPARSE
     if not isinstance(n_sparse, int) or isinstance(n_sparse, bool) or not 1 <= n_sparse <= _MAX_SPARSE:
         raise _fail(path, f"n_sparse = {n_sparse!r} is outside [1, {_MAX_SPARSE}]")
     return n_sparse * max(len(species), 1)
