@@ -18,7 +18,7 @@ import numpy as np
 
 from kernelpot import _threads
 from kernelpot.gp.assembly import interactive
-from kernelpot.gp.likelihood import GroupStats, optimize_hyperparameters, select_noise_by_loo
+from kernelpot.gp.likelihood import GroupStats, loo_neg_log_predictive, optimize_hyperparameters, select_noise_by_loo
 
 __all__ = ["NOISE_FLOOR", "DELTA_BOUNDS", "SCALE_BOUNDS", "initial_theta", "search", "warn_at_bounds"]
 
@@ -59,10 +59,27 @@ def initial_theta(stats: GroupStats, delta=None, sigma_energy=None, sigma_force=
     return np.array(theta0), bounds, np.array(fixed)
 
 
-def _energy_noise_by_loo(stats, theta, bounds, fixed, progress=None):
+def energy_loo_groups(stats: GroupStats) -> list:
+    """Noise groups of the energies whose leave-one-out density is a criterion, or ``[]``.
+
+    ``[]`` when there are no energy groups or fewer than ``_MIN_LOO_ENERGIES``
+    energies with leave-one-out rows: the criterion would be too noisy.
+    """
     groups = [k for k, g in enumerate(stats.names) if g.split(":")[0] == "energy"]
-    n_rows = sum(len(y) for y in stats.loo_y)
-    if not groups or n_rows < _MIN_LOO_ENERGIES:
+    if not groups or sum(len(y) for y in stats.loo_y) < _MIN_LOO_ENERGIES:
+        return []
+    return groups
+
+
+def energy_loo_log_density(theta, stats: GroupStats):
+    """Leave-one-out log predictive density of the training energies, or None (see :func:`energy_loo_groups`)."""
+    groups = energy_loo_groups(stats)
+    return -float(loo_neg_log_predictive(theta, stats, groups)) if groups else None
+
+
+def _energy_noise_by_loo(stats, theta, bounds, fixed, progress=None):
+    groups = energy_loo_groups(stats)
+    if not groups:
         return theta
     return select_noise_by_loo(stats, theta, groups, bounds, fixed, progress=progress)
 
@@ -120,7 +137,8 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
     with _threads.limit(blas_threads=_threads.threads_for_matrix(stats.D.shape[1])):
         scale = 1.0
         if scale_mask is not None and np.any(scale_mask):
-            ext, _ = optimize_hyperparameters(stats, np.append(theta0, 0.0), list(bounds) + [tuple(np.log(SCALE_BOUNDS))],
+            ext, _ = optimize_hyperparameters(stats, np.append(theta0, 0.0),
+                                              list(bounds) + [tuple(np.log(SCALE_BOUNDS))],
                                               np.append(fixed, False), scan_delta=scan_delta, progress=progress,
                                               scale_mask=scale_mask)
             theta, scale = ext[:-1], float(np.exp(ext[-1]))

@@ -51,7 +51,7 @@ from kernelpot.gp import assembly, hyperparameters, sparse_size
 from kernelpot.gp.calibration import SIGMA_FLOOR, recalibrate
 from kernelpot.gp.hyperparameters import NOISE_FLOOR
 from kernelpot.gp.design import SparseSet, model_kernel
-from kernelpot.gp.likelihood import loo_neg_log_predictive, neg_log_marginal_likelihood
+from kernelpot.gp.likelihood import neg_log_marginal_likelihood
 from kernelpot.gp.group_loo import calibration_groups
 from kernelpot.gp.loo import leave_one_out
 from kernelpot.gp.offsets import OFFSET_KAPPA, composition_matrix, composition_null_space, fit_offsets
@@ -342,7 +342,8 @@ class SparseGP(BaseEstimator):
             assembly.note(True, f"assembling {n_obs} observations of {len(frames)} frames; "
                                 f"peak memory ~{assembly.memory_estimate(self, frames) / 2**20:.0f} MiB")
         # rows kept for the calibration's leave-one-out: one sweep over the structures per fit
-        self._row_cache = assembly.RowCache(assembly.n_columns(self)) if self.calibrate and self.client is None else None
+        self._row_cache = (assembly.RowCache(assembly.n_columns(self)) if self.calibrate and self.client is None
+                           else None)
         self._stats = assembly.accumulate(self, frames, labels, cache=self._row_cache)
         t = assembly.phase(self.verbose, "assembly", t)
         theta0, bounds, fixed = self._initial_theta()
@@ -405,15 +406,13 @@ class SparseGP(BaseEstimator):
         sizes = sparse_size.rungs({z: b - a for z, (a, b) in blocks.items()}, self._n_extra_columns(),
                                   len(self.noise_groups_), self.max_memory * 2**30)
 
-        energy = [k for k, g in enumerate(self.noise_groups_) if g.split(":")[0] == "energy"]
 
         def search(sub, ix):
             mask = None if P == 0 else (ix >= M) & (ix < M + P)
             theta, n_eval, scale = hyperparameters.search(sub, theta0, bounds, fixed, self.energy_noise,
                                                           verbose=self.verbose, warn=False, scale_mask=mask)
-            e_loo = (-loo_neg_log_predictive(theta, sub, energy) if energy and sum(map(len, sub.loo_y)) >= 10
-                     else None)
-            return theta, n_eval, scale, -float(neg_log_marginal_likelihood(theta, sub, grad=False)), e_loo
+            return (theta, n_eval, scale, -float(neg_log_marginal_likelihood(theta, sub, grad=False)),
+                    hyperparameters.energy_loo_log_density(theta, sub))
 
         chosen, steps, reason = sparse_size.grow(self._stats, blocks, sizes, search,
                                                  note=lambda text: assembly.note(self.verbose, text))
@@ -680,7 +679,8 @@ class SparseGP(BaseEstimator):
             # (a stress component of a crystal fixed by symmetry has zero latent variance)
             st = np.maximum(st, SIGMA_FLOOR[kind] * (n if kind == "energy" else 1.0))
             out[f"{kind}_std_epistemic"], out[f"{kind}_std"] = se, st
-        out["energy_std_epistemic"], out["energy_std"] = float(out["energy_std_epistemic"][0]), float(out["energy_std"][0])
+        out["energy_std_epistemic"] = float(out["energy_std_epistemic"][0])
+        out["energy_std"] = float(out["energy_std"][0])
         if not stress:
             out["stress_std_epistemic"] = np.full(6, np.nan)
             out["stress_std"] = np.full(6, np.nan)
