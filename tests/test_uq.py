@@ -109,10 +109,10 @@ def test_recalibration_weights_recover_known_parameters(w_a, w_p, w_n):
 
 def _two_basin_diag(seed, n=3000):
     """Structure-LOO residuals whose two epistemic parts are nearly proportional (as on mlearn Si forces)
-    and whose variance is almost all sparse-posterior (w_p = 11, w_n = 5e-4), with a growth and fade
-    the stage-1 model does not have: the likelihood in log weights is a shallow valley with a plateau
-    at each end, and from w_p = w_n the single L-BFGS-B start of earlier versions stopped at the wrong
-    end (w_n ~ 1-3, 9 of 12 seeds)."""
+    and whose variance is almost all sparse-posterior (w_p = 11, w_n = 5e-4), drawn with a growth
+    (gamma 1.9) and a fade onset (2.1 v_ref) that stage 1 does not model: the likelihood in log
+    weights is a shallow valley with a plateau at each end, and from w_p = w_n the single L-BFGS-B
+    start of earlier versions stopped at the wrong end (w_n ~ 1-3, 9 of 12 seeds)."""
     rng = np.random.default_rng(seed)
     sigma = np.full(n, 0.1)
     epi = 0.02 * np.exp(1.4 * rng.normal(size=n))

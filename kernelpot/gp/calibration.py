@@ -78,7 +78,7 @@ SIGMA_FLOOR = {kind: 0.1 * value for kind, value in NOISE_FLOOR.items()}
 GROWTH_QUANTILE = 90.0
 #: Candidate fade onsets between v_ref and a_max (log-spaced), chosen by the group held-out likelihood.
 FADE_GRID = 13
-#: Starts of the stage-1 weight fit: log10(w_p / w_n) tilted by these decades (half each way) from w_p = w_n.
+#: Starts of the stage-1 weight fit from w_p = w_n: w_p raised and w_n lowered by these many decades each.
 STAGE1_TILTS = (0.0, 3.0, -3.0)
 #: Fewer training structures than this with residuals of a kind: one scale, each structure one observation.
 MIN_FRAMES = 3
@@ -264,7 +264,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         # mlearn Si forces) it is a shallow valley along w_p / w_n whose ends are plateaus (a weight
         # whose term is negligible has no gradient), and L-BFGS-B from one start stopped at either end
         # (Si forces, the same data with and without stress: w_p / w_n = 4e-4 or 2e6, the first the
-        # worse likelihood). Starts at the middle and three decades to each side; the best is kept
+        # worse likelihood). Starts at w_p = w_n and with w_p / w_n moved 6 decades either way; the best is kept
         lo_x = np.log(max(lo, 1e-10))
         x0 = np.array([max(np.log(s2), lo_x), np.log(s2), np.log(s2)])
         f1 = lambda x: nll(np.exp(x), S)  # noqa: E731
