@@ -96,7 +96,8 @@ def _synthetic_diag(w_a, w_p, w_n=None, gamma=1.0, n=4000, seed=0):
                                   frame_chi2=z, frame_dof=z, frame_leverage=z)
 
 
-@pytest.mark.parametrize("w_a, w_p, w_n", [(0.05, 0.3, 0.3), (2.0, 3.0, 3.0), (1.0, 4.0, 0.5), (3.0, 0.5, 0.2)])
+@pytest.mark.parametrize("w_a, w_p, w_n", [(0.05, 0.3, 0.3), (2.0, 3.0, 3.0), (1.0, 4.0, 0.5), (3.0, 0.5, 0.2),
+                                           (1e7, 4e7, 5e6)])   # residuals 1e7x the GP's variance
 def test_recalibration_weights_recover_known_parameters(w_a, w_p, w_n):
     wa, wp, wn, g, vref, amax, vfade = uq.recalibration_weights(_synthetic_diag(w_a, w_p, w_n),
                                                                 floors={"forces": 1e-4})["forces"]
@@ -128,6 +129,34 @@ def _two_basin_diag(seed, n=3000):
                                   loo_std=np.sqrt(sigma ** 2 + share * epi), z=z,
                                   loo_std_predictive=np.sqrt(sigma ** 2 + epi), z_predictive=z,
                                   frame_chi2=z, frame_dof=z, frame_leverage=z)
+
+
+@pytest.mark.parametrize("empty", ["posterior", "nystrom"])
+def test_weight_of_an_absent_variance_part_stays_at_the_common_scale(empty):
+    # one epistemic part is zero in every observation: its weight has no gradient and the data cannot
+    # set it; it keeps the common starting scale s^2 (times the coverage scale), whichever start wins
+    d = _synthetic_diag(1.0, 2.0, 0.5, seed=7)
+    epi = d.loo_std_predictive ** 2 - d.sigma ** 2
+    if empty == "posterior":
+        d.loo_std = d.sigma.copy()
+    else:
+        d.loo_std = d.loo_std_predictive.copy()
+    ok = epi > 0
+    s2 = np.mean(d.loo_residual[ok] ** 2 / d.loo_std_predictive[ok] ** 2)
+    w = uq.recalibration_weights(d, floors={"forces": 1e-4})["forces"]
+    absent = w[1] if empty == "posterior" else w[2]
+    assert 0.2 < absent / s2 < 5.0
+
+
+def test_noise_far_below_the_sigma_floor_is_lifted_to_it():
+    # a learned (or given) noise std 1e-9 against a floor of 1e-4: the aleatoric weight must be
+    # >= 1e10, beyond the weights' usual range; the fit still runs and every sigma meets the floor
+    d = _synthetic_diag(1.0, 2.0, 0.5)
+    d.sigma = np.full(d.sigma.size, 1e-9)
+    w = uq.recalibration_weights(d, floors={"forces": 1e-4})["forces"]
+    assert np.all(np.isfinite(w)) and w[0] * 1e-18 >= 1e-8 * (1 - 1e-9)
+    _, total = uq.variance(w, 1e-9, np.array([0.0, 1e-12, 1.0]))
+    assert np.all(total >= 1e-8 * (1 - 1e-9))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -80,6 +80,8 @@ GROWTH_QUANTILE = 90.0
 FADE_GRID = 13
 #: Starts of the stage-1 weight fit from w_p = w_n: w_p raised and w_n lowered by these many decades each.
 STAGE1_TILTS = (0.0, 3.0, -3.0)
+#: Mean NLL (nats per observation) by which a tilted start must beat the others to be kept.
+STAGE1_GAIN = 1e-6
 #: Fewer training structures than this with residuals of a kind: one scale, each structure one observation.
 MIN_FRAMES = 3
 
@@ -264,16 +266,21 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         # mlearn Si forces) it is a shallow valley along w_p / w_n whose ends are plateaus (a weight
         # whose term is negligible has no gradient), and L-BFGS-B from one start stopped at either end
         # (Si forces, the same data with and without stress: w_p / w_n = 4e-4 or 2e6, the first the
-        # worse likelihood). Starts at w_p = w_n and with w_p / w_n moved 6 decades either way; the best is kept
+        # worse likelihood). Starts at w_p = w_n and with w_p / w_n moved 6 decades either way; the best
+        # is kept, but a start away from w_p = w_n only for a real gain (STAGE1_GAIN): a
+        # weight whose part is zero in the data has no gradient, keeps its start, and round-off must not
+        # choose that start. The bounds are 1e6 around the scale the residuals ask for (s2), not around
+        # one, and the floor of w_a moves the upper bound if it must (noise std far below the floor)
+        hi_x = np.log(1e6 * max(1.0, s2))
         lo_x = np.log(max(lo, 1e-10))
         x0 = np.array([max(np.log(s2), lo_x), np.log(s2), np.log(s2)])
         f1 = lambda x: nll(np.exp(x), S)  # noqa: E731
-        bounds = [(lo_x, np.log(1e6)), (np.log(1e-10), np.log(1e6)), (np.log(1e-10), np.log(1e6))]
+        bounds = [(lo_x, max(hi_x, lo_x)), (np.log(1e-10), hi_x), (np.log(1e-10), hi_x)]
         x, fx = x0, f1(x0)
         for tilt in STAGE1_TILTS:
             start = np.clip(x0 + np.log(10.0) * tilt * np.array([0.0, 1.0, -1.0]), *np.array(bounds).T)
             res = so.minimize(f1, start, method="L-BFGS-B", bounds=bounds)
-            if res.fun < fx:
+            if res.fun <= fx - (STAGE1_GAIN if tilt else 0.0):
                 x, fx = res.x, float(res.fun)
         # stage 1b: one scale on the three weights so that the held-out coverage at 1 and 2 sigma is
         # the Gaussian's (see coverage_scale); the aleatoric weight keeps its floor
