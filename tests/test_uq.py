@@ -148,6 +148,17 @@ def test_weight_of_an_absent_variance_part_stays_at_the_common_scale(empty):
     assert 0.2 < absent / s2 < 5.0
 
 
+def test_a_non_finite_std_leaves_out_its_observation_not_the_kind():
+    d = _synthetic_diag(1.0, 2.0, 0.5)
+    ref = copy.deepcopy(d)
+    ref.loo_residual[[5, 17]] = np.nan                 # the observations left out the documented way
+    w_ref = uq.recalibration_weights(ref, floors={"forces": 1e-4})["forces"]
+    d.loo_std[5] = np.nan
+    d.loo_std_predictive[17] = np.inf
+    w = uq.recalibration_weights(d, floors={"forces": 1e-4})
+    assert "forces" in w and w["forces"] == pytest.approx(w_ref, rel=1e-12)
+
+
 def test_noise_far_below_the_sigma_floor_is_lifted_to_it():
     # a learned (or given) noise std 1e-9 against a floor of 1e-4: the aleatoric weight must be
     # >= 1e10, beyond the weights' usual range; the fit still runs and every sigma meets the floor

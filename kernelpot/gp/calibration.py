@@ -87,7 +87,7 @@ MIN_FRAMES = 3
 
 
 def informative(diag: TrainingDiagnostics, exclude_frames=()) -> np.ndarray:
-    """Observations that can inform a calibration: finite LOO residual and non-zero epistemic variance.
+    """Observations that can inform a calibration: finite LOO residual and stds, non-zero epistemic variance.
 
     Components fixed by symmetry (e.g. forces in a perfect strained crystal)
     have zero epistemic variance and zero error in every model; they are
@@ -96,7 +96,9 @@ def informative(diag: TrainingDiagnostics, exclude_frames=()) -> np.ndarray:
     left out has an epistemic variance 1e7 times a bulk cell's).
     """
     epi = np.maximum(diag.loo_std_predictive ** 2 - diag.sigma ** 2, 0.0)
-    out = np.isfinite(diag.loo_residual) & ~np.isin(diag.frame, list(exclude_frames))
+    # a non-finite std leaves out its observation, not (through a NaN mean) the whole kind
+    out = (np.isfinite(diag.loo_residual) & np.isfinite(diag.loo_std) & np.isfinite(diag.loo_std_predictive)
+           & np.isfinite(diag.sigma) & ~np.isin(diag.frame, list(exclude_frames)))
     return _informative_mask(diag.kind, epi, diag.loo_residual, out)
 
 
