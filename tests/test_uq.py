@@ -148,15 +148,19 @@ def test_weight_of_an_absent_variance_part_stays_at_the_common_scale(empty):
     assert 0.2 < absent / s2 < 5.0
 
 
-def test_a_non_finite_std_leaves_out_its_observation_not_the_kind():
+def test_a_non_finite_std_leaves_out_its_atom_not_the_kind():
+    # three force components per atom: one non-finite std leaves out the atom whose amplitude it
+    # belongs to, exactly as residuals left out the documented way (NaN) do
     d = _synthetic_diag(1.0, 2.0, 0.5)
+    d.frame = np.arange(d.frame.size) // 3
     ref = copy.deepcopy(d)
-    ref.loo_residual[[5, 17]] = np.nan                 # the observations left out the documented way
+    ref.loo_residual[[3, 4, 5, 15, 16, 17]] = np.nan
     w_ref = uq.recalibration_weights(ref, floors={"forces": 1e-4})["forces"]
     d.loo_std[5] = np.nan
-    d.loo_std_predictive[17] = np.inf
+    d.loo_std_predictive[16] = np.inf
     w = uq.recalibration_weights(d, floors={"forces": 1e-4})
-    assert "forces" in w and w["forces"] == pytest.approx(w_ref, rel=1e-12)
+    assert "forces" in w and np.all(np.isfinite(w["forces"]))
+    assert w["forces"] == pytest.approx(w_ref, rel=1e-12)
 
 
 def test_noise_far_below_the_sigma_floor_is_lifted_to_it():

@@ -96,9 +96,11 @@ def informative(diag: TrainingDiagnostics, exclude_frames=()) -> np.ndarray:
     left out has an epistemic variance 1e7 times a bulk cell's).
     """
     epi = np.maximum(diag.loo_std_predictive ** 2 - diag.sigma ** 2, 0.0)
-    # a non-finite std leaves out its observation, not (through a NaN mean) the whole kind
-    out = (np.isfinite(diag.loo_residual) & np.isfinite(diag.loo_std) & np.isfinite(diag.loo_std_predictive)
-           & np.isfinite(diag.sigma) & ~np.isin(diag.frame, list(exclude_frames)))
+    # a non-finite std leaves out its atom's forces or its cell's stress (the unit whose amplitude the
+    # variance model reads: a NaN amplitude made v_ref NaN), not (through a NaN mean) the whole kind
+    finite = np.isfinite(diag.loo_std) & np.isfinite(diag.loo_std_predictive) & np.isfinite(diag.sigma)
+    unit_ok = np.isfinite(amplitudes(diag.kind, diag.frame, diag.atom, diag.component, np.where(finite, 0.0, np.nan)))
+    out = np.isfinite(diag.loo_residual) & unit_ok & ~np.isin(diag.frame, list(exclude_frames))
     return _informative_mask(diag.kind, epi, diag.loo_residual, out)
 
 
