@@ -87,13 +87,17 @@ def _synthetic_diag(w_a, w_p, w_n=None, gamma=1.0, n=4000, seed=0):
     # components fixed by symmetry: zero epistemic variance and zero residual; must be ignored
     sigma, loo_std, loo_pred, r = (np.r_[x, v] for x, v in
                                    zip((sigma, loo_std, loo_pred, r), (np.full(500, 0.1),) * 3 + (np.zeros(500),)))
+    return _forces_diag(r, sigma, loo_std, loo_pred)
+
+
+def _forces_diag(r, sigma, loo_std, loo_pred):
+    """LOO diagnostics of force components, each its own atom, from residuals and the three stds."""
     z = np.zeros(r.size)
-    frame = np.arange(r.size)
     zero = np.zeros(r.size, dtype=int)
-    return uq.TrainingDiagnostics(kind=np.array(["forces"] * r.size), frame=frame, atom=zero, component=zero,
-                                  residual=r, leverage=z, sigma=sigma, loo_residual_obs=r, z_obs=z, loo_residual=r,
-                                  loo_std=loo_std, z=z, loo_std_predictive=loo_pred, z_predictive=r / loo_pred,
-                                  frame_chi2=z, frame_dof=z, frame_leverage=z)
+    return uq.TrainingDiagnostics(kind=np.array(["forces"] * r.size), frame=np.arange(r.size), atom=zero,
+                                  component=zero, residual=r, leverage=z, sigma=sigma, loo_residual_obs=r, z_obs=z,
+                                  loo_residual=r, loo_std=loo_std, z=z, loo_std_predictive=loo_pred,
+                                  z_predictive=r / loo_pred, frame_chi2=z, frame_dof=z, frame_leverage=z)
 
 
 @pytest.mark.parametrize("w_a, w_p, w_n", [(0.05, 0.3, 0.3), (2.0, 3.0, 3.0), (1.0, 4.0, 0.5), (3.0, 0.5, 0.2),
@@ -122,13 +126,7 @@ def _two_basin_diag(seed, n=3000):
     vref = np.percentile(epi, 90)
     _, v = uq.variance((0.57, 11.0, 5e-4, 1.9, vref, epi.max(), 2.1 * vref), sigma, epi, epi, (1 - share) * epi)
     r = rng.normal(size=n) * np.sqrt(v)
-    z = np.zeros(n)
-    zero = np.zeros(n, dtype=int)
-    return uq.TrainingDiagnostics(kind=np.array(["forces"] * n), frame=np.arange(n), atom=zero, component=zero,
-                                  residual=r, leverage=z, sigma=sigma, loo_residual_obs=r, z_obs=z, loo_residual=r,
-                                  loo_std=np.sqrt(sigma ** 2 + share * epi), z=z,
-                                  loo_std_predictive=np.sqrt(sigma ** 2 + epi), z_predictive=z,
-                                  frame_chi2=z, frame_dof=z, frame_leverage=z)
+    return _forces_diag(r, sigma, np.sqrt(sigma ** 2 + share * epi), np.sqrt(sigma ** 2 + epi))
 
 
 @pytest.mark.parametrize("empty", ["posterior", "nystrom"])

@@ -281,8 +281,9 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         f1 = lambda x: nll(np.exp(x), S)  # noqa: E731
         bounds = [(lo_x, max(hi_x, lo_x)), (np.log(1e-10), hi_x), (np.log(1e-10), hi_x)]
         x, fx = x0, f1(x0)
+        lower, upper = np.array(bounds).T
         for tilt in STAGE1_TILTS:
-            start = np.clip(x0 + np.log(10.0) * tilt * np.array([0.0, 1.0, -1.0]), *np.array(bounds).T)
+            start = np.clip(x0 + np.log(10.0) * tilt * np.array([0.0, 1.0, -1.0]), lower, upper)
             res = so.minimize(f1, start, method="L-BFGS-B", bounds=bounds)
             if res.fun <= fx - (STAGE1_GAIN if tilt else 0.0):
                 x, fx = res.x, float(res.fun)
