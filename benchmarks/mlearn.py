@@ -6,7 +6,9 @@
 ``acac`` fits acetylacetone at 300 K (``../shared/data/acac/train_300K.xyz`` with the
 isolated atoms) and tests on every 4th frame of ``test_MD_300K`` and ``test_MD_600K``
 (energy, forces; no stress).  ``--ablation`` adds one row per setting changed from the
-defaults (``name=value``, value read as a Python literal), each in its own subprocess.
+defaults (``name=value``, value read as a Python literal), each in its own subprocess;
+``second_soap=R`` sums the default SOAP's kernel with that of a second SOAP of cut-off
+``R`` Å (``descriptor=[SOAP(), SOAP(r_cut=R)]``, its scale learned).
 
 Fits ``kernelpot.SparseGP()`` exactly as a user would (no argument changed unless
 ``--n-sparse`` is given) on ``../shared/data/mlearn/<El>/training.json`` and
@@ -69,6 +71,8 @@ def run_one(element: str, n_sparse: int | None, quick: bool, settings: dict | No
 
     train, tests = _data(element, quick)
     kw = dict(settings or {})
+    if "second_soap" in kw:  # a kernel sum over two SOAP cut-offs (see the module docstring)
+        kw["descriptor"] = [kernelpot.SOAP(), kernelpot.SOAP(r_cut=float(kw.pop("second_soap")))]
     if n_sparse is not None:
         kw["n_sparse"] = n_sparse
     t0 = time.perf_counter()
@@ -76,10 +80,12 @@ def run_one(element: str, n_sparse: int | None, quick: bool, settings: dict | No
     fit_s = time.perf_counter() - t0
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     evs = {name: evaluate(model, test) for name, test in tests.items()}
+    kw = dict(settings or {})  # as given (a descriptor list is not JSON)
+    soap_scales = [float(r) for r in model.sparse_.scales]
     if element == "acac":
         return {"element": element, "settings": kw, "fit_s": fit_s, "rss_GiB": rss_gib,
-                "n_sparse": int(model.sparse_.size), "errors": {k: error_table(ev) for k, ev in evs.items()},
-                "pair_scale": None if model.pair_ is None else model.pair_.scale}
+                "n_sparse": int(model.sparse_.n_env), "errors": {k: error_table(ev) for k, ev in evs.items()},
+                "pair_scale": None if model.pair_ is None else model.pair_.scale, "soap_scales": soap_scales}
     ev = evs["test"]
     test = tests["test"]
     err = error_table(ev)
@@ -89,9 +95,9 @@ def run_one(element: str, n_sparse: int | None, quick: bool, settings: dict | No
     cov = metrics.coverage(ev["forces"]["err"], ev["forces"]["std"], k=(1, 2))
     # prediction cost: a 54-atom cell and a ~1000-atom cell of the training crystal, rattled
     res = {"element": element, "settings": kw, "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
-           "rss_GiB": rss_gib, "n_sparse": int(model.sparse_.size), "delta": model.delta_,
+           "rss_GiB": rss_gib, "n_sparse": int(model.sparse_.n_env), "delta": model.delta_,
            "noise": model.noise_, "errors": err, "force_coverage_1_2": cov.tolist(),
-           "pair_scale": None if model.pair_ is None else model.pair_.scale}
+           "pair_scale": None if model.pair_ is None else model.pair_.scale, "soap_scales": soap_scales}
     if settings:  # ablation rows: accuracy and fit cost only
         return res
     if element == "Si":  # 2-atom primitive x 27 = 54; 8-atom cubic x 125 = 1000
@@ -138,16 +144,17 @@ def format_ablation(results: list[dict]) -> str:
     """One row per fit: E/F/S MAE and RMSE per test set, fit wall time and peak memory."""
     lines = ["", "Ablation (defaults unless named): E meV/atom, F eV/Å (acac: meV/Å), S GPa; MAE / RMSE",
              f"{'model':<40}{'test':<8}{'E MAE':>8}{'E RMSE':>8}{'F MAE':>9}{'F RMSE':>9}{'S MAE':>8}"
-             f"{'S RMSE':>8}{'fit s':>7}{'GiB':>6}{'2b scale':>9}"]
+             f"{'S RMSE':>8}{'fit s':>7}{'GiB':>6}{'2b scale':>9}{'SOAP 2':>8}"]
     for r in results:
         errs = r["errors"] if r["element"] == "acac" else {"test": r["errors"]}
         fs = 1000.0 if r["element"] == "acac" else 1.0
         for name, e in errs.items():
             s = e.get("stress", {"MAE": float("nan"), "RMSE": float("nan")})
             sc = "-" if r.get("pair_scale") is None else f"{r['pair_scale']:.3g}"
+            s2 = ", ".join(f"{v:.3g}" for v in r.get("soap_scales", [])) or "-"
             lines.append(f"{_label(r):<40}{name:<8}{e['energy']['MAE']:>8.2f}{e['energy']['RMSE']:>8.2f}"
                          f"{fs * e['forces']['MAE']:>9.4f}{fs * e['forces']['RMSE']:>9.4f}{s['MAE']:>8.3f}"
-                         f"{s['RMSE']:>8.3f}{r['fit_s']:>7.0f}{r['rss_GiB']:>6.2f}{sc:>9}")
+                         f"{s['RMSE']:>8.3f}{r['fit_s']:>7.0f}{r['rss_GiB']:>6.2f}{sc:>9}{s2:>8}")
     return "\n".join(lines)
 
 

@@ -141,17 +141,32 @@ def _max_sparse(path, header) -> int:
     return n_sparse * max(len(species), 1)
 
 
+def _n_extra(path, header) -> int:
+    """Further SOAP descriptors of a kernel sum the header describes (0 for one SOAP)."""
+    extra = header.get("extra_descriptors", [])
+    if not isinstance(extra, list) or len(extra) > 16:
+        raise _fail(path, "its further descriptors ('extra_descriptors') are not a list of up to 16 settings")
+    return len(extra)
+
+
 def _check_settings(path, header):
     desc = header.get("descriptor")
     if not isinstance(desc, dict):
         raise _fail(path, "the header has no descriptor settings")
-    for key, (lo, hi) in _DESCRIPTOR_LIMITS.items():
-        v = desc.get(key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
-            raise _fail(path, f"descriptor setting {key} = {v!r} is outside [{lo}, {hi}]")
+    for d in [desc] + list(header.get("extra_descriptors", [])):
+        if not isinstance(d, dict):
+            raise _fail(path, "the header's descriptor settings are not a dict")
+        for key, (lo, hi) in _DESCRIPTOR_LIMITS.items():
+            v = d.get(key)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+                raise _fail(path, f"descriptor setting {key} = {v!r} is outside [{lo}, {hi}]")
     fitted = header.get("fitted")
     if not isinstance(fitted, dict):
         raise _fail(path, "the header has no fitted state")
+    scales = fitted.get("sparse_scales_", [])
+    if not (isinstance(scales, list) and len(scales) == _n_extra(path, header)
+            and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in scales)):
+        raise _fail(path, f"its kernel-sum scales {scales!r} are not one positive number per further descriptor")
     for key in ("delta_", "log_marginal_likelihood_"):
         if not isinstance(fitted.get(key), (int, float)) or not math.isfinite(fitted[key]):
             raise _fail(path, f"fitted value {key} = {fitted.get(key)!r} is not a finite number")
@@ -218,6 +233,8 @@ def read_model_file(path, names) -> tuple[dict, dict]:
         if int(header.get("version", -1)) > VERSION:
             raise _fail(path, f"it has format version {header['version']}, newer than this kernelpot reads "
                               f"({VERSION}); upgrade kernelpot")
+        if _n_extra(path, header) and "sparse_X" in names:  # a kernel sum: its further descriptors' features
+            names = list(names) + ["sparse_X_extra"]
         missing = set(names) - set(members)
         if missing:
             raise _fail(path, f"arrays {sorted(missing)} are missing")
@@ -228,7 +245,8 @@ def read_model_file(path, names) -> tuple[dict, dict]:
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, SyntaxError) as exc:
             raise _fail(path, f"it is truncated or corrupted ({exc})") from exc
         _check_shapes(path, meta, len(header["fitted"].get("offset_species_", [])),
-                      max_sparse=_max_sparse(path, header), n_pair=_pair_columns(path, header))
+                      max_sparse=_max_sparse(path, header), n_pair=_pair_columns(path, header),
+                      n_parts=1 + _n_extra(path, header))
         _check_sizes(path, zf, sized)
         arrays = {}
         try:
@@ -257,7 +275,7 @@ def _pair_columns(path, header) -> int:
     return n
 
 
-def _check_shapes(path, meta, n_offsets=0, max_sparse=None, n_pair=0):
+def _check_shapes(path, meta, n_offsets=0, max_sparse=None, n_pair=0, n_parts=1):
     for n, (shape, dtype) in meta.items():
         if dtype.hasobject or dtype.kind not in "fiu":
             raise _fail(path, f"array {n!r} has dtype {dtype}, expected numbers")
@@ -270,7 +288,7 @@ def _check_shapes(path, meta, n_offsets=0, max_sparse=None, n_pair=0):
                           f"0 < M <= {limit} (n_sparse x species in the header)")
     if not (isinstance(n_offsets, int) and 0 <= n_offsets <= 200):
         raise _fail(path, f"{n_offsets!r} offset parameters, expected one per species")
-    K = M + n_pair  # kernel columns: sparse environments, then the two-body term's
+    K = M * n_parts + n_pair  # kernel columns: sparse environments (per SOAP term), then the two-body term's
     W = K + n_offsets  # whitened weights: kernel columns, then per-species offsets
     expect = {"Lmm": (K, K), "Kmm": (K, K), "Lc": (W, W), "a": (W,), "alpha_": (W,), "sparse_index_": (M,)}
     for n, shp in expect.items():
@@ -280,3 +298,7 @@ def _check_shapes(path, meta, n_offsets=0, max_sparse=None, n_pair=0):
         shp = tuple(meta["sparse_X"][0])
         if len(shp) != 2 or shp[0] != M or shp[1] > 10**6:
             raise _fail(path, f"array 'sparse_X' has shape {shp}, expected ({M}, n_features)")
+    if "sparse_X_extra" in meta:
+        shp = tuple(meta["sparse_X_extra"][0])
+        if len(shp) != 2 or shp[0] != M or shp[1] > 10**7:
+            raise _fail(path, f"array 'sparse_X_extra' has shape {shp}, expected ({M}, n_features)")

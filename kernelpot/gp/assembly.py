@@ -24,7 +24,7 @@ from kernelpot.io.labels import check_structure, config_type, frame_labels, fram
 from kernelpot.gp.design import design_rows
 from kernelpot.gp.likelihood import GroupStats, whiten
 from kernelpot.gp.offsets import offset_column
-from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_stress_var
+from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_of, prior_parts, prior_stress_var
 
 __all__ = ["KINDS", "RowCache", "describe", "nystrom_residual", "whitened_rows", "training_rows", "offset_columns", "n_columns", "add_frame", "accumulate", "group_names", "group_of", "chunks",
            "labels_in_groups", "compute_features", "worker_view", "memory_estimate", "progress", "note", "phase",
@@ -240,11 +240,15 @@ def force_rows(atoms, given=None) -> np.ndarray:
 def describe(model, atoms, gradients: bool = False, strain: bool = False):
     """The descriptors of ``atoms`` that the model's kernel terms need.
 
-    SOAP features (with position / strain derivatives on request) and, when
+    SOAP features (with position / strain derivatives on request), those of
+    the further SOAP descriptors of a kernel sum in ``feat.extra``, and, when
     the model has a two-body term (``model.pair_``), the structure's pairs in
     ``feat.pairs`` (:class:`kernelpot.gp.twobody.PairGeometry`).
     """
     feat = model.descriptor_.compute(atoms, gradients=gradients, strain=strain)
+    extra = getattr(model, "extra_descriptors_", ())
+    if extra:
+        feat.extra = [d.compute(atoms, gradients=gradients, strain=strain) for d in extra]
     pair = getattr(model, "pair_", None)
     if pair is not None:
         feat.pairs = pair.geometry(atoms)
@@ -256,12 +260,20 @@ def nystrom_residual(model, A: np.ndarray, prior: np.ndarray) -> np.ndarray:
 
     Only SOAP's ``M`` columns leave a residual: the two-body term and the
     offset parameters are represented exactly, so they appear in neither
-    term (and rescaling their columns leaves the residual unchanged).
+    term (and rescaling their columns leaves the residual unchanged).  With
+    ``prior`` of shape (n, D), one column per SOAP term of a kernel sum (its
+    ``r_d^2``-weighted share, :func:`kernelpot.gp.variance.prior_parts`), the
+    residual of each term, (n, D): ``Kmm`` is block-diagonal over the terms,
+    so each term's columns whiten on their own.
     """
-    return np.maximum(prior - np.sum(A[:, :model.sparse_.size] ** 2, axis=1), 0.0)
+    if np.ndim(prior) == 1:
+        return np.maximum(prior - np.sum(A[:, :model.sparse_.size] ** 2, axis=1), 0.0)
+    m = model.sparse_.n_env
+    return np.stack([np.maximum(prior[:, d] - np.sum(A[:, d * m:(d + 1) * m] ** 2, axis=1), 0.0)
+                     for d in range(prior.shape[1])], axis=1)
 
 
-def training_rows(model, atoms, lab, priors=False):
+def training_rows(model, atoms, lab, priors=False, parts=False):
     """Reduced design rows, targets and noise scales of one frame's labels.
 
     Returns
@@ -279,7 +291,8 @@ def training_rows(model, atoms, lab, priors=False):
     priors : dict, only with ``priors`` (True, or a tuple of kinds)
         Reduced prior variance of those observations under SOAP's kernel
         (the exact two-body and offset columns carry no Nystrom residual; see
-        :func:`nystrom_residual`).
+        :func:`nystrom_residual`); with ``parts`` and a kernel sum, one column
+        per SOAP term, (n, D).
     """
     want_f = model.fit_forces and "forces" in lab
     want_s = model.fit_stress and "stress" in lab
@@ -311,13 +324,21 @@ def training_rows(model, atoms, lab, priors=False):
     if not priors:
         return rows, ys, scales
     kinds = KINDS if priors is True else priors
+    sparse = model.sparse_
+    split = parts and bool(sparse.extra)
+
+    def prior(fn, *args):  # (n,) summed over the SOAP terms, or (n, D) with parts
+        if not split:
+            return np.ravel(prior_of(fn, feat, sparse, *args))
+        return np.stack([np.ravel(p) for p in prior_parts(fn, feat, sparse, *args)], axis=1)
+
     pv = {}
     if "energy" in rows and "energy" in kinds:
-        pv["energy"] = np.array([prior_energy_var(feat, model.zeta)])
+        pv["energy"] = prior(prior_energy_var, model.zeta)
     if want_f and "forces" in kinds:
-        pv["forces"] = prior_force_var(feat, model.zeta).ravel()[force_rows(atoms, given)]
+        pv["forces"] = prior(prior_force_var, model.zeta)[force_rows(atoms, given)]
     if want_s and "stress" in kinds:
-        pv["stress"] = prior_stress_var(feat, model.zeta, vol)
+        pv["stress"] = prior(prior_stress_var, model.zeta, vol)
     return rows, ys, scales, pv
 
 
@@ -358,11 +379,12 @@ def add_frame(model, stats: GroupStats, atoms, lab, sign: float = 1.0, cache=Non
         _add_frame(model, stats, atoms, lab, sign, cache, index)
 
 
-def whitened_rows(model, atoms, lab, priors=True) -> dict:
+def whitened_rows(model, atoms, lab, priors=True, parts=False) -> dict:
     """``{kind: (A, y, scale, nystrom)}`` of one frame: whitened rows with the offset columns
     (:func:`offset_columns`), targets and noise scales (:func:`training_rows`) and, for the
-    kinds in ``priors`` (True: all), the reduced Nystrom residual of each row (else None)."""
-    rows, ys, scales, pv = training_rows(model, atoms, lab, priors=priors)
+    kinds in ``priors`` (True: all), the reduced Nystrom residual of each row (else None);
+    with ``parts`` and a kernel sum, of each SOAP term, (n, D) (see :func:`nystrom_residual`)."""
+    rows, ys, scales, pv = training_rows(model, atoms, lab, priors=priors, parts=parts)
     out = {}
     for kind in rows:
         A = offset_columns(model, atoms, kind, whiten(model._Lmm, rows[kind]))
@@ -372,7 +394,8 @@ def whitened_rows(model, atoms, lab, priors=True) -> dict:
 
 def _add_frame(model, stats, atoms, lab, sign, cache, index):
     gidx = {g: k for k, g in enumerate(stats.names)}
-    entry = whitened_rows(model, atoms, lab, priors=True if cache is not None else ("energy",))
+    # a kernel sum keeps each SOAP term's residual apart: the terms' scales are learned after assembly
+    entry = whitened_rows(model, atoms, lab, priors=True if cache is not None else ("energy",), parts=True)
     for kind, (A, y, scale, nys) in entry.items():
         # energies keep their rows for the leave-one-out choice of the energy noise
         stats.add(gidx[group_of(model, kind, atoms)], A, y, scale, sign, nystrom=nys if kind == "energy" else None)
@@ -396,6 +419,7 @@ class RowCache:
 
     def __init__(self, n_columns: int, budget: int = 128 * 2**20):
         self._col = np.ones(n_columns)
+        self._ny = {}  # SOAP term of a kernel sum -> factor on its kept Nystrom residuals
         self._keep = self._dropped = None
         self._mem = {}
         self._used = 0
@@ -437,7 +461,16 @@ class RowCache:
         if self._keep is not None:
             entry = {k: (A[:, self._keep], y, sc, None if ny is None else ny + np.sum(A[:, self._dropped] ** 2, axis=1))
                      for k, (A, y, sc, ny) in entry.items()}
-        return {k: (A * self._col, y, sc, ny) for k, (A, y, sc, ny) in entry.items()}
+        return {k: (A * self._col, y, sc, self._nystrom(ny)) for k, (A, y, sc, ny) in entry.items()}
+
+    def _nystrom(self, ny):
+        """One residual per row: a kernel sum's (n, D) kept residuals summed with their current factors."""
+        if ny is None or np.ndim(ny) == 1:
+            return ny
+        w = np.ones(ny.shape[1])
+        for d, f in self._ny.items():
+            w[d] = f
+        return ny @ w
 
     def select_columns(self, ix: np.ndarray, n_soap: int) -> None:
         """Read only the columns ``ix`` from now on (ascending; see :func:`kernelpot.gp.sparse_size.sub_statistics`).
@@ -453,9 +486,11 @@ class RowCache:
         self._dropped = np.setdiff1d(np.arange(n_soap), ix)
         self._col = self._col[ix]
 
-    def scale_columns(self, mask: np.ndarray, r: float) -> None:
+    def scale_columns(self, mask: np.ndarray, r: float, nystrom_part: int | None = None) -> None:
         """As :meth:`kernelpot.gp.likelihood.GroupStats.scale_columns`: columns ``mask`` times ``r``."""
         self._col[np.asarray(mask, bool)] *= r
+        if nystrom_part is not None:
+            self._ny[nystrom_part] = self._ny.get(nystrom_part, 1.0) * r * r
 
     def close(self) -> None:
         """Drop every entry and remove the temporary folder."""
@@ -529,7 +564,7 @@ def memory_estimate(model, frames) -> int:
     """Bytes at the peak of assembly: the M x M group statistics plus one frame's rows."""
     M = n_columns(model)
     G = max(len(getattr(model, "noise_groups_", KINDS)), 1)
-    F = model.descriptor_.get_number_of_features()
+    F = sum(d.get_number_of_features() for d in [model.descriptor_, *getattr(model, "extra_descriptors_", ())])
     nmax = max(len(a) for a in frames)
     pairs = nmax * 60
     return 8 * (G * M * M + 3 * M * M + 3 * nmax * M + pairs * 3 * F + min(pairs, 4096) * 3 * M)

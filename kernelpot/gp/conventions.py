@@ -239,7 +239,7 @@ def _stress_std(model, frames, ps) -> np.ndarray:
     finding.
     """
     from kernelpot.gp import assembly
-    from kernelpot.gp.variance import prior_stress_var
+    from kernelpot.gp.variance import prior_of, prior_stress_var
 
     out = np.zeros((len(frames), 6))
     # the rows of up to 256 structures in one pair of triangular solves (six at a time read L from
@@ -250,7 +250,7 @@ def _stress_std(model, frames, ps) -> np.ndarray:
             vol = a.cell.volume
             feat = assembly.describe(model, a, gradients=False, strain=True)
             rows.append(ps.design(feat, vol, forces=False, stress=True)["stress"])
-            prior.append(prior_stress_var(feat, ps.zeta, vol))
+            prior.append(prior_of(prior_stress_var, feat, ps.sparse, ps.zeta, vol))
         var = ps.latent_variance(np.vstack(rows), np.concatenate(prior))
         out[c0:c0 + len(rows)] = np.sqrt(var).reshape(len(rows), 6)
     return out

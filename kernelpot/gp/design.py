@@ -24,7 +24,7 @@ import numpy as np
 
 from kernelpot.gp.kernels import dot_kernel, dot_kernel_coeff, _power
 
-__all__ = ["SparseSet", "frame_design", "frame_mean", "design_rows", "model_kernel"]
+__all__ = ["SparseSet", "feature_parts", "frame_design", "frame_mean", "design_rows", "model_kernel"]
 
 _PAIR_CHUNK = 64
 
@@ -33,30 +33,74 @@ _PAIR_CHUNK = 64
 class SparseSet:
     """Sparse (inducing) environments, grouped by central species.
 
+    With ``extra`` the kernel is a sum over several SOAP descriptors of the
+    same environments, ``k = sum_d (r_d delta)^2 (x_d . x_d')^zeta`` with
+    ``r_0 = 1`` (Bartók et al., Sci. Adv. 3, e1701816 (2017), sums of SOAP
+    kernels of several cut-offs): one block of ``n_env`` columns per
+    descriptor, the first descriptor's first; each block's design rows carry
+    its ``r_d``.
+
     Attributes
     ----------
-    X : (M, F) array
+    X : (n_env, F) array
         Unit descriptors of the sparse environments, species blocks contiguous.
-    numbers : (M,) int array
+    numbers : (n_env,) int array
         Central atomic number of each sparse environment (sorted ascending).
+    extra : tuple of (n_env, F_d) arrays
+        The same environments under the further descriptors (empty: one SOAP).
+    scales : (len(extra),) array
+        Prior std of each further term relative to ``delta`` (``r_d``, d >= 1).
     """
 
     X: np.ndarray
     numbers: np.ndarray
+    extra: tuple = ()
+    scales: np.ndarray | None = None
 
     def __post_init__(self):
         self.X = np.ascontiguousarray(self.X, dtype=float)
         self.numbers = np.asarray(self.numbers, dtype=np.int64)
         if np.any(np.diff(self.numbers) < 0):
             raise ValueError("SparseSet.numbers must be sorted so species blocks are contiguous")
+        self.extra = tuple(np.ascontiguousarray(x, dtype=float) for x in self.extra)
+        if any(len(x) != len(self.numbers) for x in self.extra):
+            raise ValueError("SparseSet.extra: one row per sparse environment in every descriptor")
+        self.scales = (np.ones(len(self.extra)) if self.scales is None
+                       else np.asarray(self.scales, dtype=float).reshape(len(self.extra)))
+
+    @property
+    def n_env(self) -> int:
+        """Number of sparse environments."""
+        return len(self.numbers)
+
+    @property
+    def n_parts(self) -> int:
+        """Number of SOAP terms (descriptors) of the kernel."""
+        return 1 + len(self.extra)
 
     @property
     def size(self) -> int:
-        return len(self.numbers)
+        """Number of SOAP columns: environments times SOAP terms."""
+        return self.n_env * self.n_parts
+
+    @property
+    def part_scales(self) -> np.ndarray:
+        """``r_d`` of every SOAP term, ``(n_parts,)``, ``r_0 = 1``."""
+        return np.concatenate([[1.0], self.scales])
+
+    def part(self, d: int) -> "SparseSet":
+        """The one-descriptor sparse set of term ``d`` (unscaled)."""
+        return self if not self.extra else SparseSet(self.X if d == 0 else self.extra[d - 1], self.numbers)
 
     def kernel(self, zeta: float) -> np.ndarray:
-        """``Kmm / delta^2``: the dot-product kernel between sparse environments of the same species, (M, M)."""
-        return dot_kernel(self.X, self.X, zeta) * (self.numbers[:, None] == self.numbers[None, :])
+        """``Kmm / delta^2`` without the scales ``r_d`` (the rows carry them): the dot-product kernel
+        between sparse environments of the same species, block-diagonal over the SOAP terms, (size, size)."""
+        same = self.numbers[:, None] == self.numbers[None, :]
+        K = dot_kernel(self.X, self.X, zeta) * same
+        if not self.extra:
+            return K
+        import scipy.linalg as sla
+        return sla.block_diag(K, *(dot_kernel(x, x, zeta) * same for x in self.extra))
 
     def blocks(self):
         """Yield ``(Z, start, stop)`` for each species block."""
@@ -64,6 +108,21 @@ class SparseSet:
         stops = np.append(starts[1:], len(self.numbers))
         for Z, a, b in zip(Zs, starts, stops):
             yield int(Z), int(a), int(b)
+
+
+def feature_parts(feat, sparse: SparseSet) -> list:
+    """The descriptors of one structure for each SOAP term of ``sparse``: ``feat`` and ``feat.extra``.
+
+    Raises
+    ------
+    ValueError
+        The structure was described for fewer SOAP terms than the kernel has.
+    """
+    extra = list(getattr(feat, "extra", ()))
+    if len(extra) < len(sparse.extra):
+        raise ValueError(f"this kernel sums {sparse.n_parts} SOAP descriptors: describe the structure with "
+                         "kernelpot.gp.assembly.describe")
+    return [feat] + extra[:len(sparse.extra)]
 
 
 def _force_rows(out: np.ndarray, pg, pc, pn, mask, S: np.ndarray, coeff: np.ndarray) -> None:
@@ -134,6 +193,11 @@ def frame_design(feat, sparse: SparseSet, zeta: float, volume: float | None,
         ``"forces"`` (3 n_atoms, M) rows ordered atom-major (x, y, z),
         ``"stress"`` (6, M) in ASE Voigt order.
     """
+    if sparse.extra:
+        parts = [frame_design(f, sparse.part(d), zeta, volume, forces=forces, stress=stress)
+                 for d, f in enumerate(feature_parts(feat, sparse))]
+        r = sparse.part_scales
+        return {k: np.concatenate([r[d] * p[k] for d, p in enumerate(parts)], axis=-1) for k in parts[0]}
     X = feat.features
     Z = feat.numbers
     n = len(Z)
@@ -179,6 +243,12 @@ def frame_mean(feat, sparse: SparseSet, alpha: np.ndarray, zeta: float, volume: 
         ``"energies"`` (n_atoms,), ``"forces"`` (n_atoms, 3), ``"stress"`` (6,)
         (reduced: GP part only, no baseline or mean offset).
     """
+    if sparse.extra:
+        M, out = sparse.n_env, None
+        for d, (f, r) in enumerate(zip(feature_parts(feat, sparse), sparse.part_scales)):
+            p = frame_mean(f, sparse.part(d), r * alpha[d * M:(d + 1) * M], zeta, volume, forces=forces, stress=stress)
+            out = p if out is None else {k: out[k] + p[k] for k in out}
+        return out
     X = feat.features
     Z = feat.numbers
     n, F = X.shape

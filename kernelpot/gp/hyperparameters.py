@@ -18,7 +18,8 @@ import numpy as np
 
 from kernelpot import _threads
 from kernelpot.gp.assembly import interactive
-from kernelpot.gp.likelihood import GroupStats, loo_neg_log_predictive, optimize_hyperparameters, select_noise_by_loo
+from kernelpot.gp.likelihood import (GroupStats, loo_neg_log_predictive, optimize_hyperparameters, scale_labels,
+                                     select_noise_by_loo)
 
 __all__ = ["NOISE_FLOOR", "DELTA_BOUNDS", "SCALE_BOUNDS", "initial_theta", "search", "warn_at_bounds"]
 
@@ -89,7 +90,7 @@ SCALE_BOUNDS = (1e-3, 1e2)
 
 
 def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_delta=True, verbose=False,
-           warn=True, scale_mask=None):
+           warn=True, scale_mask=None, nystrom_parts=None):
     """Hyperparameters from the statistics of a fit.
 
     Parameters
@@ -105,12 +106,18 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
         A progress bar over likelihood evaluations.
     warn : bool
         Warn (``RuntimeWarning``) when a free parameter ends at a bound.
-    scale_mask : (M,) bool array, optional
-        Columns of a second kernel term (the two-body term) whose prior std
-        relative to ``delta``, ``r``, is learned jointly with ``delta`` and
-        the force/stress noise by the evidence.  ``stats`` is then rescaled in
-        place (:meth:`GroupStats.scale_columns`) before the energy noise is
-        chosen, so on return it holds the statistics of the scaled term.
+    scale_mask : (M,) bool or int array, optional
+        Columns of further kernel terms (the two-body term, the further SOAP
+        terms of a kernel sum; a bool mask is one term, integers ``t = 1 ..
+        T`` label term ``t``'s columns) whose prior std relative to ``delta``,
+        ``r_t``, is learned jointly with ``delta`` and the force/stress noise
+        by the evidence.  ``stats`` is then rescaled in place
+        (:meth:`GroupStats.scale_columns`; with ``nystrom_parts``) before the
+        energy noise is chosen, so on return it holds the statistics of the
+        scaled terms.
+    nystrom_parts : sequence, optional
+        For each term ``t``, its column in the kept (n, D) Nystrom residuals
+        of the statistics, or None (an exact term).
 
     Returns
     -------
@@ -118,8 +125,8 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
     n_evaluations : int
         Evaluations of the marginal likelihood (the ``delta`` scan, L-BFGS-B,
         and the re-optimisations around the leave-one-out energy noise).
-    scale : float
-        The factor ``r`` applied to the ``scale_mask`` columns (1 without them).
+    scales : (T,) array
+        The factor ``r_t`` applied to each term's columns (empty without ``scale_mask``).
     """
     bar = None
     if verbose and interactive():  # redirected output: only the phase line of the caller
@@ -135,14 +142,17 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
 
     # M x M factorisations on every evaluation: one BLAS thread below a few thousand columns (see _threads)
     with _threads.limit(blas_threads=_threads.threads_for_matrix(stats.D.shape[1])):
-        scale = 1.0
-        if scale_mask is not None and np.any(scale_mask):
-            ext, _ = optimize_hyperparameters(stats, np.append(theta0, 0.0),
-                                              list(bounds) + [tuple(np.log(SCALE_BOUNDS))],
-                                              np.append(fixed, False), scan_delta=scan_delta, progress=progress,
-                                              scale_mask=scale_mask)
-            theta, scale = ext[:-1], float(np.exp(ext[-1]))
-            stats.scale_columns(scale_mask, scale)
+        labels, n_terms = scale_labels(scale_mask) if scale_mask is not None else (None, 0)
+        scales = np.ones(n_terms)
+        if n_terms:
+            ext, _ = optimize_hyperparameters(stats, np.append(theta0, np.zeros(n_terms)),
+                                              list(bounds) + [tuple(np.log(SCALE_BOUNDS))] * n_terms,
+                                              np.append(fixed, np.zeros(n_terms, bool)), scan_delta=scan_delta,
+                                              progress=progress, scale_mask=labels)
+            theta, scales = ext[:-n_terms], np.exp(ext[-n_terms:])
+            parts = [None] * n_terms if nystrom_parts is None else list(nystrom_parts)
+            for t in range(n_terms):
+                stats.scale_columns(labels == t + 1, float(scales[t]), parts[t])
         else:
             theta, _ = optimize_hyperparameters(stats, theta0, bounds, fixed, scan_delta=scan_delta, progress=progress)
         if bar is not None:
@@ -151,7 +161,7 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
             theta = _energy_noise_by_loo(stats, theta, bounds, fixed, progress)
     if warn:
         warn_at_bounds(theta, bounds, fixed, stats.names, stacklevel=4)
-    return theta, count[0], scale
+    return theta, count[0], scales
 
 
 def warn_at_bounds(theta, bounds, fixed, names, stacklevel: int = 3) -> None:

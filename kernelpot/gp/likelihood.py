@@ -78,9 +78,9 @@ class GroupStats:
 
         ``scale`` (same length as ``y``) multiplies that group's noise for each row.
         With ``nystrom`` (the reduced Nystrom residual of each row, ``p - |L^-1 k|^2``
-        over SOAP's columns: :func:`kernelpot.gp.assembly.nystrom_residual`), the
-        rows are also kept for leave-one-out noise selection
-        (:func:`loo_neg_log_predictive`).
+        over SOAP's columns: :func:`kernelpot.gp.assembly.nystrom_residual`; (n, D)
+        with one column per SOAP term of a kernel sum), the rows are also kept for
+        leave-one-out noise selection (:func:`loo_neg_log_predictive`).
         """
         if len(y) == 0:
             return
@@ -89,7 +89,7 @@ class GroupStats:
             y = y / scale
             self.logdet_scale += sign * 2.0 * float(np.sum(np.log(scale)))
             if nystrom is not None:
-                nystrom = nystrom / scale ** 2
+                nystrom = nystrom / (scale ** 2).reshape((-1,) + (1,) * (np.ndim(nystrom) - 1))
         if nystrom is not None and sign > 0:
             self.loo_rows.append(A)
             self.loo_y.append(y)
@@ -101,13 +101,15 @@ class GroupStats:
         self.n[g] += int(sign) * len(y)
 
 
-    def scale_columns(self, mask: np.ndarray, r: float) -> None:
+    def scale_columns(self, mask: np.ndarray, r: float, nystrom_part: int | None = None) -> None:
         """Multiply the whitened columns ``mask`` of every row by ``r`` (a kernel term's prior std times ``r``).
 
         Statistics and kept rows change as if the rows had been accumulated
-        with the term scaled.  The kept Nystrom residuals do not change: the
-        rescaled columns (two-body term, offsets) are exact, and the residual
-        is SOAP's alone.
+        with the term scaled.  The rescaled columns of the two-body term and
+        the offsets are exact: the kept Nystrom residuals do not change.  The
+        columns of a further SOAP term of a kernel sum (``nystrom_part``: its
+        column in the kept (n, D) residuals) leave a residual, which scales
+        with the term's prior variance, ``r^2``.
         """
         mask = np.asarray(mask, bool)
         self.D[:, mask, :] *= r
@@ -117,6 +119,11 @@ class GroupStats:
             A = A.copy()
             A[:, mask] *= r
             self.loo_rows[k] = A
+        if nystrom_part is not None:
+            for k, ny in enumerate(self.loo_nystrom):
+                ny = np.array(ny, float)
+                ny[:, nystrom_part] *= r * r
+                self.loo_nystrom[k] = ny
 
     def merge(self, other: "GroupStats") -> None:
         """Add another chunk's statistics (same groups and sparse set)."""
@@ -179,42 +186,55 @@ def posterior_factor(theta: np.ndarray, ws: GroupStats, rho: np.ndarray | None =
     return Lc, a, u, s
 
 
+def scale_labels(scale_mask) -> tuple:
+    """``(labels, T)`` of a ``scale_mask``: a bool mask is term 1; integer labels ``0 .. T`` are kept."""
+    m = np.asarray(scale_mask)
+    labels = m.astype(np.int64)
+    if m.dtype != bool and (np.any(labels < 0) or np.any(labels != m)):
+        raise ValueError("scale_mask must be a bool mask or non-negative integer term labels")
+    return labels, int(labels.max(initial=0))
+
+
 def neg_log_marginal_likelihood(theta: np.ndarray, ws: GroupStats, grad: bool = True, scale_mask=None):
     """Negative log marginal likelihood and its gradient in log parameters.
 
     Parameters
     ----------
-    theta : (1 + G,) array, or (2 + G,) with ``scale_mask``
-        ``[log delta, log sigma_1, ..., log sigma_G]`` (and ``log r``).
+    theta : (1 + G,) array, or (1 + G + T,) with ``scale_mask``
+        ``[log delta, log sigma_1, ..., log sigma_G]`` (and ``log r_1 ... log r_T``).
     ws : GroupStats
-    scale_mask : (M,) bool array, optional
-        Columns of a kernel term whose prior std relative to ``delta`` is a
-        further parameter ``r`` (the last entry of ``theta``): the statistics
-        are read as if :meth:`GroupStats.scale_columns` had scaled them by ``r``,
-        without a copy.
+    scale_mask : (M,) bool or int array, optional
+        Columns of kernel terms whose prior std relative to ``delta`` is a
+        further parameter: a bool mask is one term (``T = 1``); integers
+        label the columns of term ``t = 1 .. T`` (0: not scaled), whose
+        ``log r_t`` is entry ``1 + G + t - 1`` of ``theta``.  The statistics
+        are read as if :meth:`GroupStats.scale_columns` had scaled each term
+        by its ``r_t``, without a copy.
 
     Returns
     -------
     nll : float
-    grad : (1 + G,) array (``2 + G`` with ``scale_mask``), only when ``grad``.
+    grad : (1 + G,) array (``1 + G + T`` with ``scale_mask``), only when ``grad``.
 
     Notes
     -----
     With ``u = delta^2``, ``s_g = sigma_g^-2``, ``Chat = I + u sum_g s_g D_g``,
     ``ehat = sum_g s_g e_g`` and ``a = Chat^-1 ehat``:
     ``-2 log L = log|Chat| - sum_g n_g log s_g + sum_g s_g c_g - u ehat.a + N log 2 pi + const``.
-    With ``scale_mask`` (``J`` its diagonal projector, ``B = sum_g s_g D_g`` of the scaled statistics):
-    ``d(-2 log L)/d log r = 2 u tr(J B Chat^-1) - 2 u a_J.ehat_J + 2 u^2 a_J.(B a)_J``.
+    With ``scale_mask`` (``J_t`` the diagonal projector on term ``t``, ``B = sum_g s_g D_g`` of the scaled
+    statistics):
+    ``d(-2 log L)/d log r_t = 2 u tr(J_t B Chat^-1) - 2 u a_J.ehat_J + 2 u^2 a_J.(B a)_J`` (``J = J_t``).
     The scaled statistics are never formed: with ``rho`` the column scales,
     ``tr(C rho D rho) = tr((rho C rho) D)`` and ``a.(rho D rho).a = (rho a).D.(rho a)``.
     Memory beyond the statistics: one ``M x M`` array (the precision, its
     factor in place, then the inverse over it) and the masked rows of ``B``.
     """
-    rho = mask = None
+    rho = labels = None
+    n_terms = 0
     if scale_mask is not None:
-        mask = np.asarray(scale_mask, bool)
-        rho = np.where(mask, float(np.exp(theta[-1])), 1.0)
-        theta = theta[:-1]
+        labels, n_terms = scale_labels(scale_mask)
+        rho = np.concatenate([[1.0], np.exp(np.asarray(theta[len(theta) - n_terms:], float))])[labels]
+        theta = theta[:len(theta) - n_terms]
     Lc, a, u, s = posterior_factor(theta, ws, rho)
     ehat = s @ ws.e
     if rho is not None:
@@ -228,15 +248,17 @@ def neg_log_marginal_likelihood(theta: np.ndarray, ws: GroupStats, grad: bool = 
     Ci = cho_inverse(Lc, overwrite=True)
     del Lc
     M = len(a)
-    g = np.empty(len(theta) + (mask is not None))
+    g = np.empty(len(theta) + n_terms)
     d_u = (M - np.trace(Ci)) / u - float(a @ a)
     g[0] = 0.5 * d_u * 2.0 * u
-    if mask is not None:
-        # masked rows of the scaled B = sum_g s_g rho D_g rho
-        BJ = np.tensordot(s, ws.D[:, mask, :], axes=1) * rho[None, :] * rho[mask][:, None]
-        d_r = (2.0 * u * float(np.sum(BJ * Ci[mask])) - 2.0 * u * float(a[mask] @ ehat[mask])
-               + 2.0 * u * u * float(a[mask] @ (BJ @ a)))
-        g[-1] = 0.5 * d_r
+    if labels is not None:
+        for t in range(1, n_terms + 1):
+            mask = labels == t
+            # masked rows of the scaled B = sum_g s_g rho D_g rho
+            BJ = np.tensordot(s, ws.D[:, mask, :], axes=1) * rho[None, :] * rho[mask][:, None]
+            d_r = (2.0 * u * float(np.sum(BJ * Ci[mask])) - 2.0 * u * float(a[mask] @ ehat[mask])
+                   + 2.0 * u * u * float(a[mask] @ (BJ @ a)))
+            g[len(theta) + t - 1] = 0.5 * d_r
         Ci *= rho[:, None]
         Ci *= rho[None, :]
         a_r = a * rho
@@ -267,6 +289,8 @@ def loo_neg_log_predictive(theta: np.ndarray, ws: GroupStats, groups) -> float:
     y = np.concatenate(ws.loo_y)
     g = np.concatenate(ws.loo_g)
     nys = np.concatenate(ws.loo_nystrom)
+    if nys.ndim == 2:  # one column per SOAP term of a kernel sum
+        nys = nys.sum(axis=1)
     keep = np.isin(g, list(groups))
     A, y, g, nys = A[keep], y[keep], g[keep], nys[keep]
     Lc, a, u, s = posterior_factor(theta, ws)
@@ -316,8 +340,8 @@ def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, f
     progress : callable, optional
         Called with the current negative log likelihood after every
         evaluation (used for progress bars).
-    scale_mask : (M,) bool array, optional
-        Columns of a kernel term whose relative scale is the last entry of
+    scale_mask : (M,) bool or int array, optional
+        Columns of kernel terms whose relative scales are the last entries of
         ``theta0`` (see :func:`neg_log_marginal_likelihood`).
     ftol_rel, ftol_abs : float
         The value has converged when an L-BFGS-B iteration lowers it by at most

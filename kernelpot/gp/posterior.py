@@ -38,7 +38,7 @@ from kernelpot import _threads
 from kernelpot.gp.design import SparseSet, design_rows, frame_mean
 from kernelpot.gp.likelihood import GroupStats, posterior_factor
 from kernelpot.gp.offsets import offset_column
-from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_local_var, prior_stress_var
+from kernelpot.gp.variance import prior_energy_var, prior_force_var, prior_local_var, prior_of, prior_stress_var
 
 __all__ = ["Posterior", "tri_solve", "variance", "invariant_amplitude", "predictive_std"]
 
@@ -207,20 +207,23 @@ class Posterior:
         d = self.design(feat, volume, forces, stress) if design is None else design
         n = len(feat.numbers)
         E = d["energy"][None, :]
-        out = {"energy": self.latent_variance(E, np.atleast_1d(prior_energy_var(feat, self.zeta)),
+        prior_e = np.atleast_1d(prior_of(prior_energy_var, feat, self.sparse, self.zeta))
+        out = {"energy": self.latent_variance(E, prior_e,
                                               self._offset_columns(feat.numbers)[:, None], parts=True)}
         # local energies: each atom's kernel rows (SOAP's and its half of the pair terms, from the
         # design above), and its own offset column
         K = d["local"]
         onehot = self.kappa * (self.offset_species[:, None] == np.asarray(feat.numbers)[None, :]).astype(float)
-        out["energies"] = self.latent_variance(K, prior_local_var(feat, self.zeta), onehot, parts=True)
+        out["energies"] = self.latent_variance(K, prior_of(prior_local_var, feat, self.sparse, self.zeta), onehot,
+                                               parts=True)
         if forces:
             F = d["forces"]
-            v, ny = self.latent_variance(F, prior_force_var(feat, self.zeta).ravel(), parts=True)
+            v, ny = self.latent_variance(F, prior_of(prior_force_var, feat, self.sparse, self.zeta).ravel(), parts=True)
             out["forces"] = (v.reshape(n, 3), ny.reshape(n, 3))
         if stress:
             S = d["stress"]
-            out["stress"] = self.latent_variance(S, prior_stress_var(feat, self.zeta, volume), parts=True)
+            out["stress"] = self.latent_variance(S, prior_of(prior_stress_var, feat, self.sparse, self.zeta, volume),
+                                                 parts=True)
         return out
 
     # ----------------------------------------------------------- samples

@@ -51,6 +51,7 @@ from kernelpot.gp import assembly, hyperparameters, sparse_size
 from kernelpot.gp.calibration import SIGMA_FLOOR, recalibrate
 from kernelpot.gp.hyperparameters import NOISE_FLOOR
 from kernelpot.gp.design import SparseSet, model_kernel
+from kernelpot.gp.kernels import dot_kernel
 from kernelpot.gp.likelihood import neg_log_marginal_likelihood
 from kernelpot.gp.group_loo import calibration_groups
 from kernelpot.gp.loo import leave_one_out
@@ -74,9 +75,16 @@ class SparseGP(BaseEstimator):
 
     Parameters
     ----------
-    descriptor : SOAP, optional
+    descriptor : SOAP or list of SOAP, optional
         Descriptor settings; species are taken from the training data at fit
         time.  Default ``SOAP(r_cut=5.0, n_max=8, l_max=6, atom_sigma=0.5)``.
+        A list sums their kernels (e.g. ``[SOAP(r_cut=5.0), SOAP(r_cut=4.0)]``,
+        as in multi-cutoff GAP models): ``k = sum_d (r_d delta)^2 (x_d.x_d')^zeta``
+        over the same sparse environments (chosen with the first descriptor),
+        ``r_0 = 1`` and each further ``r_d`` learned from the evidence with
+        ``delta`` (``sparse_.scales``).  The first descriptor's ``r_cut`` is
+        the two-body term's default cutoff and the repulsion prior's.  Not
+        with ``n_sparse="auto"``.
     n_sparse : int or "auto"
         Sparse environments per species (fewer if the data have fewer).
         ``"auto"``: grown per species through 250, 500, 1000, ... while the
@@ -153,6 +161,11 @@ class SparseGP(BaseEstimator):
 
     Attributes
     ----------
+    sparse_ : kernelpot.gp.design.SparseSet
+        The sparse environments (``n_env``), under every descriptor of a
+        kernel sum (``extra``) with the learned relative scales (``scales``).
+    extra_descriptors_ : list of SOAP
+        The second and further descriptors of a kernel sum (empty for one).
     pair_ : kernelpot.gp.twobody.PairTerm or None
         The fitted two-body term (its ``scale`` is the learned relative scale).
     wall_ : kernelpot.gp.wall.WallPrior or None
@@ -226,16 +239,54 @@ class SparseGP(BaseEstimator):
             v = getattr(self, name)
             if v is not None and not (np.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number or None (learned), got {v!r}")
+        descs = self._descriptor_list()
+        if not descs or not all(d is None or isinstance(d, SOAP) for d in descs) or (len(descs) > 1 and None in descs):
+            raise ValueError(f"descriptor must be a SOAP, a non-empty list of SOAP, or None, got {self.descriptor!r}")
+        if len(descs) > 1 and isinstance(self.n_sparse, str):
+            raise ValueError("n_sparse='auto' grows one SOAP kernel's sparse set; with a list of descriptors give "
+                             "n_sparse as an integer")
         if not isinstance(self.two_body, (bool, np.bool_, TwoBody)):
             raise ValueError(f"two_body must be True, False or a TwoBody(...), got {self.two_body!r}")
         if isinstance(self.two_body, TwoBody):
             self.two_body.check()
 
-    def _make_descriptor(self, species):
-        desc = SOAP() if self.descriptor is None else clone(self.descriptor)
+    def _descriptor_list(self) -> list:
+        """The descriptor setting as a list (``[None]`` for the default SOAP)."""
+        d = self.descriptor
+        return list(d) if isinstance(d, (list, tuple)) else [d]
+
+    def _make_descriptor(self, species, which: int = 0):
+        d = self._descriptor_list()[which]
+        desc = SOAP() if d is None else clone(d)
         if desc.species is None:
             desc.set_params(species=[int(z) for z in species])
         return desc
+
+    def _sum_sparse_set(self, frames, index, single):
+        """The sparse set of a kernel sum: the environments chosen with the first descriptor, under every
+        descriptor, less those whose kernel function is (numerically) a combination of the others under any
+        of them (:func:`kernelpot.gp.select.prune_dependent`; a subset of a well-conditioned set stays so)."""
+        from kernelpot.gp.select import prune_dependent
+        extra = self._extra_sparse(frames, index)
+        same = single.numbers[:, None] == single.numbers[None, :]
+        keep = np.arange(len(index))
+        for x in extra:
+            keep = np.intersect1d(keep, prune_dependent(dot_kernel(x, x, self.zeta) * same, _SPARSE_TOL))
+        return index[keep], SparseSet(single.X[keep], single.numbers[keep], tuple(x[keep] for x in extra))
+
+    def _extra_sparse(self, frames, index):
+        """The sparse environments ``index`` (into the concatenated atoms of ``frames``) under the further
+        descriptors of a kernel sum: a tuple of (M, F_d) arrays (empty for one descriptor)."""
+        if not self.extra_descriptors_:
+            return ()
+        starts = np.cumsum([0] + [len(a) for a in frames])
+        fi = np.searchsorted(starts, index, side="right") - 1
+        out = [np.empty((len(index), d.get_number_of_features())) for d in self.extra_descriptors_]
+        for f in np.unique(fi):
+            rows = np.flatnonzero(fi == f)
+            for x, d in zip(out, self.extra_descriptors_):
+                x[rows] = d.compute(frames[f]).features[index[rows] - starts[f]]
+        return tuple(out)
 
     def fit(self, frames, y=None):
         """Fit to labelled frames.
@@ -305,6 +356,8 @@ class SparseGP(BaseEstimator):
                                  "(attach energy/forces with a SinglePointCalculator or use kernelpot.read)")
         self.species_ = np.unique(np.concatenate([a.numbers for a in frames])).astype(int)
         self.descriptor_ = self._make_descriptor(self.species_)
+        self.extra_descriptors_ = [self._make_descriptor(self.species_, d)
+                                   for d in range(1, len(self._descriptor_list()))]
         self.e0_, self.mean_ = fit_offsets(frames, labels, self.species_, self.e0,
                                            lambda a: self._baseline_compute(a)[0])
         self._offset = {z: self.e0_[z] + self.mean_[z] for z in self.e0_}
@@ -327,6 +380,8 @@ class SparseGP(BaseEstimator):
             self.sparse_index_, self.sparse_ = choose_sparse_set(
                 feats, frames, self.species_, n_pick, self.sparse_method, self.zeta, self.random_state,
                 self.sparse_points, _SPARSE_TOL, ordered=auto)
+            if self.extra_descriptors_:
+                self.sparse_index_, self.sparse_ = self._sum_sparse_set(frames, self.sparse_index_, self.sparse_)
         # later only the calibration's clusters read the descriptors, through each frame's mean: the
         # per-atom features are freed here (126 MB on acetylacetone's 500 frames)
         mean_features = np.array([f.features.mean(axis=0) for f in feats])
@@ -335,7 +390,8 @@ class SparseGP(BaseEstimator):
         # Kmm itself is not kept (77 MB at M = 3100): a model file recomputes it (Posterior.sparse_kernel)
         self._Lmm, _ = safe_cholesky(model_kernel(self.sparse_, self.zeta, self.pair_), "sparse kernel Kmm",
                                      jitter=_KMM_JITTER)
-        t = assembly.phase(self.verbose, "sparse selection", t, f"{self.sparse_.size} sparse points"
+        t = assembly.phase(self.verbose, "sparse selection", t, f"{self.sparse_.n_env} sparse points"
+                           + ("" if self.sparse_.n_parts == 1 else f" x {self.sparse_.n_parts} SOAP terms")
                            + ("" if self.pair_ is None else f" + {self.pair_.size} two-body"))
         if self.verbose:
             n_obs = sum(sum(np.size(v) for v in lab.values()) for lab in labels)
@@ -352,11 +408,12 @@ class SparseGP(BaseEstimator):
                                                                                  available)
             t = assembly.phase(self.verbose, "sparse set size", t, f"{self.sparse_.size} sparse points")
         else:
+            terms, parts = self._scale_terms()
             theta, self.n_likelihood_evaluations_, scale = hyperparameters.search(
                 self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose,
-                scale_mask=self._pair_mask())
-        self._scale_pair(scale)
-        self._offset_prior_with_pair(frames)
+                scale_mask=terms, nystrom_parts=parts)
+        self._apply_scales(scale)
+        self._offset_prior(frames)
         self._train_frames = frames
         self._solve(theta)
         _warn_unlearned(self, frames, labels)
@@ -439,41 +496,62 @@ class SparseGP(BaseEstimator):
             self._row_cache.select_columns(ix, M)
         return theta, sum(st.n_evaluations for st in steps), scale
 
-    def _pair_mask(self):
-        """Whitened columns of the two-body term (None without it)."""
-        if getattr(self, "pair_", None) is None:
-            return None
-        mask = np.zeros(assembly.n_columns(self), bool)
-        mask[self.sparse_.size:self.sparse_.size + self.pair_.size] = True
-        return mask
+    def _scale_terms(self):
+        """Kernel terms whose prior std relative to ``delta`` is learned: ``(labels, nystrom_parts)``.
 
-    def _scale_pair(self, scale):
-        """The search rescaled the two-body columns of the statistics by ``scale``: so do its rows from now on."""
+        ``labels`` (W,) int: 1 on the two-body term's columns, then ``1 + t``
+        (or ``t`` without one) on those of further SOAP term ``t`` of a kernel
+        sum, 0 elsewhere; ``nystrom_parts[t - 1]``: the term's column in the kept
+        (n, D) Nystrom residuals (None for the exact two-body term).  ``(None,
+        [])`` when there is no such term.
+        """
+        labels = np.zeros(assembly.n_columns(self), np.int64)
+        parts = []
+        m, M = self.sparse_.n_env, self.sparse_.size
         if getattr(self, "pair_", None) is not None:
-            self.pair_.scale *= scale
-            if getattr(self, "_row_cache", None) is not None:
-                self._row_cache.scale_columns(self._pair_mask(), scale)
+            labels[M:M + self.pair_.size] = 1
+            parts.append(None)
+        for d in range(1, self.sparse_.n_parts):
+            labels[d * m:(d + 1) * m] = len(parts) + 1
+            parts.append(d)
+        return (labels, parts) if parts else (None, [])
 
-    def _offset_prior_with_pair(self, frames, n_sample: int = 64):
+    def _apply_scales(self, scales):
+        """The search rescaled each learned term's columns of the statistics (:meth:`_scale_terms`): so do
+        its rows from now on (the two-body term's ``scale``, the kernel sum's ``sparse_.scales``)."""
+        labels, parts = self._scale_terms()
+        for t, (r, part) in enumerate(zip(np.atleast_1d(scales), parts)):
+            if part is None:
+                self.pair_.scale *= float(r)
+            else:
+                self.sparse_.scales[part - 1] *= float(r)
+            if getattr(self, "_row_cache", None) is not None:
+                self._row_cache.scale_columns(labels == t + 1, float(r), part)
+
+    def _offset_prior(self, frames, n_sample: int = 64):
         """Widen the offsets' prior to the prior std of a whole local energy, SOAP's and the two-body term's.
 
         An offset is a priori as uncertain as one local energy
         (:mod:`kernelpot.gp.offsets`); with the two-body term a local energy
-        is SOAP's (reduced prior variance 1) plus half the pair energies of its
-        neighbours, whose prior variance grows with the learned scale.  Left at
-        ``delta``, the offsets would be the only cheap way to move energy, and
-        a composition the data never separate (Cu3Au) would be reported as
-        known.  ``kappa = OFFSET_KAPPA sqrt(1 + median pair prior)`` over the
-        atoms of up to ``n_sample`` training frames; the statistics' offset
-        columns are rescaled to it.
+        is SOAP's (reduced prior variance 1, or ``sum_d r_d^2`` for a kernel
+        sum) plus half the pair energies of its neighbours, whose prior
+        variance grows with the learned scale.  Left at ``delta``, the offsets
+        would be the only cheap way to move energy, and a composition the data
+        never separate (Cu3Au) would be reported as known.  ``kappa =
+        OFFSET_KAPPA sqrt(sum_d r_d^2 + median pair prior)`` over the atoms of
+        up to ``n_sample`` training frames; the statistics' offset columns are
+        rescaled to it.
         """
-        if self.pair_ is None or not len(getattr(self, "offset_species_", ())):
+        soap = float(np.sum(self.sparse_.part_scales ** 2))
+        if (self.pair_ is None and self.sparse_.n_parts == 1) or not len(getattr(self, "offset_species_", ())):
             return
-        K = self.sparse_.size + self.pair_.size
-        Lp = self._Lmm[self.sparse_.size:K, self.sparse_.size:K]
-        step = max(1, len(frames) // n_sample)
-        q = np.concatenate([self.pair_.local_prior(a, Lp) for a in frames[::step]])
-        kappa = OFFSET_KAPPA * float(np.sqrt(1.0 + np.median(q)))
+        K = self.sparse_.size + (0 if self.pair_ is None else self.pair_.size)
+        q = [0.0]
+        if self.pair_ is not None:
+            Lp = self._Lmm[self.sparse_.size:K, self.sparse_.size:K]
+            step = max(1, len(frames) // n_sample)
+            q = np.concatenate([self.pair_.local_prior(a, Lp) for a in frames[::step]])
+        kappa = OFFSET_KAPPA * float(np.sqrt(soap + np.median(q)))
         mask = np.zeros(assembly.n_columns(self), bool)
         mask[K:] = True
         self._stats.scale_columns(mask, kappa / self.offset_kappa_)
@@ -501,10 +579,11 @@ class SparseGP(BaseEstimator):
         if optimize:
             theta0, bounds, fixed = self._initial_theta()
             theta0[~fixed] = self.theta_[~fixed]
+            terms, parts = self._scale_terms()
             theta, self.n_likelihood_evaluations_, scale = hyperparameters.search(
                 self._stats, theta0, bounds, fixed, self.energy_noise, scan_delta=False, warn=False,
-                scale_mask=self._pair_mask())
-            self._scale_pair(scale)
+                scale_mask=terms, nystrom_parts=parts)
+            self._apply_scales(scale)
         self._solve(theta)
 
     def refit(self, frames, optimize: bool = False):
@@ -977,6 +1056,7 @@ class SparseGP(BaseEstimator):
         header = {
             "params": params,
             "descriptor": modelfile.jsonable(self.descriptor_.get_params()),
+            "extra_descriptors": [modelfile.jsonable(d.get_params()) for d in getattr(self, "extra_descriptors_", ())],
             "baseline": None if self.baseline is None else self.baseline.to_dict(),
             "fitted": {
                 "delta_": self.delta_,
@@ -996,6 +1076,7 @@ class SparseGP(BaseEstimator):
                 "offset_species_": [int(z) for z in getattr(self, "offset_species_", ())],
                 "offset_kappa_": float(getattr(self, "offset_kappa_", 0.0)),
                 "pair_": None if getattr(self, "pair_", None) is None else self.pair_.to_dict(),
+                "sparse_scales_": [float(r) for r in self.sparse_.scales],
                 "wall_": None if getattr(self, "wall_", None) is None else self.wall_.to_dict(),
             },
         }
@@ -1003,6 +1084,8 @@ class SparseGP(BaseEstimator):
         arrays = {"alpha_": self.alpha_, "theta_": self.theta_, "sparse_index_": self.sparse_index_,
                   "sparse_X": self.sparse_.X, "sparse_numbers": self.sparse_.numbers,
                   "Lmm": post.Lmm, "Lc": post.Lc, "Kmm": post.sparse_kernel(), "a": post.a}
+        if self.sparse_.extra:  # the further descriptors' features of the sparse environments, side by side
+            arrays["sparse_X_extra"] = np.hstack(self.sparse_.extra)
         return header, arrays
 
     @classmethod
@@ -1022,9 +1105,12 @@ class SparseGP(BaseEstimator):
             params["two_body"] = TwoBody(**params["two_body"]["TwoBody"])
         # files written before the two-body term (0.2.0 and older) have none
         params.setdefault("two_body", False)
-        model = cls(descriptor=SOAP(**header["descriptor"]), baseline=baseline, **params)
+        extra = [SOAP(**d) for d in header.get("extra_descriptors", [])]
+        descriptor = SOAP(**header["descriptor"])
+        model = cls(descriptor=[descriptor, *extra] if extra else descriptor, baseline=baseline, **params)
         fit = header["fitted"]
         model.descriptor_ = SOAP(**header["descriptor"])
+        model.extra_descriptors_ = [SOAP(**d) for d in header.get("extra_descriptors", [])]
         model.noise_groups_ = list(fit["noise_groups_"])
         model.e0_ = {int(k): float(v) for k, v in fit["e0_"].items()}
         model.mean_ = {int(k): float(v) for k, v in fit["mean_"].items()}
@@ -1055,7 +1141,15 @@ class SparseGP(BaseEstimator):
                              f"but its sparse environments have shape {np.shape(data['sparse_X'])}: the header "
                              "and the arrays do not belong together (edited or mixed files?)")
         model.sparse_index_ = data["sparse_index_"]
-        model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"])
+        extra_x = ()
+        if model.extra_descriptors_:
+            widths = [d.get_number_of_features() for d in model.extra_descriptors_]
+            X2 = data["sparse_X_extra"]
+            if np.ndim(X2) != 2 or X2.shape != (len(data["sparse_numbers"]), sum(widths)):
+                raise ValueError(f"{path}: the further descriptors in the file give {sum(widths)} features per "
+                                 f"environment but 'sparse_X_extra' has shape {np.shape(X2)}")
+            extra_x = tuple(np.split(X2, np.cumsum(widths)[:-1], axis=1))
+        model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"], extra_x, fit.get("sparse_scales_", []))
         model.pair_ = None if fit.get("pair_") is None else PairTerm.from_dict(fit["pair_"])
         model.wall_ = None
         if fit.get("wall_") is not None:

@@ -17,7 +17,23 @@ import numpy as np
 
 from kernelpot.gp.kernels import _power, pair_covariance_factors, pair_covariance_sum
 
-__all__ = ["prior_energy_var", "prior_force_var", "prior_stress_var"]
+__all__ = ["prior_energy_var", "prior_force_var", "prior_stress_var", "prior_parts", "prior_of"]
+
+
+def prior_parts(fn, feat, sparse, *args) -> list:
+    """``[r_d^2 fn(feat_d, *args)]`` over the SOAP terms of ``sparse``
+    (:class:`kernelpot.gp.design.SparseSet`): each term's share of the reduced prior variance."""
+    from kernelpot.gp.design import feature_parts
+    return [r * r * np.asarray(fn(f, *args), float)
+            for f, r in zip(feature_parts(feat, sparse), sparse.part_scales)]
+
+
+def prior_of(fn, feat, sparse, *args):
+    """Reduced prior variance under the kernel of ``sparse``: ``fn`` (one of the ``prior_*_var``) summed
+    over its SOAP terms with weights ``r_d^2``; ``fn(feat, *args)`` for one descriptor."""
+    if not sparse.extra:
+        return fn(feat, *args)
+    return sum(prior_parts(fn, feat, sparse, *args))
 
 
 def _same_species(Za, Zb):

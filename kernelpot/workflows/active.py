@@ -189,7 +189,7 @@ class _Trainer:
             self.since_fit = 0
             kind = "fit"
         return {"model_update": kind, "refit_reason": reason, "novelty": novelty,
-                "n_train": len(self.frames), "n_sparse": int(self.model.sparse_.size)}
+                "n_train": len(self.frames), "n_sparse": int(self.model.sparse_.n_env)}
 
 
 class ActiveLearner:
