@@ -165,8 +165,9 @@ def _check_settings(path, header):
         raise _fail(path, "the header has no fitted state")
     scales = fitted.get("sparse_scales_", [])
     if not (isinstance(scales, list) and len(scales) == _n_extra(path, header)
-            and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in scales)):
-        raise _fail(path, f"its kernel-sum scales {scales!r} are not one positive number per further descriptor")
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 1e-6 <= v <= 1e6 for v in scales)):
+        raise _fail(path, f"its kernel-sum scales {scales!r} are not one number in [1e-6, 1e6] per further "
+                          "descriptor")
     for key in ("delta_", "log_marginal_likelihood_"):
         if not isinstance(fitted.get(key), (int, float)) or not math.isfinite(fitted[key]):
             raise _fail(path, f"fitted value {key} = {fitted.get(key)!r} is not a finite number")
@@ -246,7 +247,7 @@ def read_model_file(path, names) -> tuple[dict, dict]:
             raise _fail(path, f"it is truncated or corrupted ({exc})") from exc
         _check_shapes(path, meta, len(header["fitted"].get("offset_species_", [])),
                       max_sparse=_max_sparse(path, header), n_pair=_pair_columns(path, header),
-                      n_parts=1 + _n_extra(path, header))
+                      extra_index=_extra_index(path, header))
         _check_sizes(path, zf, sized)
         arrays = {}
         try:
@@ -275,7 +276,18 @@ def _pair_columns(path, header) -> int:
     return n
 
 
-def _check_shapes(path, meta, n_offsets=0, max_sparse=None, n_pair=0, n_parts=1):
+def _extra_index(path, header) -> list:
+    """Each further SOAP block's sparse environments (rows of ``sparse_X``) the header lists, as lists of ints."""
+    n = _n_extra(path, header)
+    ix = header["fitted"].get("sparse_extra_index_", [])
+    if not (isinstance(ix, list) and len(ix) == n and all(
+            isinstance(i, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in i) for i in ix)):
+        raise _fail(path, "its kernel-sum blocks ('sparse_extra_index_') are not one list of environment "
+                          "indices per further descriptor")
+    return ix
+
+
+def _check_shapes(path, meta, n_offsets=0, max_sparse=None, n_pair=0, extra_index=()):
     for n, (shape, dtype) in meta.items():
         if dtype.hasobject or dtype.kind not in "fiu":
             raise _fail(path, f"array {n!r} has dtype {dtype}, expected numbers")
@@ -288,7 +300,11 @@ def _check_shapes(path, meta, n_offsets=0, max_sparse=None, n_pair=0, n_parts=1)
                           f"0 < M <= {limit} (n_sparse x species in the header)")
     if not (isinstance(n_offsets, int) and 0 <= n_offsets <= 200):
         raise _fail(path, f"{n_offsets!r} offset parameters, expected one per species")
-    K = M * n_parts + n_pair  # kernel columns: sparse environments (per SOAP term), then the two-body term's
+    for ix in extra_index:
+        if any(b <= a for a, b in zip(ix, ix[1:])) or (ix and not (0 <= ix[0] and ix[-1] < M)):
+            raise _fail(path, f"a kernel-sum block lists environments outside 0..{M - 1} or out of order")
+    # kernel columns: sparse environments (and each further SOAP block's), then the two-body term's
+    K = M + sum(len(ix) for ix in extra_index) + n_pair
     W = K + n_offsets  # whitened weights: kernel columns, then per-species offsets
     expect = {"Lmm": (K, K), "Kmm": (K, K), "Lc": (W, W), "a": (W,), "alpha_": (W,), "sparse_index_": (M,)}
     for n, shp in expect.items():
@@ -300,5 +316,5 @@ def _check_shapes(path, meta, n_offsets=0, max_sparse=None, n_pair=0, n_parts=1)
             raise _fail(path, f"array 'sparse_X' has shape {shp}, expected ({M}, n_features)")
     if "sparse_X_extra" in meta:
         shp = tuple(meta["sparse_X_extra"][0])
-        if len(shp) != 2 or shp[0] != M or shp[1] > 10**7:
-            raise _fail(path, f"array 'sparse_X_extra' has shape {shp}, expected ({M}, n_features)")
+        if len(shp) != 1 or shp[0] > 10**9:
+            raise _fail(path, f"array 'sparse_X_extra' has shape {shp}, expected one flat array")

@@ -268,9 +268,8 @@ def nystrom_residual(model, A: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """
     if np.ndim(prior) == 1:
         return np.maximum(prior - np.sum(A[:, :model.sparse_.size] ** 2, axis=1), 0.0)
-    m = model.sparse_.n_env
-    return np.stack([np.maximum(prior[:, d] - np.sum(A[:, d * m:(d + 1) * m] ** 2, axis=1), 0.0)
-                     for d in range(prior.shape[1])], axis=1)
+    return np.stack([np.maximum(prior[:, d] - np.sum(A[:, cols] ** 2, axis=1), 0.0)
+                     for d, cols in enumerate(model.sparse_.part_slices())], axis=1)
 
 
 def training_rows(model, atoms, lab, priors=False, parts=False):

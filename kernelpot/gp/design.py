@@ -33,12 +33,15 @@ _PAIR_CHUNK = 64
 class SparseSet:
     """Sparse (inducing) environments, grouped by central species.
 
-    With ``extra`` the kernel is a sum over several SOAP descriptors of the
-    same environments, ``k = sum_d (r_d delta)^2 (x_d . x_d')^zeta`` with
-    ``r_0 = 1`` (Bartók et al., Sci. Adv. 3, e1701816 (2017), sums of SOAP
-    kernels of several cut-offs): one block of ``n_env`` columns per
-    descriptor, the first descriptor's first; each block's design rows carry
-    its ``r_d``.
+    With ``extra`` the kernel is a sum over several SOAP descriptors,
+    ``k = sum_d (r_d delta)^2 (x_d . x_d')^zeta`` with ``r_0 = 1`` (Bartók et
+    al., Sci. Adv. 3, e1701816 (2017), sums of SOAP kernels of several
+    cut-offs): one block of columns per descriptor, the first descriptor's
+    first; each block's design rows carry its ``r_d``.  Every block's
+    environments are among the first's (``extra_index``): those whose kernel
+    function is not (numerically) a combination of the others' under that
+    descriptor, so a short cut-off that cannot tell two environments apart
+    keeps one of them in its own block and both in the first.
 
     Attributes
     ----------
@@ -46,16 +49,20 @@ class SparseSet:
         Unit descriptors of the sparse environments, species blocks contiguous.
     numbers : (n_env,) int array
         Central atomic number of each sparse environment (sorted ascending).
-    extra : tuple of (n_env, F_d) arrays
-        The same environments under the further descriptors (empty: one SOAP).
+    extra : tuple of (n_d, F_d) arrays
+        Further descriptors of some of those environments (empty: one SOAP).
     scales : (len(extra),) array
         Prior std of each further term relative to ``delta`` (``r_d``, d >= 1).
+    extra_index : tuple of (n_d,) int arrays
+        Which environments (rows of ``X``, ascending) each further block holds
+        (default: all of them).
     """
 
     X: np.ndarray
     numbers: np.ndarray
     extra: tuple = ()
     scales: np.ndarray | None = None
+    extra_index: tuple | None = None
 
     def __post_init__(self):
         self.X = np.ascontiguousarray(self.X, dtype=float)
@@ -63,8 +70,13 @@ class SparseSet:
         if np.any(np.diff(self.numbers) < 0):
             raise ValueError("SparseSet.numbers must be sorted so species blocks are contiguous")
         self.extra = tuple(np.ascontiguousarray(x, dtype=float) for x in self.extra)
-        if any(len(x) != len(self.numbers) for x in self.extra):
-            raise ValueError("SparseSet.extra: one row per sparse environment in every descriptor")
+        if self.extra_index is None:
+            self.extra_index = tuple(np.arange(len(self.numbers)) for _ in self.extra)
+        self.extra_index = tuple(np.asarray(i, dtype=np.int64) for i in self.extra_index)
+        if (len(self.extra_index) != len(self.extra)
+                or any(len(i) != len(x) or np.any(np.diff(i) <= 0) or np.any(i < 0) or np.any(i >= len(self.numbers))
+                       for i, x in zip(self.extra_index, self.extra))):
+            raise ValueError("SparseSet.extra: one row per environment of its extra_index (ascending rows of X)")
         self.scales = (np.ones(len(self.extra)) if self.scales is None
                        else np.asarray(self.scales, dtype=float).reshape(len(self.extra)))
 
@@ -80,27 +92,32 @@ class SparseSet:
 
     @property
     def size(self) -> int:
-        """Number of SOAP columns: environments times SOAP terms."""
-        return self.n_env * self.n_parts
+        """Number of SOAP columns: the environments of every SOAP term's block."""
+        return self.n_env + sum(len(i) for i in self.extra_index)
 
     @property
     def part_scales(self) -> np.ndarray:
         """``r_d`` of every SOAP term, ``(n_parts,)``, ``r_0 = 1``."""
         return np.concatenate([[1.0], self.scales])
 
+    def part_slices(self) -> list:
+        """The columns of each SOAP term's block, ``[slice, ...]``."""
+        ends = np.cumsum([self.n_env] + [len(i) for i in self.extra_index])
+        return [slice(int(a), int(b)) for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)]
+
     def part(self, d: int) -> "SparseSet":
         """The one-descriptor sparse set of term ``d`` (unscaled)."""
-        return self if not self.extra else SparseSet(self.X if d == 0 else self.extra[d - 1], self.numbers)
+        if d == 0:
+            return self if not self.extra else SparseSet(self.X, self.numbers)
+        return SparseSet(self.extra[d - 1], self.numbers[self.extra_index[d - 1]])
 
     def kernel(self, zeta: float) -> np.ndarray:
         """``Kmm / delta^2`` without the scales ``r_d`` (the rows carry them): the dot-product kernel
         between sparse environments of the same species, block-diagonal over the SOAP terms, (size, size)."""
-        same = self.numbers[:, None] == self.numbers[None, :]
-        K = dot_kernel(self.X, self.X, zeta) * same
         if not self.extra:
-            return K
+            return dot_kernel(self.X, self.X, zeta) * (self.numbers[:, None] == self.numbers[None, :])
         import scipy.linalg as sla
-        return sla.block_diag(K, *(dot_kernel(x, x, zeta) * same for x in self.extra))
+        return sla.block_diag(*(self.part(d).kernel(zeta) for d in range(self.n_parts)))
 
     def blocks(self):
         """Yield ``(Z, start, stop)`` for each species block."""
@@ -244,9 +261,9 @@ def frame_mean(feat, sparse: SparseSet, alpha: np.ndarray, zeta: float, volume: 
         (reduced: GP part only, no baseline or mean offset).
     """
     if sparse.extra:
-        M, out = sparse.n_env, None
-        for d, (f, r) in enumerate(zip(feature_parts(feat, sparse), sparse.part_scales)):
-            p = frame_mean(f, sparse.part(d), r * alpha[d * M:(d + 1) * M], zeta, volume, forces=forces, stress=stress)
+        out = None
+        for d, (f, r, cols) in enumerate(zip(feature_parts(feat, sparse), sparse.part_scales, sparse.part_slices())):
+            p = frame_mean(f, sparse.part(d), r * alpha[cols], zeta, volume, forces=forces, stress=stress)
             out = p if out is None else {k: out[k] + p[k] for k in out}
         return out
     X = feat.features

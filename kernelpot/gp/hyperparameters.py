@@ -90,7 +90,7 @@ SCALE_BOUNDS = (1e-3, 1e2)
 
 
 def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_delta=True, verbose=False,
-           warn=True, scale_mask=None, nystrom_parts=None):
+           warn=True, scale_mask=None, nystrom_parts=None, scale_current=None, scale_names=None):
     """Hyperparameters from the statistics of a fit.
 
     Parameters
@@ -118,6 +118,12 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
     nystrom_parts : sequence, optional
         For each term ``t``, its column in the kept (n, D) Nystrom residuals
         of the statistics, or None (an exact term).
+    scale_current : sequence of float, optional
+        Each term's scale already in the statistics (default 1): the search
+        keeps ``current * r_t`` within :data:`SCALE_BOUNDS`, so repeated
+        searches (``update``, ``refit``) cannot compound past them.
+    scale_names : sequence of str, optional
+        Names of the terms in the at-bounds warning.
 
     Returns
     -------
@@ -145,11 +151,17 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
         labels, n_terms = scale_labels(scale_mask) if scale_mask is not None else (None, 0)
         scales = np.ones(n_terms)
         if n_terms:
-            ext, _ = optimize_hyperparameters(stats, np.append(theta0, np.zeros(n_terms)),
-                                              list(bounds) + [tuple(np.log(SCALE_BOUNDS))] * n_terms,
+            cur = np.log(np.ones(n_terms) if scale_current is None else np.asarray(scale_current, float))
+            scale_bounds = [tuple(np.log(SCALE_BOUNDS) - c) for c in cur]
+            ext, _ = optimize_hyperparameters(stats, np.append(theta0, np.clip(0.0, *np.array(scale_bounds).T)),
+                                              list(bounds) + scale_bounds,
                                               np.append(fixed, np.zeros(n_terms, bool)), scan_delta=scan_delta,
                                               progress=progress, scale_mask=labels)
             theta, scales = ext[:-n_terms], np.exp(ext[-n_terms:])
+            if warn:
+                names = scale_names or [f"scale of kernel term {t + 1}" for t in range(n_terms)]
+                warn_at_bounds(ext[-n_terms:], scale_bounds, np.zeros(n_terms, bool), names, stacklevel=4,
+                               first=None)
             parts = [None] * n_terms if nystrom_parts is None else list(nystrom_parts)
             for t in range(n_terms):
                 stats.scale_columns(labels == t + 1, float(scales[t]), parts[t])
@@ -164,9 +176,9 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
     return theta, count[0], scales
 
 
-def warn_at_bounds(theta, bounds, fixed, names, stacklevel: int = 3) -> None:
-    """``RuntimeWarning`` naming the free parameters (``delta``, then ``names``) within 1e-3 of a bound."""
-    at_bound = [name for name, t, (lo, hi), f in zip(["delta"] + list(names), theta, bounds, fixed)
+def warn_at_bounds(theta, bounds, fixed, names, stacklevel: int = 3, first="delta") -> None:
+    """``RuntimeWarning`` naming the free parameters (``first``, then ``names``) within 1e-3 of a bound."""
+    at_bound = [name for name, t, (lo, hi), f in zip(([first] if first else []) + list(names), theta, bounds, fixed)
                 if not f and (t - lo < 1e-3 or hi - t < 1e-3)]
     if at_bound:
         warnings.warn(f"hyperparameters at their bounds after optimisation: {at_bound}; "

@@ -306,6 +306,10 @@ def loo_neg_log_predictive(theta: np.ndarray, ws: GroupStats, groups) -> float:
 
 # evaluations in a row that do not lower the best value by more than the value tolerance
 _MAX_STALLED = 5
+# ... counted only while the best point's projected gradient is within this factor of the gradient tolerance
+_STALL_GRADIENT = 1e3
+# L-BFGS-B restarts from the best point when it stops with the gradient above that
+_RESTARTS = 3
 
 
 class _Converged(Exception):
@@ -388,7 +392,8 @@ def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, f
     lo_b = np.array([b[0] for b in free_bounds])
     hi_b = np.array([b[1] for b in free_bounds])
     # evaluation count, best value so far, value at the last accepted iterate, flat iterations
-    state = {"n": 0, "it": 0, "best": np.inf, "best_x": None, "best_g": None, "stall": 0, "f": None, "flat": 0}
+    state = {"n": 0, "it": 0, "best": np.inf, "best_x": None, "best_g": None, "best_pg": np.inf, "stall": 0,
+             "f": None, "flat": 0}
 
     def f_tol(val):
         return ftol_abs + ftol_rel * abs(val)
@@ -410,14 +415,17 @@ def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, f
             raise _Converged(np.array(tf), val, gr, "projected gradient and value converged")
         if val < state["best"] - f_tol(val):
             state["stall"] = 0
-        else:
+        elif state["best_pg"] <= _STALL_GRADIENT * (gtol_abs + gtol_rel * abs(state["best"])):
             state["stall"] += 1
-            # line searches that no longer lower the value: the gradient is at its round-off floor
+            # line searches that no longer lower the value: the gradient is at its round-off floor. Only
+            # there: far from it (a kernel sum's first steps can land on a corner of the bounds, 1e5 nats
+            # up) backtracking is how L-BFGS-B gets back, and stopping there left a fit 100 nats short
             if state["stall"] >= _MAX_STALLED:
                 raise _Converged(state["best_x"], state["best"], state["best_g"],
                                  f"value converged ({_MAX_STALLED} evaluations without a decrease)")
         if val < state["best"]:
             state["best"], state["best_x"], state["best_g"] = val, np.array(tf), gr
+            state["best_pg"] = float(np.max(np.abs(pg), initial=0.0))
         return val, gr
 
     def iteration(intermediate_result):
@@ -443,12 +451,24 @@ def optimize_hyperparameters(ws: GroupStats, theta0: np.ndarray, bounds: list, f
         theta0[0] = grid[int(np.argmin(vals))]
     if not free.any():
         return theta0, None
-    try:
-        res = so.minimize(f, theta0[free], jac=True, method="L-BFGS-B", bounds=free_bounds, callback=iteration,
-                          options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-9})
-    except _Converged as stop:
-        res = so.OptimizeResult(x=stop.x, fun=stop.fun, jac=stop.jac, success=True, status=0,
-                                message=stop.message, nfev=state["n"], nit=state["it"])
+    x = theta0[free]
+    for attempt in range(1 + _RESTARTS):
+        try:
+            res = so.minimize(f, x, jac=True, method="L-BFGS-B", bounds=free_bounds, callback=iteration,
+                              options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-9})
+        except _Converged as stop:  # by the tolerances: done
+            res = so.OptimizeResult(x=stop.x, fun=stop.fun, jac=stop.jac, success=True, status=0,
+                                    message=stop.message, nfev=state["n"], nit=state["it"])
+            break
+        if state["best"] < res.fun:  # the best point evaluated, not a later line-search trial
+            res.x, res.fun, res.jac = state["best_x"], state["best"], state["best_g"]
+        # stopped otherwise (flat iterations, scipy's own tests) while the gradient is far from its round-off
+        # floor: L-BFGS-B's curvature pairs had gone bad (on a kernel sum every step proposed a corner of the
+        # bounds, 1e5 nats up, and the backtracking gained a few nats an iteration); a restart from the best
+        # point forgets them
+        if state["best_pg"] <= _STALL_GRADIENT * (gtol_abs + gtol_rel * abs(res.fun)):
+            break
+        x, state["f"], state["flat"], state["stall"] = np.array(res.x), None, 0, 0
     res.n_evaluations = state["n"]
     theta = theta0.copy()
     theta[free] = res.x

@@ -262,17 +262,16 @@ class SparseGP(BaseEstimator):
             desc.set_params(species=[int(z) for z in species])
         return desc
 
-    def _sum_sparse_set(self, frames, index, single):
-        """The sparse set of a kernel sum: the environments chosen with the first descriptor, under every
-        descriptor, less those whose kernel function is (numerically) a combination of the others under any
-        of them (:func:`kernelpot.gp.select.prune_dependent`; a subset of a well-conditioned set stays so)."""
+    def _sum_sparse_set(self, frames, single):
+        """The sparse set of a kernel sum: the environments chosen with the first descriptor, and in each
+        further descriptor's block those of them whose kernel function is not (numerically) a combination
+        of the others' under it (:func:`kernelpot.gp.select.prune_dependent`: a short cut-off sees many
+        environments alike, and pruning the first block by it dropped most of its points)."""
         from kernelpot.gp.select import prune_dependent
-        extra = self._extra_sparse(frames, index)
+        extra = self._extra_sparse(frames, self.sparse_index_)
         same = single.numbers[:, None] == single.numbers[None, :]
-        keep = np.arange(len(index))
-        for x in extra:
-            keep = np.intersect1d(keep, prune_dependent(dot_kernel(x, x, self.zeta) * same, _SPARSE_TOL))
-        return index[keep], SparseSet(single.X[keep], single.numbers[keep], tuple(x[keep] for x in extra))
+        keep = [prune_dependent(dot_kernel(x, x, self.zeta) * same, _SPARSE_TOL) for x in extra]
+        return SparseSet(single.X, single.numbers, tuple(x[k] for x, k in zip(extra, keep)), extra_index=tuple(keep))
 
     def _extra_sparse(self, frames, index):
         """The sparse environments ``index`` (into the concatenated atoms of ``frames``) under the further
@@ -381,7 +380,7 @@ class SparseGP(BaseEstimator):
                 feats, frames, self.species_, n_pick, self.sparse_method, self.zeta, self.random_state,
                 self.sparse_points, _SPARSE_TOL, ordered=auto)
             if self.extra_descriptors_:
-                self.sparse_index_, self.sparse_ = self._sum_sparse_set(frames, self.sparse_index_, self.sparse_)
+                self.sparse_ = self._sum_sparse_set(frames, self.sparse_)
         # later only the calibration's clusters read the descriptors, through each frame's mean: the
         # per-atom features are freed here (126 MB on acetylacetone's 500 frames)
         mean_features = np.array([f.features.mean(axis=0) for f in feats])
@@ -408,10 +407,8 @@ class SparseGP(BaseEstimator):
                                                                                  available)
             t = assembly.phase(self.verbose, "sparse set size", t, f"{self.sparse_.size} sparse points")
         else:
-            terms, parts = self._scale_terms()
             theta, self.n_likelihood_evaluations_, scale = hyperparameters.search(
-                self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose,
-                scale_mask=terms, nystrom_parts=parts)
+                self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose, **self._scale_search())
         self._apply_scales(scale)
         self._offset_prior(frames)
         self._train_frames = frames
@@ -503,18 +500,26 @@ class SparseGP(BaseEstimator):
         (or ``t`` without one) on those of further SOAP term ``t`` of a kernel
         sum, 0 elsewhere; ``nystrom_parts[t - 1]``: the term's column in the kept
         (n, D) Nystrom residuals (None for the exact two-body term).  ``(None,
-        [])`` when there is no such term.
+        [])`` when there is no such term.  :meth:`_scale_search` adds each
+        term's current scale and name.
         """
         labels = np.zeros(assembly.n_columns(self), np.int64)
         parts = []
-        m, M = self.sparse_.n_env, self.sparse_.size
+        M = self.sparse_.size
         if getattr(self, "pair_", None) is not None:
             labels[M:M + self.pair_.size] = 1
             parts.append(None)
-        for d in range(1, self.sparse_.n_parts):
-            labels[d * m:(d + 1) * m] = len(parts) + 1
+        for d, cols in enumerate(self.sparse_.part_slices()[1:], start=1):
+            labels[cols] = len(parts) + 1
             parts.append(d)
         return (labels, parts) if parts else (None, [])
+
+    def _scale_search(self) -> dict:
+        """Keyword arguments of :func:`kernelpot.gp.hyperparameters.search` for the learned kernel scales."""
+        terms, parts = self._scale_terms()
+        current = [self.pair_.scale if p is None else self.sparse_.scales[p - 1] for p in parts]
+        names = ["two-body scale" if p is None else f"scale of SOAP {p + 1}" for p in parts]
+        return dict(scale_mask=terms, nystrom_parts=parts, scale_current=current, scale_names=names)
 
     def _apply_scales(self, scales):
         """The search rescaled each learned term's columns of the statistics (:meth:`_scale_terms`): so do
@@ -579,11 +584,11 @@ class SparseGP(BaseEstimator):
         if optimize:
             theta0, bounds, fixed = self._initial_theta()
             theta0[~fixed] = self.theta_[~fixed]
-            terms, parts = self._scale_terms()
             theta, self.n_likelihood_evaluations_, scale = hyperparameters.search(
                 self._stats, theta0, bounds, fixed, self.energy_noise, scan_delta=False, warn=False,
-                scale_mask=terms, nystrom_parts=parts)
+                **self._scale_search())
             self._apply_scales(scale)
+            self._offset_prior(self._train_frames)  # the offsets' prior follows the learned scales, as in fit
         self._solve(theta)
 
     def refit(self, frames, optimize: bool = False):
@@ -1077,6 +1082,7 @@ class SparseGP(BaseEstimator):
                 "offset_kappa_": float(getattr(self, "offset_kappa_", 0.0)),
                 "pair_": None if getattr(self, "pair_", None) is None else self.pair_.to_dict(),
                 "sparse_scales_": [float(r) for r in self.sparse_.scales],
+                "sparse_extra_index_": [[int(i) for i in ix] for ix in self.sparse_.extra_index],
                 "wall_": None if getattr(self, "wall_", None) is None else self.wall_.to_dict(),
             },
         }
@@ -1084,8 +1090,8 @@ class SparseGP(BaseEstimator):
         arrays = {"alpha_": self.alpha_, "theta_": self.theta_, "sparse_index_": self.sparse_index_,
                   "sparse_X": self.sparse_.X, "sparse_numbers": self.sparse_.numbers,
                   "Lmm": post.Lmm, "Lc": post.Lc, "Kmm": post.sparse_kernel(), "a": post.a}
-        if self.sparse_.extra:  # the further descriptors' features of the sparse environments, side by side
-            arrays["sparse_X_extra"] = np.hstack(self.sparse_.extra)
+        if self.sparse_.extra:  # each further block's features, flattened one after the other
+            arrays["sparse_X_extra"] = np.concatenate([x.ravel() for x in self.sparse_.extra])
         return header, arrays
 
     @classmethod
@@ -1105,12 +1111,15 @@ class SparseGP(BaseEstimator):
             params["two_body"] = TwoBody(**params["two_body"]["TwoBody"])
         # files written before the two-body term (0.2.0 and older) have none
         params.setdefault("two_body", False)
-        extra = [SOAP(**d) for d in header.get("extra_descriptors", [])]
-        descriptor = SOAP(**header["descriptor"])
+        try:
+            extra = [SOAP(**d) for d in header.get("extra_descriptors", [])]
+            descriptor = SOAP(**header["descriptor"])
+        except TypeError as exc:  # a setting SOAP does not have (an edited header)
+            raise ValueError(f"{path}: descriptor settings in the header are not SOAP's ({exc})") from None
         model = cls(descriptor=[descriptor, *extra] if extra else descriptor, baseline=baseline, **params)
         fit = header["fitted"]
-        model.descriptor_ = SOAP(**header["descriptor"])
-        model.extra_descriptors_ = [SOAP(**d) for d in header.get("extra_descriptors", [])]
+        model.descriptor_ = clone(descriptor)
+        model.extra_descriptors_ = [clone(d) for d in extra]
         model.noise_groups_ = list(fit["noise_groups_"])
         model.e0_ = {int(k): float(v) for k, v in fit["e0_"].items()}
         model.mean_ = {int(k): float(v) for k, v in fit["mean_"].items()}
@@ -1141,15 +1150,27 @@ class SparseGP(BaseEstimator):
                              f"but its sparse environments have shape {np.shape(data['sparse_X'])}: the header "
                              "and the arrays do not belong together (edited or mixed files?)")
         model.sparse_index_ = data["sparse_index_"]
-        extra_x = ()
+        extra_x, extra_ix = (), ()
         if model.extra_descriptors_:
-            widths = [d.get_number_of_features() for d in model.extra_descriptors_]
+            try:
+                widths = [d.get_number_of_features() for d in model.extra_descriptors_]
+                extra_ix = tuple(np.asarray(ix, dtype=np.int64) for ix in fit["sparse_extra_index_"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: the further descriptors or their sparse environments in the header "
+                                 f"are unusable ({exc})") from None
             X2 = data["sparse_X_extra"]
-            if np.ndim(X2) != 2 or X2.shape != (len(data["sparse_numbers"]), sum(widths)):
-                raise ValueError(f"{path}: the further descriptors in the file give {sum(widths)} features per "
-                                 f"environment but 'sparse_X_extra' has shape {np.shape(X2)}")
-            extra_x = tuple(np.split(X2, np.cumsum(widths)[:-1], axis=1))
-        model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"], extra_x, fit.get("sparse_scales_", []))
+            counts = [len(ix) for ix in extra_ix]
+            if len(extra_ix) != len(widths) or np.ndim(X2) != 1 or len(X2) != int(np.dot(counts, widths)):
+                raise ValueError(f"{path}: the further descriptors in the file give {int(np.dot(counts, widths))} "
+                                 f"values for their sparse environments but 'sparse_X_extra' has shape "
+                                 f"{np.shape(X2)}")
+            ends = np.cumsum(np.multiply(counts, widths))
+            extra_x = tuple(X2[e - c * w:e].reshape(c, w) for e, c, w in zip(ends, counts, widths))
+        try:
+            model.sparse_ = SparseSet(data["sparse_X"], data["sparse_numbers"], extra_x, fit.get("sparse_scales_", []),
+                                      extra_ix)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
         model.pair_ = None if fit.get("pair_") is None else PairTerm.from_dict(fit["pair_"])
         model.wall_ = None
         if fit.get("wall_") is not None:
