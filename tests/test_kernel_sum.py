@@ -44,13 +44,15 @@ def molecule_model():
 
 
 def test_scales_are_learned_and_the_sparse_set_has_one_block_per_descriptor(alloy_model):
-    model, _ = alloy_model
+    model, frames = alloy_model
     sp = model.sparse_
-    assert sp.n_parts == 2 and sp.size == 2 * sp.n_env
-    assert len(sp.extra) == 1 and sp.extra[0].shape[0] == sp.n_env
-    # the second block holds the second descriptor's features of the same environments (unit norm)
-    np.testing.assert_allclose(np.linalg.norm(sp.extra[0], axis=1), 1.0, rtol=1e-12)
-    assert sp.extra[0].shape[1] != sp.X.shape[1] or not np.allclose(sp.extra[0], sp.X)
+    assert sp.n_parts == 2 and sp.size == sp.n_env + len(sp.extra_index[0])
+    # the second block holds the second descriptor's features of the environments chosen with the first
+    atoms = [(a, i) for a in frames for i in range(len(a))]
+    d2 = model.extra_descriptors_[0]
+    for row, k in enumerate(sp.extra_index[0]):
+        a, i = atoms[model.sparse_index_[k]]
+        np.testing.assert_allclose(sp.extra[0][row], d2.compute(a).features[i], rtol=1e-12, atol=1e-14)
     assert sp.scales[0] != 1.0  # moved by the evidence from its start
     # the alpha vector spans both SOAP blocks, the two-body term and the offsets
     assert len(model.alpha_) == sp.size + model.pair_.size + len(model.offset_species_)
