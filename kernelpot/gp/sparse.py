@@ -51,7 +51,6 @@ from kernelpot.gp import assembly, hyperparameters, sparse_size
 from kernelpot.gp.calibration import SIGMA_FLOOR, recalibrate
 from kernelpot.gp.hyperparameters import NOISE_FLOOR
 from kernelpot.gp.design import SparseSet, model_kernel
-from kernelpot.gp.kernels import dot_kernel
 from kernelpot.gp.likelihood import neg_log_marginal_likelihood
 from kernelpot.gp.group_loo import calibration_groups
 from kernelpot.gp.loo import leave_one_out
@@ -269,8 +268,7 @@ class SparseGP(BaseEstimator):
         environments alike, and pruning the first block by it dropped most of its points)."""
         from kernelpot.gp.select import prune_dependent
         extra = self._extra_sparse(frames, self.sparse_index_)
-        same = single.numbers[:, None] == single.numbers[None, :]
-        keep = [prune_dependent(dot_kernel(x, x, self.zeta) * same, _SPARSE_TOL) for x in extra]
+        keep = [prune_dependent(SparseSet(x, single.numbers).kernel(self.zeta), _SPARSE_TOL) for x in extra]
         return SparseSet(single.X, single.numbers, tuple(x[k] for x, k in zip(extra, keep)), extra_index=tuple(keep))
 
     def _extra_sparse(self, frames, index):
