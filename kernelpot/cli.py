@@ -48,7 +48,9 @@ components (eV/Å) and stress components (GPa), and an uncertainty table for the
                   confidence levels (0 = calibrated; < 0.05 is good)
   msz             mean squared z-score, mean((error/σ)^2): 1 when calibrated, > 1 when σ are too
                   small (over-confident), < 1 when too large
-  spearman        rank correlation of |error| with σ (does a larger σ mean a larger error?)"""
+  spearman        rank correlation of |error| with σ (does a larger σ mean a larger error?)
+  n               values counted: components fixed by symmetry (forces in a perfect strained
+                  crystal: zero error in every model) are left out of this table, not the errors"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -271,7 +273,10 @@ def _uncertainty_table(ev) -> str:
              f"{'spearman':>10}{'n':>9}"]
     for k in ("energy", "forces", "stress"):
         if k in ev and "std" in ev[k]:
-            s = metrics.summary(np.ravel(ev[k]["err"]), np.ravel(ev[k]["std"]))
+            free = np.ravel(ev[k]["free"])  # components fixed by symmetry are always "covered": left out
+            if not free.any():
+                continue
+            s = metrics.summary(np.ravel(ev[k]["err"])[free], np.ravel(ev[k]["std"])[free])
             lines.append(f"{k:<10}{100 * s['coverage_1']:>10.0f}%{100 * s['coverage_2']:>10.0f}%"
                          f"{s['miscal_area']:>14.3f}{s['msz']:>9.2f}{s['spearman']:>10.2f}{s['n']:>9d}")
     return "\n".join(lines)

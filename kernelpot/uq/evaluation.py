@@ -11,6 +11,7 @@ import numpy as np
 from ase.units import GPa
 
 from kernelpot.io.labels import frame_labels
+from kernelpot.uq.metrics import informative
 
 __all__ = ["evaluate", "error_table", "format_error_table", "parity_dicts"]
 
@@ -24,8 +25,10 @@ def evaluate(model, frames, return_std: bool = True) -> dict:
         ``pred`` (the dict of :meth:`SparseGP.predict`) and, for each of
         ``energy`` (per atom, eV/atom), ``forces`` (components, eV/Å), ``stress``
         (components, eV/Å^3): a dict with ``ref``, ``pred``, ``err`` and, with
-        ``return_std``, ``std`` and ``std_epistemic`` (same units), over the
-        frames that have that label.
+        ``return_std``, ``std``, ``std_epistemic`` (same units) and ``free``
+        (bool, the components whose prediction is not fixed by symmetry:
+        :func:`kernelpot.uq.metrics.informative`; coverage and calibration
+        are measured over these), over the frames that have that label.
     """
     frames = [frames] if hasattr(frames, "positions") else list(frames)   # one Atoms, as model.predict takes
     labels = [frame_labels(a, i) for i, a in enumerate(frames)]
@@ -60,6 +63,8 @@ def evaluate(model, frames, return_std: bool = True) -> dict:
     for k in ("energy", "forces", "stress"):
         if k in out:
             out[k]["err"] = out[k]["pred"] - out[k]["ref"]
+            if return_std:
+                out[k]["free"] = informative(out[k]["std_epistemic"])
     return out
 
 
