@@ -55,3 +55,45 @@ def test_single_composition_molecule_forces_do_not_depend_on_offsets(methanol_fr
     noise = min(m1.noise_["forces"], m2.noise_["forces"])
     assert np.sqrt(np.mean((f1 - f2) ** 2)) < 0.5 * noise
     assert m1.delta_ > 10 * 1e-3                  # delta not at its lower bound
+
+
+def test_one_atom_cells_with_close_images_are_structures_not_isolated_atoms(cu_frames, small_soap):
+    """A (111) monolayer or a chain of one atom per cell has neighbours: its energy (0.76 eV in EMT) is no
+    isolated-atom reference (3.51 eV); counted as one, it set e0 of copper whatever else the data held."""
+    from ase.build import fcc111
+    from kernelpot.io.labels import is_isolated_atom, shortest_image_distance
+    mono = label(fcc111("Cu", (1, 1, 1), vacuum=6.0), EMT())
+    chain = label(Atoms("Cu", positions=[[0, 0, 0]], cell=[10, 10, 2.5], pbc=[False, False, True]), EMT())
+    free = label(Atoms("Cu", positions=[[5, 5, 5]], cell=[10, 10, 10], pbc=False), EMT())
+    box = Atoms("Cu", positions=[[0, 0, 0]], cell=[12, 12, 12], pbc=True, info={"config_type": "IsolatedAtom"})
+    small_box = Atoms("Cu", positions=[[0, 0, 0]], cell=[3, 12, 12], pbc=True, info={"config_type": "IsolatedAtom"})
+    assert shortest_image_distance(chain) == pytest.approx(2.5)
+    assert shortest_image_distance(mono) == pytest.approx(2.5527, abs=1e-3)   # in-plane neighbour, 3.61/sqrt(2)
+    # a skewed cell: its shortest translation, not its longest edge
+    skew = Atoms("Cu", positions=[[0, 0, 0]], cell=[[3, 0, 0], [30, 3, 0], [0, 0, 20]], pbc=[True, True, False])
+    assert shortest_image_distance(skew) == pytest.approx(3.0)
+    assert [is_isolated_atom(a) for a in (mono, chain, skew, free, box, small_box)] == [
+        False, False, False, True, True, False]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SparseGP(descriptor=small_soap, n_sparse=40, verbose=False).fit([mono, chain] + cu_frames[:4] + [free])
+    assert model.e0_[29] == pytest.approx(free.get_potential_energy())
+
+
+def test_isolated_atoms_that_disagree_are_reported(cu_frames, small_soap):
+    from kernelpot.io.labels import DataWarning
+    free = label(Atoms("Cu", positions=[[5, 5, 5]], cell=[10, 10, 10], pbc=False), EMT())
+    other = free.copy()
+    from ase.calculators.singlepoint import SinglePointCalculator
+    other.calc = SinglePointCalculator(other, energy=free.get_potential_energy() - 0.3)
+    with pytest.warns(DataWarning, match="isolated-atom frames of Cu disagree.*frames \\[4, 5\\]"):
+        model = SparseGP(descriptor=small_soap, n_sparse=40, verbose=False).fit(cu_frames[:4] + [free, other])
+    assert model.e0_[29] == pytest.approx(free.get_potential_energy())   # the first, as the warning says
+
+
+@pytest.mark.parametrize("e0, match", [({"Xx": -1.0}, "'Xx' is not an element"), ({0: -1.0}, "0 is not an element"),
+                                        ({"Cu": float("nan")}, "energy of Cu must be a finite"),
+                                        ({"Cu": "a lot"}, "energy of Cu must be a finite")])
+def test_bad_e0_tables_are_named(cu_frames, small_soap, e0, match):
+    with pytest.raises(ValueError, match=match):
+        SparseGP(descriptor=small_soap, n_sparse=40, e0=e0, verbose=False).fit(cu_frames[:3])

@@ -29,6 +29,8 @@ from kernelpot.io.labels import is_isolated_atom
 __all__ = ["fit_offsets", "composition_matrix", "composition_null_space", "offset_column", "OFFSET_KAPPA"]
 
 OFFSET_KAPPA = 1.0
+#: Isolated-atom energies of one element that differ by more than this (eV) are reported.
+ISOLATED_ATOL = 1e-3
 
 
 def offset_column(numbers, species, kappa: float) -> np.ndarray:
@@ -38,9 +40,41 @@ def offset_column(numbers, species, kappa: float) -> np.ndarray:
 
 
 def _e0_table(e0) -> dict:
-    from ase.data import atomic_numbers
-    return {int(atomic_numbers.get(k, k)) if not isinstance(k, (int, np.integer)) else int(k): float(v)
-            for k, v in e0.items()}
+    """``{Z: eV}`` from ``{symbol or Z: eV}``; a key that is no element or a value that is no finite number raises."""
+    from ase.data import atomic_numbers, chemical_symbols
+    out = {}
+    for k, v in e0.items():
+        z = int(k) if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else atomic_numbers.get(k)
+        if z is None or not 0 < z < len(chemical_symbols):
+            raise ValueError(f"e0: {k!r} is not an element (keys are element symbols such as 'Cu' or atomic "
+                             "numbers)")
+        try:
+            out[z] = float(v)
+        except (TypeError, ValueError):
+            out[z] = float("nan")
+        if not np.isfinite(out[z]):
+            raise ValueError(f"e0: the energy of {chemical_symbols[z]} must be a finite number of eV, got {v!r}")
+    return out
+
+
+def _isolated_energies(frames, labels, baseline_energy) -> dict:
+    """``{Z: eV}`` from the isolated-atom frames; the first of each element, with a warning where they disagree."""
+    import warnings
+    from ase.data import chemical_symbols
+    from kernelpot.io.labels import DataWarning
+    found = {}
+    for i, (a, lab) in enumerate(zip(frames, labels)):
+        if is_isolated_atom(a) and "energy" in lab:
+            found.setdefault(int(a.numbers[0]), []).append((i, lab["energy"] - baseline_energy(a)))
+    for z, refs in found.items():
+        e = np.array([x for _, x in refs])
+        if np.ptp(e) > ISOLATED_ATOL:
+            warnings.warn(f"fit: the isolated-atom frames of {chemical_symbols[z]} disagree: frames "
+                          f"{[i for i, _ in refs][:10]} have energies {np.round(e[:10], 4).tolist()} eV (spread "
+                          f"{np.ptp(e):.3g} eV, e.g. another DFT setting or spin state); e0 uses the first, frame "
+                          f"{refs[0][0]}. Keep one reference per element or pass e0={{...}}.", DataWarning,
+                          stacklevel=4)
+    return {z: refs[0][1] for z, refs in found.items()}
 
 
 def fit_offsets(frames, labels, species, e0, baseline_energy):
@@ -73,9 +107,7 @@ def fit_offsets(frames, labels, species, e0, baseline_energy):
     if isinstance(e0, dict):
         table = _e0_table(e0)
     elif e0 == "auto":
-        for a, lab in zip(frames, labels):
-            if is_isolated_atom(a) and "energy" in lab:
-                table.setdefault(int(a.numbers[0]), lab["energy"] - baseline_energy(a))
+        table = _isolated_energies(frames, labels, baseline_energy)
     elif e0 is not None:
         raise ValueError(f"e0 must be 'auto', None or a dict {{element: eV}}, got {e0!r}")
     e0_ = {z: table.get(z, 0.0) for z in Zs}

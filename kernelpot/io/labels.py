@@ -51,6 +51,8 @@ How the fit uses them is documented in :func:`kernelpot.gp.assembly.training_row
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 __all__ = ["DataWarning", "frame_labels", "training_fingerprint", "same_fingerprint", "parse_labels", "frame_noise",
@@ -82,6 +84,9 @@ _NOT_LABEL_WORDS = ("sigma", "std", "mask", "weight", "weights", "epistemic", "p
 #: 0.2 Å (``min_distance``), so this stays well below that. Used by fit, predict and validate alike,
 #: with no switch to turn it off.
 OVERLAP_DISTANCE = 0.1
+#: A one-atom frame whose nearest periodic image is closer than this (Å) is not an isolated atom:
+#: beyond any bond and the default SOAP cut-off (5 Å); DFT isolated-atom boxes are 10 Å or more.
+ISOLATION_DISTANCE = 6.0
 #: Units of each kind in messages (energies per atom).
 LABEL_UNITS = {"energy": "eV/atom", "forces": "eV/Å", "stress": "eV/Å^3"}
 
@@ -115,10 +120,43 @@ def is_periodic(atoms) -> bool:
     return bool(np.all(atoms.pbc)) and abs(atoms.cell.volume) > 1e-8
 
 
+def shortest_image_distance(atoms) -> float:
+    """Distance (Å) from an atom to its nearest periodic image; ``inf`` without periodic directions.
+
+    The lattice spanned by the periodic cell vectors is Minkowski-reduced
+    (:func:`ase.geometry.minkowski_reduce`) first, so a skewed cell gives its
+    true shortest translation.  A periodic direction with a zero cell vector
+    gives 0 (a degenerate cell, reported by :func:`structure_errors`).
+    """
+    pbc = np.asarray(atoms.pbc, bool)
+    if not pbc.any():
+        return float("inf")
+    cell = np.asarray(atoms.cell[:], float)
+    if np.any(np.linalg.norm(cell[pbc], axis=1) < 1e-8):
+        return 0.0
+    try:
+        from ase.geometry import minkowski_reduce
+        cell = np.asarray(minkowski_reduce(atoms.cell.complete(), pbc=pbc)[0], float)
+    except Exception:  # noqa: BLE001 -- a cell the reduction cannot take: search the given vectors
+        pass
+    P = cell[pbc]
+    shifts = np.array([n for n in itertools.product((-1, 0, 1), repeat=len(P)) if any(n)], float)
+    return float(np.linalg.norm(shifts @ P, axis=1).min())
+
+
 def is_isolated_atom(atoms) -> bool:
-    """A single atom with no neighbours: its energy is an isolated-atom reference."""
-    return len(atoms) == 1 and (not is_periodic(atoms)
-                                or atoms.info.get("config_type", "") in ("isolated_atom", "IsolatedAtom"))
+    """A single atom with no neighbour: its energy is an isolated-atom reference (the energy offsets' ``e0``).
+
+    One atom counts when no periodic image lies within :data:`ISOLATION_DISTANCE`
+    and, for a cell periodic in all three directions (a DFT box), when its
+    ``config_type`` says so (``isolated_atom`` or GAP's ``IsolatedAtom``).  A
+    one-atom cell periodic in one or two directions with close images (a
+    monolayer, a chain) is a structure, not a reference: counted as one it set
+    ``e0`` of copper to a (111) monolayer's energy, 0.76 eV instead of 3.51.
+    """
+    if len(atoms) != 1 or shortest_image_distance(atoms) < ISOLATION_DISTANCE:
+        return False
+    return not is_periodic(atoms) or atoms.info.get("config_type", "") in ("isolated_atom", "IsolatedAtom")
 
 
 def config_type(atoms, default: str = "default") -> str:
