@@ -182,6 +182,19 @@ def _savefig(fig, path):
         fig.savefig(tmp, dpi=120, format="png")
 
 
+def _check_test_elements(test, test_path, train, train_path):
+    """Before the fit: a test structure with an element the training file lacks could not be predicted."""
+    from ase.data import chemical_symbols
+    known = set(np.concatenate([a.numbers for a in train]).tolist())
+    bad = [i for i, a in enumerate(test) if not set(a.numbers.tolist()) <= known]
+    if bad:
+        new = sorted({int(z) for i in bad for z in test[i].numbers} - known)
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        raise ValueError(f"{test_path}: {len(bad)} structure(s) (frames {shown}) contain "
+                         f"{[chemical_symbols[z] for z in new]}, which {train_path} does not: the model could not "
+                         "predict them (nothing was fitted; remove them from the test file or add training data)")
+
+
 def _cmd_fit(args) -> int:
     import kernelpot
     out = Path(args.output)
@@ -198,6 +211,7 @@ def _cmd_fit(args) -> int:
     if args.test:
         test = _read(args.test, args)
         _validate(test, args.test, args.quiet)
+        _check_test_elements(test, args.test, train, args.train)
     model = _fit(kernelpot.SparseGP(**_model_kwargs(args)), train)
     model.save(out, compact=args.compact)
     if not args.quiet:

@@ -433,3 +433,21 @@ def test_mlearn_record_with_wrong_num_atoms_stops_fit_before_anything_is_written
     line = _one_line_error(*_run(["fit", str(data), "-o", str(out)], capsys))
     assert "si.json: frame 1: num_atoms = 3" in line and "2 sites" in line, line
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["si.json"]
+
+
+def test_fit_checks_the_test_file_elements_before_fitting(small_train, tmp_path, capsys):
+    """A test structure with an element the training file lacks was found only after the whole fit, with a
+    message that did not name the test file; nothing may be written."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    alloy = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((1, 1, 2))
+    alloy.numbers[[1, 4]] = [46, 79]
+    alloy.calc = EMT()
+    alloy.get_potential_energy(), alloy.get_forces()
+    test = tmp_path / "alloy_test.xyz"
+    kernelpot.write(test, [kernelpot.read(TEST)[0], alloy])
+    out = tmp_path / "m.npz"
+    line = _one_line_error(*_run(["fit", str(small_train), "--test", str(test), "-o", str(out), "--quiet"], capsys))
+    assert f"{test}: 1 structure(s) (frames 1) contain ['Pd', 'Au'], which {small_train} does not" in line
+    assert "nothing was fitted" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alloy_test.xyz"]

@@ -256,6 +256,53 @@ def test_clear_errors(cuau_model, cu_frames, small_soap):
         SparseGP().predict_frame(cu_frames[0])
 
 
+def _only(frames, **keep):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    out = []
+    for a in frames:
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, **{k: a.calc.results[k] for k in keep})
+        out.append(b)
+    return out
+
+
+def test_fit_with_nothing_left_to_fit_says_why_before_any_work(cu_frames, small_soap):
+    """Force-only frames with fit_forces=False ended in 'need at least one array to concatenate' from the
+    calibration pass, after the whole fit."""
+    forces_only = _only(cu_frames[:4], forces=True)
+    with pytest.raises(ValueError, match=r"no observations to fit in 4 frames: labels found: forces in 4, but "
+                                         r"fit_forces=False leaves them out"):
+        SparseGP(descriptor=small_soap, n_sparse=40, fit_forces=False, verbose=False).fit(forces_only)
+
+
+@pytest.mark.parametrize("points, match", [([(0, 0), (1, 500)], r"\(1, 500\) names atom 500 of frame 1, which has 32"),
+                                           ([(0, 0), (-1, -1)], r"names frame -1, but there are 4 frames"),
+                                           ([(0, 0), (0, 0)], "names 1 environment\\(s\\) twice"),
+                                           ([(0, 0.5)], "not a pair"), ([], "empty")])
+def test_bad_sparse_points_are_named(cu_frames, small_soap, points, match):
+    with pytest.raises(ValueError, match=match):
+        SparseGP(descriptor=small_soap, sparse_points=points, verbose=False).fit(cu_frames[:4])
+
+
+def test_fit_without_forces_warns_that_force_sigma_is_unchecked(cu_frames, small_soap):
+    """Fitted on energies alone, delta comes from a few energies and no held-out force calibrates the
+    force sigma: on 6 EMT cells most force errors lie beyond 4 sigma."""
+    import warnings
+    train = _only(cu_frames[:6], energy=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = SparseGP(descriptor=small_soap, n_sparse=40, verbose=False).fit(train)
+    assert any("no forces were fitted (no frame has force labels)" in str(w.message) for w in caught)
+    test = cu_frames[8:]
+    pred = [model.predict_frame(a) for a in test]
+    z = np.concatenate([np.ravel((p["forces"] - a.get_forces()) / p["forces_std"]) for p, a in zip(pred, test)])
+    assert np.mean(np.abs(z) > 4) > 0.2      # what the warning is about: far beyond a Gaussian's 6e-5
+    with warnings.catch_warnings(record=True) as caught:   # with forces: no such warning
+        warnings.simplefilter("always")
+        SparseGP(descriptor=small_soap, n_sparse=40, verbose=False).fit(cu_frames[:6])
+    assert not any("no forces were fitted" in str(w.message) for w in caught)
+
+
 def test_local_energy_std_is_largest_where_the_environment_is_new(small_soap):
     """``energies_std``: a model trained on bulk copper is least sure of the surface atoms of a slab."""
     from ase.build import fcc100

@@ -17,7 +17,8 @@ import numpy as np
 from kernelpot.gp.design import SparseSet
 from kernelpot.gp.kernels import dot_kernel
 
-__all__ = ["select_sparse", "sparse_order", "prune_dependent", "prune_ordered", "choose_sparse_set", "SPARSE_METHODS"]
+__all__ = ["select_sparse", "sparse_order", "check_sparse_points", "prune_dependent", "prune_ordered",
+           "choose_sparse_set", "SPARSE_METHODS"]
 
 SPARSE_METHODS = ("cur", "fps", "random")
 
@@ -176,6 +177,33 @@ def prune_ordered(K: np.ndarray, tol: float = 1e-8) -> np.ndarray:
     return np.array(kept, dtype=int)
 
 
+def check_sparse_points(sparse_points, frames) -> list:
+    """``sparse_points`` as ``[(frame, atom), ...]`` ints, each naming an atom of ``frames`` once; else ValueError."""
+    out = []
+    for p in sparse_points:
+        try:
+            fi, ai = p
+            ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (fi, ai))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"sparse_points: {p!r} is not a pair (frame_index, atom_index) of integers")
+        if not 0 <= fi < len(frames):
+            raise ValueError(f"sparse_points: {p!r} names frame {fi}, but there are {len(frames)} frames "
+                             f"(0 to {len(frames) - 1}; negative indices are not taken)")
+        if not 0 <= ai < len(frames[fi]):
+            raise ValueError(f"sparse_points: {p!r} names atom {ai} of frame {fi}, which has {len(frames[fi])} atoms "
+                             "(negative indices are not taken)")
+        out.append((int(fi), int(ai)))
+    if not out:
+        raise ValueError("sparse_points is empty: give at least one (frame_index, atom_index) pair, or None")
+    dup = len(out) - len(set(out))
+    if dup:
+        raise ValueError(f"sparse_points names {dup} environment(s) twice (e.g. "
+                         f"{next(p for p in out if out.count(p) > 1)}): each must appear once")
+    return out
+
+
 def choose_sparse_set(feats, frames, species, n_sparse: int, method: str, zeta: float, random_state=0,
                       sparse_points=None, tol: float = 1e-10, ordered: bool = False):
     """Sparse environments of a fit, per species, without linearly dependent points.
@@ -216,7 +244,7 @@ def choose_sparse_set(feats, frames, species, n_sparse: int, method: str, zeta: 
     Z = np.concatenate([f.numbers for f in feats])
     if sparse_points is not None:
         starts = np.cumsum([0] + [len(a) for a in frames])
-        idx = np.array([starts[fi] + ai for fi, ai in sparse_points], dtype=int)
+        idx = np.array([starts[fi] + ai for fi, ai in check_sparse_points(sparse_points, frames)], dtype=int)
     else:
         idx = []
         for z in species:
