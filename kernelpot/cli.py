@@ -37,6 +37,8 @@ Per atom:
   forces                 predicted forces, eV/Å
   forces_std, forces_std_epistemic   per Cartesian component, eV/Å
   local_energy           per-atom energies summing to the total, eV
+  local_energy_std       posterior std of each local energy, eV (epistemic: no label observes one
+                         atom's energy; the calculator's energies_std)
 Input labels (energy, forces, stress) are not copied to the output."""
 
 EVAL_COLUMNS = """\
@@ -155,6 +157,10 @@ def _model_kwargs(args) -> dict:
           "random_state": args.seed, "calibrate": not args.no_calibrate}
     if args.r_cut is not None:
         from kernelpot import SOAP
+        width = SOAP().cutoff_width
+        if not args.r_cut > width:
+            raise ValueError(f"--r-cut {args.r_cut:g} Å: the cutoff radius must exceed the width of SOAP's smooth "
+                             f"cut-off, {width:g} Å (and any bond length to see neighbours; 4-6 Å is usual)")
         kw["descriptor"] = SOAP(r_cut=args.r_cut)
     return kw
 
@@ -205,6 +211,7 @@ def _cmd_fit(args) -> int:
     png = Path(out.with_suffix("").as_posix() + "_parity.png")
     if args.test:
         _output(png, "the parity plot", inputs, (".png",), "a PNG image")
+    kw = _model_kwargs(args)   # a bad setting is named before any file is read
     train = _read(args.train, args)
     _validate(train, args.train, args.quiet)
     test = None
@@ -212,7 +219,7 @@ def _cmd_fit(args) -> int:
         test = _read(args.test, args)
         _validate(test, args.test, args.quiet)
         _check_test_elements(test, args.test, train, args.train)
-    model = _fit(kernelpot.SparseGP(**_model_kwargs(args)), train)
+    model = _fit(kernelpot.SparseGP(**kw), train)
     model.save(out, compact=args.compact)
     if not args.quiet:
         print(f"model written to {out}")
@@ -265,6 +272,7 @@ def _cmd_predict(args) -> int:
         b.new_array("forces_std", r["forces_std"])
         b.new_array("forces_std_epistemic", r["forces_std_epistemic"])
         b.new_array("local_energy", r["energies"])
+        b.new_array("local_energy_std", r["energies_std"])
         b.info["energy_std"] = r["energy_std"]
         b.info["energy_std_epistemic"] = r["energy_std_epistemic"]
         res = {"energy": r["energy"], "forces": r["forces"]}
@@ -483,6 +491,8 @@ def main(argv=None) -> int:
         if not args.debug:
             warnings.showwarning = _showwarning
         try:
+            from kernelpot._threads import max_threads
+            max_threads()   # a bad KERNELPOT_NUM_THREADS is named as itself, not as a problem of some file
             return args.func(args)
         except (_UserError, ValueError, TypeError, OSError, KeyError) as exc:
             if args.debug:

@@ -73,10 +73,11 @@ def test_predict_writes_values_and_stds(fitted_model, tmp_path):
     # extxyz stores per-atom arrays with 8 decimals
     np.testing.assert_allclose(pred[0].arrays["forces_std"], direct["forces_std"], rtol=0, atol=1e-8)
     assert pred[0].info["energy_std"] == pytest.approx(direct["energy_std"], rel=1e-8)
+    np.testing.assert_allclose(pred[0].arrays["local_energy_std"], direct["energies_std"], rtol=0, atol=1e-8)
     # every field the help promises is in the file
     help_text = build_parser()._subparsers._group_actions[0].choices["predict"].format_help()
     for field in ("energy_std", "energy_std_epistemic", "stress_std", "stress_std_epistemic", "forces_std",
-                  "forces_std_epistemic", "local_energy"):
+                  "forces_std_epistemic", "local_energy", "local_energy_std"):
         assert field in help_text
         assert field in pred[0].info or field in pred[0].arrays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.xyz"]
@@ -159,6 +160,7 @@ def _one_line_error(rc, err):
     (["fit", str(DATA.parent / "README.md")], "no structures"),
     (["screen", str(DATA / "emt_cu_train.xyz"), "--plot", "no_such_folder/p.png"], "does not exist"),
     (["audit", "no_such_file.xyz"], "no such file"),
+    (["fit", TEST, "--r-cut", "0.5"], "--r-cut 0.5 Å: the cutoff radius must exceed the width of SOAP's smooth"),
 ])
 def test_input_errors_are_one_line_exit_2(argv, words, capsys):
     assert words in _one_line_error(*_run(argv, capsys))
@@ -451,3 +453,9 @@ def test_fit_checks_the_test_file_elements_before_fitting(small_train, tmp_path,
     assert f"{test}: 1 structure(s) (frames 1) contain ['Pd', 'Au'], which {small_train} does not" in line
     assert "nothing was fitted" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alloy_test.xyz"]
+
+
+def test_bad_thread_setting_is_named_as_itself(fitted_model, capsys, monkeypatch):
+    monkeypatch.setenv("KERNELPOT_NUM_THREADS", "two")
+    line = _one_line_error(*_run(["eval", str(fitted_model), TEST], capsys))
+    assert line == "kernelpot: error: KERNELPOT_NUM_THREADS='two': expected an integer >= 1 (or unset for the default)"
