@@ -108,7 +108,12 @@ class SparseGP(BaseEstimator):
     delta : float, optional
         Fixed kernel scale (eV).  ``None``: learned.
     noise_per_config_type : bool
-        Separate noise per ``atoms.info["config_type"]``.
+        Separate noise per ``atoms.info["config_type"]``.  The calibration
+        (``calibrate``) still has one aleatoric weight per kind for all
+        groups, so where their noise levels differ widely the noisiest
+        group's sigma is too narrow and the quietest's too wide (EMT copper
+        with 0.05 eV/Å noise on one group: 61 % of its held-out force errors
+        within 1 sigma, 82 % of the quiet group's).
     e0 : "auto" or dict
         Isolated-atom energies {symbol or Z: eV}; "auto" takes them from
         isolated-atom frames when present, else fits them on composition.
