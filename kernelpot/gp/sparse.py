@@ -108,12 +108,10 @@ class SparseGP(BaseEstimator):
     delta : float, optional
         Fixed kernel scale (eV).  ``None``: learned.
     noise_per_config_type : bool
-        Separate noise per ``atoms.info["config_type"]``.  The calibration
-        (``calibrate``) still has one aleatoric weight per kind for all
-        groups, so where their noise levels differ widely the noisiest
-        group's sigma is too narrow and the quietest's too wide (EMT copper
-        with 0.05 eV/Å noise on one group: 61 % of its held-out force errors
-        within 1 sigma, 82 % of the quiet group's).
+        Separate noise per ``atoms.info["config_type"]``; the calibration
+        (``calibrate``) then also gives each group its own aleatoric weight
+        (:func:`kernelpot.gp.calibration.group_aleatoric_weights`), used for
+        structures of that config_type.
     e0 : "auto" or dict
         Isolated-atom energies {symbol or Z: eV}; "auto" takes them from
         isolated-atom frames when present, else fits them on composition.
@@ -763,7 +761,9 @@ class SparseGP(BaseEstimator):
         out["energies_std"] = np.sqrt(predictive_std(v_local, 0.0, cal.get("energy", (1.0, 1.0)), "energy",
                                                      ny_local)[0] ** 2 + wall["energies"])
         for kind, (v, ny) in var.items():
-            se, st = predictive_std(v, noise[kind], cal.get(kind, (1.0, 1.0)), kind, ny, n_atoms=n)
+            # a noise group's own weights (noise_per_config_type), else the kind's
+            w = cal.get(assembly.group_of(self, kind, atoms), cal.get(kind, (1.0, 1.0)))
+            se, st = predictive_std(v, noise[kind], w, kind, ny, n_atoms=n)
             # the repulsion prior below the data (kernelpot.gp.wall): zero on the calibration's data
             se, st = np.sqrt(se ** 2 + wall[kind]), np.sqrt(st ** 2 + wall[kind])
             # never below the floor, also for a kind the model was not trained or calibrated on
