@@ -189,7 +189,7 @@ def _rows(model, frames, label):
             if not e:
                 continue
             e, s, ep = np.concatenate(e), np.concatenate(s), np.concatenate(ep)
-            free = metrics.informative(ep)  # components fixed by symmetry: zero error in every model
+            free = metrics.informative(ep, k)  # components fixed by symmetry: zero error in every model
             if free.sum() < 3:
                 continue
             e, s = e[free], s[free]

@@ -275,6 +275,31 @@ def test_fit_with_nothing_left_to_fit_says_why_before_any_work(cu_frames, small_
         SparseGP(descriptor=small_soap, n_sparse=40, fit_forces=False, verbose=False).fit(forces_only)
 
 
+def test_forces_that_say_nothing_count_as_none(cu_frames, small_soap):
+    """Force labels that every atom's mask leaves out, or forces of isolated atoms only, are no force data:
+    nothing to fit when they are all there is, and the energy-only warning otherwise."""
+    import warnings
+    from ase import Atoms
+    masked = _only(cu_frames[:4], forces=True)
+    for a in masked:
+        a.new_array("force_mask", np.ones(len(a), dtype=int))
+    with pytest.raises(ValueError, match="no observations to fit"):
+        SparseGP(descriptor=small_soap, n_sparse=40, verbose=False).fit(masked)
+    iso = label(Atoms("Cu", positions=[[5, 5, 5]], cell=[10, 10, 10], pbc=False), EMT())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SparseGP(descriptor=small_soap, n_sparse=40, verbose=False).fit(_only(cu_frames[:5], energy=True) + [iso])
+    assert any("no forces were fitted (no structure has force labels on an atom" in str(w.message) for w in caught)
+
+
+def test_sparse_points_may_be_any_iterable(cu_frames, small_soap):
+    pts = [(0, 0), (1, 3), (2, 5)]
+    a = SparseGP(descriptor=small_soap, sparse_points=pts, verbose=False).fit(cu_frames[:4])
+    b = SparseGP(descriptor=small_soap, sparse_points=(p for p in pts), verbose=False).fit(cu_frames[:4])
+    np.testing.assert_array_equal(a.sparse_index_, b.sparse_index_)
+    assert len(a.sparse_index_) == 3
+
+
 @pytest.mark.parametrize("points, match", [([(0, 0), (1, 500)], r"\(1, 500\) names atom 500 of frame 1, which has 32"),
                                            ([(0, 0), (-1, -1)], r"names frame -1, but there are 4 frames"),
                                            ([(0, 0), (0, 0)], "names 1 environment\\(s\\) twice"),

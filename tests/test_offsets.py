@@ -93,7 +93,15 @@ def test_isolated_atoms_that_disagree_are_reported(cu_frames, small_soap):
 
 @pytest.mark.parametrize("e0, match", [({"Xx": -1.0}, "'Xx' is not an element"), ({0: -1.0}, "0 is not an element"),
                                         ({"Cu": float("nan")}, "energy of Cu must be a finite"),
-                                        ({"Cu": "a lot"}, "energy of Cu must be a finite")])
+                                        ({"Cu": "a lot"}, "energy of Cu must be a finite"),
+                                        ({"Cu": True}, "energy of Cu must be a finite"),
+                                        ({"Cu": -1.0, 29: -2.0}, "Cu is given twice")])
 def test_bad_e0_tables_are_named(cu_frames, small_soap, e0, match):
     with pytest.raises(ValueError, match=match):
         SparseGP(descriptor=small_soap, n_sparse=40, e0=e0, verbose=False).fit(cu_frames[:3])
+
+
+def test_e0_without_a_training_element_or_with_a_foreign_one_warns(cu_frames, small_soap):
+    from kernelpot.io.labels import DataWarning
+    with pytest.warns(DataWarning, match=r"e0 gives no energy for \['Cu'\].*names \['Au'\], which no training frame"):
+        SparseGP(descriptor=small_soap, n_sparse=40, e0={"Au": 1.0}, verbose=False).fit(cu_frames[:3])

@@ -48,10 +48,10 @@ def _e0_table(e0) -> dict:
         if z is None or not 0 < z < len(chemical_symbols):
             raise ValueError(f"e0: {k!r} is not an element (keys are element symbols such as 'Cu' or atomic "
                              "numbers)")
-        try:
-            out[z] = float(v)
-        except (TypeError, ValueError):
-            out[z] = float("nan")
+        if z in out:
+            raise ValueError(f"e0: {chemical_symbols[z]} is given twice (as {chemical_symbols[z]!r} and {z})")
+        number = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+        out[z] = float(v) if number else float("nan")
         if not np.isfinite(out[z]):
             raise ValueError(f"e0: the energy of {chemical_symbols[z]} must be a finite number of eV, got {v!r}")
     return out
@@ -106,6 +106,17 @@ def fit_offsets(frames, labels, species, e0, baseline_energy):
     table = {}
     if isinstance(e0, dict):
         table = _e0_table(e0)
+        missing, extra = [z for z in Zs if z not in table], [z for z in table if z not in Zs]
+        if missing or extra:
+            import warnings
+            from ase.data import chemical_symbols
+            from kernelpot.io.labels import DataWarning
+            sym = lambda zs: [chemical_symbols[z] for z in zs]  # noqa: E731
+            warnings.warn("fit: e0 " + "; ".join(
+                ([f"gives no energy for {sym(missing)}, which the training frames contain: taken as 0 (their "
+                  "offsets are fitted on composition)"] if missing else [])
+                + ([f"names {sym(extra)}, which no training frame contains (a typo?)"] if extra else [])),
+                DataWarning, stacklevel=3)
     elif e0 == "auto":
         table = _isolated_energies(frames, labels, baseline_energy)
     elif e0 is not None:

@@ -44,6 +44,7 @@ from kernelpot import _threads, modelfile
 from kernelpot.calculator import Calculator
 from kernelpot.descriptors import SOAP
 from kernelpot.io.labels import (LABEL_UNITS, DataWarning, _list, check_structure, frame_labels, frame_name,
+                                 frame_noise,
                                  is_isolated_atom, is_periodic, same_fingerprint, structure_errors,
                                  training_fingerprint)
 from kernelpot.io.validation import validate, warn_report
@@ -98,9 +99,9 @@ class SparseGP(BaseEstimator):
         (:func:`kernelpot.gp.sparse_size.fit_memory`) is within it.
     sparse_method : {"cur", "fps", "random"}
         How sparse environments are chosen (see :mod:`kernelpot.gp.select`).
-    sparse_points : dict, optional
-        User-chosen sparse environments: ``{(frame_index, atom_index), ...}``
-        given as a list of pairs; overrides ``n_sparse``/``sparse_method``.
+    sparse_points : list of (int, int), optional
+        User-chosen sparse environments as ``(frame_index, atom_index)``
+        pairs (each once, within range); overrides ``n_sparse``/``sparse_method``.
     zeta : float
         Kernel exponent.
     sigma_energy, sigma_force, sigma_stress : float, optional
@@ -355,8 +356,8 @@ class SparseGP(BaseEstimator):
                 raise ValueError(f"{frame_name(i, a)}: no reference labels "
                                  "(attach energy/forces with a SinglePointCalculator or use kernelpot.read)")
         _check_observations(self, frames, labels)
-        if self.sparse_points is not None:  # before the descriptors: a bad pair is named at once
-            check_sparse_points(self.sparse_points, frames)
+        # before the descriptors: a bad pair is named at once (and a generator is read only once)
+        sparse_points = None if self.sparse_points is None else check_sparse_points(self.sparse_points, frames)
         self.species_ = np.unique(np.concatenate([a.numbers for a in frames])).astype(int)
         self.descriptor_ = self._make_descriptor(self.species_)
         self.extra_descriptors_ = [self._make_descriptor(self.species_, d)
@@ -382,7 +383,7 @@ class SparseGP(BaseEstimator):
         with _threads.limit(blas_threads=_threads.threads_for_matrix(n_pick * len(self.species_))):
             self.sparse_index_, self.sparse_ = choose_sparse_set(
                 feats, frames, self.species_, n_pick, self.sparse_method, self.zeta, self.random_state,
-                self.sparse_points, _SPARSE_TOL, ordered=auto)
+                sparse_points, _SPARSE_TOL, ordered=auto)
             if self.extra_descriptors_:
                 self.sparse_ = self._sum_sparse_set(frames, self.sparse_)
         # later only the calibration's clusters read the descriptors, through each frame's mean: the
@@ -1254,6 +1255,17 @@ def _warn_unlearned(model, frames, labels):
                               RuntimeWarning, stacklevel=3)
 
 
+def _force_frames(frames, labels) -> int:
+    """Frames whose forces a fit can use: a force label on a structure (not an isolated atom) with at least one
+    atom neither masked (``force_mask``) nor fixed (``FixAtoms``)."""
+    n = 0
+    for i, (a, lab) in enumerate(zip(frames, labels)):
+        if "forces" in lab and not is_isolated_atom(a):
+            mask = frame_noise(a, i).get("force_mask")
+            n += mask is None or bool(np.any(mask))
+    return n
+
+
 def _warn_no_forces(model, frames, labels):
     """Warn when no force was fitted: the force and stress sigma then rest on delta learned from energies.
 
@@ -1261,9 +1273,11 @@ def _warn_no_forces(model, frames, labels):
     force can calibrate their sigma: fitted on 8 EMT copper energies, the predicted force sigma were ~4x
     smaller than the errors (53 % beyond 4 sigma), on 1-3 energies 40-370x.
     """
-    if model.fit_forces and any("forces" in lab for lab in labels):
+    usable = _force_frames(frames, labels)
+    if model.fit_forces and usable:
         return
-    why = "fit_forces=False" if any("forces" in lab for lab in labels) else "no frame has force labels"
+    why = ("fit_forces=False" if usable else "no structure has force labels on an atom that is neither masked nor "
+           "fixed" if any("forces" in lab for lab in labels) else "no frame has force labels")
     warnings.warn(f"fit: no forces were fitted ({why}): force and stress predictions and their sigma rest on the "
                   f"energy scale delta = {model.delta_:.3g} eV learned from {len(frames)} energies alone, and no "
                   "held-out force calibrates them (fitted on a few energies they were 4-370x too small). Add "
@@ -1292,12 +1306,13 @@ def _warn_conventions(model, frames) -> list | None:
 def _check_observations(model, frames, labels):
     """Raise when no label is left to fit: energies of structures (isolated atoms only fix ``e0``), forces
     with ``fit_forces``, stress with ``fit_stress``."""
-    have = {k: sum(k in lab and not (k == "energy" and is_isolated_atom(a)) for a, lab in zip(frames, labels))
-            for k in ("energy", "forces", "stress")}
+    have = {k: sum(k in lab and not is_isolated_atom(a) for a, lab in zip(frames, labels))
+            for k in ("energy", "stress")}
+    have["forces"] = _force_frames(frames, labels)   # isolated atoms' and masked or fixed atoms' forces say nothing
     used = {"energy": True, "forces": bool(model.fit_forces), "stress": bool(model.fit_stress)}
     if any(n and used[k] for k, n in have.items()):
         return
-    found = ", ".join(f"{k} in {n}" for k, n in have.items() if n) or "only isolated-atom energies"
+    found = ", ".join(f"{k} in {n}" for k, n in have.items() if n) or "none on a structure that a fit can use"
     off = [f"fit_{'forces' if k == 'forces' else 'stress'}=False" for k in ("forces", "stress")
            if have[k] and not used[k]]
     raise ValueError(f"fit: no observations to fit in {len(frames)} frames: labels found: {found}"

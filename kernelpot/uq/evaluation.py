@@ -64,7 +64,7 @@ def evaluate(model, frames, return_std: bool = True) -> dict:
         if k in out:
             out[k]["err"] = out[k]["pred"] - out[k]["ref"]
             if return_std:
-                out[k]["free"] = informative(out[k]["std_epistemic"])
+                out[k]["free"] = informative(out[k]["std_epistemic"], k)
     return out
 
 
