@@ -378,7 +378,10 @@ def _cmd_audit(args) -> int:
         from kernelpot.gp.loo import leave_one_out
         model._train_frames = frames
         model.training_diagnostics_ = leave_one_out(model, frames)
-    report = kernelpot.audit(frames, model, threshold_meV=args.threshold)
+    try:
+        report = kernelpot.audit(frames, model, threshold_meV=args.threshold)
+    except ValueError as exc:  # the structures' problems (an element the model does not know): name the file
+        raise ValueError(f"{args.frames}: {str(exc).replace('predict: ', '', 1)}") from exc
     print(report)
     return 0
 

@@ -469,3 +469,25 @@ def test_bad_thread_setting_is_named_as_itself(fitted_model, capsys, monkeypatch
     monkeypatch.setenv("KERNELPOT_NUM_THREADS", "two")
     line = _one_line_error(*_run(["eval", str(fitted_model), TEST], capsys))
     assert line == "kernelpot: error: KERNELPOT_NUM_THREADS='two': expected an integer >= 1 (or unset for the default)"
+
+
+@pytest.mark.parametrize("command", ["eval", "audit"])
+def test_an_element_the_model_lacks_is_one_short_line_naming_the_file(fitted_model, tmp_path, capsys, command):
+    """Six alloy frames gave the same message six times ('predict: 6 problem(s)...'); audit did not name the file."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    frames = []
+    for k in range(6):
+        a = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((1, 1, 2))
+        a.numbers[[1, 4]] = [46, 79]
+        a.rattle(0.02, seed=k)
+        a.calc = EMT()
+        a.get_potential_energy(), a.get_forces(), a.get_stress()
+        frames.append(a)
+    path = tmp_path / "alloy.xyz"
+    kernelpot.write(path, frames)
+    argv = ["eval", str(fitted_model), str(path)] if command == "eval" else ["audit", str(path), "--model",
+                                                                             str(fitted_model)]
+    line = _one_line_error(*_run(argv, capsys))
+    assert line.startswith(f"kernelpot: error: {path}: 6 problem(s)") and "predict" not in line
+    assert line.count("not trained on") == 1 and "6 frames [0, 1, 2, 3, 4, 5]" in line

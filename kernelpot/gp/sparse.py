@@ -808,9 +808,16 @@ class SparseGP(BaseEstimator):
         if not frames:
             raise ValueError("predict needs at least one frame, got an empty list")
         # every frame is checked before any work, so a bad frame is named at once, not after the batch
-        errors = [m for i, a in enumerate(frames) for m in structure_errors(a, frame_name(i, a), self.species_)]
-        if errors:
-            raise ValueError(f"predict: {len(errors)} problem(s) in the frames:\n  " + "\n  ".join(errors))
+        found: dict = {}   # one line per problem, naming every frame that has it (not one line per frame)
+        for i, a in enumerate(frames):
+            name = frame_name(i, a)
+            for m in structure_errors(a, name, self.species_):
+                found.setdefault(m[len(name) + 2:] if m.startswith(name + ": ") else m, []).append((i, name))
+        if found:
+            errors = [f"{hits[0][1]}: {what}" if len(hits) == 1 else
+                      f"{len(hits)} frames {_list([i for i, _ in hits])}: {what}" for what, hits in found.items()]
+            n = sum(len(h) for h in found.values())
+            raise ValueError(f"predict: {n} problem(s) in the frames:\n  " + "\n  ".join(errors))
         res = [self.predict_frame(a, return_std=return_std)
                for a in assembly.progress(frames, self.verbose, "predict")]
         out = {"n_atoms": np.array([len(a) for a in frames]),
