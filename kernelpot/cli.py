@@ -188,6 +188,11 @@ def _savefig(fig, path):
         fig.savefig(tmp, dpi=120, format="png")
 
 
+def _in_file(path, exc: ValueError) -> ValueError:
+    """The structures' problems (an element the model does not know), named by their file, not by ``predict``."""
+    return ValueError(f"{path}: {str(exc).replace('predict: ', '', 1)}")
+
+
 def _check_test_elements(test, test_path, train, train_path):
     """Before the fit: a test structure with an element the training file lacks could not be predicted."""
     from ase.data import chemical_symbols
@@ -314,8 +319,8 @@ def _cmd_eval(args) -> int:
                          "use kernelpot predict for unlabelled structures")
     try:
         ev = evaluate(model, frames)
-    except ValueError as exc:  # the structures' problems (an element the model does not know): name the file
-        raise ValueError(f"{args.frames}: {str(exc).replace('predict: ', '', 1)}") from exc
+    except ValueError as exc:
+        raise _in_file(args.frames, exc) from exc
     print("errors (energy per atom in meV/atom, force components in eV/Å, stress components in GPa):")
     print(format_error_table(error_table(ev)))
     print("uncertainty coverage and calibration (see kernelpot eval --help for the columns):")
@@ -380,8 +385,8 @@ def _cmd_audit(args) -> int:
         model.training_diagnostics_ = leave_one_out(model, frames)
     try:
         report = kernelpot.audit(frames, model, threshold_meV=args.threshold)
-    except ValueError as exc:  # the structures' problems (an element the model does not know): name the file
-        raise ValueError(f"{args.frames}: {str(exc).replace('predict: ', '', 1)}") from exc
+    except ValueError as exc:
+        raise _in_file(args.frames, exc) from exc
     print(report)
     return 0
 

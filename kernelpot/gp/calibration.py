@@ -122,6 +122,15 @@ def amplitudes(kind, frame, atom, component, epi) -> np.ndarray:
     return amp
 
 
+def _variance_parts(diag: TrainingDiagnostics):
+    """Per structure-LOO observation: noise variance, posterior part and Nystrom residual of the latent
+    variance, and the latter's rotation-invariant amplitude (what :func:`variance` takes)."""
+    noise2 = diag.sigma ** 2
+    post = np.maximum(diag.loo_std ** 2 - noise2, 0.0)
+    nys = np.maximum(diag.loo_std_predictive ** 2 - diag.loo_std ** 2, 0.0)
+    return noise2, post, nys, amplitudes(diag.kind, diag.frame, diag.atom, diag.component, post + nys)
+
+
 def _informative_mask(kind, epi, residual, keep=None):
     out = np.isfinite(residual) if keep is None else np.isfinite(residual) & keep
     for k in np.unique(kind):
@@ -216,10 +225,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
     out = {}
     floors = SIGMA_FLOOR if floors is None else floors
     useful = informative(diag, exclude_frames)
-    noise_all = diag.sigma ** 2
-    post_all = np.maximum(diag.loo_std ** 2 - noise_all, 0.0)
-    nys_all = np.maximum(diag.loo_std_predictive ** 2 - diag.loo_std ** 2, 0.0)
-    amp_all = amplitudes(diag.kind, diag.frame, diag.atom, diag.component, post_all + nys_all)
+    noise_all, post_all, nys_all, amp_all = _variance_parts(diag)
     grp = diag.group_loo
     if grp is not None and len(grp["residual"]):
         g_useful = _informative_mask(grp["kind"], grp["epistemic"], grp["residual"])
@@ -370,10 +376,7 @@ def group_aleatoric_weights(diag: TrainingDiagnostics, weights: dict, group, min
     floors = SIGMA_FLOOR if floors is None else floors
     useful = informative(diag, exclude_frames)
     group = np.asarray(group)
-    noise2 = diag.sigma ** 2
-    post = np.maximum(diag.loo_std ** 2 - noise2, 0.0)
-    nys = np.maximum(diag.loo_std_predictive ** 2 - diag.loo_std ** 2, 0.0)
-    amp = amplitudes(diag.kind, diag.frame, diag.atom, diag.component, post + nys)
+    noise2, post, nys, amp = _variance_parts(diag)
     out = {}
     for g in np.unique(group):
         sel = (group == g) & useful

@@ -355,7 +355,8 @@ class SparseGP(BaseEstimator):
             if not lab:
                 raise ValueError(f"{frame_name(i, a)}: no reference labels "
                                  "(attach energy/forces with a SinglePointCalculator or use kernelpot.read)")
-        _check_observations(self, frames, labels)
+        n_force_frames = _force_frames(frames, labels)
+        _check_observations(self, frames, labels, n_force_frames)
         # before the descriptors: a bad pair is named at once (and a generator is read only once)
         sparse_points = None if self.sparse_points is None else check_sparse_points(self.sparse_points, frames)
         self.species_ = np.unique(np.concatenate([a.numbers for a in frames])).astype(int)
@@ -419,7 +420,7 @@ class SparseGP(BaseEstimator):
         self._train_frames = frames
         self._solve(theta)
         _warn_unlearned(self, frames, labels)
-        _warn_no_forces(self, frames, labels)
+        _warn_no_forces(self, frames, labels, n_force_frames)
         t = assembly.phase(self.verbose, "hyperparameters", t)
         self.conventions_ = _warn_conventions(self, frames)
         if self.conventions_ is not None:
@@ -1273,14 +1274,14 @@ def _force_frames(frames, labels) -> int:
     return n
 
 
-def _warn_no_forces(model, frames, labels):
+def _warn_no_forces(model, frames, labels, usable):
     """Warn when no force was fitted: the force and stress sigma then rest on delta learned from energies.
 
     The energies of a few structures say little about the size of the energy's derivatives, and no held-out
     force can calibrate their sigma: fitted on 8 EMT copper energies, the predicted force sigma were ~4x
-    smaller than the errors (53 % beyond 4 sigma), on 1-3 energies 40-370x.
+    smaller than the errors (53 % beyond 4 sigma), on 1-3 energies 40-370x.  ``usable``:
+    :func:`_force_frames`.
     """
-    usable = _force_frames(frames, labels)
     if model.fit_forces and usable:
         return
     why = ("fit_forces=False" if usable else "no structure has force labels on an atom that is neither masked nor "
@@ -1310,18 +1311,17 @@ def _warn_conventions(model, frames) -> list | None:
     return found
 
 
-def _check_observations(model, frames, labels):
+def _check_observations(model, frames, labels, n_force_frames):
     """Raise when no label is left to fit: energies of structures (isolated atoms only fix ``e0``), forces
-    with ``fit_forces``, stress with ``fit_stress``."""
+    with ``fit_forces`` (``n_force_frames``: :func:`_force_frames`), stress with ``fit_stress``."""
     have = {k: sum(k in lab and not is_isolated_atom(a) for a, lab in zip(frames, labels))
             for k in ("energy", "stress")}
-    have["forces"] = _force_frames(frames, labels)   # isolated atoms' and masked or fixed atoms' forces say nothing
+    have["forces"] = n_force_frames   # isolated atoms' and masked or fixed atoms' forces say nothing
     used = {"energy": True, "forces": bool(model.fit_forces), "stress": bool(model.fit_stress)}
     if any(n and used[k] for k, n in have.items()):
         return
     found = ", ".join(f"{k} in {n}" for k, n in have.items() if n) or "none on a structure that a fit can use"
-    off = [f"fit_{'forces' if k == 'forces' else 'stress'}=False" for k in ("forces", "stress")
-           if have[k] and not used[k]]
+    off = [f"fit_{k}=False" for k in ("forces", "stress") if have[k] and not used[k]]
     raise ValueError(f"fit: no observations to fit in {len(frames)} frames: labels found: {found}"
                      + (f", but {' and '.join(off)} leaves them out" if off else "")
                      + " (a structure's energy, or forces / stress with fit_forces / fit_stress on)")
