@@ -79,13 +79,15 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
 
 
 def _fit(model, frames):
-    """``model.fit(frames)`` without repeating the validation warnings :func:`_validate` printed."""
-    try:
-        from kernelpot.io.labels import DataWarning
-    except ImportError:  # older io without the category: nothing to de-duplicate
-        return model.fit(frames)
+    """``model.fit(frames)`` without repeating the validation warnings :func:`_validate` printed.
+
+    Only the fit's summary of the same validation report is dropped; every other warning of the fit
+    (label conventions found against the physics, disagreeing isolated atoms, a noise as large as the
+    labels' spread) reaches the user as ``kernelpot: warning:``.
+    """
+    from kernelpot.io.labels import DataWarning
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="fit: ", category=DataWarning)
+        warnings.filterwarnings("ignore", message=r"fit: \d+ validation warning\(s\) in ", category=DataWarning)
         return model.fit(frames)
 
 

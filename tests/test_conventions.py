@@ -283,3 +283,17 @@ def test_relaxed_cells_at_one_volume_are_not_called_a_sign_flip(small_soap):
                                                  rng.uniform(0.05, 0.5, 12))]
     model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(frames)
     assert [f.message for f in check(model, frames) if f.group == "relaxed"] == []
+
+
+def test_cli_fit_prints_the_finding(clean, tmp_path, capsys):
+    """``kernelpot fit`` drops only its repeat of the validation summary; a group written with the opposite stress
+    sign is named on stderr as the Python fit names it (the CLI once filtered every ``fit: `` warning away)."""
+    from kernelpot import write
+    from kernelpot.cli import main
+    path = tmp_path / "flip.xyz"
+    write(path, _relabel_stress(clean, lambda s: -s))
+    rc = main(["fit", str(path), "--n-sparse", "60", "--no-calibrate", "--quiet", "-o", str(tmp_path / "m.npz")])
+    err = capsys.readouterr().err
+    assert rc == 0
+    found = [line for line in err.splitlines() if "opposite sign" in line]
+    assert len(found) == 1 and found[0].startswith("kernelpot: warning: fit: config_type 'B'"), err
