@@ -630,6 +630,29 @@ def test_written_files_have_ordinary_permissions(tmp_path):
         os.umask(umask)
 
 
+def test_a_write_that_fails_names_its_file_and_keeps_the_old_one(tmp_path):
+    """A real short write (a file-size limit, as a full disk gives): the error names the file, the previous
+    file is as it was and no temporary file is left (the message was a bare '[Errno 27] File too large')."""
+    import resource
+    import signal
+    from kernelpot.io.files import atomic_write
+    old = tmp_path / "model.npz"
+    old.write_bytes(b"old model")
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+        with pytest.raises(OSError, match=r"cannot write '.*model\.npz': File too large \(the previous file is "
+                                          r"unchanged\)"):
+            with atomic_write(old, suffix=".npz") as tmp:
+                Path(tmp).write_bytes(b"x" * 100_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert old.read_bytes() == b"old model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
 @pytest.mark.parametrize("species,shown", [
     ([{"element": "Si", "occu": 0.5}], "Si:0.5"),
     ([{"element": "Si", "occu": 0.5}, {"element": "Ge", "occu": 0.5}], "Si:0.5, Ge:0.5"),

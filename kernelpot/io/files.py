@@ -59,6 +59,9 @@ def atomic_write(path, suffix: str = ""):
     ------
     ValueError
         From :func:`check_writable`.
+    OSError
+        If the write fails (disk full, file-size limit): the message names ``path``;
+        the previous file there, if any, is unchanged and no temporary file is left.
 
     Examples
     --------
@@ -80,9 +83,12 @@ def atomic_write(path, suffix: str = ""):
         # file's mode when replacing one, else 0666 less the umask
         os.chmod(tmp_named, _mode_for(path))
         os.replace(tmp_named, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_named)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk, a file-size limit, a vanished folder: name the file
+            keep = "the previous file is unchanged" if path.exists() else "no file was written"
+            raise OSError(f"cannot write {str(path)!r}: {exc.strerror or exc} ({keep})") from exc
         raise
