@@ -770,3 +770,49 @@ def test_extxyz_parse_errors_name_the_frame_and_its_line(tmp_path):
     (tmp_path / "cut.xyz").write_text("\n".join(lines[:-3]) + "\n")
     with pytest.raises(ValueError, match=r"cut.xyz: frame 2 \(line 21\): .*5 atoms, expected 8"):
         read(tmp_path / "cut.xyz")
+
+
+def _asymmetric(stress6, scale=5.0):
+    """A 3x3 stress whose yx element is not its xy: 9 values written in another order."""
+    s = voigt_6_to_full_3x3_stress(stress6)
+    s[1, 0] += scale * np.abs(s).max()
+    return s
+
+
+def test_an_asymmetric_3x3_stress_is_an_error_on_every_path(tmp_path):
+    """ASE keeps one triangle of a 3x3 stress and drops the other without a word, and so did kernelpot: an
+    asymmetric stress (on an extxyz line, in a calculator, under a virial key) is named with its file, frame
+    and field instead.  Printing noise in a symmetric tensor is read as the symmetric tensor."""
+    frames = [_emt_frame(s) for s in range(3)]
+    # extxyz: stress= "9 values" on frame 1
+    path = tmp_path / "asym.xyz"
+    write(path, frames)
+    lines = path.read_text().splitlines()
+    header = [i for i, line in enumerate(lines) if "stress=" in line][1]
+    bad = _asymmetric(frames[1].get_stress())
+    lines[header] = re.sub(r'stress="[^"]*"', 'stress="' + " ".join(f"{x:.10g}" for x in bad.ravel(order="F")) + '"',
+                           lines[header])
+    path.write_text("\n".join(lines) + "\n")
+    assert ase.io.read(path, 1).get_stress().shape == (6,)  # what ASE does: no error, one triangle kept
+    with pytest.raises(ValueError, match=r"asym\.xyz: frame 1: stress: the 3x3 is not symmetric \(xy = .*, yx = "):
+        read(path)
+    # a virial under another key, 9 values in info
+    a = frames[0].copy()
+    a.info["REF_virial"] = (-a.get_volume() * _asymmetric(frames[0].get_stress())).ravel()
+    a.calc = None
+    ase.io.write(tmp_path / "vir.xyz", a)
+    with pytest.raises(ValueError, match=r"vir\.xyz.*REF_virial: the 3x3 is not symmetric"):
+        read(tmp_path / "vir.xyz")
+    # an Atoms with a 3x3 stress in its calculator
+    b = frames[2].copy()
+    b.calc = SinglePointCalculator(b, energy=frames[2].get_potential_energy(), forces=frames[2].get_forces(),
+                                   stress=_asymmetric(frames[2].get_stress()))
+    report = validate([frames[0], b], raise_on_error=False)
+    assert [e for e in report.errors if e.startswith("frame 1") and "stress: the 3x3 is not symmetric" in e]
+    # noise far below the stress: read as the symmetric tensor it is
+    c = frames[0].copy()
+    s = voigt_6_to_full_3x3_stress(frames[0].get_stress())
+    noisy = s + 1e-4 * np.abs(s).max() * np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0]])
+    c.calc = SinglePointCalculator(c, energy=frames[0].get_potential_energy(), forces=frames[0].get_forces(),
+                                   stress=noisy)
+    assert validate([c], raise_on_error=False).errors == []

@@ -67,7 +67,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from kernelpot.io.files import atomic_write, check_writable
 from kernelpot.io.labels import (ENERGY_KEYS, FORCES_KEYS, NOISE_KEYS, STRESS_KEYS, VIRIAL_KEYS,
-                                 DataWarning, looks_like_label)
+                                 DataWarning, looks_like_label, stress_asymmetry)
 
 __all__ = ["read", "write", "mlearn_stress_to_ase", "KBAR", "MLEARN_TO_ASE_VOIGT"]
 
@@ -174,6 +174,7 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
             raise ValueError(f"{path}: {_where_reading_stops(path, format)}cannot be read as "
                              f"{format or 'a format ASE recognises'} ({type(exc).__name__}: {exc}){hint}") from exc
         frames = [images] if isinstance(images, Atoms) else list(images)
+        _check_extxyz_tensors(path, format)
     unused: dict[str, list[int]] = {}
     mixed: dict[str, list[int]] = {}
     sources: dict[str, dict[str, list[int]]] = {}
@@ -526,10 +527,53 @@ def _to_voigt(stress: Any, what: str) -> np.ndarray:
     if s.shape == (9,):
         s = s.reshape(3, 3)
     if s.shape == (3, 3):
+        asym = stress_asymmetry(s)
+        if asym is not None:
+            raise ValueError(f"{what}: {asym}")
         return full_3x3_to_voigt_6_stress(s)
     if s.shape == (6,):
         return s
     raise ValueError(f"{what} has shape {s.shape}, expected (6,), (9,) or (3, 3)")
+
+
+def _check_extxyz_tensors(path: Path, format: str | None) -> None:
+    """Raise if a ``stress=`` or ``virial=`` 3x3 on an extxyz comment line is not symmetric.
+
+    ASE's reader keeps one triangle of these and drops the other without a word, so this
+    reads the comment lines once more (only they are parsed; atom lines are skipped).
+    """
+    from ase.io.formats import filetype
+    try:
+        if (format or filetype(str(path), guess=False)) != "extxyz":
+            return
+    except Exception:  # ASE cannot tell: not an extxyz file, nothing to check
+        return
+    from itertools import islice
+    from ase.io.extxyz import key_val_str_to_dict
+    keys = {k.lower() for k in STRESS_KEYS + VIRIAL_KEYS}
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        frame = 0
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                n = int(line.split()[0])
+            except ValueError:  # not a frame header: ASE has read the file, so stop checking
+                return
+            comment = fh.readline()
+            if "=" in comment and any(k in comment.lower() for k in keys):
+                try:
+                    info = key_val_str_to_dict(comment)
+                except Exception:
+                    info = {}
+                for key, value in info.items():
+                    asym = stress_asymmetry(value) if key.lower() in keys else None
+                    if asym is not None:
+                        raise ValueError(f"{path}: frame {frame}: {key}: {asym} (extxyz writes the 9 values "
+                                         f"column by column; ASE would keep one triangle of it)")
+            for _ in islice(fh, n):
+                pass
+            frame += 1
 
 
 def _take(atoms: Atoms, results: dict, key: str, where: str):

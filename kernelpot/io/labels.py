@@ -356,6 +356,37 @@ def energy_conflict(atoms) -> tuple[float, float] | None:
     return e, fe
 
 
+#: Largest asymmetry |S - S^T| a 3x3 stress (or virial) may show, relative to its largest component:
+#: printing precision and codes that do not symmetrise stay far below it, while 9 values written in
+#: another order (or a deformation gradient stored as stress) are asymmetric at the size of the tensor.
+STRESS_ASYMMETRY = 1e-2
+
+
+def stress_asymmetry(tensor) -> str | None:
+    """What is wrong with a 3x3 stress or virial that is not symmetric, or None.
+
+    A Cauchy stress (and a virial) is symmetric; ASE keeps only one triangle of a 3x3
+    (``full_3x3_to_voigt_6_stress``), so an asymmetric one would be read as a different, wrong stress.
+    Asymmetry up to :data:`STRESS_ASYMMETRY` of the largest component passes (non-finite values are
+    left to the finiteness checks).
+    """
+    try:
+        s = np.asarray(tensor, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    if s.shape == (9,):
+        s = s.reshape(3, 3)
+    if s.shape != (3, 3) or not np.isfinite(s).all():
+        return None
+    d = np.abs(s - s.T)
+    if d.max() <= STRESS_ASYMMETRY * np.abs(s).max():
+        return None
+    i, j = np.unravel_index(np.argmax(d), d.shape)
+    xyz = "xyz"
+    return (f"the 3x3 is not symmetric ({xyz[i]}{xyz[j]} = {s[i, j]:.6g}, {xyz[j]}{xyz[i]} = {s[j, i]:.6g}); "
+            "a stress or virial tensor is: were its 9 values written in another order?")
+
+
 def parse_labels(atoms, name: str) -> tuple[dict, list[str]]:
     """Labels of one frame in kernelpot's units and shapes, and every problem with them.
 
@@ -408,9 +439,12 @@ def parse_labels(atoms, name: str) -> tuple[dict, list[str]]:
         s = np.asarray(res["stress"], dtype=float)
         if s.shape == (9,):
             s = s.reshape(3, 3)
+        asym = stress_asymmetry(s)
         if s.shape == (3, 3):
             s = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
-        if s.shape != (6,):
+        if asym is not None:
+            errs.append(f"{name}: stress: {asym}")
+        elif s.shape != (6,):
             errs.append(f"{name}: stress has shape {s.shape}, expected (6,) (eV/Å^3, Voigt xx yy zz yz xz xy) "
                         f"or (3, 3)")
         elif not np.isfinite(s).all():
