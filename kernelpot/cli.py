@@ -268,6 +268,7 @@ def _cmd_predict(args) -> int:
     frames = _read(args.frames)
     out = []
     from ase.calculators.singlepoint import SinglePointCalculator
+    from kernelpot.io.labels import PREDICTED_KEY
     for i, a in enumerate(frames):
         try:
             r = model.predict_frame(a, return_std=True)
@@ -280,6 +281,7 @@ def _cmd_predict(args) -> int:
         b.new_array("forces_std_epistemic", r["forces_std_epistemic"])
         b.new_array("local_energy", r["energies"])
         b.new_array("local_energy_std", r["energies_std"])
+        b.info[PREDICTED_KEY] = f"kernelpot {kernelpot.__version__} model {Path(args.model).name}"
         b.info["energy_std"] = r["energy_std"]
         b.info["energy_std_epistemic"] = r["energy_std_epistemic"]
         res = {"energy": r["energy"], "forces": r["forces"]}
@@ -315,10 +317,15 @@ def _cmd_eval(args) -> int:
     from kernelpot.uq.evaluation import evaluate, error_table, format_error_table
     model = _load(args.model)
     frames = _read(args.frames, args)
-    from kernelpot.io.labels import frame_labels
+    from kernelpot.io.labels import _list, frame_labels, prediction_source
     if not any(frame_labels(a, i) for i, a in enumerate(frames)):
         raise ValueError(f"{args.frames} has no reference labels (energy, forces or stress) to evaluate against; "
                          "use kernelpot predict for unlabelled structures")
+    predicted = [i for i, a in enumerate(frames) if prediction_source(a) is not None]
+    if predicted:
+        print(f"kernelpot: warning: {args.frames}: {len(predicted)} of {len(frames)} frames (frames "
+              f"{_list(np.array(predicted))}) hold predictions of {prediction_source(frames[predicted[0]])}, not "
+              "reference labels: the errors below compare a model with a model", file=sys.stderr)
     try:
         ev = evaluate(model, frames)
     except ValueError as exc:

@@ -83,6 +83,26 @@ def test_predict_writes_values_and_stds(fitted_model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.xyz"]
 
 
+def test_predictions_read_back_are_named_as_predictions(fitted_model, tmp_path, capsys):
+    """A file written by predict holds a model's output: read back as labels, validate, fit and eval say so
+    (eval of the model that wrote it once printed MAE 0.0000 and 100 % coverage without a word)."""
+    out = tmp_path / "pred.xyz"
+    assert main(["predict", str(fitted_model), TEST, "-o", str(out), "--quiet"]) == 0
+    pred = kernelpot.read(out)
+    assert pred[0].info["predicted_by"] == f"kernelpot {kernelpot.__version__} model {fitted_model.name}"
+    report = kernelpot.validate(pred, raise_on_error=False)
+    assert [w for w in report.warnings if f"{len(pred)} of {len(pred)} frames hold predictions of kernelpot" in w]
+    assert not [w for w in kernelpot.validate(kernelpot.read(TEST), raise_on_error=False).warnings
+                if "predictions" in w]
+    capsys.readouterr()
+    assert main(["eval", str(fitted_model), str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"pred.xyz: {len(pred)} of {len(pred)} frames" in err and "compare a model with a model" in err
+    # a file of an earlier version (no predicted_by) is known by its uncertainty columns
+    del pred[1].info["predicted_by"]
+    assert "forces_std" in kernelpot.io.labels.prediction_source(pred[1])
+
+
 def test_eval_prints_uncertainty_for_every_quantity(fitted_model, capsys):
     assert main(["eval", str(fitted_model), TEST]) == 0
     out = capsys.readouterr().out

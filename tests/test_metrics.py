@@ -145,6 +145,15 @@ def test_spearman_monotone():
     assert metrics.spearman(signs * sigma**2, sigma) == pytest.approx(1.0)
 
 
+def test_spearman_of_constant_input_is_nan_without_a_warning():
+    """Zero errors (a model evaluated on its own predictions) or one sigma: undefined, NaN as documented, and
+    no scipy ConstantInputWarning leaking to the user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(metrics.spearman(np.zeros(10), np.linspace(0.1, 1.0, 10)))
+        assert np.isnan(metrics.spearman(np.linspace(0.1, 1.0, 10), np.full(10, 0.3)))
+
+
 def test_spearman_calibrated_is_positive_but_below_one(calibrated):
     errors, sigma = calibrated
     rho = metrics.spearman(np.abs(errors), sigma)

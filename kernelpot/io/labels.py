@@ -387,6 +387,28 @@ def stress_asymmetry(tensor) -> str | None:
             "a stress or virial tensor is: were its 9 values written in another order?")
 
 
+#: ``info`` key that ``kernelpot predict`` writes on each frame: its labels are a model's output.
+PREDICTED_KEY = "predicted_by"
+
+
+def prediction_source(atoms) -> str | None:
+    """Whose prediction a frame's labels are, or None for reference labels.
+
+    A frame written by ``kernelpot predict`` carries ``info["predicted_by"]``
+    (kernelpot's version and the model file); a file of an earlier version is
+    recognised by its uncertainty fields (``forces_std`` per atom or
+    ``energy_std`` per frame), which no reference data hold.  Fitting such
+    labels teaches a model its own output, and evaluating the model that wrote
+    them gives zero error.
+    """
+    info = getattr(atoms, "info", {}) or {}
+    if info.get(PREDICTED_KEY) is not None:
+        return str(info[PREDICTED_KEY])
+    if "forces_std" in getattr(atoms, "arrays", {}) or "energy_std" in info:
+        return "a model (its file has forces_std / energy_std fields)"
+    return None
+
+
 def parse_labels(atoms, name: str) -> tuple[dict, list[str]]:
     """Labels of one frame in kernelpot's units and shapes, and every problem with them.
 

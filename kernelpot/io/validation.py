@@ -48,7 +48,7 @@ from scipy.spatial import cKDTree
 
 from kernelpot.io.labels import _list  # one way to list atom/frame indices in messages
 from kernelpot.io.labels import (LABEL_UNITS, OVERLAP_DISTANCE, DataWarning, _thin_cell, energy_conflict, frame_name,
-                                 frame_noise, overlap_message, parse_labels, structure_errors)
+                                 frame_noise, overlap_message, parse_labels, prediction_source, structure_errors)
 
 __all__ = ["validate", "ValidationReport", "DataWarning", "warn_report"]
 
@@ -174,6 +174,17 @@ def validate(
             f"reference (expected for EMT or reference-subtracted energies)")
 
     _check_duplicates(frames, report)
+
+    predicted = {}
+    for i, atoms in enumerate(frames):
+        source = prediction_source(atoms)
+        if source is not None:
+            predicted.setdefault(source, []).append(i)
+    for source, idx in predicted.items():
+        report.warnings.append(
+            f"labels: {len(idx)} of {len(frames)} frames hold predictions of {source}, not reference data "
+            f"(frames {_list(np.array(idx))}): fitting them teaches a model its own output, and evaluating "
+            f"the model that wrote them measures nothing")
 
     if free_energy:
         report.warnings.append(

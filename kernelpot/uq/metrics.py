@@ -336,6 +336,8 @@ def nll(errors, sigma) -> float:
 def _spearman(abs_e: np.ndarray, s: np.ndarray) -> float:
     if abs_e.size < 2:
         raise ValueError(f"spearman needs at least 2 usable entries, got {abs_e.size}")
+    if np.ptp(abs_e) == 0 or np.ptp(s) == 0:  # undefined (NaN, as documented), without scipy's warning
+        return float("nan")
     return float(stats.spearmanr(abs_e, s).statistic)
 
 
