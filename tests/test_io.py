@@ -574,8 +574,12 @@ def test_extxyz_bad_fields_name_file_and_frame(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.xyz: frame 1 \(line 5\): cannot be read"):
         read(path)
     path.write_text(good.replace("energy=-1.0", "REF_energy=abc"))
-    with pytest.raises(ValueError, match=r"bad\.xyz: frame 0: REF_energy = 'abc' is not a number"):
+    with pytest.raises(ValueError, match=r"bad\.xyz: frame 0: REF_energy is 'abc', not a number"):
         read(path)
+    path.write_text(good.replace("energy=-1.0", 'energy=-1.0 REF_e="1 2 3 4 5"'))   # an array named as the energy:
+    with pytest.raises(ValueError, match=r"frame 0: REF_e is an array of shape \(5,\), not a number \(expected "
+                                         r"the total energy, eV\)$"):   # its shape in the message, not its numbers
+        read(path, energy_key="REF_e")
 
 
 # --------------------------------------------------------------------------- safe writes

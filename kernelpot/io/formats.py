@@ -576,6 +576,15 @@ def _check_extxyz_tensors(path: Path, format: str | None) -> None:
             frame += 1
 
 
+def _what(value) -> str:
+    """A value described for a message: its shape if it is an array (not its thousand numbers), else its repr."""
+    shape = np.shape(value) if isinstance(value, (np.ndarray, list, tuple)) else ()
+    if shape:
+        return f"an array of shape {shape}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _take(atoms: Atoms, results: dict, key: str, where: str):
     """The value stored under ``key``: calculator results, then ``info``, then ``arrays`` (removed there)."""
     if key in results and results[key] is not None:
@@ -631,7 +640,8 @@ def _attach_labels(atoms: Atoms, i: int, path: Path, keys: Mapping[str, str | No
             try:
                 results["energy"] = float(np.asarray(value, dtype=float))
             except (TypeError, ValueError):
-                raise ValueError(f"{where}: {key} = {value!r} is not a number (expected eV, total)") from None
+                raise ValueError(f"{where}: {key} is {_what(value)}, not a number (expected the total energy, "
+                                 "eV)") from None
         else:
             for std in ("energy", "free_energy"):
                 if results.get(std) is None and std in atoms.info:
