@@ -211,7 +211,9 @@ def _check_test_elements(test, test_path, train, train_path):
 def _cmd_fit(args) -> int:
     import kernelpot
     out = Path(args.output)
-    if out.suffix != ".npz":
+    if out.is_dir():
+        raise ValueError(f"-o {args.output} is a folder; give a model file name, e.g. {out / 'model.npz'}")
+    if not out.suffix:  # numpy's convention: a bare name gets .npz
         out = Path(str(out) + ".npz")
     inputs = {"training file": args.train, "test file": args.test}
     _output(out, "-o", inputs, (".npz",), "a model file (.npz)")

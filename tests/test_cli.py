@@ -409,6 +409,8 @@ def test_no_output_replaces_an_input_or_takes_another_formats_name(fitted_model,
     digest = {p: hashlib.md5(p.read_bytes()).hexdigest() for p in (model, train)}
     cases = [(["predict", str(model), str(train), "-o", str(model)], "is the model file"),
              (["predict", str(model), str(train), "-o", str(tmp_path / "p.db")], "extended XYZ"),
+             (["fit", str(train), "-o", str(tmp_path / "m.xyz")], "a model file (.npz)"),
+             (["fit", str(train), "-o", str(tmp_path)], "is a folder; give a model file name"),
              (["screen", str(train), "--plot", str(train)], "is the training file"),
              (["screen", str(train), "--plot", str(tmp_path / "influence.txt")], ".png")]
     for argv, want in cases:
@@ -416,7 +418,7 @@ def test_no_output_replaces_an_input_or_takes_another_formats_name(fitted_model,
         assert want in line, (argv, line)
     for p, d in digest.items():
         assert hashlib.md5(p.read_bytes()).hexdigest() == d
-    assert not (tmp_path / "p.db").exists() and not (tmp_path / "influence.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "train.xyz"]
 
 
 def test_predict_errors_name_file_and_frame(fitted_model, tmp_path, capsys):
