@@ -444,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--test", help="test structures: prints MAE/RMSE (meV/atom, eV/Å, GPa) and writes parity "
                                   "plots to OUTPUT_parity.png (default: no test set)")
     f.add_argument("-o", "--output", default="model.npz",
-                   help="model file to write; its folder must exist (default model.npz)")
+                   help="model file to write, ending in .npz (a bare name gets it); its folder must exist "
+                        "(default model.npz)")
     f.add_argument("--compact", action="store_true",
                    help="write a smaller model file without the two M x M matrices that loading "
                         "recomputes (same predictions and screening; loading costs one Cholesky "
