@@ -339,3 +339,31 @@ def test_identical_structures_with_different_labels_are_named():
     assert "frames 0 and 3 (forces: 0.5 eV/Å)" in dup[0]
     clean = validate([labelled(-14.0), labelled(-14.0)], raise_on_error=False)
     assert not any(w.startswith("duplicates:") for w in clean.warnings)
+
+
+def test_a_whole_data_set_in_bohr_is_named():
+    """Every relative check passes a file whose positions and cell are all in Bohr; the nearest neighbours,
+    1.89x their covalent radii sum apart in every structure, do not.  Crystals, molecules and solid argon
+    (van der Waals contacts, left out) in Å pass."""
+    from ase.calculators.emt import EMT
+    frames = []
+    for k in range(6):
+        a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+        a.rattle(0.05, seed=k)
+        a.calc = EMT()
+        a.calc = SinglePointCalculator(a, energy=a.get_potential_energy(), forces=a.get_forces())
+        frames.append(a)
+    frames.append(_molecule())
+    bohr = []
+    for a in frames:
+        b = a.copy()
+        b.set_cell(b.cell / units.Bohr, scale_atoms=True)
+        b.positions = a.positions / units.Bohr   # the molecule has no cell to scale with
+        b.calc = SinglePointCalculator(b, **a.calc.results)
+        bohr.append(b)
+    warned = [w for w in validate(bohr, raise_on_error=False).warnings if w.startswith("positions:")]
+    assert len(warned) == 1 and "in Bohr (x1.89)" in warned[0] and "7 structures checked" in warned[0]
+    argon = bulk("Ar", "fcc", a=5.26, cubic=True)
+    argon.calc = SinglePointCalculator(argon, energy=-0.3)
+    for ok in (frames, [argon] * 3, frames + [argon] * 20):
+        assert not [w for w in validate(ok, raise_on_error=False).warnings if w.startswith("positions:")]

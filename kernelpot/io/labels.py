@@ -144,6 +144,55 @@ def shortest_image_distance(atoms) -> float:
     return float(np.linalg.norm(shifts @ P, axis=1).min())
 
 
+def neighbour_ratio(atoms, reach: float = 3.0) -> float:
+    """Median over the atoms of the nearest-neighbour distance over the pair's covalent radii sum.
+
+    About 1 in any bonded structure (molecule, crystal, liquid, surface slab:
+    1.0-1.2 for covalent solids and molecules, ~1.2 for metals), whatever the
+    element, cell size or vacuum, so a structure whose value is far from the
+    rest of its data set has positions in another length unit or fractional
+    coordinates read as Cartesian.  Radii: ``ase.data.covalent_radii``
+    (Cordero et al. 2008).
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+    reach : float, default 3.0
+        Neighbours are searched up to ``reach`` times the largest radii sum of
+        the structure; an atom with none is counted at ``reach``.
+
+    Returns
+    -------
+    float
+        The median ratio; NaN for a single atom without periodic neighbours
+        within reach (an isolated-atom reference).
+
+    Examples
+    --------
+    >>> from ase.build import bulk
+    >>> round(neighbour_ratio(bulk("Si", "diamond", a=5.43)), 2)
+    1.06
+    """
+    from ase.data import covalent_radii
+    from kernelpot.descriptors.neighbors import neighbor_list
+    z = atoms.numbers
+    rc = covalent_radii[z]
+    best = np.full(len(atoms), float(reach))
+    # bonded neighbours lie within ~1.3 radii sums: search there first (cheap), and out to ``reach``
+    # only when an atom has none (a scaled structure), where neighbour lists grow with the cube
+    for factor in (1.5, reach):
+        nl = neighbor_list(atoms, float(factor * 2.0 * rc.max()))
+        i = nl.centers
+        if i.size:
+            r = np.linalg.norm(nl.vectors, axis=1) / (rc[i] + rc[nl.neighbors])
+            np.minimum.at(best, i, r)
+        if np.all(best < factor) or factor == reach:
+            break
+    if len(atoms) == 1 and best[0] >= reach:
+        return np.nan
+    return float(np.median(best))
+
+
 def is_isolated_atom(atoms) -> bool:
     """A single atom with no neighbour: its energy is an isolated-atom reference (the energy offsets' ``e0``).
 

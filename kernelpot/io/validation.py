@@ -10,7 +10,7 @@ Errors (make the data unusable as it stands):
 - a structure without atoms;
 - non-finite positions, energy, forces or stress;
 - forces not of shape ``(n_atoms, 3)``, stress not of shape ``(6,)`` or ``(3, 3)``, energy not
-  a number;
+  a number; a 3x3 stress that is not symmetric (9 values in another order);
 - two atoms (or an atom and a periodic image) closer than 0.35 x the sum of their covalent
   radii (or a fixed ``min_distance``);
 - overlapping atoms: any pair closer than 0.1 Å (``kernelpot.io.labels.OVERLAP_DISTANCE``),
@@ -28,7 +28,10 @@ Warnings (plausible but suspicious, usually a unit mistake):
 - ``E/atom > 0`` (reported once for the data set, listing the frames);
 - ``energy`` and ``free_energy`` both given and different (once, listing the frames): the fit
   uses ``free_energy`` (see :mod:`kernelpot.io.labels`);
-- two atoms closer than 0.6 x the sum of their covalent radii (short but possible).
+- two atoms closer than 0.6 x the sum of their covalent radii (short but possible);
+- the data set's median structure without a bonded neighbour (nearest neighbours beyond 1.6 x
+  their covalent radii sum): positions in Bohr or another length unit (once for the data set);
+- frames whose labels are a model's predictions (``kernelpot predict`` output read back).
 
 The label rules (keys, shapes, which energy) are those of :mod:`kernelpot.io.labels`, the same
 that ``SparseGP.fit`` uses; ``SparseGP.fit`` runs :func:`validate` and issues its warnings as one
@@ -48,7 +51,8 @@ from scipy.spatial import cKDTree
 
 from kernelpot.io.labels import _list  # one way to list atom/frame indices in messages
 from kernelpot.io.labels import (LABEL_UNITS, OVERLAP_DISTANCE, DataWarning, _thin_cell, energy_conflict, frame_name,
-                                 frame_noise, overlap_message, parse_labels, prediction_source, structure_errors)
+                                 frame_noise, neighbour_ratio, overlap_message, parse_labels, prediction_source,
+                                 structure_errors)
 
 __all__ = ["validate", "ValidationReport", "DataWarning", "warn_report"]
 
@@ -174,6 +178,7 @@ def validate(
             f"reference (expected for EMT or reference-subtracted energies)")
 
     _check_duplicates(frames, report)
+    _check_length_unit(frames, report)
 
     predicted = {}
     for i, atoms in enumerate(frames):
@@ -196,6 +201,43 @@ def validate(
     if raise_on_error and report.errors:
         raise ValueError(str(report))
     return report
+
+
+#: A data set whose median structure has its nearest neighbours this many covalent-radii sums apart
+#: has no bonded neighbours at all: positions in Bohr (x1.89) or another length unit.  Bonded
+#: structures sit at 0.9-1.3 (an EOS cell expanded by 20 % at ~1.45); frames with noble-gas atoms
+#: (van der Waals contacts at 1.8-2.7) are left out of the median.
+LENGTH_RATIO_LIMIT = 1.6
+#: Frames sampled (evenly) for that median: a whole-set check needs no more.
+_LENGTH_SAMPLE = 200
+_NOBLE_GASES = (2, 10, 18, 36, 54, 86)
+
+
+def _check_length_unit(frames, report: ValidationReport) -> None:
+    """Warn when the data set's typical structure has no bonded neighbour (:func:`neighbour_ratio`).
+
+    One structure far from the rest is :func:`kernelpot.screen`'s job; this catches a whole file in
+    Bohr, which looks self-consistent to every relative check.
+    """
+    usable = [i for i, a in enumerate(frames)
+              if isinstance(a, Atoms) and len(a) > 1 and np.all(np.isfinite(a.positions))
+              and not np.isin(a.numbers, _NOBLE_GASES).any()]
+    if not usable:
+        return
+    ratios = []
+    for i in np.asarray(usable)[np.unique(np.linspace(0, len(usable) - 1, min(len(usable), _LENGTH_SAMPLE))
+                                          .round().astype(int))]:
+        try:
+            r = neighbour_ratio(frames[i])
+        except Exception:  # a broken cell: reported by the structure checks
+            continue
+        if np.isfinite(r):
+            ratios.append(r)
+    if ratios and np.median(ratios) > LENGTH_RATIO_LIMIT:
+        report.warnings.append(
+            f"positions: in the median structure the nearest neighbours are {np.median(ratios):.2f} times the sum "
+            f"of their covalent radii apart ({len(ratios)} structures checked; bonded structures: 0.9-1.3): "
+            f"positions (and cell) in Bohr (x1.89) or another length unit?")
 
 
 #: Same structure when positions and cell agree to this (Å); labels conflict above these differences.
