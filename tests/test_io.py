@@ -820,3 +820,26 @@ def test_an_asymmetric_3x3_stress_is_an_error_on_every_path(tmp_path):
     c.calc = SinglePointCalculator(c, energy=frames[0].get_potential_energy(), forces=frames[0].get_forces(),
                                    stress=noisy)
     assert validate([c], raise_on_error=False).errors == []
+
+
+def test_a_virial_beside_the_stress_is_checked_against_it(tmp_path):
+    """A file with both stress= and virial= holds the stress twice.  When they agree the virial is no 'unused
+    label'; when they disagree (here the virial's sign flipped in frame 1) the frames and the size are named
+    (the only notice was that 'virial' is not used)."""
+    import warnings
+    frames = [_emt_frame(s) for s in range(3)]
+    for k, a in enumerate(frames):
+        a.info["virial"] = voigt_6_to_full_3x3_stress(-a.get_volume() * a.get_stress()) * (-1 if k == 1 else 1)
+    path = tmp_path / "both.xyz"
+    ase.io.write(path, frames)
+    with pytest.warns(kio.DataWarning, match=r"both\.xyz: stress and -virial/V disagree in 1 of 3 frames \(frames "
+                                             r"\[1\]; up to [\d.]+ GPa\)") as caught:
+        back = read(path)
+    assert not [w for w in caught if "not used" in str(w.message)]
+    np.testing.assert_allclose(back[1].get_stress(), frames[1].get_stress(), atol=1e-8)   # the stress is fitted
+    for a in frames:
+        a.info["virial"] = voigt_6_to_full_3x3_stress(-a.get_volume() * a.get_stress())
+    ase.io.write(path, frames)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read(path)

@@ -67,7 +67,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from kernelpot.io.files import atomic_write, check_writable
 from kernelpot.io.labels import (ENERGY_KEYS, FORCES_KEYS, NOISE_KEYS, STRESS_KEYS, VIRIAL_KEYS,
-                                 DataWarning, looks_like_label, stress_asymmetry)
+                                 DataWarning, _list, looks_like_label, stress_asymmetry)
 
 __all__ = ["read", "write", "mlearn_stress_to_ase", "KBAR", "MLEARN_TO_ASE_VOIGT"]
 
@@ -178,8 +178,9 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
     unused: dict[str, list[int]] = {}
     mixed: dict[str, list[int]] = {}
     sources: dict[str, dict[str, list[int]]] = {}
-    out = [_attach_labels(atoms, i, path, keys, unused, mixed, sources) for i, atoms in enumerate(frames)]
-    _warn_keys(path, unused, mixed, len(out), sources)
+    conflicts: dict[str, list] = {}
+    out = [_attach_labels(atoms, i, path, keys, unused, mixed, sources, conflicts) for i, atoms in enumerate(frames)]
+    _warn_keys(path, unused, mixed, len(out), sources, conflicts)
     return out
 
 
@@ -605,14 +606,15 @@ def _first_present(atoms: Atoms, results: dict, candidates) -> str | None:
 
 def _attach_labels(atoms: Atoms, i: int, path: Path, keys: Mapping[str, str | None] | None = None,
                    unused: dict | None = None, mixed: dict | None = None,
-                   sources: dict | None = None) -> Atoms:
+                   sources: dict | None = None, conflicts: dict | None = None) -> Atoms:
     """Move energy/forces/stress/virial from info/arrays into a SinglePointCalculator.
 
     ``keys`` are the user's ``energy_key``/``forces_key``/``stress_key``
     (``None``: the standard name, else the first convention present); keys
     that look like labels and are not used are recorded in ``unused``
     (key -> frames), frames whose labels come from different conventions in
-    ``mixed``.
+    ``mixed``, a virial beside the stress that disagrees with it in ``conflicts``
+    (key -> [(frame, largest difference in GPa)]).
     """
     keys = keys or {}
     where = f"{path}: frame {i}"
@@ -678,7 +680,10 @@ def _attach_labels(atoms: Atoms, i: int, path: Path, keys: Mapping[str, str | No
         else:
             results["stress"] = _to_voigt(value, f"{where}: {key}")
         used["stress"] = key
+        if not explicit and "virial" not in key.lower():
+            _compare_virial(atoms, results["stress"], i, where, used, conflicts)
 
+    checked = used.pop("virial_checked", None)
     if sources is not None:  # which key each kind came from, per frame: conventions mixed across frames
         for k, v in used.items():
             sources.setdefault(k, {}).setdefault(v, []).append(i)
@@ -692,7 +697,7 @@ def _attach_labels(atoms: Atoms, i: int, path: Path, keys: Mapping[str, str | No
     if unused is not None:
         for container in (atoms.info, atoms.arrays):
             for k in container:
-                if (looks_like_label(k) and k not in used.values() and not k.endswith("_unused")
+                if (looks_like_label(k) and k not in used.values() and k != checked and not k.endswith("_unused")
                         and k not in ("positions", "numbers") and k not in NOISE_KEYS):
                     unused.setdefault(k, []).append(i)
 
@@ -700,6 +705,26 @@ def _attach_labels(atoms: Atoms, i: int, path: Path, keys: Mapping[str, str | No
         atoms.info["config_type"] = str(atoms.info["config_type"])
     atoms.calc = SinglePointCalculator(atoms, **results) if results else None
     return atoms
+
+
+def _compare_virial(atoms: Atoms, stress: np.ndarray, i: int, where: str, used: dict,
+                    conflicts: dict | None) -> None:
+    """A virial stored beside the stress is a second copy of it (``stress = -virial / V``): one that agrees
+    is not reported as an unused label (``used["virial_checked"]``), one that disagrees is recorded in
+    ``conflicts`` (a sign or unit slip in one of the two, or labels of two calculations)."""
+    key = next((k for k in VIRIAL_KEYS if k in atoms.info), None)
+    volume = abs(np.linalg.det(atoms.cell.array))
+    if key is None or not volume > 0.0:
+        return
+    try:
+        other = -_to_voigt(atoms.info[key], f"{where}: {key}") / volume
+    except ValueError:  # another shape: left to the unused-label warning
+        return
+    diff = float(np.max(np.abs(other - stress)))
+    if diff <= 1e-6 + 1e-3 * float(np.max(np.abs(stress))):  # eV/Å^3: printing precision
+        used["virial_checked"] = key
+    elif conflicts is not None:
+        conflicts.setdefault(key, []).append((i, diff / units.GPa))
 
 
 def _where_reading_stops(path: Path, format: str | None) -> str:
@@ -719,9 +744,18 @@ def _where_reading_stops(path: Path, format: str | None) -> str:
     return ""
 
 
-def _warn_keys(path: Path, unused: dict, mixed: dict, n_frames: int, sources: dict | None = None) -> None:
-    """One warning naming label-like keys that were not used and conventions mixed in a frame or across frames."""
+def _warn_keys(path: Path, unused: dict, mixed: dict, n_frames: int, sources: dict | None = None,
+               conflicts: dict | None = None) -> None:
+    """One warning naming label-like keys that were not used, conventions mixed in a frame or across frames,
+    and virials that disagree with the stress beside them."""
     lines = []
+    for key, found in (conflicts or {}).items():
+        idx = np.array([f for f, _ in found])
+        worst = max(d for _, d in found)
+        lines.append(f"stress and -{key}/V disagree in {len(found)} of {n_frames} frames (frames {_list(idx)}; "
+                     f"up to {worst:.3g} GPa): the stress is fitted; check the sign and units of both, or "
+                     f"whether they come from the same calculation")
+        unused.pop(key, None)
     for kind, by_key in (sources or {}).items():
         # energy and free_energy are one convention (kernelpot fits free_energy where both are given)
         if len({"energy" if k in ("energy", "free_energy") else k for k in by_key}) > 1:
