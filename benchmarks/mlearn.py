@@ -8,7 +8,8 @@ isolated atoms) and tests on every 4th frame of ``test_MD_300K`` and ``test_MD_6
 (energy, forces; no stress).  ``--ablation`` adds one row per setting changed from the
 defaults (``name=value``, value read as a Python literal), each in its own subprocess;
 ``second_soap=R`` sums the default SOAP's kernel with that of a second SOAP of cut-off
-``R`` Å (``descriptor=[SOAP(), SOAP(r_cut=R)]``, its scale learned).
+``R`` Å (``descriptor=[SOAP(), SOAP(r_cut=R)]``, its scale learned); ``soap={...}`` sets
+the (first) SOAP's parameters, e.g. ``soap={'n_max':12}``.
 
 Fits ``kernelpot.SparseGP()`` exactly as a user would (no argument changed unless
 ``--n-sparse`` is given) on ``../shared/data/mlearn/<El>/training.json`` and
@@ -71,8 +72,11 @@ def run_one(element: str, n_sparse: int | None, quick: bool, settings: dict | No
 
     train, tests = _data(element, quick)
     kw = dict(settings or {})
+    soap = dict(kw.pop("soap", {}))  # settings of the (first) SOAP, e.g. soap={'n_max': 12}
+    if soap:
+        kw["descriptor"] = kernelpot.SOAP(**soap)
     if "second_soap" in kw:  # a kernel sum over two SOAP cut-offs (see the module docstring)
-        kw["descriptor"] = [kernelpot.SOAP(), kernelpot.SOAP(r_cut=float(kw.pop("second_soap")))]
+        kw["descriptor"] = [kernelpot.SOAP(**soap), kernelpot.SOAP(r_cut=float(kw.pop("second_soap")))]
     if n_sparse is not None:
         kw["n_sparse"] = n_sparse
     t0 = time.perf_counter()
