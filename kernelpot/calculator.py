@@ -23,6 +23,11 @@ key                        shape       meaning
                                        epistemic only (with the energy kind's
                                        calibration); large where an atom's
                                        environment is unlike the training data
+``extrapolation``          scalar      the structure's largest latent variance over
+                                       the largest the calibration's held-out data
+                                       reached: above 1, every std is the GP's own,
+                                       checked by no held-out error (a lower bound);
+                                       NaN for an uncalibrated model
 =========================  ==========  =============================================
 
 Every std includes, where two atoms are closer than any pair of their
@@ -41,11 +46,12 @@ from ase.calculators.calculator import Calculator as _ASECalculator, all_changes
 __all__ = ["Calculator"]
 
 UNCERTAINTY_KEYS = ("energy_std", "forces_std", "stress_std",
-                    "energy_std_epistemic", "forces_std_epistemic", "stress_std_epistemic", "energies_std")
+                    "energy_std_epistemic", "forces_std_epistemic", "stress_std_epistemic", "energies_std",
+                    "extrapolation")
 
 _SHAPES = {"energy_std": (), "energy_std_epistemic": (), "forces_std": ("natoms", 3),
            "forces_std_epistemic": ("natoms", 3), "stress_std": (6,), "stress_std_epistemic": (6,),
-           "energies_std": ("natoms",)}
+           "energies_std": ("natoms",), "extrapolation": ()}
 
 
 def _register_with_ase() -> None:

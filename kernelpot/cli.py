@@ -33,6 +33,10 @@ The output is extended XYZ (read it back with kernelpot.read or ase.io.read). Pe
   energy_std             standard deviation of the total energy, eV (aleatoric + epistemic, calibrated)
   energy_std_epistemic   model (posterior) part of it, eV
   stress_std, stress_std_epistemic   per Voigt component xx yy zz yz xz xy, eV/Å^3 (periodic only)
+  extrapolation          the structure's largest latent variance over the largest the calibration's
+                         held-out data reached: above 1 its std are checked by no held-out error
+                         (a lower bound); nan for a model fitted with --no-calibrate
+  predicted_by           kernelpot's version and the model file (these are no reference labels)
 Per atom:
   forces                 predicted forces, eV/Å
   forces_std, forces_std_epistemic   per Cartesian component, eV/Å
@@ -52,7 +56,9 @@ components (eV/Å) and stress components (GPa), and an uncertainty table for the
                   small (over-confident), < 1 when too large
   spearman        rank correlation of |error| with σ (does a larger σ mean a larger error?)
   n               values counted: components fixed by symmetry (forces in a perfect strained
-                  crystal: zero error in every model) are left out of this table, not the errors"""
+                  crystal: zero error in every model) are left out of this table, not the errors
+A warning names the structures whose latent variance lies beyond the largest the calibration's held-out
+data reached (extrapolation > 1): their σ are checked by no held-out error."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -284,6 +290,7 @@ def _cmd_predict(args) -> int:
         b.new_array("local_energy", r["energies"])
         b.new_array("local_energy_std", r["energies_std"])
         b.info[PREDICTED_KEY] = f"kernelpot {kernelpot.__version__} model {Path(args.model).name}"
+        b.info["extrapolation"] = r["extrapolation"]
         b.info["energy_std"] = r["energy_std"]
         b.info["energy_std_epistemic"] = r["energy_std_epistemic"]
         res = {"energy": r["energy"], "forces": r["forces"]}
@@ -332,11 +339,26 @@ def _cmd_eval(args) -> int:
         ev = evaluate(model, frames)
     except ValueError as exc:
         raise _in_file(args.frames, exc) from exc
+    _warn_extrapolation(args.frames, ev["pred"].get("extrapolation"))
     print("errors (energy per atom in meV/atom, force components in eV/Å, stress components in GPa):")
     print(format_error_table(error_table(ev)))
     print("uncertainty coverage and calibration (see kernelpot eval --help for the columns):")
     print(_uncertainty_table(ev))
     return 0
+
+
+def _warn_extrapolation(path, extrapolation) -> None:
+    """One warning naming the structures predicted beyond the calibration's held-out data (extrapolation > 1)."""
+    from kernelpot.io.labels import _list
+    if extrapolation is None:
+        return
+    x = np.asarray(extrapolation, float)
+    far = np.flatnonzero(x > 1.0)
+    if far.size:
+        print(f"kernelpot: warning: {path}: {far.size} of {x.size} structures (frames {_list(far)}) lie beyond the "
+              f"largest latent variance the calibration's held-out data reached (up to {x[far].max():.3g} times it): "
+              "their σ are the GP's own there, checked by no held-out error; read them as a lower bound",
+              file=sys.stderr)
 
 
 def _cmd_screen(args) -> int:

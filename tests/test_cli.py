@@ -103,6 +103,31 @@ def test_predictions_read_back_are_named_as_predictions(fitted_model, tmp_path, 
     assert "forces_std" in kernelpot.io.labels.prediction_source(pred[1])
 
 
+def test_eval_names_structures_beyond_the_calibration(fitted_model, tmp_path, capsys):
+    """Cells compressed by 12 % (EMT labels) lie far beyond any latent variance the calibration's held-out data
+    reached: eval names them in one warning and predict writes each structure's extrapolation; the test set
+    the model was made for is not named."""
+    from ase.calculators.emt import EMT
+    from conftest import label
+    frames = kernelpot.read(TEST)[:4]
+    squeezed = []
+    for a in frames:
+        b = a.copy()
+        b.set_cell(b.cell * 0.88, scale_atoms=True)
+        squeezed.append(label(b, EMT()))
+    path = tmp_path / "squeezed.xyz"
+    kernelpot.write(path, squeezed)
+    capsys.readouterr()
+    assert main(["eval", str(fitted_model), str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "squeezed.xyz: 4 of 4 structures (frames [0, 1, 2, 3]) lie beyond the largest latent variance" in err
+    assert main(["eval", str(fitted_model), TEST]) == 0
+    assert "lie beyond" not in capsys.readouterr().err
+    out = tmp_path / "pred.xyz"
+    assert main(["predict", str(fitted_model), str(path), "-o", str(out), "--quiet"]) == 0
+    assert all(a.info["extrapolation"] > 1.0 for a in kernelpot.read(out))
+
+
 def test_eval_prints_uncertainty_for_every_quantity(fitted_model, capsys):
     assert main(["eval", str(fitted_model), TEST]) == 0
     out = capsys.readouterr().out

@@ -26,8 +26,8 @@ def _l12(a0=3.75):
     return cell.repeat((2, 2, 2))
 
 
-@pytest.fixture(scope="module")
-def cu3au_model():
+def _train_frames():
+    """24 L1_2 Cu3Au cells, a +-3 % and sheared by up to 2 %, rattled 0.05 Å, EMT labels."""
     rng = np.random.default_rng(0)
     train = []
     for _ in range(24):
@@ -37,6 +37,12 @@ def cu3au_model():
         a.set_cell(a.cell @ (np.eye(3) + eps), scale_atoms=True)
         a.positions += rng.normal(scale=0.05, size=a.positions.shape)
         train.append(label(a, EMT()))
+    return train
+
+
+@pytest.fixture(scope="module")
+def cu3au_model():
+    train = _train_frames()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = SparseGP(n_sparse=80, descriptor=SOAP(r_cut=4.0, n_max=4, l_max=3), verbose=False).fit(train)
@@ -71,3 +77,78 @@ def test_energy_errors_of_other_compositions_within_three_sigma(cu3au_model, nam
         fe = a.get_forces() - p["forces"]
         # forces of the pure metals: at most 1 % of components beyond 3 sigma
         assert np.mean(np.abs(fe) > 3 * p["forces_std"]) <= 0.01
+
+
+def test_extrapolation_names_what_the_calibration_never_saw(cu3au_model):
+    """``extrapolation`` compares a structure's latent variance with the largest the calibration's held-out
+    data reached.  A training structure's variance is below its own held-out one (more data never widens a
+    GP posterior at fixed hyperparameters), so every training structure reads at most 1; pure metals, L1_0
+    and isolated atoms, none of which a Cu3Au cell resembles, read above it; uncalibrated, it is NaN."""
+    from kernelpot.gp.posterior import extrapolation, _full_weights
+    model, _ = cu3au_model
+    train = [model.predict_frame(a)["extrapolation"] for a in _train_frames()]
+    assert 0.0 < max(train) <= 1.0 + 1e-9
+    for name, a in _others().items():
+        x = model.predict_frame(a)["extrapolation"]
+        assert x > 1.0, (name, x)
+        assert np.isnan(model.predict_frame(a, calibrated=False)["extrapolation"])
+    # the definition: per-atom force amplitude (mean variance of the three components) over a_max
+    v = np.array([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]])
+    w = (1.0, 1.0, 1.0, 1.0, 1.0, 4.0, 1.0)
+    assert extrapolation(v, w, "forces") == pytest.approx(0.5)
+    assert np.isnan(extrapolation(v, (1.0, 1.0), "forces"))
+    assert _full_weights(model.std_weights_["forces"])[5] > 0
+
+
+def _ni3al_fcc_frames():
+    """EMT cells in four config_types: 16 L1_2 Ni3Al (2x2x1), 4 with a vacancy, 8 fcc Ni, 6 fcc Al; strained
+    by ~2 % and rattled 0.06 Å.  Holding out fcc Al (the group LOO does) leaves the weights of Al-rich
+    environments unknown: the largest held-out variance is a posterior one, the Nystrom residual stays small."""
+    rng = np.random.default_rng(0)
+
+    def cell(a, lin=0.02, shear=0.01, rattle=0.06, ct="L12"):
+        a = a.copy()
+        eps = rng.normal(scale=shear, size=(3, 3))
+        a.set_cell(a.cell @ (np.eye(3) + (eps + eps.T) / 2 + np.eye(3) * rng.uniform(-lin, lin)), scale_atoms=True)
+        a.positions += rng.normal(scale=rattle, size=a.positions.shape)
+        a = label(a, EMT())
+        a.info["config_type"] = ct
+        return a
+
+    l12 = Atoms("Ni3Al", scaled_positions=[[.5, .5, 0], [.5, 0, .5], [0, .5, .5], [0, 0, 0]],
+                cell=np.eye(3) * 3.661, pbc=True)
+    frames = [cell(l12.repeat((2, 2, 1))) for _ in range(16)]
+    for _ in range(4):
+        v = l12.repeat(2)
+        del v[int(rng.integers(len(v)))]
+        frames.append(cell(v, lin=0.01, rattle=0.04, ct="vacancy"))
+    frames += [cell(bulk("Ni", "fcc", a=3.52, cubic=True).repeat((2, 1, 1)), ct="fcc_Ni") for _ in range(8)]
+    frames += [cell(bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 1, 1)), ct="fcc_Al") for _ in range(6)]
+    return frames
+
+
+def test_nystrom_weight_fades_beyond_the_residuals_it_was_fitted_on():
+    """A Ni2 dimer asked of a model of Ni3Al, Ni and Al cells: its variance is almost all Nystrom residual, 100x
+    the largest of the calibration data, while its total amplitude is far below the largest held-out one (a
+    held-out composition's).  The Nystrom weight (~0.004) measured only where the sparse set represents the
+    data once made the dimer's force sigma 8x narrower than the GP's own (1.6 eV/Å errors 46 sigma out); now
+    beyond its data it fades back to the GP's own sigma, and ``extrapolation`` says so."""
+    model = SparseGP(descriptor=SOAP(r_cut=4.0, n_max=6, l_max=4), n_sparse=150, verbose=False).fit(
+        _ni3al_fcc_frames())
+    dimer = Atoms("Ni2", positions=[[0, 0, 0], [0, 0, 2.5]])
+    cal, raw = model.predict_frame(dimer), model.predict_frame(dimer, calibrated=False)
+    w = model.std_weights_["forces"]
+    assert w[2] < 0.05 and len(w) == 8     # the Nystrom weight is small where it was fitted ...
+    # ... and has faded here (the bond's forces: across it the std is the aleatoric part, calibrated apart)
+    np.testing.assert_allclose(cal["forces_std_epistemic"][:, 2], raw["forces_std_epistemic"][:, 2], rtol=0.05)
+    err = cal["forces"] - label(dimer, EMT()).get_forces()
+    assert np.abs(err / cal["forces_std"])[:, 2].max() < 8
+    assert cal["extrapolation"] > 10
+    # a training cell is where the weights were measured: untouched by the fade
+    a = _ni3al_fcc_frames()[0]
+    from kernelpot.gp.posterior import variance
+    v = np.array([1.0, 1.0]), np.array([0.5, 0.5])
+    seven = variance(w[:7], 0.0, *v[:1], None, v[1])[0]
+    eight = variance(w, 0.0, *v[:1], None, v[1], nystrom_amplitude=np.array([0.5 * w[7], 2.0 * w[7]]))[0]
+    assert eight[0] == pytest.approx(seven[0]) and eight[1] > seven[1]
+    assert model.predict_frame(a)["extrapolation"] <= 1.0 + 1e-9

@@ -103,7 +103,7 @@ def _forces_diag(r, sigma, loo_std, loo_pred):
 @pytest.mark.parametrize("w_a, w_p, w_n", [(0.05, 0.3, 0.3), (2.0, 3.0, 3.0), (1.0, 4.0, 0.5), (3.0, 0.5, 0.2),
                                            (1e7, 4e7, 5e6)])   # residuals 1e7x the GP's variance
 def test_recalibration_weights_recover_known_parameters(w_a, w_p, w_n):
-    wa, wp, wn, g, vref, amax, vfade = uq.recalibration_weights(_synthetic_diag(w_a, w_p, w_n),
+    wa, wp, wn, g, vref, amax, vfade, nmax = uq.recalibration_weights(_synthetic_diag(w_a, w_p, w_n),
                                                                 floors={"forces": 1e-4})["forces"]
     assert wa == pytest.approx(w_a, rel=0.2)
     assert wp == pytest.approx(w_p, rel=0.2)
@@ -298,7 +298,7 @@ def test_recalibration_weights_edge_cases():
     # towards 1 as an inverse-gamma prior worth min_obs observations would, (sum z^2 + min_obs) / (n + min_obs);
     # widening is taken as measured
     d = _synthetic_diag(0.05, 0.3, n=10)
-    wa, wp, wn, gamma, _, _, _ = uq.recalibration_weights(d)["forces"]
+    wa, wp, wn, gamma, *_ = uq.recalibration_weights(d)["forces"]
     ok = d.loo_std_predictive > d.sigma * (1 + 1e-12)
     z2 = d.z_predictive[ok] ** 2
     assert z2.mean() < 0.9  # the case: residuals narrower than the GP says
@@ -355,7 +355,7 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     groups, _ = calibration_groups(model, model._train_frames)
     d = uq.leave_one_out(model, groups=groups)
     assert d.group_loo is not None and len(d.group_loo["residual"]) > 0
-    wa, wp, wn, gamma, vref, amax, vfade = weights["forces"]
+    wa, wp, wn, gamma, vref, amax, vfade, nmax = weights["forces"]
     # stage 1, the weights: structure LOO with linear growth, their ratios from the likelihood
     # (perturbing one weight at a time and rescaling all three to the likelihood's own scale
     # never does better) and their common scale from the coverage at 1 and 2 sigma

@@ -45,6 +45,13 @@ at once made in-distribution sigma too wide (mlearn Si forces: 77 % within
   training amplitudes: acac 300 K test energies were 82 % within 1 sigma
   (area 0.14) and 600 K forces 80 % (area 0.12); with the fitted onset
   67 % (0.018) and 68 % (0.025).
+* ``n_max``: the Nystrom weight also fades back to one where the residual
+  alone exceeds the largest residual of the calibration data.  The residual
+  is data-free, the same in every held-out set, so no held-out error vouches
+  for ``w_n`` beyond it; ``v_fade`` cannot see this when ``a_max`` was set by
+  a held-out composition whose variance lies in the weights (Ni3Al cells:
+  a Ni2 dimer's residual was 100x ``n_max``, its amplitude 1/80 of
+  ``a_max``, and ``w_n = 0.004`` put its force sigma 8x below the GP's own).
 * ``w_a`` is free above a floor: no total sigma is below :data:`SIGMA_FLOOR`
   (a tenth of the fit's noise floor) and none is ever zero.  It is not bounded
   by the learned noise itself: on noise-free reference data (EMT) the
@@ -195,7 +202,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
     the forces in a perfect strained crystal: zero error in every model)
     carry no information and are left out.  With fewer than ``min_obs``
     informative observations of a kind, one scale is used:
-    ``(max(w_floor, s^2), s^2, s^2, 1, v_ref, a_max, v_ref)``, with
+    ``(max(w_floor, s^2), s^2, s^2, 1, v_ref, a_max, v_ref, n_max)``, with
     ``s^2 = max(mean(z^2), (sum(z^2) + min_obs) / (n + min_obs))`` over the
     ``n`` structure-LOO z-scores: a scale below one (narrower than the GP's
     sigma) is shrunk towards 1 (the posterior mean of a variance scale under a
@@ -219,7 +226,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
 
     Returns
     -------
-    dict {kind: (w_aleatoric, w_posterior, w_nystrom, gamma, v_ref, a_max, v_fade)}
+    dict {kind: (w_aleatoric, w_posterior, w_nystrom, gamma, v_ref, a_max, v_fade, n_max)}
     """
     import scipy.optimize as so
     out = {}
@@ -244,6 +251,11 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         vref = vref if vref > 0 else (float(np.mean(amp_all[sel])) or 1.0)
         # sqrt(w_a) * noise >= floor for every observation (energies per atom)
         lo = float(floors.get(str(k), 0.0) ** 2 / noise[noise > 0].min()) if np.any(noise > 0) else 0.0
+        # the largest Nystrom residual among the kind's calibration data: beyond it w_n was never measured
+        # (the residual is data-free, so the group LOO holds the same residuals)
+        nmax = float(amplitudes(diag.kind[sel], diag.frame[sel], diag.atom[sel], diag.component[sel],
+                                nys_all[sel]).max())
+        nmax = nmax if nmax > 0 else np.inf
         n_frames = len(np.unique(diag.frame[sel]))
         if r.size < min_obs or n_frames < MIN_FRAMES or not np.any(noise > 0):
             # few residuals: their mean z^2 is a chi^2 estimate with r.size degrees of freedom (three
@@ -254,7 +266,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
             # too narrow): there each structure counts as one observation. s2 is their mean z^2 (above)
             n_eff = min(r.size, n_frames) if n_frames < MIN_FRAMES else r.size
             s2 = max(s2, (n_eff * s2 + min_obs) / (n_eff + min_obs))
-            out[str(k)] = (max(lo, s2), s2, s2, 1.0, vref, float(amp_all[sel].max()), vref)
+            out[str(k)] = (max(lo, s2), s2, s2, 1.0, vref, float(amp_all[sel].max()), vref, nmax)
             continue
         S = (r, noise, post_all[sel], nys_all[sel], amp_all[sel])
         G = None
@@ -313,7 +325,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
             vfade = float(grid[np.flatnonzero(f <= f.min() + 1e-12 * abs(f.min()))[0]])
             gamma = float(so.minimize_scalar(lambda g: nll(w, G, g, vfade), bounds=(1.0, 3.0), method="bounded",
                                              options={"xatol": 1e-4}).x)
-        out[str(k)] = (float(w[0]), float(w[1]), float(w[2]), gamma, vref, amax, vfade)
+        out[str(k)] = (float(w[0]), float(w[1]), float(w[2]), gamma, vref, amax, vfade, nmax)
     return out
 
 

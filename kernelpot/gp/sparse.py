@@ -56,7 +56,7 @@ from kernelpot.gp.likelihood import neg_log_marginal_likelihood
 from kernelpot.gp.group_loo import calibration_groups
 from kernelpot.gp.loo import leave_one_out
 from kernelpot.gp.offsets import OFFSET_KAPPA, composition_matrix, composition_null_space, fit_offsets
-from kernelpot.gp.posterior import Posterior, predictive_std
+from kernelpot.gp.posterior import Posterior, extrapolation, predictive_std
 from kernelpot.gp.select import check_sparse_points, choose_sparse_set
 from kernelpot.gp.solve import safe_cholesky
 from kernelpot.gp.twobody import PairTerm, TwoBody
@@ -706,7 +706,12 @@ class SparseGP(BaseEstimator):
             ``energies_std`` (n,) (posterior std of each local energy, eV: a
             latent quantity, so epistemic only), all with the
             weights of :func:`kernelpot.gp.calibration.recalibrate` when it was
-            run (``std_weights_``) unless ``calibrated=False``.  Where two
+            run (``std_weights_``) unless ``calibrated=False``; and
+            ``extrapolation`` (float: the structure's largest latent variance
+            over the largest the calibration's held-out data reached, over the
+            kinds predicted, :func:`kernelpot.gp.posterior.extrapolation`;
+            above 1 the sigma is checked by no held-out error and is a lower
+            bound; NaN uncalibrated).  Where two
             atoms are closer than any pair of their species in the training
             data, every std (epistemic and total, calibrated or not) also
             carries the repulsion prior of :mod:`kernelpot.gp.wall`.
@@ -762,9 +767,11 @@ class SparseGP(BaseEstimator):
         v_local, ny_local = var.pop("energies")
         out["energies_std"] = np.sqrt(predictive_std(v_local, 0.0, cal.get("energy", (1.0, 1.0)), "energy",
                                                      ny_local)[0] ** 2 + wall["energies"])
+        out["extrapolation"] = float("nan")
         for kind, (v, ny) in var.items():
             # a noise group's own weights (noise_per_config_type), else the kind's
             w = cal.get(assembly.group_of(self, kind, atoms), cal.get(kind, (1.0, 1.0)))
+            out["extrapolation"] = float(np.fmax(out["extrapolation"], extrapolation(v, w, kind, n, ny)))
             se, st = predictive_std(v, noise[kind], w, kind, ny, n_atoms=n)
             # the repulsion prior below the data (kernelpot.gp.wall): zero on the calibration's data
             se, st = np.sqrt(se ** 2 + wall[kind]), np.sqrt(st ** 2 + wall[kind])

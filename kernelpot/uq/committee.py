@@ -153,11 +153,14 @@ class Committee(BaseEstimator):
         for k in ("n_atoms", "frame_index"):
             if k in preds[0]:
                 out[k] = preds[0][k]
+        if return_std and "energy" in out:  # no calibration, so no held-out range to be beyond (as SparseGP)
+            out["extrapolation"] = np.full(np.shape(out["energy"]), np.nan)
         if "energy" in out and np.ndim(out["energy"]) == 0:
             out["energy"] = float(out["energy"])
             if return_std:
                 out["energy_std"] = float(out["energy_std"])
                 out["energy_std_epistemic"] = float(out["energy_std_epistemic"])
+                out["extrapolation"] = float("nan")
         return out
 
     def predict(self, frames, return_std: bool = True, return_members: bool = False) -> dict:
