@@ -185,6 +185,25 @@ def test_with_error_bars_generic():
         with_error_bars(energy, [], cu)
 
 
+def test_vacancy_formation_energy_of_a_compound_needs_mu():
+    """In Ni3Al the elemental formula E(N-1) - (N-1)/N E(N) is no formation energy (the removed atom's energy
+    depends on its reservoir): without mu it is an error, with mu it is E(N-1) + mu - E(N), by hand."""
+    from ase import Atoms
+    l12 = Atoms("Ni3Al", scaled_positions=[[.5, .5, 0], [.5, 0, .5], [0, .5, .5], [0, 0, 0]],
+                cell=np.eye(3) * 3.56, pbc=True)
+    with pytest.raises(ValueError, match=r"holds Al\d*Ni\d*: removing a Al atom needs its chemical potential"):
+        vacancy_formation_energy(l12, EMT(), (2, 2, 2), relax=False, index=3)
+    ni = bulk("Ni", "fcc", a=3.52)
+    ni.calc = EMT()
+    mu = ni.get_potential_energy() / len(ni)
+    got = vacancy_formation_energy(l12, EMT(), (2, 2, 2), relax=False, index=0, mu=mu).value
+    perfect = l12.repeat(2)
+    defect = perfect.copy()
+    del defect[0]
+    perfect.calc, defect.calc = EMT(), EMT()
+    assert got == pytest.approx(defect.get_potential_energy() + mu - perfect.get_potential_energy(), abs=1e-10)
+
+
 def test_vacancy_formation_energy(cu):
     relaxed = vacancy_formation_energy(cu, EMT(), (3, 3, 3), relax=True)
     unrelaxed = vacancy_formation_energy(cu, EMT(), (3, 3, 3), relax=False)

@@ -432,8 +432,13 @@ def vacancy_formation_energy(
     index: int = 0,
     fmax: float = 1e-3,
     steps: int = 500,
+    mu: float | None = None,
 ) -> Estimate:
     """Vacancy formation energy ``E(N-1) - (N-1)/N E(N)`` at fixed cell.
+
+    For an elemental crystal.  In a compound the energy of the removed atom
+    depends on where it goes (a chemical potential): give ``mu`` and the
+    result is ``E(N-1) + mu - E(N)``.
 
     Parameters
     ----------
@@ -452,11 +457,22 @@ def vacancy_formation_energy(
         Force convergence (eV/Å).
     steps : int, default 500
         Maximum BFGS steps.
+    mu : float, optional
+        Chemical potential of the removed atom's element (eV per atom), e.g.
+        the energy per atom of its elemental crystal for a metal-rich limit.
+        Required when the cell holds more than one element; with ``mu`` the
+        same formula applies to an elemental crystal with any reference.
 
     Returns
     -------
     Estimate
         Formation energy (eV).
+
+    Raises
+    ------
+    ValueError
+        If the cell holds more than one element and ``mu`` is not given (the
+        elemental formula would give a number that is no formation energy).
 
     Examples
     --------
@@ -473,6 +489,13 @@ def vacancy_formation_energy(
         raise ValueError(f"supercell {supercell} has {n} atom(s); need at least 2")
     if not -n <= index < n:
         raise ValueError(f"index {index} out of range for a supercell of {n} atoms")
+    symbol = perfect[index].symbol
+    if mu is None and len(set(perfect.get_chemical_symbols())) > 1:
+        raise ValueError(f"vacancy_formation_energy: the cell holds {perfect.get_chemical_formula()}: removing a "
+                         f"{symbol} atom needs its chemical potential; give mu (eV per {symbol} atom, e.g. the "
+                         f"energy per atom of {symbol}'s elemental crystal)")
+    if mu is not None and not np.isfinite(mu):
+        raise ValueError(f"mu must be a finite energy in eV, got {mu!r}")
     defect = perfect.copy()
     del defect[index]
     calcs, is_list = _calc_list(calc)
@@ -484,7 +507,7 @@ def vacancy_formation_energy(
             if relax:
                 _relax_positions(work, fmax, steps)
             energies.append(work.get_potential_energy())
-        values.append(energies[1] - (n - 1) / n * energies[0])
+        values.append(energies[1] - (n - 1) / n * energies[0] if mu is None else energies[1] + mu - energies[0])
     return _estimate(values, "eV", is_list)
 
 
