@@ -21,8 +21,13 @@ key                        shape       meaning
 ``energies_std``           (n,)        posterior std of each local energy (eV); local
                                        energies are never observed, so this is
                                        epistemic only (with the energy kind's
-                                       calibration); large where an atom's
-                                       environment is unlike the training data
+                                       calibration).  Labels fix only sums of
+                                       local energies, so most of it is how the
+                                       energy may be split among atoms and
+                                       species: it is no measure of how unusual
+                                       an atom's environment is (a surface atom
+                                       can read below a bulk one); for that use
+                                       ``forces_std`` or ``extrapolation``
 ``extrapolation``          scalar      the structure's largest latent variance over
                                        the largest the calibration's held-out data
                                        reached: above 1, every std is the GP's own,

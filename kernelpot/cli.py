@@ -42,7 +42,8 @@ Per atom:
   forces_std, forces_std_epistemic   per Cartesian component, eV/Å
   local_energy           per-atom energies summing to the total, eV
   local_energy_std       posterior std of each local energy, eV (epistemic: no label observes one
-                         atom's energy; the calculator's energies_std)
+                         atom's energy, so it is mostly how the energy may be split among atoms,
+                         not how unusual an atom is; the calculator's energies_std)
 Input labels (energy, forces, stress) are not copied to the output."""
 
 EVAL_COLUMNS = """\

@@ -704,7 +704,9 @@ class SparseGP(BaseEstimator):
             ``energy_std``, ``forces_std``, ``stress_std`` (total),
             ``*_std_epistemic`` (posterior of the latent GP only) and
             ``energies_std`` (n,) (posterior std of each local energy, eV: a
-            latent quantity, so epistemic only), all with the
+            latent quantity, so epistemic only; labels fix only sums of local
+            energies, so it is mostly how the energy may be split among atoms,
+            not how unusual an environment is), all with the
             weights of :func:`kernelpot.gp.calibration.recalibrate` when it was
             run (``std_weights_``) unless ``calibrated=False``; and
             ``extrapolation`` (float: the structure's largest latent variance
