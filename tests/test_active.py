@@ -82,6 +82,13 @@ def test_no_trigger_below_threshold(model, cell):
                        check_interval=3).run(cell)
     assert al.log_ == [] and al.stop_reason_ == "max_steps" and al.last_run_steps_ == 12
     assert len(al.frames_) == len(model._train_frames)
+    # an element the model has never seen: named as the learner's limit, before any MD step or reference call
+    alloy = cell.copy()
+    alloy[0].symbol = "Ag"
+    with pytest.raises(ValueError, match=r"ActiveLearner.run: the starting structure holds \['Ag'\].*seed the "
+                                         r"learner with labelled structures that contain Ag"):
+        al.run(alloy)
+    assert al.log_ == [] and al._n_runs == 1
 
 
 def test_energy_trigger(model, cell):

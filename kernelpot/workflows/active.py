@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg as sla
 from ase import Atoms, units
+from ase.data import chemical_symbols
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
@@ -453,6 +454,13 @@ class ActiveLearner:
         T = float(self.temperature if temperature is None else temperature)
         if not T > 0:
             raise ValueError(f"temperature must be > 0 K, got {temperature!r}")
+        trained = getattr(self.model_, "species_", None)
+        new = [] if trained is None else sorted(set(atoms.get_chemical_symbols())
+                                                - {chemical_symbols[z] for z in trained})
+        if new:  # the learner grows the data of the elements it has, and cannot add one from MD alone
+            raise ValueError(f"ActiveLearner.run: the starting structure holds {new}, which the model was not "
+                             f"trained on (trained: {sorted(chemical_symbols[z] for z in trained)}); "
+                             f"seed the learner with labelled structures that contain {', '.join(new)}")
         run_id = self._n_runs
         self._n_runs += 1
         min_dist = self._resolved_min_distance()
