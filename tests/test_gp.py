@@ -365,3 +365,25 @@ def test_evaluate_takes_one_atoms_like_predict(cuau_model, cuau_frames):
     one, many = evaluate(cuau_model, cuau_frames[0]), evaluate(cuau_model, [cuau_frames[0]])
     np.testing.assert_allclose(one["forces"]["err"], many["forces"]["err"])
     assert len(one["energy"]["err"]) == 1
+
+
+def test_an_element_in_one_structure_is_named_at_fit(small_soap):
+    """Ag in one of six copper cells: its environment and energy rest on that structure alone (the fit once said
+    only that the posterior precision was ill-conditioned).  Named with its frames; an alloy whose elements all
+    appear in three or more structures, with one isolated-atom frame of each, is not."""
+    import warnings
+    from ase import Atoms
+    from kernelpot.io.labels import DataWarning
+    frames = emt_frames(6, seed=3)
+    ag = frames[4].copy()
+    ag[0].symbol = "Ag"
+    frames[4] = label(ag, EMT())
+    with pytest.warns(DataWarning, match=r"fit: elements held by fewer than 3 of the 6 training structures: Ag in 1 "
+                                         r"\(frames \[4\], 1 atoms\)"):
+        SparseGP(descriptor=small_soap, n_sparse=40, verbose=False, calibrate=False).fit(frames)
+    alloy = emt_frames(4, symbols=("Cu", "Ag"), seed=4)
+    atoms = [label(Atoms(s, positions=[[6.0, 6.0, 6.0]], cell=[12.0] * 3, pbc=False), EMT()) for s in ("Cu", "Ag")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SparseGP(descriptor=small_soap, n_sparse=40, verbose=False, calibrate=False).fit(alloy + atoms)
+    assert not [w for w in caught if "fewer than 3" in str(w.message)]

@@ -38,6 +38,7 @@ import warnings
 
 import numpy as np
 from ase import Atoms
+from ase.data import chemical_symbols
 from sklearn.base import BaseEstimator, clone
 
 from kernelpot import _threads, modelfile
@@ -369,6 +370,7 @@ class SparseGP(BaseEstimator):
         self.offset_species_ = np.array(self.species_, dtype=int)
         self.offset_kappa_ = OFFSET_KAPPA
         _warn_unseparable(composition_matrix(frames, labels, self.species_), self.species_)
+        _warn_rare_species(frames, self.species_)
         assembly.announce_compilation(self.verbose, self.descriptor_)
         t = time.perf_counter()
         feats = assembly.compute_features(self, frames)
@@ -483,7 +485,6 @@ class SparseGP(BaseEstimator):
             more = any(n > n_pick for n in available.values())
             reason = ("the next size would exceed max_memory" if more and n_pick < sparse_size.LADDER[-1]
                       else "the largest size of the ladder" if more else "every environment of the data is used")
-        from ase.data import chemical_symbols
         self.sparse_growth_ = {
             "steps": [{"counts": {chemical_symbols[z]: n for z, n in st.counts.items()},
                        "log_likelihood": st.log_likelihood, "energy_loo": st.energy_loo, "seconds": st.seconds}
@@ -1281,6 +1282,33 @@ def _force_frames(frames, labels) -> int:
             mask = frame_noise(a, i).get("force_mask")
             n += mask is None or bool(np.any(mask))
     return n
+
+
+#: An element in fewer training structures than this (isolated atoms not counted) is named at fit time.
+RARE_SPECIES_FRAMES = 3
+
+
+def _warn_rare_species(frames, species) -> None:
+    """Name the elements that only a structure or two of the training set hold (isolated atoms aside).
+
+    Their environments, energy offset and weights rest on those few structures: the posterior precision
+    is near singular (a fit with Cu in one of 35 Ni-Al cells warned only of an ill-conditioned matrix),
+    and every prediction with that element extrapolates.
+    """
+    counts = {}
+    for i, a in enumerate(frames):
+        if is_isolated_atom(a):
+            continue
+        for z in np.unique(a.numbers):
+            counts.setdefault(int(z), []).append(i)
+    rare = {z: f for z, f in counts.items() if len(f) < RARE_SPECIES_FRAMES}
+    if rare and len(frames) >= RARE_SPECIES_FRAMES:
+        what = "; ".join(f"{chemical_symbols[z]} in {len(f)} (frames {_list(f)}, "
+                         f"{sum(int(np.sum(frames[i].numbers == z)) for i in f)} atoms)" for z, f in rare.items())
+        warnings.warn(f"fit: elements held by fewer than {RARE_SPECIES_FRAMES} of the {len(frames)} training "
+                      f"structures: {what}; their environments and energy rest on these alone, so every prediction "
+                      "with them extrapolates (see extrapolation in the predictions): add structures that hold them",
+                      DataWarning, stacklevel=3)
 
 
 def _warn_no_forces(model, frames, labels, usable):
