@@ -539,6 +539,7 @@ def influence(
     ax: Axes | None = None,
     z_threshold: float | None = 3.0,
     max_labels: int = 10,
+    points: str = "observations",
 ) -> tuple[Figure, Axes]:
     """Leverage against leave-one-out z-score, the most extreme flagged points labelled.
 
@@ -561,6 +562,8 @@ def influence(
         At most this many flagged points are labelled: those with the largest
         ``|z|`` (fewer if the axes are too short to stack them). The legend
         says how many of the flagged points carry a label.
+    points : str, default "observations"
+        What the points are, for the legend (``"structures"`` for a screen).
 
     Log (symlog for z) axes are used where the values span more than two
     decades, with ticks at 0 and whole decades written as plain numbers.
@@ -594,7 +597,7 @@ def influence(
     _style(ax)
     normal = finite & ~mask
     ax.scatter(h[normal], zz[normal], s=10, color=PALETTE[0], alpha=0.6, linewidths=0,
-               label=f"observations ({int(normal.sum())})", zorder=2)
+               label=f"{points} ({int(normal.sum())})", zorder=2)
     shown = np.flatnonzero(finite & mask)
     # who gets a label: the most extreme first (ties: larger leverage first)
     priority = shown[np.lexsort((-h[shown], -np.abs(zz[shown])))]

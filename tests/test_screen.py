@@ -237,6 +237,10 @@ def test_plot_labels_flagged(dirty_table):
     flagged = dirty_table.flagged
     assert len(notes) == min(len(flagged), 10)                  # the plot labels at most 10
     assert {tx.get_text().split()[0] for tx in notes} <= {str(i) for i in flagged}
+    # the legend counts structures (one point per training structure), as the table does
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    n = len(dirty_table.columns["flag"])
+    assert f"structures ({n - len(flagged)})" in legend and f"flagged ({len(flagged)})" in legend
 
 
 def test_loaded_model_needs_frames_and_cli(dirty_model, dirty, tmp_path, capsys):

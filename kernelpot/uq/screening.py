@@ -600,7 +600,7 @@ class ScreenTable:
                                          (f" - geometry{', unusual' if short.startswith('unusual') else ''}"
                                           if sus else "")))
         fig, ax = influence(self.columns["leverage"], zc, labels=labels, flagged=self.columns["flag"],
-                            ax=ax, z_threshold=zthr)
+                            ax=ax, z_threshold=zthr, points="structures")
         ax.set_ylabel("combined z-score (from p-value)")
         return fig, ax
 
