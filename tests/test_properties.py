@@ -22,6 +22,7 @@ from kernelpot.workflows.properties import (
     phonon_dos,
     phonons_gamma,
     surface_energy,
+    surface_slab,
     vacancy_formation_energy,
     with_error_bars,
 )
@@ -218,6 +219,12 @@ def test_vacancy_formation_energy(cu):
     assert other.value == pytest.approx(unrelaxed.value, abs=1e-8)
 
 
+def _with(atoms, calc):
+    a = atoms.copy()
+    a.calc = calc
+    return a
+
+
 def test_surface_energies_ordered(a_emt):
     conv = bulk("Cu", "fcc", a=a_emt, cubic=True)
     s111 = surface_energy(conv, EMT(), (1, 1, 1), layers=5)
@@ -231,6 +238,15 @@ def test_surface_energies_ordered(a_emt):
     assert s111_6.gamma.value == pytest.approx(s111.gamma.value, rel=0.01)
     # each (111) layer holds one atom per sqrt(3)/4 a^2 of area
     assert s111.area / (s111.n_atoms / 5) == pytest.approx(np.sqrt(3) / 4 * a_emt**2, rel=1e-8)
+    # surface_slab is the slab surface_energy evaluates (the reference for posterior samples): by hand
+    slab = surface_slab(conv, (1, 1, 1), 5)
+    slab.calc = EMT()
+    e_bulk = _with(conv, EMT()).get_potential_energy() / len(conv)
+    area = np.linalg.norm(np.cross(slab.cell[0], slab.cell[1]))
+    assert (slab.get_potential_energy() - len(slab) * e_bulk) / (2 * area) == pytest.approx(
+        s111.gamma_eV_per_A2.value, rel=1e-12)
+    with pytest.raises(ValueError, match="layers must be a positive integer"):
+        surface_slab(conv, (1, 1, 1), 0)
 
 
 def test_phonons_gamma_acoustic_zero_and_matches_ase_at_x(cu, a_emt):
