@@ -52,6 +52,12 @@ at once made in-distribution sigma too wide (mlearn Si forces: 77 % within
   a held-out composition whose variance lies in the weights (Ni3Al cells:
   a Ni2 dimer's residual was 100x ``n_max``, its amplitude 1/80 of
   ``a_max``, and ``w_n = 0.004`` put its force sigma 8x below the GP's own).
+  Each structure's residual for ``n_max`` is measured with its own
+  environments left out of the sparse set (``nystrom_held_out`` of
+  :class:`kernelpot.gp.loo.TrainingDiagnostics`), as a new structure's
+  would be: with them in, a set whose atoms are mostly sparse points has
+  energy residuals of zero to round-off, and in-distribution EMT Al test
+  cells read ``extrapolation`` 300.
 * ``w_a`` is free above a floor: no total sigma is below :data:`SIGMA_FLOOR`
   (a tenth of the fit's noise floor) and none is ever zero.  It is not bounded
   by the learned noise itself: on noise-free reference data (EMT) the
@@ -252,9 +258,13 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         # sqrt(w_a) * noise >= floor for every observation (energies per atom)
         lo = float(floors.get(str(k), 0.0) ** 2 / noise[noise > 0].min()) if np.any(noise > 0) else 0.0
         # the largest Nystrom residual among the kind's calibration data: beyond it w_n was never measured
-        # (the residual is data-free, so the group LOO holds the same residuals)
+        # (the residual is data-free, so the group LOO holds the same residuals). Each structure's residual
+        # with its own environments out of the sparse set: with them in, it is what no new structure sees
+        # (EMT Al whose 240 atoms were all sparse points: energy residuals ~0, and in-distribution test
+        # cells read extrapolation 300)
+        held = nys_all if diag.nystrom_held_out is None else np.maximum(diag.nystrom_held_out, nys_all)
         nmax = float(amplitudes(diag.kind[sel], diag.frame[sel], diag.atom[sel], diag.component[sel],
-                                nys_all[sel]).max())
+                                held[sel]).max())
         nmax = nmax if nmax > 0 else np.inf
         n_frames = len(np.unique(diag.frame[sel]))
         if r.size < min_obs or n_frames < MIN_FRAMES or not np.any(noise > 0):

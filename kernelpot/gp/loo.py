@@ -63,6 +63,14 @@ class TrainingDiagnostics:
     frame_chi2, frame_dof : per frame (length n_frames) Mahalanobis norm of the
         structure-LOO residual and the number of observations
     frame_leverage : per frame, trace of ``H_GG``
+    nystrom_held_out : the Nystrom residual of each observation (its variance
+        units, as ``loo_std_predictive ** 2``) with its own structure's
+        environments also left out of the sparse set: what a new structure
+        like it sees.  With a structure's environments among the sparse
+        points its residual is near zero (every energy of a set whose atoms
+        are all sparse points), while a new structure's is not; the
+        calibration measures how far its Nystrom weight reaches by this one
+        (:mod:`kernelpot.gp.calibration`).  None for diagnostics made without it.
     """
 
     kind: np.ndarray
@@ -84,6 +92,7 @@ class TrainingDiagnostics:
     frame_leverage: np.ndarray
     # leave-one-group-out residuals (see kernelpot.gp.group_loo), when groups were given
     group_loo: dict | None = None
+    nystrom_held_out: np.ndarray | None = None
 
 
 def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
@@ -127,16 +136,17 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
             return np.vstack([e[0] for e in cache.get(fi).values()])
     acc = None if groups is None else GroupAccumulator(groups, len(model.posterior_.a),
                                                        rows_of=rows_of if client is None else None)
+    owner = sparse_owners(model, frames)
     if client is None:
         # per-frame solves against the M x M factors: one BLAS thread below a few thousand columns
         with _threads.limit(blas_threads=_threads.threads_for_matrix(len(model.posterior_.a))):
-            parts = [_frame_loo(model, a, fi, acc, cache) for fi, a in
+            parts = [_frame_loo(model, a, fi, acc, cache, owner) for fi, a in
                      progress(list(enumerate(frames)), getattr(model, "verbose", False), "leave-one-out")]
             group_res = None if acc is None else acc.residuals(model.posterior_)
     else:
         cs = chunks(len(frames), model.chunk_size)
         futs = client.map(_chunk_loo, [worker_view(model)] * len(cs), [frames[c] for c in cs],
-                          [c.start for c in cs], [groups] * len(cs), pure=False)
+                          [c.start for c in cs], [groups] * len(cs), [owner] * len(cs), pure=False)
         parts = []
         for chunk_parts, chunk_acc in client.gather(futs):
             parts += chunk_parts
@@ -153,17 +163,52 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
 _FRAME_FIELDS = ("frame_chi2", "frame_dof", "frame_leverage")
 
 
-def _chunk_loo(model, frames, start, groups=None):
+def _chunk_loo(model, frames, start, groups=None, owner=None):
     """:func:`_frame_loo` of consecutive training frames ``start, start + 1, ...`` (a Dask task)."""
     acc = None if groups is None else GroupAccumulator(groups, len(model.posterior_.a))
-    return [_frame_loo(model, a, start + i, acc) for i, a in enumerate(frames)], acc
+    return [_frame_loo(model, a, start + i, acc, owner=owner) for i, a in enumerate(frames)], acc
 
 
-def _frame_loo(model, a, fi: int, acc=None, cache=None) -> dict:
+def sparse_owners(model, frames) -> np.ndarray:
+    """The training frame each SOAP column of the model comes from, ``(sparse_.size,)`` int (-1: none).
+
+    Columns of a kernel sum's further terms (:meth:`kernelpot.gp.design.SparseSet.part_slices`)
+    are environments of the first term's set (``extra_index``), so they belong to the same frames.
+    """
+    starts = np.cumsum([0] + [len(a) for a in frames])
+    env = np.asarray(model.sparse_index_, int)
+    idx = np.concatenate([env] + [env[np.asarray(i, int)] for i in getattr(model.sparse_, "extra_index", ()) or ()])
+    fi = np.searchsorted(starts, idx, side="right") - 1
+    return np.where((idx >= 0) & (idx < starts[-1]), fi, -1)
+
+
+def own_sparse_residual(Lmm: np.ndarray, A: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """How much the Nystrom residual of whitened rows ``A`` (n, >= M) grows without the sparse ``columns``.
+
+    With ``Kmm = L L^T`` and ``w = L^-1 k`` the whitened row of an
+    observation, the sparse points ``S`` account for ``u_S^T (Kmm^-1)_SS^-1 u_S``
+    of ``|w|^2`` (``u = Kmm^-1 k``: the block-inverse update of the Nystrom
+    approximation), which is ``|Q^T w|^2`` with ``Q`` an orthonormal basis of
+    ``L^-1 E_S``: the residual without them is the residual with them plus
+    this.  Reduced units, like :func:`kernelpot.gp.assembly.nystrom_residual`;
+    ``M = Lmm.shape[0]`` SOAP columns come first in ``A``.
+    """
+    M = Lmm.shape[0]
+    if not len(columns):
+        return np.zeros(len(A))
+    E = np.zeros((M, len(columns)))
+    E[columns, np.arange(len(columns))] = 1.0
+    B = sla.solve_triangular(Lmm, E, lower=True, check_finite=False)
+    Q = np.linalg.qr(B)[0]
+    return np.sum((A[:, :M] @ Q) ** 2, axis=1)
+
+
+def _frame_loo(model, a, fi: int, acc=None, cache=None, owner=None) -> dict:
     """Per-observation LOO columns of training frame ``fi`` and its per-frame statistics.
 
     ``cache``: the fit's :class:`kernelpot.gp.assembly.RowCache`, whose rows of
-    frame ``fi`` are used instead of computing them again.
+    frame ``fi`` are used instead of computing them again.  ``owner``: the
+    frame of each SOAP column (:func:`sparse_owners`), for ``nystrom_held_out``.
     """
     post = model.posterior_
     u = post.delta ** 2
@@ -209,10 +254,15 @@ def _frame_loo(model, a, fi: int, acc=None, cache=None) -> dict:
     loo_std = sig * np.sqrt(cov_diag)
     if acc is not None:
         acc.add(fi, A, y, sig, np.concatenate(nys), kind, unit, np.concatenate(atom), np.concatenate(comp))
-    loo_std_pred = np.sqrt(loo_std ** 2 + np.concatenate(nys))
+    nys = np.concatenate(nys)
+    loo_std_pred = np.sqrt(loo_std ** 2 + nys)
+    own = np.zeros(0, int) if owner is None else np.flatnonzero(owner == fi)
+    M = model.sparse_.size
+    held = (nys + u * own_sparse_residual(post.Lmm[:M, :M], A, own)) * unit ** 2
     return {"kind": kind, "frame": np.full(len(y), fi), "atom": np.concatenate(atom),
             "component": np.concatenate(comp), "residual": r * unit, "leverage": h, "sigma": sig * unit,
             "loo_residual_obs": r / (1 - h) * unit, "z_obs": r / (sig * np.sqrt(1 - h)),
             "loo_residual": r_loo * unit, "loo_std": loo_std * unit, "z": r_loo / loo_std,
             "loo_std_predictive": loo_std_pred * unit, "z_predictive": r_loo / loo_std_pred,
+            "nystrom_held_out": held,
             "frame_chi2": float(rt @ rt_loo), "frame_dof": len(y), "frame_leverage": float(h.sum())}

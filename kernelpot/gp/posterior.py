@@ -297,7 +297,8 @@ def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None, nystro
         total     = epistemic + w_a noise^2
 
     ``a_nys`` is the amplitude of the Nystrom residual alone and ``n_max``
-    the largest one among the calibration's observations: ``w_n`` was fitted
+    the largest one among the calibration's observations (each measured
+    without its own structure's sparse points): ``w_n`` was fitted
     where the sparse set represents the data, and the residual is data-free
     (the same in every held-out set), so beyond ``n_max`` nothing measured
     it.  A Ni2 dimer asked of a model of Ni3Al cells had a residual 100x
@@ -351,7 +352,9 @@ def extrapolation(var_epistemic, weights, kind="energy", n_atoms=1, nystrom=None
     as in :func:`predictive_std`) over ``a_max``, the largest amplitude among
     the held-out observations the calibration was fitted on, and the
     amplitude of the Nystrom residual ``nystrom`` over ``n_max``, the largest
-    residual among them (:mod:`kernelpot.gp.calibration`).  At most 1: some
+    residual among them, each with its own structure's environments left out
+    of the sparse set as a new structure's would be
+    (:mod:`kernelpot.gp.calibration`).  At most 1: some
     held-out error was measured at this variance.  Above 1: the sigma is the
     GP's own there (the calibration's weights fade to one and its growth is
     not extrapolated), checked by no held-out error; read it as a lower bound.
