@@ -103,13 +103,14 @@ def _forces_diag(r, sigma, loo_std, loo_pred):
 @pytest.mark.parametrize("w_a, w_p, w_n", [(0.05, 0.3, 0.3), (2.0, 3.0, 3.0), (1.0, 4.0, 0.5), (3.0, 0.5, 0.2),
                                            (1e7, 4e7, 5e6)])   # residuals 1e7x the GP's variance
 def test_recalibration_weights_recover_known_parameters(w_a, w_p, w_n):
-    wa, wp, wn, g, vref, amax, vfade, nmax = uq.recalibration_weights(_synthetic_diag(w_a, w_p, w_n),
+    wa, wp, wn, g, vref, amax, vfade, nmax, xmax = uq.recalibration_weights(_synthetic_diag(w_a, w_p, w_n),
                                                                 floors={"forces": 1e-4})["forces"]
     assert wa == pytest.approx(w_a, rel=0.2)
     assert wp == pytest.approx(w_p, rel=0.2)
     assert wn == pytest.approx(w_n, rel=0.2)
     assert g == 1.0                     # no group leave-one-out: no evidence of faster growth
     assert vfade == vref                # nor of where the held-out data stop vouching for a weight
+    assert xmax == pytest.approx(amax)  # no residual measured without own sparse points: extrapolation as before
 
 
 def _two_basin_diag(seed, n=3000):
@@ -355,7 +356,7 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     groups, _ = calibration_groups(model, model._train_frames)
     d = uq.leave_one_out(model, groups=groups)
     assert d.group_loo is not None and len(d.group_loo["residual"]) > 0
-    wa, wp, wn, gamma, vref, amax, vfade, nmax = weights["forces"]
+    wa, wp, wn, gamma, vref, amax, vfade, nmax, xmax = weights["forces"]
     # stage 1, the weights: structure LOO with linear growth, their ratios from the likelihood
     # (perturbing one weight at a time and rescaling all three to the likelihood's own scale
     # never does better) and their common scale from the coverage at 1 and 2 sigma

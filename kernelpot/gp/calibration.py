@@ -57,7 +57,9 @@ at once made in-distribution sigma too wide (mlearn Si forces: 77 % within
   :class:`kernelpot.gp.loo.TrainingDiagnostics`), as a new structure's
   would be: with them in, a set whose atoms are mostly sparse points has
   energy residuals of zero to round-off, and in-distribution EMT Al test
-  cells read ``extrapolation`` 300.
+  cells read ``extrapolation`` 300.  ``x_max``, the reference of the
+  prediction's ``extrapolation`` and of nothing else, is measured alike: the
+  largest posterior part plus that residual of a held-out structure.
 * ``w_a`` is free above a floor: no total sigma is below :data:`SIGMA_FLOOR`
   (a tenth of the fit's noise floor) and none is ever zero.  It is not bounded
   by the learned noise itself: on noise-free reference data (EMT) the
@@ -208,7 +210,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
     the forces in a perfect strained crystal: zero error in every model)
     carry no information and are left out.  With fewer than ``min_obs``
     informative observations of a kind, one scale is used:
-    ``(max(w_floor, s^2), s^2, s^2, 1, v_ref, a_max, v_ref, n_max)``, with
+    ``(max(w_floor, s^2), s^2, s^2, 1, v_ref, a_max, v_ref, n_max, x_max)``, with
     ``s^2 = max(mean(z^2), (sum(z^2) + min_obs) / (n + min_obs))`` over the
     ``n`` structure-LOO z-scores: a scale below one (narrower than the GP's
     sigma) is shrunk towards 1 (the posterior mean of a variance scale under a
@@ -232,7 +234,9 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
 
     Returns
     -------
-    dict {kind: (w_aleatoric, w_posterior, w_nystrom, gamma, v_ref, a_max, v_fade, n_max)}
+    dict {kind: (w_aleatoric, w_posterior, w_nystrom, gamma, v_ref, a_max, v_fade, n_max, x_max)}
+        ``x_max`` is not part of the variance: it is the reference of
+        :func:`kernelpot.gp.posterior.extrapolation`.
     """
     import scipy.optimize as so
     out = {}
@@ -263,9 +267,12 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         # (EMT Al whose 240 atoms were all sparse points: energy residuals ~0, and in-distribution test
         # cells read extrapolation 300)
         held = nys_all if diag.nystrom_held_out is None else np.maximum(diag.nystrom_held_out, nys_all)
-        nmax = float(amplitudes(diag.kind[sel], diag.frame[sel], diag.atom[sel], diag.component[sel],
-                                held[sel]).max())
+        where = (diag.kind[sel], diag.frame[sel], diag.atom[sel], diag.component[sel])
+        nmax = float(amplitudes(*where, held[sel]).max())
         nmax = nmax if nmax > 0 else np.inf
+        # extrapolation's reference (x_max): the largest amplitude a held-out structure reaches measured the
+        # same way, its posterior part plus that residual (at least a_max, below)
+        xmax = float(amplitudes(*where, post_all[sel] + held[sel]).max())
         n_frames = len(np.unique(diag.frame[sel]))
         if r.size < min_obs or n_frames < MIN_FRAMES or not np.any(noise > 0):
             # few residuals: their mean z^2 is a chi^2 estimate with r.size degrees of freedom (three
@@ -276,7 +283,8 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
             # too narrow): there each structure counts as one observation. s2 is their mean z^2 (above)
             n_eff = min(r.size, n_frames) if n_frames < MIN_FRAMES else r.size
             s2 = max(s2, (n_eff * s2 + min_obs) / (n_eff + min_obs))
-            out[str(k)] = (max(lo, s2), s2, s2, 1.0, vref, float(amp_all[sel].max()), vref, nmax)
+            amax = float(amp_all[sel].max())
+            out[str(k)] = (max(lo, s2), s2, s2, 1.0, vref, amax, vref, nmax, max(xmax, amax))
             continue
         S = (r, noise, post_all[sel], nys_all[sel], amp_all[sel])
         G = None
@@ -335,7 +343,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
             vfade = float(grid[np.flatnonzero(f <= f.min() + 1e-12 * abs(f.min()))[0]])
             gamma = float(so.minimize_scalar(lambda g: nll(w, G, g, vfade), bounds=(1.0, 3.0), method="bounded",
                                              options={"xatol": 1e-4}).x)
-        out[str(k)] = (float(w[0]), float(w[1]), float(w[2]), gamma, vref, amax, vfade, nmax)
+        out[str(k)] = (float(w[0]), float(w[1]), float(w[2]), gamma, vref, amax, vfade, nmax, max(xmax, amax))
     return out
 
 

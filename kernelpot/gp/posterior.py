@@ -258,22 +258,26 @@ def invariant_amplitude(kind: str, var: np.ndarray) -> np.ndarray:
 
 
 def _full_weights(weights) -> tuple:
-    """``(w_a, w_p, w_n, gamma, v_ref, a_max, v_fade, n_max)`` from any stored form.
+    """``(w_a, w_p, w_n, gamma, v_ref, a_max, v_fade, n_max, x_max)`` from any stored form.
 
     Files before 0.2 hold ``(w_a, w_e)``; 0.2 files hold six entries, whose
     weights faded from ``v_ref`` on (``v_fade = v_ref``); seven entries are
     weights from before the Nystrom reach ``n_max`` (read as infinite: the
-    Nystrom weight fades only with the whole amplitude, as it did).
+    Nystrom weight fades only with the whole amplitude, as it did); eight
+    are from before ``x_max``, the reference of :func:`extrapolation` (read
+    as ``a_max``, as it was).
     """
     w = tuple(float(x) for x in weights)
     if len(w) == 2:
-        return (w[0], w[1], w[1], 1.0, np.inf, np.inf, np.inf, np.inf)
+        return (w[0], w[1], w[1], 1.0, np.inf, np.inf, np.inf, np.inf, np.inf)
     if len(w) == 6:
-        return w + (w[4], np.inf)
+        return w + (w[4], np.inf, w[5])
     if len(w) == 7:
-        return w + (np.inf,)
-    if len(w) != 8:
-        raise ValueError(f"calibration weights must have 2, 6, 7 or 8 entries, got {w}")
+        return w + (np.inf, w[5])
+    if len(w) == 8:
+        return w + (w[5],)
+    if len(w) != 9:
+        raise ValueError(f"calibration weights must have 2, 6, 7, 8 or 9 entries, got {w}")
     return w
 
 
@@ -286,8 +290,9 @@ def _fade(onset, amplitude):
 def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None, nystrom_amplitude=None):
     """Calibrated epistemic and total variance.
 
-    With weights ``(w_a, w_p, w_n, gamma, v_ref, a_max, v_fade, n_max)`` (the
-    calibration model of :mod:`kernelpot.gp.calibration`; ``(w_a, w_e)``
+    With weights ``(w_a, w_p, w_n, gamma, v_ref, a_max, v_fade, n_max, x_max)`` (the
+    calibration model of :mod:`kernelpot.gp.calibration`; ``x_max`` is only
+    :func:`extrapolation`'s; ``(w_a, w_e)``
     means ``w_p = w_n = w_e, gamma = 1`` and no fading)::
 
         epistemic = (W_p (v - v_nys) + W_n v_nys) (clip(a, v_ref, a_max) / v_ref)^(gamma - 1)
@@ -327,7 +332,7 @@ def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None, nystro
     -------
     epistemic, total : arrays shaped like ``var_epistemic``
     """
-    wa, wp, wn, gamma, vref, amax, vfade, nmax = _full_weights(weights)
+    wa, wp, wn, gamma, vref, amax, vfade, nmax, _ = _full_weights(weights)
     v = np.maximum(np.asarray(var_epistemic, float), 0.0)
     ny = np.zeros_like(v) if nystrom is None else np.clip(np.asarray(nystrom, float), 0.0, v)
     amp = v if amplitude is None else np.maximum(np.asarray(amplitude, float), 0.0)
@@ -344,27 +349,36 @@ def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None, nystro
 
 
 def extrapolation(var_epistemic, weights, kind="energy", n_atoms=1, nystrom=None) -> float:
-    """How far a prediction lies beyond the calibration's held-out data.
+    """How far a prediction lies beyond what the calibration's held-out structures reached.
 
     The larger of two ratios, each the largest over the prediction's
     observations: the rotation-invariant amplitude of the latent variance
     (:func:`invariant_amplitude`; per-atom energy units for ``kind="energy"``,
-    as in :func:`predictive_std`) over ``a_max``, the largest amplitude among
-    the held-out observations the calibration was fitted on, and the
-    amplitude of the Nystrom residual ``nystrom`` over ``n_max``, the largest
-    residual among them, each with its own structure's environments left out
-    of the sparse set as a new structure's would be
-    (:mod:`kernelpot.gp.calibration`).  At most 1: some
-    held-out error was measured at this variance.  Above 1: the sigma is the
-    GP's own there (the calibration's weights fade to one and its growth is
-    not extrapolated), checked by no held-out error; read it as a lower bound.
-    NaN when the weights carry no ``a_max`` (uncalibrated, or a file before 0.2).
+    as in :func:`predictive_std`) over ``x_max``, and the amplitude of the
+    Nystrom residual ``nystrom`` over ``n_max``
+    (:mod:`kernelpot.gp.calibration`).  Both references are the largest
+    among the training structures held out one at a time, each measured as a
+    new structure's would be, with its own environments also left out of the
+    sparse set (``x_max``: its posterior part plus that residual, and at
+    least ``a_max``, the largest amplitude the calibration was fitted on).
+    With its own environments kept as sparse points a held-out structure's
+    variance is what no new structure sees: six 4-atom EMT Al cells, every
+    atom a sparse point, made new cells drawn alike read up to 104.
+
+    At most 1: the calibration's held-out structures reached this variance.
+    Above 1: beyond them; past ``a_max`` and ``n_max`` the calibration's
+    weights fade back to the GP's own and its growth is not extrapolated, so
+    the sigma there is checked by no held-out error: read it as a lower
+    bound.  NaN when the weights carry no ``a_max`` (uncalibrated, or a file
+    before 0.2).  The energy's amplitude is per atom: a cell smaller than or
+    more symmetric than every training cell (its atoms' local energies more
+    alike) reads more than the training cells for the same environments.
     """
     w = _full_weights(weights)
-    amax, nmax = w[5], w[7]
+    amax, nmax, xmax = w[5], w[7], max(w[8], w[5])
     if not (np.isfinite(amax) and amax > 0.0):
         return float("nan")
-    out = float(np.max(_amplitude(kind, var_epistemic, n_atoms), initial=0.0) / amax)
+    out = float(np.max(_amplitude(kind, var_epistemic, n_atoms), initial=0.0) / xmax)
     if nystrom is not None and np.isfinite(nmax) and nmax > 0.0:
         out = max(out, float(np.max(_amplitude(kind, nystrom, n_atoms), initial=0.0) / nmax))
     return out
