@@ -173,6 +173,19 @@ def test_own_sparse_residual_is_the_nystrom_residual_without_those_points():
     assert np.all(own_sparse_residual(L, A, np.zeros(0, int)) == 0.0)
 
 
+def _al_cells(rng, n, scale=1.0, repeat=(1, 1, 1), shear=0.0):
+    """``n`` EMT-labelled fcc Al cells: a = 4.05 Å x ``scale`` +-2 %, strained by up to ``shear`` per component
+    (none drawn at 0), rattled 0.05 Å."""
+    out = []
+    for _ in range(n):
+        a = bulk("Al", "fcc", a=4.05 * scale * rng.uniform(0.98, 1.02), cubic=True).repeat(repeat)
+        if shear:
+            a.set_cell(a.cell @ (np.eye(3) + rng.uniform(-shear, shear, (3, 3))), scale_atoms=True)
+        a.positions += rng.normal(scale=0.05, size=a.positions.shape)
+        out.append(label(a, EMT()))
+    return out
+
+
 def test_in_distribution_cells_are_not_extrapolation_when_their_atoms_are_sparse_points():
     """EMT aluminium, 16 cells of 8 atoms; the sparse set holds 84 of the 128 training atoms (the others are
     numerically dependent on them).  A training energy's Nystrom residual is then zero to round-off, while a new
@@ -181,16 +194,8 @@ def test_in_distribution_cells_are_not_extrapolation_when_their_atoms_are_sparse
     fresh tester's 30 cells).  Measured with each structure's own environments left out of the sparse set, they
     read below 1; a cell compressed 12 % stays far above."""
     rng = np.random.default_rng(0)
-
-    def cells(n, scale=1.0):
-        out = []
-        for _ in range(n):
-            a = bulk("Al", "fcc", a=4.05 * scale * rng.uniform(0.98, 1.02), cubic=True).repeat((2, 1, 1))
-            a.positions += rng.normal(scale=0.05, size=a.positions.shape)
-            out.append(label(a, EMT()))
-        return out
-
-    train, test, compressed = cells(16), cells(10), cells(2, 0.88)
+    train, test = _al_cells(rng, 16, repeat=(2, 1, 1)), _al_cells(rng, 10, repeat=(2, 1, 1))
+    compressed = _al_cells(rng, 2, 0.88, repeat=(2, 1, 1))
     model = SparseGP(descriptor=SOAP(r_cut=4.0, n_max=6, l_max=4), verbose=False).fit(train)
     x = [model.predict_frame(a)["extrapolation"] for a in test]
     assert max(model.predict_frame(a)["extrapolation"] for a in train) <= 1.0 + 1e-9
@@ -206,21 +211,11 @@ def test_in_distribution_cells_are_not_extrapolation_when_every_atom_is_a_sparse
     compares with the held-out variance measured as a new cell's would be (posterior part plus the residual
     without its own sparse points, ``x_max``)."""
     rng = np.random.default_rng(1)
-
-    def cells(n, scale=1.0):
-        out = []
-        for _ in range(n):
-            a = bulk("Al", "fcc", a=4.05 * scale * rng.uniform(0.98, 1.02), cubic=True)
-            a.set_cell(a.cell @ (np.eye(3) + rng.uniform(-0.01, 0.01, (3, 3))), scale_atoms=True)
-            a.positions += rng.normal(scale=0.05, size=a.positions.shape)
-            out.append(label(a, EMT()))
-        return out
-
-    train, test = cells(6), cells(10)
+    train, test = _al_cells(rng, 6, shear=0.01), _al_cells(rng, 10, shear=0.01)
     model = SparseGP(descriptor=SOAP(r_cut=4.0, n_max=4, l_max=3), verbose=False).fit(train)
     assert model.sparse_.size >= 22       # of 24 atoms (one may be numerically dependent)
     w = model.std_weights_["energy"]
     assert w[8] > 10 * w[5]             # a new cell's energy variance is far above the held-out one in-sparse
     x = [model.predict_frame(a)["extrapolation"] for a in test]
     assert max(x) < 2.0, x
-    assert min(model.predict_frame(a)["extrapolation"] for a in cells(2, 0.88)) > 100.0
+    assert min(model.predict_frame(a)["extrapolation"] for a in _al_cells(rng, 2, 0.88, shear=0.01)) > 100.0
