@@ -330,12 +330,17 @@ def _calibration_nll(d, kind, w, group=False):
     """The two objectives of recalibration_weights, written out independently (mean NLL of one set)."""
     from kernelpot.gp.calibration import amplitudes
     if not group:
+        # each structure as a new one (without its observations and its own sparse environments) when
+        # the diagnostics hold it; hand-made diagnostics have the plain structure LOO only
         noise = d.sigma
-        post = np.maximum(d.loo_std ** 2 - noise ** 2, 0.0)
-        nys = np.maximum(d.loo_std_predictive ** 2 - d.loo_std ** 2, 0.0)
+        if d.held_out_residual is not None:
+            res, post, nys = d.held_out_residual, np.maximum(d.held_out_std ** 2 - noise ** 2, 0.0), d.nystrom_held_out
+        else:
+            res, post = d.loo_residual, np.maximum(d.loo_std ** 2 - noise ** 2, 0.0)
+            nys = np.maximum(d.loo_std_predictive ** 2 - d.loo_std ** 2, 0.0)
         amp = amplitudes(d.kind, d.frame, d.atom, d.component, post + nys)
         ok = uq.informative(d) & (d.kind == kind)
-        r, s, e, ny, a = d.loo_residual[ok], noise[ok], post[ok] + nys[ok], nys[ok], amp[ok]
+        r, s, e, ny, a = res[ok], noise[ok], post[ok] + nys[ok], nys[ok], amp[ok]
     else:
         g = d.group_loo
         gamp = amplitudes(g["kind"], g["frame"], g["atom"], g["component"], g["epistemic"])
@@ -373,18 +378,19 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
         assert best <= nll_at_own_scale((wa * fa, wp * fp, wn * fn)) + 1e-6 * abs(best)
     ok = uq.informative(d) & (d.kind == "forces")
     noise = d.sigma[ok]
-    post = np.maximum(d.loo_std[ok] ** 2 - noise ** 2, 0.0)
-    nys = np.maximum(d.loo_std_predictive[ok] ** 2 - d.loo_std[ok] ** 2, 0.0)
+    post = np.maximum(d.held_out_std[ok] ** 2 - noise ** 2, 0.0)
+    nys = d.nystrom_held_out[ok]
     from kernelpot.gp.calibration import amplitudes
     amp = amplitudes(d.kind, d.frame, d.atom, d.component,
-                     np.maximum(d.loo_std_predictive ** 2 - d.sigma ** 2, 0.0))[ok]
-    z = d.loo_residual[ok] / np.sqrt(uq.variance((wa, wp, wn, 1.0, vref, amax), noise, post + nys, amp, nys)[1])
+                     np.maximum(d.held_out_std ** 2 - d.sigma ** 2, 0.0) + d.nystrom_held_out)[ok]
+    z = d.held_out_residual[ok] / np.sqrt(uq.variance((wa, wp, wn, 1.0, vref, amax), noise, post + nys, amp,
+                                                      nys)[1])
     assert abs(np.mean(np.abs(z) <= 1) - 0.683) < 0.05 and abs(np.mean(np.abs(z) <= 2) - 0.954) < 0.03
     # stage 2, the growth: group LOO
     best = _calibration_nll(d, "forces", weights["forces"], group=True)
     for dg in (0.1, -0.1):
         if 1.0 <= gamma + dg <= 3.0:
-            assert best <= _calibration_nll(d, "forces", (wa, wp, wn, gamma + dg, vref, amax, vfade),
+            assert best <= _calibration_nll(d, "forces", (wa, wp, wn, gamma + dg, vref, amax, vfade, nmax),
                                             group=True) + 1e-9
     a = emt_frames(1, symbols=("Cu", "Au"), size=(1, 1, 2), seed=99)[0]
     r0, r1 = model.predict_frame(a), m.predict_frame(a)
@@ -423,15 +429,58 @@ def test_predictive_loo_std_matches_refit_prediction_std(fitted):
     assert d.loo_std_predictive[e][0] == pytest.approx(p["energy_std"] / len(frames[g]), rel=1e-6)
 
 
+def _without_sparse_points(model, keep):
+    """A copy of ``model`` whose sparse set is ``keep`` (indices of SOAP columns), with the same kernel."""
+    from kernelpot.gp.design import SparseSet
+    ref = copy.deepcopy(model)
+    ref.sparse_ = SparseSet(model.sparse_.X[keep], model.sparse_.numbers[keep])
+    ref.sparse_index_ = model.sparse_index_[keep]
+    K = model._Lmm @ model._Lmm.T              # the fit's own (jittered) Kmm, two-body block after SOAP's
+    cols = np.concatenate([keep, np.arange(model.sparse_.size, len(K))])
+    ref._Lmm = np.linalg.cholesky(K[np.ix_(cols, cols)])
+    return ref
+
+
+@pytest.mark.parametrize("g", [0, 6])
+def test_held_out_loo_matches_refit_without_the_structure_and_its_sparse_points(fitted, g):
+    """``held_out_residual`` / ``held_out_std`` (+ ``nystrom_held_out``) are what a refit without the
+    structure and without the sparse environments taken from it predicts: a new structure's view."""
+    from kernelpot.gp.loo import sparse_owners
+    model, frames = fitted
+    d = uq.leave_one_out(model)
+    keep = np.flatnonzero(sparse_owners(model, frames) != g)
+    assert len(keep) < model.sparse_.size                # the structure owns sparse points
+    ref = _without_sparse_points(model, keep).refit([a for i, a in enumerate(frames) if i != g])
+    p = ref.predict_frame(frames[g], calibrated=False)
+    lab = frame_labels(frames[g])
+    n = len(frames[g])
+    sel = d.frame == g
+    e, f, s = (sel & (d.kind == k) for k in ("energy", "forces", "stress"))
+    assert d.held_out_residual[e][0] == pytest.approx((lab["energy"] - p["energy"]) / n, rel=1e-6)
+    assert d.held_out_std[e][0] ** 2 + d.nystrom_held_out[e][0] == pytest.approx((p["energy_std"] / n) ** 2,
+                                                                                  rel=1e-6)
+    np.testing.assert_allclose(d.held_out_residual[f], (lab["forces"] - p["forces"]).ravel(), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(d.held_out_std[f] ** 2 + d.nystrom_held_out[f], p["forces_std"].ravel() ** 2,
+                               rtol=1e-6)
+    np.testing.assert_allclose(d.held_out_residual[s], lab["stress"] - p["stress"], rtol=1e-6, atol=1e-11)
+    # and it is not the plain structure LOO, which keeps the structure's environments in the basis
+    assert np.max(np.abs(d.held_out_residual[f] - d.loo_residual[f])) > 1e-5
+
+
 def test_group_loo_matches_refit_without_the_group(fitted):
-    """Leave-one-group-out residuals and variances equal a brute-force refit without the group's frames."""
+    """Leave-one-group-out residuals and variances equal a brute-force refit without the group's frames
+    and without the sparse environments taken from them: the group is predicted as new structures are."""
+    from kernelpot.gp.loo import sparse_owners
     model, frames = fitted
     groups = np.array([0, 0, 1, 1, 1, 2, 2, -1])          # the last frame is in no group
     d = uq.leave_one_out(model, groups=groups)
     g = d.group_loo
     assert set(np.unique(g["group"])) == {0, 1, 2}
+    owner = sparse_owners(model, frames)
     for k in (1, 2):
-        ref = copy.deepcopy(model).refit([a for i, a in enumerate(frames) if groups[i] != k])
+        keep = np.flatnonzero(groups[owner] != k)
+        assert 0 < len(keep) < model.sparse_.size      # the group owns sparse points: the reduction is tested
+        ref = _without_sparse_points(model, keep).refit([a for i, a in enumerate(frames) if groups[i] != k])
         for fi in np.flatnonzero(groups == k):
             p = ref.predict_frame(frames[fi], calibrated=False)
             lab = frame_labels(frames[fi])

@@ -11,13 +11,17 @@ per cell for stress, so calibrated variances still transform as a tensor's),
 ``v_ref`` its 90th percentile over the structure-LOO observations and
 ``a_max`` its largest held-out value.  Fitted in two stages: ``(w_a, w_p,
 w_n)`` on the structure leave-one-out residuals (:mod:`kernelpot.gp.loo`:
-each structure predicted from all others, in distribution), by maximum
+each structure predicted from all others, in distribution, and without the
+sparse environments taken from it -- as a new structure is predicted; with
+them in the basis its variance sits in the posterior part where a new
+structure's sits in the Nystrom residual), by maximum
 Gaussian likelihood (from three starting ratios w_p / w_n: the likelihood is
 not convex in them) and then one common scale that makes their coverage at
 1 and 2 sigma the Gaussian's (:func:`coverage_scale`); then ``gamma`` by
 maximum likelihood on the leave-one-group-out residuals
 (:mod:`kernelpot.gp.group_loo`: each config_type or descriptor cluster
-predicted from the others, under a shift).  Fitting the weights on both sets
+predicted from the others and without its own sparse environments, under a
+shift).  Fitting the weights on both sets
 at once made in-distribution sigma too wide (mlearn Si forces: 77 % within
 1 sigma, area 0.074; in two stages 73 %, 0.044).  Why this form:
 
@@ -138,12 +142,23 @@ def amplitudes(kind, frame, atom, component, epi) -> np.ndarray:
 
 
 def _variance_parts(diag: TrainingDiagnostics):
-    """Per structure-LOO observation: noise variance, posterior part and Nystrom residual of the latent
-    variance, and the latter's rotation-invariant amplitude (what :func:`variance` takes)."""
+    """Per structure-LOO observation: residual, noise variance, posterior part and Nystrom residual of the
+    latent variance, and the latter's rotation-invariant amplitude (what :func:`variance` takes).
+
+    Each structure as a new one would be predicted (``held_out_*`` of the
+    diagnostics: without its observations and its own sparse environments)
+    when the diagnostics hold it, else the plain structure LOO.
+    """
     noise2 = diag.sigma ** 2
-    post = np.maximum(diag.loo_std ** 2 - noise2, 0.0)
-    nys = np.maximum(diag.loo_std_predictive ** 2 - diag.loo_std ** 2, 0.0)
-    return noise2, post, nys, amplitudes(diag.kind, diag.frame, diag.atom, diag.component, post + nys)
+    if diag.held_out_residual is not None:
+        post = np.maximum(diag.held_out_std ** 2 - noise2, 0.0)
+        nys = np.maximum(diag.nystrom_held_out, 0.0)
+        r = diag.held_out_residual
+    else:
+        post = np.maximum(diag.loo_std ** 2 - noise2, 0.0)
+        nys = np.maximum(diag.loo_std_predictive ** 2 - diag.loo_std ** 2, 0.0)
+        r = diag.loo_residual
+    return r, noise2, post, nys, amplitudes(diag.kind, diag.frame, diag.atom, diag.component, post + nys)
 
 
 def _informative_mask(kind, epi, residual, keep=None):
@@ -242,7 +257,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
     out = {}
     floors = SIGMA_FLOOR if floors is None else floors
     useful = informative(diag, exclude_frames)
-    noise_all, post_all, nys_all, amp_all = _variance_parts(diag)
+    r_all, noise_all, post_all, nys_all, amp_all = _variance_parts(diag)
     grp = diag.group_loo
     if grp is not None and len(grp["residual"]):
         g_useful = _informative_mask(grp["kind"], grp["epistemic"], grp["residual"])
@@ -250,7 +265,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         g_nys = grp.get("nystrom", np.zeros_like(grp["epistemic"]))
     for k in np.unique(diag.kind):
         sel = (diag.kind == k) & useful
-        r = diag.loo_residual[sel]
+        r = r_all[sel]
         noise = noise_all[sel]
         if r.size == 0:
             continue
@@ -296,9 +311,10 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         # largest held-out one
         amax = float(max(S[4].max(), 0.0 if G is None else G[4].max()))
 
-        def nll(w, data, gamma=1.0, vfade=vref):
+        # the group likelihood reads the Nystrom reach (n_max) as predictions do
+        def nll(w, data, gamma=1.0, vfade=vref, nreach=np.inf):
             rr, nn, pp, ny, aa = data
-            _, v = variance((*w, gamma, vref, amax, vfade), np.sqrt(nn), pp + ny, aa, ny)
+            _, v = variance((*w, gamma, vref, amax, vfade, nreach), np.sqrt(nn), pp + ny, aa, ny)
             return 0.5 * np.mean(np.log(v) + rr ** 2 / v)
 
         # stage 1: the weights from the structure LOO (in distribution). In log weights the likelihood
@@ -339,10 +355,10 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         gamma, vfade = 1.0, vref
         if G is not None:
             grid = vref * (max(amax, vref) / vref) ** np.linspace(0.0, 1.0, FADE_GRID)
-            f = np.array([nll(w, G, 1.0, vf) for vf in grid])
+            f = np.array([nll(w, G, 1.0, vf, nmax) for vf in grid])
             vfade = float(grid[np.flatnonzero(f <= f.min() + 1e-12 * abs(f.min()))[0]])
-            gamma = float(so.minimize_scalar(lambda g: nll(w, G, g, vfade), bounds=(1.0, 3.0), method="bounded",
-                                             options={"xatol": 1e-4}).x)
+            gamma = float(so.minimize_scalar(lambda g: nll(w, G, g, vfade, nmax), bounds=(1.0, 3.0),
+                                             method="bounded", options={"xatol": 1e-4}).x)
         out[str(k)] = (float(w[0]), float(w[1]), float(w[2]), gamma, vref, amax, vfade, nmax, max(xmax, amax))
     return out
 
@@ -406,7 +422,7 @@ def group_aleatoric_weights(diag: TrainingDiagnostics, weights: dict, group, min
     floors = SIGMA_FLOOR if floors is None else floors
     useful = informative(diag, exclude_frames)
     group = np.asarray(group)
-    noise2, post, nys, amp = _variance_parts(diag)
+    r_all, noise2, post, nys, amp = _variance_parts(diag)
     out = {}
     for g in np.unique(group):
         sel = (group == g) & useful
@@ -418,7 +434,7 @@ def group_aleatoric_weights(diag: TrainingDiagnostics, weights: dict, group, min
             continue
         w = weights[kind]
         epi, _ = variance(w, 0.0, post[sel] + nys[sel], amp[sel], nys[sel])
-        r2 = diag.loo_residual[sel] ** 2
+        r2 = r_all[sel] ** 2
         lo = np.log(max(floors.get(kind, 0.0) ** 2 / n2.min(), 1e-10))
         hi = max(np.log(1e6 * max(1.0, float(np.mean(r2 / n2)))), lo)
         f = lambda x: float(np.mean(np.log(np.exp(x) * n2 + epi) + r2 / (np.exp(x) * n2 + epi)))  # noqa: E731

@@ -18,7 +18,12 @@ columns and offset columns), labels ``y_i`` and noise ``sigma_i``,
 and an observation ``i`` of the group is predicted with mean
 ``delta^2 A_i . a_-G`` and latent variance ``delta^2 |chol(Chat_-G)^-1 A_i|^2``
 plus its Nystrom residual, exactly as :meth:`SparseGP.predict` would after a
-refit without the group (tested against brute-force refits).  The group sums
+refit without the group.  The sparse environments taken from the group's own
+structures are left out too (:func:`reduced_basis`, a rank-``k`` restriction
+of the same factor): a model that never saw the group would not have them,
+and with them in the basis the group's novelty appears as posterior variance
+of their weights instead of as the Nystrom residual a new structure shows
+(both tested against brute-force refits on the smaller sparse set).  The group sums
 are accumulated in the same pass over the training structures as the
 structure LOO, or, when the fit's row cache
 (:class:`kernelpot.gp.assembly.RowCache`) holds the rows, built from it one
@@ -38,7 +43,7 @@ import scipy.linalg as sla
 from kernelpot.gp.solve import cho_solve
 from kernelpot.io.labels import config_type, is_isolated_atom
 
-__all__ = ["calibration_groups", "GroupAccumulator"]
+__all__ = ["calibration_groups", "GroupAccumulator", "reduced_basis", "removed_directions"]
 
 MAX_FORCE_ATOMS = 4
 
@@ -196,8 +201,21 @@ class GroupAccumulator:
             raise np.linalg.LinAlgError(f"{info}-th leading minor of Chat - u P_g not positive definite")
         return U.T, q
 
-    def residuals(self, posterior) -> dict:
+    def residuals(self, posterior, own_columns=None) -> dict:
         """Leave-one-group-out residuals of the kept rows under ``posterior``.
+
+        Parameters
+        ----------
+        posterior : kernelpot.gp.posterior.Posterior
+        own_columns : dict {group: (k,) int array}, optional
+            The SOAP columns (sparse environments) taken from each group's own
+            structures.  Given, each group is predicted as a new set of
+            structures would be: without its observations *and* without its
+            sparse environments (:func:`reduced_basis`), so its residuals,
+            posterior variance and Nystrom residual are those of a model that
+            never saw it.  Without, only its observations are left out; its
+            environments stay in the basis, where a model fitted without the
+            group would not have them.
 
         Returns
         -------
@@ -218,12 +236,22 @@ class GroupAccumulator:
                 continue
             Lg, q = self.held_out_factor(g, Lc, u)
             ag = cho_solve(Lg, b - q)
+            cols = np.zeros(0, int) if own_columns is None else np.asarray(own_columns.get(g, ()), int)
+            red = reduced_basis(posterior.Lmm, Lg, ag, cols) if len(cols) else None
             for fi, _, A, y, sig, nys, kind, unit, atom, comp in mine:
                 if A.ndim == 1:  # row indices into the row cache
                     A = self.rows_of(int(fi))[A]
                 V = sla.solve_triangular(Lg, A.T, lower=True, check_finite=False)
-                out["residual"].append((y - u * (A @ ag)) * unit)
-                out["epistemic"].append((u * np.sum(V ** 2, axis=0) + nys) * unit ** 2)
+                post = np.sum(V ** 2, axis=0)
+                mean = A @ ag
+                if red is not None:
+                    Q, Z, Lh, a_red = red
+                    mean = A @ a_red
+                    post = post - np.sum(sla.solve_triangular(Lh, Z.T @ A.T, lower=True, check_finite=False) ** 2,
+                                         axis=0)
+                    nys = nys + u * np.sum((A[:, :len(Q)] @ Q) ** 2, axis=1)
+                out["residual"].append((y - u * mean) * unit)
+                out["epistemic"].append((u * np.maximum(post, 0.0) + nys) * unit ** 2)
                 out["nystrom"].append(nys * unit ** 2)
                 out["sigma"].append(sig * unit)
                 out["kind"].append(kind)
@@ -234,3 +262,54 @@ class GroupAccumulator:
             # one W x W factor at a time: this group's is released before the next group's sums are built
             del Lg
         return {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
+
+
+def removed_directions(Lmm: np.ndarray, columns, width: int | None = None) -> np.ndarray:
+    """Orthonormal basis of the whitened directions that only the sparse ``columns`` span.
+
+    With ``Kmm = L L^T`` (``L = Lmm``) and whitened features ``w = L^-1 k``, the
+    sparse set without ``columns`` spans exactly the directions orthogonal to
+    ``L^-1 E_columns``; returns its orthonormal basis, ``(width, k)`` with zero
+    rows below ``Lmm``'s (the columns that are not sparse points: offsets).
+    """
+    M = Lmm.shape[0]
+    E = np.zeros((M, len(columns)))
+    E[np.asarray(columns, int), np.arange(len(columns))] = 1.0
+    Q = np.linalg.qr(sla.solve_triangular(Lmm, E, lower=True, check_finite=False))[0]
+    P = np.zeros((M if width is None else width, Q.shape[1]))
+    P[:M] = Q
+    return P
+
+
+def reduced_basis(Lmm: np.ndarray, Lg: np.ndarray, ag: np.ndarray, columns: np.ndarray) -> tuple:
+    """The posterior of ridge weights ``a`` (precision ``Lg Lg^T``) restricted to a basis without ``columns``.
+
+    With ``Kmm = L L^T`` (``L = Lmm``, SOAP block first) and whitened
+    features ``w = L^-1 k``, the sparse set without the environments ``S``
+    spans exactly the whitened directions orthogonal to ``P``, an orthonormal
+    basis of ``L^-1 E_S`` (see :func:`kernelpot.gp.loo.own_sparse_residual`);
+    the GP on the smaller set is the same ridge regression restricted to that
+    subspace (its whitened prior is still the identity there).  Restricting a
+    Gaussian with precision ``C`` and mean ``C^-1 b`` to the complement of
+    ``P`` is the limit of adding ``lambda P P^T`` to ``C``:
+    ``C^-1 -> C^-1 - Z H^-1 Z^T`` with ``Z = C^-1 P``, ``H = P^T Z``, and the
+    mean ``a -> a - Z H^-1 P^T a``.  A row's posterior variance falls by
+    ``|Lh^-1 Z^T A|^2`` (``H = Lh Lh^T``) and its Nystrom residual grows by
+    ``|P^T A|^2``.
+
+    Returns
+    -------
+    P : (M, k) array
+        Orthonormal basis of the removed directions (SOAP block only).
+    Z : (W, k) array
+    Lh : (k, k) lower Cholesky factor of ``H``
+    a : (W,) array
+        Restricted posterior mean.
+    """
+    Pw = removed_directions(Lmm, columns, len(ag))
+    P = Pw[:Lmm.shape[0]]
+    Z = cho_solve(Lg, Pw)
+    H = Pw.T @ Z
+    Lh = np.linalg.cholesky(0.5 * (H + H.T))
+    a = ag - Z @ sla.cho_solve((Lh, True), Pw.T @ ag, check_finite=False)
+    return P, Z, Lh, a

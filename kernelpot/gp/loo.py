@@ -33,7 +33,8 @@ import scipy.linalg as sla
 from kernelpot import _threads
 from kernelpot.io.labels import frame_labels
 from kernelpot.gp.assembly import chunks, progress, whitened_rows, worker_view
-from kernelpot.gp.group_loo import GroupAccumulator
+from kernelpot.gp.group_loo import GroupAccumulator, removed_directions
+from kernelpot.gp.solve import cho_solve
 
 __all__ = ["TrainingDiagnostics", "leave_one_out"]
 
@@ -71,6 +72,11 @@ class TrainingDiagnostics:
         are all sparse points), while a new structure's is not; the
         calibration measures how far its Nystrom weight reaches by this one
         (:mod:`kernelpot.gp.calibration`).  None for diagnostics made without it.
+    held_out_residual, held_out_std : the structure-LOO residual and std (noise and
+        posterior part, as ``loo_residual`` and ``loo_std``) of a model fitted
+        without the structure *and* without its own sparse environments: a new
+        structure's.  With ``nystrom_held_out`` they are what the calibration is
+        fitted to.  None for diagnostics made without them.
     """
 
     kind: np.ndarray
@@ -93,6 +99,8 @@ class TrainingDiagnostics:
     # leave-one-group-out residuals (see kernelpot.gp.group_loo), when groups were given
     group_loo: dict | None = None
     nystrom_held_out: np.ndarray | None = None
+    held_out_residual: np.ndarray | None = None
+    held_out_std: np.ndarray | None = None
 
 
 def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
@@ -142,7 +150,7 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
         with _threads.limit(blas_threads=_threads.threads_for_matrix(len(model.posterior_.a))):
             parts = [_frame_loo(model, a, fi, acc, cache, owner) for fi, a in
                      progress(list(enumerate(frames)), getattr(model, "verbose", False), "leave-one-out")]
-            group_res = None if acc is None else acc.residuals(model.posterior_)
+            group_res = None if acc is None else acc.residuals(model.posterior_, _group_columns(groups, owner))
     else:
         cs = chunks(len(frames), model.chunk_size)
         futs = client.map(_chunk_loo, [worker_view(model)] * len(cs), [frames[c] for c in cs],
@@ -155,7 +163,7 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
     out = {k: (np.array([x for p in parts for x in p[k]]) if k == "kind" else np.concatenate([p[k] for p in parts]))
            for k in TrainingDiagnostics.__dataclass_fields__ if k not in _FRAME_FIELDS + ("group_loo",)}
     if client is not None:
-        group_res = None if acc is None else acc.residuals(model.posterior_)
+        group_res = None if acc is None else acc.residuals(model.posterior_, _group_columns(groups, owner))
     return TrainingDiagnostics(**out, **{k: np.array([p[k] for p in parts]) for k in _FRAME_FIELDS},
                                group_loo=group_res)
 
@@ -167,6 +175,15 @@ def _chunk_loo(model, frames, start, groups=None, owner=None):
     """:func:`_frame_loo` of consecutive training frames ``start, start + 1, ...`` (a Dask task)."""
     acc = None if groups is None else GroupAccumulator(groups, len(model.posterior_.a))
     return [_frame_loo(model, a, start + i, acc, owner=owner) for i, a in enumerate(frames)], acc
+
+
+def _group_columns(groups, owner) -> dict | None:
+    """{group: the SOAP columns owned by its frames} (see :func:`sparse_owners`)."""
+    if groups is None:
+        return None
+    groups = np.asarray(groups)
+    g_of = np.where(owner >= 0, groups[np.clip(owner, 0, None)], -1)
+    return {int(g): np.flatnonzero(g_of == g) for g in np.unique(groups) if g >= 0}
 
 
 def sparse_owners(model, frames) -> np.ndarray:
@@ -196,11 +213,38 @@ def own_sparse_residual(Lmm: np.ndarray, A: np.ndarray, columns: np.ndarray) -> 
     M = Lmm.shape[0]
     if not len(columns):
         return np.zeros(len(A))
-    E = np.zeros((M, len(columns)))
-    E[columns, np.arange(len(columns))] = 1.0
-    B = sla.solve_triangular(Lmm, E, lower=True, check_finite=False)
-    Q = np.linalg.qr(B)[0]
-    return np.sum((A[:, :M] @ Q) ** 2, axis=1)
+    return np.sum((A[:, :M] @ removed_directions(Lmm, columns)) ** 2, axis=1)
+
+
+def _without_own_columns(post, A, sig, S, Lf, rt, r_loo, loo_std, own, M):
+    """Structure-LOO residual and std (noise + posterior part) without the structure's own sparse columns.
+
+    With ``C`` the posterior precision of the whitened weights (``Lc Lc^T``), the
+    structure's scaled rows ``At = A / sigma``, ``S = u At C^-1 At^T`` and ``P`` an
+    orthonormal basis of the removed whitened directions (see
+    :func:`kernelpot.gp.group_loo.reduced_basis`): the precision without the
+    structure is ``C_ = C - u At^T At``, and by the push-through identity
+    ``C_^-1 P = X + u C^-1 At^T (I - S)^-1 Y`` with ``X = C^-1 P``, ``Y = At X``;
+    its weights are ``a_ = a - C^-1 At^T (I - S)^-1 r~`` (``r~`` the scaled
+    residual).  Restricting ``a_`` and ``C_^-1`` to the complement of ``P``
+    (``a_ - Z H^-1 P^T a_``, ``C_^-1 - Z H^-1 Z^T``, ``Z = C_^-1 P``,
+    ``H = P^T Z``) gives the model without the structure's environments.
+    """
+    if not len(own):
+        return r_loo, loo_std
+    u = post.delta ** 2
+    P = removed_directions(post.Lmm[:M, :M], own, len(post.a))
+    X = cho_solve(post.Lc, P)
+    Y = (A / sig[:, None]) @ X
+    T = sla.cho_solve(Lf, Y, check_finite=False)            # (I - S)^-1 Y
+    AZ = A @ X + sig[:, None] * (S @ T)
+    H = P.T @ X + u * (Y.T @ T)
+    Lh = np.linalg.cholesky(0.5 * (H + H.T))
+    pa = P.T @ post.a - T.T @ rt                             # P^T a_, with Y^T (I - S)^-1 r~ = T^T r~
+    W = sla.solve_triangular(Lh, AZ.T, lower=True, check_finite=False)
+    r_new = r_loo + u * (AZ @ sla.cho_solve((Lh, True), pa, check_finite=False))
+    var = loo_std ** 2 - u * np.sum(W ** 2, axis=0)
+    return r_new, np.sqrt(np.maximum(var, sig ** 2))
 
 
 def _frame_loo(model, a, fi: int, acc=None, cache=None, owner=None) -> dict:
@@ -259,10 +303,11 @@ def _frame_loo(model, a, fi: int, acc=None, cache=None, owner=None) -> dict:
     own = np.zeros(0, int) if owner is None else np.flatnonzero(owner == fi)
     M = model.sparse_.size
     held = (nys + u * own_sparse_residual(post.Lmm[:M, :M], A, own)) * unit ** 2
+    r_new, std_new = _without_own_columns(post, A, sig, S, Lf, rt, r_loo, loo_std, own, M)
     return {"kind": kind, "frame": np.full(len(y), fi), "atom": np.concatenate(atom),
             "component": np.concatenate(comp), "residual": r * unit, "leverage": h, "sigma": sig * unit,
             "loo_residual_obs": r / (1 - h) * unit, "z_obs": r / (sig * np.sqrt(1 - h)),
             "loo_residual": r_loo * unit, "loo_std": loo_std * unit, "z": r_loo / loo_std,
             "loo_std_predictive": loo_std_pred * unit, "z_predictive": r_loo / loo_std_pred,
-            "nystrom_held_out": held,
+            "nystrom_held_out": held, "held_out_residual": r_new * unit, "held_out_std": std_new * unit,
             "frame_chi2": float(rt @ rt_loo), "frame_dof": len(y), "frame_leverage": float(h.sum())}
