@@ -217,7 +217,8 @@ def own_sparse_residual(Lmm: np.ndarray, A: np.ndarray, columns: np.ndarray) -> 
 
 
 def _without_own_columns(post, A, sig, S, Lf, rt, r_loo, loo_std, own, M):
-    """Structure-LOO residual and std (noise + posterior part) without the structure's own sparse columns.
+    """Structure-LOO residual, std (noise + posterior part) and Nystrom-residual growth without the
+    structure's own sparse columns (one basis of the removed directions for all three).
 
     With ``C`` the posterior precision of the whitened weights (``Lc Lc^T``), the
     structure's scaled rows ``At = A / sigma``, ``S = u At C^-1 At^T`` and ``P`` an
@@ -231,7 +232,7 @@ def _without_own_columns(post, A, sig, S, Lf, rt, r_loo, loo_std, own, M):
     ``H = P^T Z``) gives the model without the structure's environments.
     """
     if not len(own):
-        return r_loo, loo_std
+        return r_loo, loo_std, np.zeros(len(A))
     u = post.delta ** 2
     P = removed_directions(post.Lmm[:M, :M], own, len(post.a))
     X = cho_solve(post.Lc, P)
@@ -244,7 +245,8 @@ def _without_own_columns(post, A, sig, S, Lf, rt, r_loo, loo_std, own, M):
     W = sla.solve_triangular(Lh, AZ.T, lower=True, check_finite=False)
     r_new = r_loo + u * (AZ @ sla.cho_solve((Lh, True), pa, check_finite=False))
     var = loo_std ** 2 - u * np.sum(W ** 2, axis=0)
-    return r_new, np.sqrt(np.maximum(var, sig ** 2))
+    # and the growth of the Nystrom residual (:func:`own_sparse_residual`, from the same basis)
+    return r_new, np.sqrt(np.maximum(var, sig ** 2)), np.sum((A[:, :M] @ P[:M]) ** 2, axis=1)
 
 
 def _frame_loo(model, a, fi: int, acc=None, cache=None, owner=None) -> dict:
@@ -302,8 +304,8 @@ def _frame_loo(model, a, fi: int, acc=None, cache=None, owner=None) -> dict:
     loo_std_pred = np.sqrt(loo_std ** 2 + nys)
     own = np.zeros(0, int) if owner is None else np.flatnonzero(owner == fi)
     M = model.sparse_.size
-    held = (nys + u * own_sparse_residual(post.Lmm[:M, :M], A, own)) * unit ** 2
-    r_new, std_new = _without_own_columns(post, A, sig, S, Lf, rt, r_loo, loo_std, own, M)
+    r_new, std_new, grow = _without_own_columns(post, A, sig, S, Lf, rt, r_loo, loo_std, own, M)
+    held = (nys + u * grow) * unit ** 2
     return {"kind": kind, "frame": np.full(len(y), fi), "atom": np.concatenate(atom),
             "component": np.concatenate(comp), "residual": r * unit, "leverage": h, "sigma": sig * unit,
             "loo_residual_obs": r / (1 - h) * unit, "z_obs": r / (sig * np.sqrt(1 - h)),
