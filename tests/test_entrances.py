@@ -269,3 +269,31 @@ def test_refit_and_update_check_structures_like_fit(small_soap):
     au.numbers[0] = 79
     with pytest.raises(ValueError, match="Au"):
         model.update([au])
+
+
+def test_a_given_sigma_below_the_noise_floor_is_fitted_at_the_floor(cu_frames, small_soap):
+    """GAP's energy_sigma = 1e-6 eV on one structure (or a force/stress sigma far below DFT's reach) is
+    fitted with the noise floor: the same fit as a sigma at the floor, a warning naming frame and field,
+    and a default (calibrated) fit and leave-one-group-out that run instead of failing on rounding."""
+    from kernelpot.io.labels import NOISE_FLOOR
+    n = len(cu_frames[2])
+    tiny, at_floor = [_copy(a) for a in cu_frames], [_copy(a) for a in cu_frames]
+    tiny[2].info.update(energy_sigma=1e-6, force_sigma=1e-7, stress_sigma=1e-9)
+    at_floor[2].info.update(energy_sigma=n * NOISE_FLOOR["energy"], force_sigma=NOISE_FLOOR["forces"],
+                            stress_sigma=NOISE_FLOOR["stress"])
+    with pytest.warns(DataWarning) as rec:
+        p = _fit(tiny, small_soap).predict(cu_frames[:2], return_std=False)
+    text = "\n".join(str(w.message) for w in rec)
+    for field in ("energy_sigma = 1e-06 eV", "force sigma = 1e-07 eV/Å", "stress_sigma = 1e-09 eV/Å^3"):
+        assert f"frame 2 ('rattle'): {field}" in text
+    q = _fit(at_floor, small_soap).predict(cu_frames[:2], return_std=False)
+    np.testing.assert_allclose(p["forces"], q["forces"], atol=1e-12)
+    np.testing.assert_allclose(p["energy"], q["energy"], atol=1e-12)
+    # the default fit calibrates on leave-one-group-out, whose downdate of the posterior precision
+    # lost positive definiteness to rounding with the sigma as given
+    frames = [_copy(a) for a in cu_frames]
+    for a in frames[:4]:
+        a.info["config_type"] = "first"
+    frames[0].info["energy_sigma"] = 1e-6
+    model = SparseGP(descriptor=small_soap, n_sparse=30).fit(frames)
+    assert set(model.std_weights_) >= {"energy", "forces"}

@@ -18,12 +18,12 @@ import numpy as np
 
 from kernelpot import _threads
 from kernelpot.gp.assembly import interactive
+from kernelpot.io.labels import NOISE_FLOOR
 from kernelpot.gp.likelihood import (GroupStats, loo_neg_log_predictive, optimize_hyperparameters, scale_labels,
                                      select_noise_by_loo)
 
 __all__ = ["NOISE_FLOOR", "DELTA_BOUNDS", "SCALE_BOUNDS", "initial_theta", "search", "warn_at_bounds"]
 
-NOISE_FLOOR = {"energy": 1e-4, "forces": 1e-3, "stress": 1e-5}
 _NOISE_INIT = {"energy": 0.005, "forces": 0.1, "stress": 0.002}
 DELTA_BOUNDS = (1e-3, 1e2)
 # fewer energies than this: leave-one-out is too noisy a criterion, keep the evidence

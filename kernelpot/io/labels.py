@@ -58,7 +58,7 @@ import numpy as np
 __all__ = ["DataWarning", "frame_labels", "training_fingerprint", "same_fingerprint", "parse_labels", "frame_noise",
            "structure_errors", "check_structure", "frame_name", "is_periodic", "is_isolated_atom", "config_type",
            "energy_conflict", "OVERLAP_DISTANCE", "LABEL_UNITS", "overlapping_pairs", "overlap_message",
-           "ENERGY_KEYS", "FORCES_KEYS", "STRESS_KEYS", "VIRIAL_KEYS", "NOISE_KEYS", "looks_like_label", "relabelled"]
+           "ENERGY_KEYS", "FORCES_KEYS", "STRESS_KEYS", "VIRIAL_KEYS", "NOISE_KEYS", "NOISE_FLOOR", "looks_like_label", "relabelled"]
 
 VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
 
@@ -73,6 +73,12 @@ VIRIAL_KEYS = ("virial", "REF_virial", "DFT_virial", "dft_virial", "ref_virial",
 #: Noise and mask keys of :func:`frame_noise` (never mistaken for labels).
 NOISE_KEYS = ("energy_sigma", "force_sigma", "force_atom_sigma", "virial_sigma", "stress_sigma",
               "hessian_sigma", "force_mask")
+#: Smallest noise a label is fitted with: energy per atom (eV; a frame's ``energy_sigma`` is floored at
+#: ``n_atoms`` times it), forces (eV/Å), stress (eV/Å^3).  Below it DFT labels are not reproducible
+#: anyway; a learned noise stops there (:mod:`kernelpot.gp.hyperparameters`) and so does a sigma given
+#: in the data, where GAP's habit of ``energy_sigma = 1e-6`` on one structure would weigh its label
+#: ~1e10 times the rest and leave the posterior and its leave-one-out singular to rounding.
+NOISE_FLOOR = {"energy": 1e-4, "forces": 1e-3, "stress": 1e-5}
 _LABEL_WORDS = ("energy", "force", "forces", "stress", "virial")
 _NOT_LABEL_WORDS = ("sigma", "std", "mask", "weight", "weights", "epistemic", "pred", "predicted", "local",
                     "unused", "error", "err", "uncertainty", "var", "variance")
@@ -593,8 +599,12 @@ def _positive(value, what: str, name: str, shape=()) -> np.ndarray:
     return v
 
 
-def frame_noise(atoms, index: int | None = None) -> dict:
+def frame_noise(atoms, index: int | None = None, floored: bool = True) -> dict:
     """Noise and force mask given in the data of one frame (GAP conventions; module table).
+
+    With ``floored`` (the default, what a fit uses) each sigma is raised to
+    :data:`NOISE_FLOOR` (the energy's to ``n_atoms`` times the per-atom
+    floor); :func:`kernelpot.io.validation.validate` warns about values below it.
 
     Returns
     -------
@@ -626,6 +636,10 @@ def frame_noise(atoms, index: int | None = None) -> dict:
         v = float(_positive(info["virial_sigma"], "virial_sigma (eV)", name))
         if is_periodic(atoms):
             out["stress_sigma"] = v / abs(atoms.cell.volume)
+    if floored:
+        floor = {"energy_sigma": n * NOISE_FLOOR["energy"], "forces_sigma": NOISE_FLOOR["forces"],
+                 "stress_sigma": NOISE_FLOOR["stress"]}
+        out = {k: np.maximum(v, floor[k]) if k == "forces_sigma" else max(v, floor[k]) for k, v in out.items()}
     mask = np.ones(n, dtype=bool)
     if "force_mask" in arrays:
         fm = np.asarray(arrays["force_mask"])

@@ -29,6 +29,7 @@ Warnings (plausible but suspicious, usually a unit mistake):
 - ``energy`` and ``free_energy`` both given and different (once, listing the frames): the fit
   uses ``free_energy`` (see :mod:`kernelpot.io.labels`);
 - two atoms closer than 0.6 x the sum of their covalent radii (short but possible);
+- a noise given in the data below :data:`kernelpot.io.labels.NOISE_FLOOR` (it is fitted at the floor);
 - the data set's median structure without a bonded neighbour (nearest neighbours beyond 1.6 x
   their covalent radii sum): positions in Bohr or another length unit (once for the data set);
 - frames whose labels are a model's predictions (``kernelpot predict`` output read back).
@@ -377,9 +378,15 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
              f"(pbc={atoms.pbc.tolist()}); it is not a bulk stress")
 
     try:
-        frame_noise(atoms, i)
+        given, used = frame_noise(atoms, i, floored=False), frame_noise(atoms, i)
     except ValueError as exc:
         err(str(exc))
+    else:
+        for key, unit in (("energy_sigma", "eV"), ("forces_sigma", "eV/Å"), ("stress_sigma", "eV/Å^3")):
+            if key in given and np.any(np.asarray(given[key]) < np.asarray(used[key])):
+                field_name = "force sigma" if key == "forces_sigma" else key
+                warn(f"{name}: {field_name} = {np.min(given[key]):.3g} {unit} is below the noise floor; it is "
+                     f"fitted with {np.min(used[key]):.3g} {unit} (kernelpot.io.labels.NOISE_FLOOR)")
 
 
 def _results(name: str, atoms: Atoms, report: ValidationReport, check_state: bool) -> dict:
