@@ -728,3 +728,32 @@ def test_noise_per_config_type_calibrates_each_groups_noise(small_soap, tmp_path
     model.save(tmp_path / "m.npz")
     again = load_model(tmp_path / "m.npz").predict(hot_test)
     np.testing.assert_allclose(again["forces_std"], pred["forces_std"], rtol=1e-10)
+
+
+def test_groups_may_be_any_labels_one_per_frame(fitted):
+    """Group labels as strings or sparse integers give the groups of their sorted distinct values;
+    anything but one label per frame is refused before any work."""
+    model, frames = fitted
+    ints = uq.leave_one_out(model, groups=[0, 0, 1, 1, 1, 2, 2, -1]).group_loo
+    for other in (["a", "a", "b", "b", "b", "c", "c", None], [7, 7, 30, 30, 30, 100, 100, -5],
+                  np.array([0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 2.0, np.nan])):
+        g = uq.leave_one_out(model, groups=other).group_loo
+        np.testing.assert_array_equal(g["group"], ints["group"])
+        np.testing.assert_allclose(g["residual"], ints["residual"], rtol=1e-12, atol=1e-15)
+    for bad in ([0, 1, 2], np.zeros((8, 2))):
+        with pytest.raises(ValueError, match="one label per training frame"):
+            uq.leave_one_out(model, groups=bad)
+
+
+def test_loo_of_a_loaded_model_asks_for_its_training_frames(fitted, tmp_path):
+    """A saved model keeps its frames' fingerprint, not the frames: its leave-one-out needs them
+    and refuses others; given them, it equals the fitted model's."""
+    model, frames = fitted
+    model.save(tmp_path / "m.kp")
+    loaded = load_model(tmp_path / "m.kp")
+    with pytest.raises(ValueError, match="pass frames= the 8 structures"):
+        uq.leave_one_out(loaded)
+    with pytest.raises(ValueError, match="not the frames this model was fitted on"):
+        uq.leave_one_out(loaded, frames=frames[::-1])
+    np.testing.assert_allclose(uq.leave_one_out(loaded, frames=frames).loo_residual,
+                               uq.leave_one_out(model).loo_residual, rtol=1e-9, atol=1e-12)

@@ -363,7 +363,7 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
     return out
 
 
-def recalibrate(model, diag: TrainingDiagnostics | None = None) -> dict:
+def recalibrate(model, diag: TrainingDiagnostics | None = None, frames=None) -> dict:
     """Set ``model.std_weights_`` from the training set's held-out residuals; returns them.
 
     After this, every predicted variance of kind ``k`` is
@@ -372,16 +372,24 @@ def recalibrate(model, diag: TrainingDiagnostics | None = None) -> dict:
     total.  No test data are used.  ``model.std_weights_ = {}`` undoes it.
     Without ``diag``, the leave-one-out and leave-one-group-out are computed
     (groups from :func:`kernelpot.gp.group_loo.calibration_groups`).
+    ``frames``: the training frames, needed when the model does not hold
+    them (one read from a file).
+
+    Raises
+    ------
+    ValueError
+        If the model holds no training frames and none are given, or
+        ``frames`` are not the ones it was fitted on.
     """
+    frames = model.training_frames(frames)
     if diag is None:
         from kernelpot.gp.group_loo import calibration_groups
-        groups, _ = calibration_groups(model, model._train_frames)
-        diag = leave_one_out(model, groups=groups)
-    iso = [i for i, a in enumerate(model._train_frames) if is_isolated_atom(a)]
+        groups, _ = calibration_groups(model, frames)
+        diag = leave_one_out(model, frames if getattr(model, "_train_frames", None) is None else None, groups=groups)
+    iso = [i for i, a in enumerate(frames) if is_isolated_atom(a)]
     weights = recalibration_weights(diag, exclude_frames=iso)
     if getattr(model, "noise_per_config_type", False):
         from kernelpot.gp.assembly import group_of
-        frames = model._train_frames
         group = np.array([group_of(model, k, frames[f]) for k, f in zip(diag.kind, diag.frame)])
         weights.update(group_aleatoric_weights(diag, weights, group, exclude_frames=iso))
     model.std_weights_ = weights

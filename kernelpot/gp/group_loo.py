@@ -43,7 +43,7 @@ import scipy.linalg as sla
 from kernelpot.gp.solve import cho_solve
 from kernelpot.io.labels import config_type, is_isolated_atom
 
-__all__ = ["calibration_groups", "GroupAccumulator", "reduced_basis", "removed_directions"]
+__all__ = ["calibration_groups", "group_labels", "GroupAccumulator", "reduced_basis", "removed_directions"]
 
 MAX_FORCE_ATOMS = 4
 
@@ -86,6 +86,44 @@ def calibration_groups(model, frames, max_groups: int = 8, random_state=0,
     labels = KMeans(n_clusters=k, n_init=4, random_state=random_state).fit_predict(X)
     groups[idx] = labels
     return groups, "clusters"
+
+
+def group_labels(groups, n_frames: int) -> np.ndarray:
+    """Groups given as any labels, one per frame, numbered ``0 .. K-1`` in sorted order (``-1``: in no group).
+
+    A negative number, NaN or ``None`` means "in no group"; other labels
+    (integers, strings, any hashable) are numbered in the order of their sorted
+    values (integers numerically, others by their text), so ``group_loo["group"]``
+    indexes the sorted distinct labels, and ``[7, 7, 3, 100]`` holds three groups,
+    not 101.
+
+    Parameters
+    ----------
+    groups : (n_frames,) sequence
+    n_frames : int
+
+    Returns
+    -------
+    (n_frames,) int array
+
+    Raises
+    ------
+    ValueError
+        If ``groups`` is not one label per frame.
+    """
+    if np.ndim(groups) != 1 or len(groups) != n_frames:
+        raise ValueError(f"groups must give one label per training frame: got shape {np.shape(groups)} "
+                         f"for {n_frames} frames")
+    arr = np.asarray(groups)
+    if arr.dtype.kind in "iubf":
+        none = ~np.isfinite(arr.astype(float)) | (arr < 0)
+        names, index = np.unique(arr[~none], return_inverse=True)
+        out = np.full(n_frames, -1, dtype=np.int64)
+        out[~none] = index
+        return out
+    labels = [None if g is None or (isinstance(g, float) and np.isnan(g)) else str(g) for g in groups]
+    index = {c: k for k, c in enumerate(sorted({g for g in labels if g is not None}))}
+    return np.array([-1 if g is None else index[g] for g in labels], dtype=np.int64)
 
 
 class GroupAccumulator:

@@ -33,7 +33,7 @@ import scipy.linalg as sla
 from kernelpot import _threads
 from kernelpot.io.labels import frame_labels
 from kernelpot.gp.assembly import chunks, progress, whitened_rows, worker_view
-from kernelpot.gp.group_loo import GroupAccumulator, removed_directions
+from kernelpot.gp.group_loo import GroupAccumulator, group_labels, removed_directions
 from kernelpot.gp.solve import cho_solve
 
 __all__ = ["TrainingDiagnostics", "leave_one_out"]
@@ -111,13 +111,22 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
     model : SparseGP
         Fitted model.
     frames : list of ase.Atoms, optional
-        The training frames (default: those the model was fitted on).  Passing
-        other frames is an error in meaning, not detected: the hat matrix is
-        that of the training set.
-    groups : (n_frames,) int array, optional
-        Also leave out each group of frames in turn (``-1``: in no group; see
-        :mod:`kernelpot.gp.group_loo`), in the same pass; the residuals are in
-        ``group_loo``.
+        The training frames (default: those the model was fitted on; a model
+        read from a file does not hold them, and needs them here).  They are
+        checked against the fit's fingerprint: the hat matrix is that of the
+        training set.
+    groups : (n_frames,) array, optional
+        Also leave out each group of frames in turn, in the same pass; the
+        residuals are in ``group_loo`` (:mod:`kernelpot.gp.group_loo`).  Any
+        labels (integers, strings, ...); a negative integer or ``None``: in no
+        group.
+
+    Raises
+    ------
+    ValueError
+        If the model holds no training frames and none are given, if
+        ``frames`` are not its training frames, or if ``groups`` is not one
+        label per frame.
 
     With a Dask client on the model (``SparseGP(client=...)``) the frames
     are processed on the workers in chunks of ``chunk_size``; each frame is
@@ -135,7 +144,8 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
     model._check_fitted()
     # rows kept from the fit's assembly pass (SparseGP.fit), valid for its own training frames only
     cache = getattr(model, "_row_cache", None) if frames is None else None
-    frames = model._train_frames if frames is None else list(frames)
+    frames = model.training_frames(frames)
+    groups = None if groups is None else group_labels(groups, len(frames))
     client = getattr(model, "client", None)
     rows_of = None
     if cache is not None and all(fi in cache for fi in range(len(frames))):

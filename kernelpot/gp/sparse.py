@@ -1016,6 +1016,29 @@ class SparseGP(BaseEstimator):
             return training_fingerprint(frames)
         return getattr(self, "train_fingerprint_", None)
 
+    def training_frames(self, frames=None, where: str = "frames") -> list:
+        """The frames the model was fitted on: ``frames`` checked against the fit, or the ones it kept.
+
+        Raises
+        ------
+        ValueError
+            If ``frames`` is None and the model does not hold its training
+            frames (a model read by :func:`kernelpot.load` keeps only their
+            fingerprint), or if ``frames`` are not its training frames
+            (:meth:`check_training_frames`).
+        """
+        if frames is None:
+            frames = getattr(self, "_train_frames", None)
+            if frames is None:
+                n = getattr(self, "n_train_frames_", None)
+                raise ValueError("this model does not hold its training frames (a saved model keeps only their "
+                                 f"fingerprint); pass {where}= the {'' if n is None else f'{n} '}structures it "
+                                 "was fitted on, in training order")
+            return list(frames)
+        frames = list(frames)
+        self.check_training_frames(frames, where)
+        return frames
+
     def check_training_frames(self, frames, where: str = "frames") -> None:
         """Raise ``ValueError`` unless ``frames`` are the frames the model was fitted on, in order.
 
