@@ -46,7 +46,8 @@ ASE ``FixAtoms``          constraints    (extxyz ``move_mask`` False) forces of 
                                          fitted: writers often store the constrained (zeroed) forces
 ========================  =============  ==========================================================
 
-How the fit uses them is documented in :func:`kernelpot.gp.assembly.training_rows`.
+How the fit uses them is documented in :func:`kernelpot.gp.assembly.training_rows`; a sigma
+below :data:`NOISE_FLOOR` is fitted at the floor (validation warns).
 """
 
 from __future__ import annotations
