@@ -153,6 +153,27 @@ def test_extxyz_virial_and_stress_keys(tmp_path):
     assert b.get_potential_energy() == -3.0
 
 
+@pytest.mark.parametrize("energy_key,forces_key,virial_key", [
+    ("dft_energy", "dft_force", "dft_virial"),       # GAP-18's Si database
+    ("REF_energy", "REF_force", "REF_virial"),
+    ("energy_dft", "force_dft", "virial_dft"),
+    ("QM_energy", "qm_forces", "QM_virial")])
+def test_every_spelling_of_a_labels_name_is_read(tmp_path, energy_key, forces_key, virial_key):
+    """A label under the field's usual spellings (prefix REF_/DFT_/QM_ or suffix _dft/_ref, force or forces)
+    is read as that label: GAP-18's ``dft_force`` was left unread, and the fit ran on energies alone."""
+    ref = _emt_frame(3)
+    a = ref.copy()
+    a.info[energy_key] = ref.get_potential_energy()
+    a.arrays[forces_key] = ref.get_forces().copy()
+    a.info[virial_key] = -ref.get_stress(voigt=False) * ref.get_volume()
+    ase.io.write(tmp_path / "gap.xyz", [a], format="extxyz")
+    b, = read(tmp_path / "gap.xyz")
+    # (extxyz keeps 8 significant digits)
+    assert b.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(b.get_forces(), ref.get_forces(), atol=1e-7)
+    np.testing.assert_allclose(b.get_stress(), ref.get_stress(), atol=1e-9)
+
+
 def test_energy_in_info_is_attached(tmp_path):
     """Formats that leave energy/virial in info (here a trajectory) get them as labels."""
     atoms = Atoms("Cu2", positions=[[0, 0, 0], [1.8, 1.8, 0]], cell=[3.6, 3.6, 3.6], pbc=True)

@@ -63,14 +63,27 @@ __all__ = ["DataWarning", "frame_labels", "training_fingerprint", "same_fingerpr
 
 VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
 
+#: Prefixes and suffixes codes write around a label's name (QUIP/GAP ``REF_energy``, GAP-18's
+#: ``dft_force``, ``forces_dft``, ...).
+_LABEL_PREFIXES = ("REF_", "DFT_", "dft_", "ref_", "QM_", "qm_")
+_LABEL_SUFFIXES = ("_dft", "_ref", "_DFT", "_REF")
+
+
+def _spellings(*stems) -> tuple:
+    """``stems[0]``, then every prefixed, then every suffixed spelling of each stem, each once."""
+    out = [stems[0]]
+    out += [p + s for s in stems for p in _LABEL_PREFIXES]
+    out += [s + x for s in stems for x in _LABEL_SUFFIXES]
+    return tuple(dict.fromkeys(out + list(stems[1:])))
+
+
 #: Keys recognised by :func:`kernelpot.read` when no ``energy_key``/... is given, in order of
-#: preference (the first present is used; the standard ASE name always wins).
-ENERGY_KEYS = ("energy", "REF_energy", "DFT_energy", "dft_energy", "ref_energy", "QM_energy",
-               "energy_dft", "energy_ref", "TotEnergy")
-FORCES_KEYS = ("forces", "REF_forces", "DFT_forces", "dft_forces", "ref_forces", "QM_forces",
-               "forces_dft", "forces_ref", "force")
-STRESS_KEYS = ("stress", "REF_stress", "DFT_stress", "dft_stress", "ref_stress", "QM_stress")
-VIRIAL_KEYS = ("virial", "REF_virial", "DFT_virial", "dft_virial", "ref_virial", "QM_virial")
+#: preference (the first present is used; the standard ASE name always wins): the standard name, then
+#: the same name (singular or plural) with a ``REF_``/``DFT_``/``QM_`` prefix or ``_dft``/``_ref`` suffix.
+ENERGY_KEYS = _spellings("energy") + ("TotEnergy",)
+FORCES_KEYS = _spellings("forces", "force")
+STRESS_KEYS = _spellings("stress")
+VIRIAL_KEYS = _spellings("virial")
 #: Noise and mask keys of :func:`frame_noise` (never mistaken for labels).
 NOISE_KEYS = ("energy_sigma", "force_sigma", "force_atom_sigma", "virial_sigma", "stress_sigma",
               "hessian_sigma", "force_mask")
