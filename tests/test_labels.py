@@ -94,6 +94,8 @@ def test_force_mask_and_fixed_atoms():
     ("energy_sigma", -1.0, "energy_sigma"),
     ("force_sigma", np.nan, "force_sigma"),
     ("stress_sigma", 0.0, "stress_sigma"),
+    ("energy_sigma", "abc", "energy_sigma"),                # not a number (a GAP file's typo)
+    ("virial_sigma", [0.1, "x"], "virial_sigma"),
 ])
 def test_bad_sigma_named_by_frame_and_field(key, value, match):
     atoms = _cu()

@@ -607,7 +607,10 @@ def relabelled(atoms, **labels):
 
 
 def _positive(value, what: str, name: str, shape=()) -> np.ndarray:
-    v = np.asarray(value, dtype=float)
+    try:
+        v = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        v = np.full(shape, np.nan)  # not a number: reported below with the frame and the field
     if v.shape != shape or not np.all(np.isfinite(v)) or not np.all(v > 0):
         raise ValueError(f"{name}: {what} = {value!r} must be {'a positive number' if shape == () else f'positive numbers of shape {shape}'}")
     return v
