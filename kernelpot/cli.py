@@ -319,7 +319,7 @@ def _uncertainty_table(ev) -> str:
                 continue
             s = metrics.summary(np.ravel(ev[k]["err"])[free], np.ravel(ev[k]["std"])[free])
             lines.append(f"{k:<10}{100 * s['coverage_1']:>10.0f}%{100 * s['coverage_2']:>10.0f}%"
-                         f"{s['miscal_area']:>14.3f}{s['msz']:>9.2f}{s['spearman']:>10.2f}{s['n']:>9d}")
+                         f"{s['miscal_area']:>14.3f} {s['msz']:>8.3g}{s['spearman']:>10.2f}{s['n']:>9d}")
     return "\n".join(lines)
 
 

@@ -140,6 +140,20 @@ def test_eval_prints_uncertainty_for_every_quantity(fitted_model, capsys):
         assert 0 <= float(r[1].rstrip("%")) <= 100 and float(r[4]) > 0   # coverage in %, msz > 0
 
 
+def test_uncertainty_table_columns_stay_apart_for_any_value():
+    """A test set in the wrong unit (Hartree) gives msz ~1e5: its column must not run into the area's."""
+    from kernelpot.cli import _uncertainty_table
+    from kernelpot.uq import metrics
+    rng = np.random.default_rng(0)
+    err, std = rng.normal(size=50), np.full(50, 1e-3)
+    line = _uncertainty_table({"energy": {"err": err, "std": std, "free": np.ones(50, bool)}}).splitlines()[1]
+    fields = line.split()
+    assert len(fields) == 7, line
+    s = metrics.summary(err, std)
+    assert float(fields[3]) == pytest.approx(s["miscal_area"], abs=5e-4)
+    assert float(fields[4]) == pytest.approx(s["msz"], rel=5e-3) and s["msz"] > 1e5
+
+
 def test_eval_leaves_symmetry_fixed_components_out_of_coverage(fitted_model, tmp_path, capsys):
     """Forces of a perfect strained crystal are zero in the labels and in every model: counted, they are
     "covered" for free (mlearn Si: 76 % within 1 sigma with them, 70 % without)."""
