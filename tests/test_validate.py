@@ -367,3 +367,30 @@ def test_a_whole_data_set_in_bohr_is_named():
     argon.calc = SinglePointCalculator(argon, energy=-0.3)
     for ok in (frames, [argon] * 3, frames + [argon] * 20):
         assert not [w for w in validate(ok, raise_on_error=False).warnings if w.startswith("positions:")]
+
+
+def _atom(cell=None, pbc=False, forces=None, config_type="isolated_atom"):
+    atoms = Atoms("Cu", positions=[[2.5, 2.5, 2.5]], cell=cell or [12.0] * 3, pbc=pbc)
+    atoms.calc = SinglePointCalculator(atoms, energy=-0.2, forces=np.zeros((1, 3)) if forces is None else forces)
+    atoms.info["config_type"] = config_type
+    return atoms
+
+
+def test_frames_named_isolated_atoms_that_are_not_used_as_one_are_named():
+    """config_type isolated_atom on a 5 Å periodic box or on a dimer: fitted as a structure and e0 left
+    unset, which the user did not ask for; an isolated atom with a force (zero by symmetry) is named too."""
+    dimer = Atoms("Cu2", positions=[[0, 0, 0], [2.3, 0, 0]], cell=[12.0] * 3)
+    dimer.calc = SinglePointCalculator(dimer, energy=-1.0, forces=np.zeros((2, 3)))
+    dimer.info["config_type"] = "IsolatedAtom"
+    frames = [_atom(),                                             # 0: a true isolated atom: nothing to say
+              _atom(cell=[5.0] * 3, pbc=True),                     # 1: images 5 Å away
+              dimer,                                               # 2: two atoms
+              _atom(forces=[[0.3, 0.0, 0.0]]),                     # 3: an isolated atom with a force
+              _atom(cell=[5.0] * 3, pbc=True, config_type="bulk"),  # 4: a 1-atom crystal: a structure
+              _atom(cell=[12.0] * 3, pbc=True)]                    # 5: a DFT box, images 12 Å away
+    w = [m for m in validate(frames).warnings if "isolated" in m]
+    assert len(w) == 3, w
+    assert w[0].startswith("frame 1 ('isolated_atom'): config_type says isolated atom, but its nearest periodic "
+                           "image is 5 Å away")
+    assert w[1].startswith("frame 2 ('IsolatedAtom'): config_type says isolated atom, but it has 2 atoms")
+    assert w[2].startswith("frame 3 ('isolated_atom'): forces: an isolated atom has |F| = 0.3 eV/Å")

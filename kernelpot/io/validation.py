@@ -29,6 +29,9 @@ Warnings (plausible but suspicious, usually a unit mistake):
 - ``energy`` and ``free_energy`` both given and different (once, listing the frames): the fit
   uses ``free_energy`` (see :mod:`kernelpot.io.labels`);
 - two atoms closer than 0.6 x the sum of their covalent radii (short but possible);
+- a frame whose ``config_type`` says isolated atom but that is not one (several atoms, or a periodic
+  image closer than ``ISOLATION_DISTANCE``): it is fitted as a structure, not used as ``e0``; an
+  isolated atom with a force above ``ISOLATED_FORCE`` (zero by symmetry);
 - a noise given in the data below :data:`kernelpot.io.labels.NOISE_FLOOR` (it is fitted at the floor);
 - the data set's median structure without a bonded neighbour (nearest neighbours beyond 1.6 x
   their covalent radii sum): positions in Bohr or another length unit (once for the data set);
@@ -51,12 +54,16 @@ from ase.data import covalent_radii
 from scipy.spatial import cKDTree
 
 from kernelpot.io.labels import _list  # one way to list atom/frame indices in messages
+from kernelpot.io.labels import (ISOLATION_DISTANCE, config_type, is_isolated_atom, shortest_image_distance)
 from kernelpot.io.labels import (LABEL_UNITS, OVERLAP_DISTANCE, DataWarning, _thin_cell, energy_conflict, frame_name,
                                  frame_noise, neighbour_ratio, overlap_message, parse_labels, prediction_source,
                                  structure_errors)
 
 __all__ = ["validate", "ValidationReport", "DataWarning", "warn_report"]
 
+#: eV/Å.  An isolated atom's force above this is reported (its force is zero by symmetry; DFT's
+#: egg-box effect leaves ~1e-3).
+ISOLATED_FORCE = 0.01
 #: Labels that ``require`` may name.
 LABELS = ("energy", "forces", "stress")
 
@@ -368,6 +375,8 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
             warn(f"{name}: forces: |F| = {norms[k]:.4g} eV/Å on atom {k} exceeds "
                  f"{MAX_FORCE:g} eV/Å; wrong units (Hartree/Bohr = 51.42 eV/Å, kcal/mol/Å)?")
 
+    _check_isolated_atom(name, atoms, results, warn)
+
     if "stress" in results:
         s_max = float(np.max(np.abs(results["stress"]))) / units.GPa
         if s_max > MAX_STRESS_GPA:
@@ -387,6 +396,22 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
                 field_name = "force sigma" if key == "forces_sigma" else key
                 warn(f"{name}: {field_name} = {np.min(given[key]):.3g} {unit} is below the noise floor; it is "
                      f"fitted with {np.min(used[key]):.3g} {unit} (kernelpot.io.labels.NOISE_FLOOR)")
+
+
+def _check_isolated_atom(name: str, atoms: Atoms, results: dict, warn) -> None:
+    """Warn when a frame named an isolated atom is not used as one, and when an isolated atom has forces."""
+    if is_isolated_atom(atoms):
+        if "forces" in results and np.abs(results["forces"]).max() > ISOLATED_FORCE:
+            warn(f"{name}: forces: an isolated atom has |F| = {np.abs(results['forces']).max():.3g} eV/Å; "
+                 "by symmetry it is 0 (labels of another structure?)")
+        return
+    if config_type(atoms, "") not in ("isolated_atom", "IsolatedAtom"):
+        return
+    why = (f"it has {len(atoms)} atoms" if len(atoms) != 1 else
+           f"its nearest periodic image is {shortest_image_distance(atoms):.3g} Å away (an isolated atom needs "
+           f">= {ISOLATION_DISTANCE:g} Å)")
+    warn(f"{name}: config_type says isolated atom, but {why}: it is fitted as a structure and does not set "
+         "the element's isolated-atom energy e0")
 
 
 def _results(name: str, atoms: Atoms, report: ValidationReport, check_state: bool) -> dict:
