@@ -255,11 +255,19 @@ def _cmd_fit(args) -> int:
 
 def _noise_table(model) -> str:
     from ase.units import GPa
+    from kernelpot.gp.assembly import noise_as_used
     conv = {"energy": (1000.0, "meV/atom"), "forces": (1.0, "eV/Å"), "stress": (1.0 / GPa, "GPa")}
     lines = ["learned hyperparameters:", f"  delta (kernel scale)        {model.delta_:.4g} eV"]
+    frames = getattr(model, "_train_frames", None)
+    used = {} if frames is None else noise_as_used(model, frames)
     for g, s in model.noise_.items():
         f, unit = conv[g.split(":")[0]]
-        lines.append(f"  noise {g:<22}{s * f:.4g} {unit}")
+        line = f"  noise {g:<22}{s * f:.4g} {unit}"
+        if g in used:
+            # with learned noise a sigma given in the data is a relative weight (see kernelpot.io.labels)
+            line += (f" without a sigma of their own; {used[g][0] * f:.4g} {unit} (median) for the "
+                     f"{used[g][1]} frames that give one")
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -297,3 +297,27 @@ def test_a_given_sigma_below_the_noise_floor_is_fitted_at_the_floor(cu_frames, s
     frames[0].info["energy_sigma"] = 1e-6
     model = SparseGP(descriptor=small_soap, n_sparse=30).fit(frames)
     assert set(model.std_weights_) >= {"energy", "forces"}
+
+
+def test_noise_of_labels_with_their_own_sigma_is_reported_as_used(cu_frames, small_soap):
+    """With learned noise a sigma in the data is a relative weight: one sigma on every frame cancels, and
+    the noise those labels are fitted with equals the noise learned without it.  ``model.noise_`` is then the
+    noise of a label without a sigma (here ~200x the stress labels' noise): it must not trip the 'explains little'
+    warning, and ``noise_as_used`` / the CLI report the noise as used."""
+    from kernelpot.cli import _noise_table
+    from kernelpot.gp.assembly import noise_as_used
+    plain = SparseGP(descriptor=small_soap, n_sparse=30, calibrate=False).fit(cu_frames)
+    given = [_copy(a) for a in cu_frames]
+    for a in given:
+        a.info.update(energy_sigma=0.001 * len(a), force_sigma=0.05, stress_sigma=1e-5)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        model = SparseGP(descriptor=small_soap, n_sparse=30, calibrate=False).fit(given)
+    assert not [w for w in rec if "explains little" in str(w.message)]
+    used = noise_as_used(model, given)
+    assert set(used) == {"energy", "forces", "stress"} and all(n == len(given) for _, n in used.values())
+    for kind in ("forces", "stress"):
+        assert used[kind][0] == pytest.approx(plain.noise_[kind], rel=0.05)   # (optimiser tolerance)
+    assert model.noise_["stress"] > 100 * used["stress"][0]
+    assert "(median) for the 12 frames that give one" in _noise_table(model)
+    assert noise_as_used(plain, cu_frames) == {}

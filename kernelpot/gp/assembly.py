@@ -225,6 +225,36 @@ def noise_reference(model, kind: str) -> float:
     return float(fixed) if fixed is not None else NOISE_REFERENCE[kind]
 
 
+def noise_as_used(model, frames) -> dict:
+    """Noise the labels that give their own sigma are fitted with, per noise group.
+
+    With learned noise a sigma given in the data is a relative weight
+    (:func:`noise_reference`), so ``model.noise_`` is the noise of a label
+    *without* one.  For each group where some frames give a sigma: the median
+    noise their observations are fitted with (energy per atom, eV/Å, eV/Å^3)
+    and how many frames give one.
+
+    Returns
+    -------
+    dict {group: (median noise, n_frames)}
+    """
+    used: dict = {}
+    keys = {"energy": "energy_sigma", "forces": "forces_sigma", "stress": "stress_sigma"}
+    for i, a in enumerate(frames):
+        given = frame_noise(a, i)
+        for kind, key in keys.items():
+            if key not in given:
+                continue
+            group = group_of(model, kind, a)
+            if group not in model.noise_:
+                continue
+            scale = np.atleast_1d(given[key]) / noise_reference(model, kind)
+            if kind == "energy":
+                scale = scale / len(a)
+            used.setdefault(group, []).append(model.noise_[group] * scale)
+    return {g: (float(np.median(np.concatenate(v))), len(v)) for g, v in used.items()}
+
+
 def force_atoms(atoms, given=None) -> np.ndarray:
     """Indices of the atoms whose forces are fitted (all but those masked in the data)."""
     given = frame_noise(atoms) if given is None else given

@@ -165,6 +165,15 @@ class SparseGP(BaseEstimator):
 
     Attributes
     ----------
+    delta_ : float
+        Kernel scale (eV).
+    noise_ : dict {group: float}
+        Noise of each group (``"energy"`` per atom in eV, ``"forces"`` eV/Å,
+        ``"stress"`` eV/Å^3; ``"forces:<config_type>"`` with
+        ``noise_per_config_type``): learned, or as given.  A label with a sigma
+        of its own in the data is fitted with ``noise_ * sigma / reference``
+        (:func:`kernelpot.gp.assembly.noise_reference`); what that comes to is
+        :func:`kernelpot.gp.assembly.noise_as_used`.
     sparse_ : kernelpot.gp.design.SparseSet
         The sparse environments (``n_env``), under every descriptor of a
         kernel sum (``extra``) with the learned relative scales (``scales``).
@@ -1271,6 +1280,7 @@ def _warn_unlearned(model, frames, labels):
     convention slip, or a descriptor that cannot tell the structures apart.  (A collapsed fit of a
     molecule without isolated atoms once returned every force as 0 with only a bounds warning.)
     """
+    used = assembly.noise_as_used(model, frames)
     for kind in ("energy", "forces", "stress"):
         per_group: dict = {}
         for a, lab in zip(frames, labels):
@@ -1284,6 +1294,8 @@ def _warn_unlearned(model, frames, labels):
             # energies per atom: their spread (the offsets take the mean); forces, stress: their RMS
             rms = float(np.std(x) if kind == "energy" else np.sqrt(np.mean(x ** 2)))
             noise = model.noise_[group]
+            if group in used and used[group][1] == len(vals):
+                noise = used[group][0]   # every label gives its own sigma: model.noise_ is a relative scale
             if rms > 10 * NOISE_FLOOR[kind] and noise >= UNLEARNED_FRACTION * rms:
                 unit = LABEL_UNITS[kind]
                 hint = {"energy": "forces given as energy gradients? Hartree? energies of another reference?",
