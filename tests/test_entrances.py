@@ -321,3 +321,10 @@ def test_noise_of_labels_with_their_own_sigma_is_reported_as_used(cu_frames, sma
     assert model.noise_["stress"] > 100 * used["stress"][0]
     assert "(median) for the 12 frames that give one" in _noise_table(model)
     assert noise_as_used(plain, cu_frames) == {}
+    # sigmas that call every label worthless (1e12): the noise as used dwarfs the labels, and the fit says so
+    # (it returned with delta at its bound, force sigma ~5 meV/Å against errors of 1 eV/Å, and a bounds warning)
+    for a in given:
+        a.info.update(energy_sigma=1e12, force_sigma=1e12, stress_sigma=1e12)
+    with pytest.warns(RuntimeWarning, match=r"forces noise the labels are fitted with \(their own sigmas\) "
+                                            r"[0-9.e+]+ eV/Å is [0-9.e+]+ times the RMS"):
+        SparseGP(descriptor=small_soap, n_sparse=30, calibrate=False).fit(given)

@@ -1293,15 +1293,17 @@ def _warn_unlearned(model, frames, labels):
             x = np.concatenate(vals)
             # energies per atom: their spread (the offsets take the mean); forces, stress: their RMS
             rms = float(np.std(x) if kind == "energy" else np.sqrt(np.mean(x ** 2)))
-            noise = model.noise_[group]
+            noise, what = model.noise_[group], f"learned {group} noise"
             if group in used and used[group][1] == len(vals):
-                noise = used[group][0]   # every label gives its own sigma: model.noise_ is a relative scale
+                # every label gives its own sigma: model.noise_ is a relative scale
+                noise, what = used[group][0], f"{group} noise the labels are fitted with (their own sigmas)"
             if rms > 10 * NOISE_FLOOR[kind] and noise >= UNLEARNED_FRACTION * rms:
                 unit = LABEL_UNITS[kind]
                 hint = {"energy": "forces given as energy gradients? Hartree? energies of another reference?",
                         "forces": "forces given as energy gradients? eV/Bohr?", "stress": "kBar? virial?"}[kind]
                 size = "spread" if kind == "energy" else "RMS"
-                warnings.warn(f"fit: the learned {group} noise {noise:.3g} {unit} is {noise / rms:.0%} of the "
+                ratio = f"{noise / rms:.0%} of" if noise < 10 * rms else f"{noise / rms:.3g} times"
+                warnings.warn(f"fit: the {what} {noise:.3g} {unit} is {ratio} the "
                               f"{size} of the {kind} labels ({rms:.3g} {unit}): the model explains little of them. "
                               f"Check their sign and units ({hint}) and that the labels belong to their "
                               "structures; labels that are all near zero (relaxed structures) carry little to learn",
