@@ -592,7 +592,14 @@ def test_extxyz_bad_fields_name_file_and_frame(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.xyz: frame 1 \(line 5\): cannot be read .*virial"):   # ASE's check
         read(path)
     path.write_text(good + good[: len(good) - 10])
-    with pytest.raises(ValueError, match=r"bad\.xyz: frame 1 \(line 5\): cannot be read"):
+    with pytest.raises(ValueError, match=r"bad\.xyz: frame 1 \(line 5\): the file ends after 1 of its 2 atom "
+                                         r"lines; cannot be read"):
+        read(path)
+    # a frame cut short in the middle of the file: ASE's reader, which indexes the whole file first,
+    # stops at frame 0; the frame and line are those of the break
+    path.write_text(good + good[: len(good) - 10] + "\n" + good)
+    with pytest.raises(ValueError, match=r"bad\.xyz: frame 1 \(line 5\): line 8 has 1 field\(s\) where atom 1 "
+                                         r"of 2 should have 4"):
         read(path)
     path.write_text(good.replace("energy=-1.0", "REF_energy=abc"))
     with pytest.raises(ValueError, match=r"bad\.xyz: frame 0: REF_energy is 'abc', not a number"):

@@ -732,15 +732,62 @@ def _where_reading_stops(path: Path, format: str | None) -> str:
     failure; ASE's messages name neither).  The line of the frame's first line is known for (ext)xyz, where
     each frame is ``n_atoms + 2`` lines.  Empty when it cannot be told."""
     import ase.io
+    fmt = format or ase.io.formats.filetype(str(path), read=False)
+    if fmt in ("extxyz", "xyz"):
+        # ASE's extxyz reader indexes the whole file before it yields a frame: a frame whose layout is
+        # broken anywhere stops it at frame 0, so the layout is walked here as text first
+        broken = _xyz_break(path)
+        if broken:
+            return broken
     n_ok, lines = 0, 0
     try:
         for atoms in ase.io.iread(path, index=":", format=format):
             n_ok += 1
             lines += len(atoms) + 2
     except Exception:  # the failure we are locating
-        fmt = format or ase.io.formats.filetype(str(path), read=False)
         line = f" (line {lines + 1})" if fmt in ("extxyz", "xyz") else ""
         return f"frame {n_ok}{line}: "
+    return ""
+
+
+def _xyz_break(path: Path) -> str:
+    """``"frame 3 (line 25): <what>; "``: the first (ext)xyz frame whose text breaks its own layout.
+
+    Each frame is an atom-count line, a comment line and that many atom lines of as many fields as the
+    comment's ``Properties=`` declares (at least 4: species and position).  Empty when every frame keeps
+    it (the failure is in a value, which ASE's message names).
+    """
+    import re
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        it = enumerate(fh, start=1)
+        frame = 0
+        for no, line in it:
+            if not line.strip():
+                continue
+            where = f"frame {frame} (line {no}): "
+            try:
+                n = int(line.split()[0])
+            except ValueError:
+                return where + f"expected the number of atoms, found {line.strip()[:40]!r}; "
+            comment = next(it, None)
+            if comment is None:
+                return where + "the file ends after the atom count; "
+            m = re.search(r"Properties=(\S+)", comment[1], flags=re.IGNORECASE)
+            fields = m.group(1).split(":") if m else []
+            try:
+                ncol = sum(int(c) for c in fields[2::3]) if fields else None
+            except ValueError:
+                ncol = None
+            for k in range(n):
+                atom = next(it, None)
+                if atom is None:
+                    return where + f"the file ends after {k} of its {n} atom lines; "
+                got = len(atom[1].split())
+                if (ncol is not None and got != ncol) or got < 4:
+                    want = f"{ncol}" if ncol is not None else "at least 4"
+                    return (where + f"line {atom[0]} has {got} field(s) where atom {k} of {n} should have {want} "
+                            "(a frame cut short or written over?); ")
+            frame += 1
     return ""
 
 
