@@ -118,8 +118,10 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
     groups : (n_frames,) array, optional
         Also leave out each group of frames in turn, in the same pass; the
         residuals are in ``group_loo`` (:mod:`kernelpot.gp.group_loo`).  Any
-        labels (integers, strings, ...); a negative integer or ``None``: in no
-        group.
+        labels (integers, strings, ...), numbered ``0 .. K-1`` in
+        ``group_loo["group"]`` by their sorted values
+        (:func:`kernelpot.gp.group_loo.group_labels`); a negative number,
+        NaN or ``None``: in no group.
 
     Raises
     ------
