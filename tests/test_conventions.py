@@ -159,6 +159,22 @@ def test_a_group_of_energies_in_another_unit_is_found(clean, small_soap, factor,
                                 for c in clean], rtol=1e-12)
 
 
+@pytest.mark.parametrize("group", ["B", None])
+def test_energies_written_per_atom_are_found_and_converted_back(clean, small_soap, group):
+    """Energies per atom where the total belongs, in one config_type or in all (a fit on them passed without a
+    word): named as such, and ``apply`` multiplies them back by each structure's atom count."""
+    frames = [relabelled(a, energy=a.get_potential_energy() / len(a)) if group in (None, a.info["config_type"])
+              else a for a in clean]
+    where = r"config_type 'B' \(8 structures" if group else r"all structures, in every config_type \(16"
+    with pytest.warns(DataWarning, match=where + r".*energies per atom where the total energy belongs"):
+        model = SparseGP(descriptor=small_soap, n_sparse=60, verbose=False, calibrate=False).fit(frames)
+    found = [f for f in check(model, frames) if f.label == "energy"]
+    assert len(found) == 1 and found[0].per_atom and found[0].rms_converted < 0.5 * found[0].rms_as_read
+    back = found[0].apply(frames)
+    np.testing.assert_allclose([b.get_potential_energy() for b in back], [c.get_potential_energy() for c in clean],
+                               rtol=1e-12)
+
+
 def test_energies_from_forces_follow_the_labels_up_to_a_constant(clean_model, clean):
     """physics_energy: the energies the forces imply; per atom, their spread around the one constant matches
     EMT's energies (a pure Cu set: one species, one constant)."""

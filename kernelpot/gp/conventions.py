@@ -114,6 +114,9 @@ class ConventionFinding:
     groups : tuple of str
         The config_types the finding covers: ``(group,)``, or every group
         judged when one finding stands for all of them (``"(all structures)"``).
+    per_atom : bool
+        Energy: the labels are energies per atom where the total belongs
+        (``label ~ physics / n_atoms``; ``factor`` is then 1).
     """
 
     group: str
@@ -127,17 +130,24 @@ class ConventionFinding:
     convention: str
     message: str
     groups: tuple = ()
+    per_atom: bool = False
 
     def __post_init__(self):
         self.groups = tuple(self.groups) or (self.group,)
 
-    def convert(self, value):
+    def convert(self, value, n_atoms: int | None = None):
         """A label as the physics reads it: a stress (6,) (ASE Voigt, eV/Å^3) reordered, and divided by ``factor``.
 
-        An energy (eV) is divided by ``factor``; its reference may still differ
-        from the other groups' (see :func:`kernelpot.audit`).
+        An energy (eV) is divided by ``factor``, or, for a ``per_atom``
+        finding, multiplied by ``n_atoms`` (the structure's atom count; required
+        then); its reference may still differ from the other groups' (see
+        :func:`kernelpot.audit`).
         """
         if self.label == "energy":
+            if self.per_atom:
+                if n_atoms is None:
+                    raise ValueError("an energy written per atom converts with the structure's n_atoms")
+                return float(value) * n_atoms
             return float(value) / self.factor
         return _reorder(np.atleast_2d(np.asarray(value, dtype=float)), self.order)[0] / self.factor
 
@@ -175,7 +185,7 @@ class ConventionFinding:
             g = _ALL if self.groups == (_ALL,) else str(a.info.get("config_type", _NONE))
             lab = frame_labels(a, i) if g in self.groups else {}
             judged = self.label in lab and (self.label != "energy" or ("forces" in lab and not is_isolated_atom(a)))
-            out.append(relabelled(a, **{self.label: self.convert(lab[self.label])}) if judged else a)
+            out.append(relabelled(a, **{self.label: self.convert(lab[self.label], len(a))}) if judged else a)
         return out
 
 
@@ -552,7 +562,7 @@ def _merge(found: list, n_groups: int) -> list:
                f"Against what their own physics implies, RMS {rms0:.3g} {unit} as read, {rms1:.3g} {unit} "
                f"converted (p = {p:.2g}); check how the {f0.label} labels were written")
         return [ConventionFinding(_ALL, frames, f0.label, f0.order, f0.factor, rms0, rms1, p, f0.convention, msg,
-                                  tuple(g for f in found for g in f.groups))]
+                                  tuple(g for f in found for g in f.groups), f0.per_atom)]
     return sorted(found, key=lambda f: f.p_value)
 
 
@@ -566,7 +576,9 @@ def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
     when ``c`` is within 35 % of a known energy unit ratio (Hartree, Rydberg,
     kcal/mol, kJ/mol per eV) or of ``-1``, with a cosine of at least 0.9
     between the two; the residuals choose between neighbouring units, and
-    name both when they cannot.
+    name both when they cannot.  One more candidate: energies per atom
+    written where the total belongs (``label ~ physics / n_atoms``; its
+    residual, of ``n_atoms`` times the label, beats the units' to be named).
     Reported under the rule of :func:`stress_conventions` (halves the residual
     sum of squares, significant with one degree of freedom per structure,
     and plausible against the other groups).
@@ -616,30 +628,38 @@ def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
         Q = Q[:, :rank]
         L, P = E[idx] / n_at, physics[idx] / n_at
         L, P = L - Q @ (Q.T @ L), P - Q @ (Q.T @ P)
+        # the labels read as energies per atom (a total written divided by n_atoms): n_atoms * label per atom
+        L_pa = E[idx] - Q @ (Q.T @ E[idx])
         sse0 = float(np.sum((L - P) ** 2))
         pp, ll, lp = float(P @ P), float(L @ L), float(L @ P)
         res = None
         if sse0 > 0 and pp > 0 and ll > 0:
             best = _best_factor(lambda f: float(np.sum((L - f * P) ** 2)), "energy", lp / pp, lp / np.sqrt(pp * ll))
+            sse_pa = float(np.sum((L_pa - P) ** 2))
+            if sse_pa < sse0 and (best is None or sse_pa < best[2]):
+                best = (None, "energies per atom where the total energy belongs (x n_atoms)", sse_pa)
             p = best and _evidence(sse0, best[2], len(idx), max(1, len(names)), alpha)
             res = (best[0], best[1], p) if best and p is not None else None
-        rows[g] = (idx, res, 1e3 * np.sqrt(sse0 / len(idx)), 1e3 * np.sqrt(ll / len(idx)), L, P)
+        rows[g] = (idx, res, 1e3 * np.sqrt(sse0 / len(idx)), 1e3 * np.sqrt(ll / len(idx)), L, P, L_pa)
     found = []
-    for g, (idx, res, rms0, size, L, P) in rows.items():
+    for g, (idx, res, rms0, size, L, P, L_pa) in rows.items():
         if res is None:
             continue
         c, what, p = res
-        rms1 = 1e3 * np.sqrt(np.mean((L / c - P) ** 2))
+        converted = L_pa if c is None else L / c
+        rms1 = 1e3 * np.sqrt(np.mean((converted - P) ** 2))
+        size1 = 1e3 * np.sqrt(np.mean(converted ** 2))
         # an alloy's energies come out of its forces less well than a pure metal's: a conversion that
         # leaves under a third of the converted labels' spread is plausible whatever the other groups show
-        if not (rms1 <= _ENERGY_EXPLAINED * size / abs(c) or _plausible(
-                rms1, size / abs(c), [(r[2], r[3]) for h, r in rows.items() if r[1] is None and h != g],
+        if not (rms1 <= _ENERGY_EXPLAINED * size1 or _plausible(
+                rms1, size1, [(r[2], r[3]) for h, r in rows.items() if r[1] is None and h != g],
                 _ENERGY_PRECISION)):
             continue
         msg = (f"{_group_name(g)} ({len(idx)} structures with energy): {what}. Against the energies their own "
                f"forces imply (up to one constant per species), RMS {rms0:.3g} meV/atom as read, {rms1:.3g} "
                f"meV/atom converted (p = {p:.2g}); check how this group's energies were written")
-        found.append(ConventionFinding(str(g), idx, "energy", (), float(c), float(rms0), float(rms1), p, what, msg))
+        found.append(ConventionFinding(str(g), idx, "energy", (), 1.0 if c is None else float(c), float(rms0),
+                                       float(rms1), p, what, msg, (), c is None))
     return _merge(found, len(rows))
 
 
