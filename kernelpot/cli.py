@@ -266,7 +266,7 @@ def _noise_table(model) -> str:
         if g in used:
             # with learned noise a sigma given in the data is a relative weight (see kernelpot.io.labels)
             line += (f" without a sigma of their own; {used[g][0] * f:.4g} {unit} (median) for the "
-                     f"{used[g][1]} frames that give one")
+                     f"{len(used[g][1])} frames that give one")
         lines.append(line)
     return "\n".join(lines)
 

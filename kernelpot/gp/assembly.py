@@ -232,11 +232,11 @@ def noise_as_used(model, frames) -> dict:
     (:func:`noise_reference`), so ``model.noise_`` is the noise of a label
     *without* one.  For each group where some frames give a sigma: the median
     noise their observations are fitted with (energy per atom, eV/Å, eV/Å^3)
-    and how many frames give one.
+    and the frames that give one.
 
     Returns
     -------
-    dict {group: (median noise, n_frames)}
+    dict {group: (median noise, frames)}, ``frames`` an int array of frame indices
     """
     used: dict = {}
     keys = {"energy": "energy_sigma", "forces": "forces_sigma", "stress": "stress_sigma"}
@@ -251,8 +251,9 @@ def noise_as_used(model, frames) -> dict:
             scale = np.atleast_1d(given[key]) / noise_reference(model, kind)
             if kind == "energy":
                 scale = scale / len(a)
-            used.setdefault(group, []).append(model.noise_[group] * scale)
-    return {g: (float(np.median(np.concatenate(v))), len(v)) for g, v in used.items()}
+            used.setdefault(group, []).append((i, model.noise_[group] * scale))
+    return {g: (float(np.median(np.concatenate([x for _, x in v]))), np.array([i for i, _ in v]))
+            for g, v in used.items()}
 
 
 def force_atoms(atoms, given=None) -> np.ndarray:
