@@ -284,7 +284,7 @@ def test_a_given_sigma_below_the_noise_floor_is_fitted_at_the_floor(cu_frames, s
     with pytest.warns(DataWarning) as rec:
         p = _fit(tiny, small_soap).predict(cu_frames[:2], return_std=False)
     text = "\n".join(str(w.message) for w in rec)
-    for field in ("energy_sigma = 1e-06 eV", "force sigma = 1e-07 eV/Å", "stress_sigma = 1e-09 eV/Å^3"):
+    for field in ("energy_sigma = 1e-06 eV", "force sigma = 1e-07 eV/Å", "stress sigma = 1e-09 eV/Å^3"):
         assert f"frame 2 ('rattle'): {field}" in text
     q = _fit(at_floor, small_soap).predict(cu_frames[:2], return_std=False)
     np.testing.assert_allclose(p["forces"], q["forces"], atol=1e-12)

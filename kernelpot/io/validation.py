@@ -54,10 +54,10 @@ from ase.data import covalent_radii
 from scipy.spatial import cKDTree
 
 from kernelpot.io.labels import _list  # one way to list atom/frame indices in messages
-from kernelpot.io.labels import (ISOLATION_DISTANCE, config_type, is_isolated_atom, shortest_image_distance)
-from kernelpot.io.labels import (LABEL_UNITS, OVERLAP_DISTANCE, DataWarning, _thin_cell, energy_conflict, frame_name,
-                                 frame_noise, neighbour_ratio, overlap_message, parse_labels, prediction_source,
-                                 structure_errors)
+from kernelpot.io.labels import (ISOLATION_DISTANCE, LABEL_UNITS, OVERLAP_DISTANCE, DataWarning, _thin_cell,
+                                 config_type, energy_conflict, frame_name, frame_noise, is_isolated_atom,
+                                 neighbour_ratio, overlap_message, parse_labels, prediction_source,
+                                 shortest_image_distance, structure_errors)
 
 __all__ = ["validate", "ValidationReport", "DataWarning", "warn_report"]
 
@@ -393,7 +393,9 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
     else:
         for key, unit in (("energy_sigma", "eV"), ("forces_sigma", "eV/Å"), ("stress_sigma", "eV/Å^3")):
             if key in given and np.any(np.asarray(given[key]) < np.asarray(used[key])):
-                field_name = "force sigma" if key == "forces_sigma" else key
+                field_name = {"forces_sigma": "force sigma", "stress_sigma": "stress sigma"}.get(key, key)
+                if key == "stress_sigma" and atoms.info.get("stress_sigma") is None:
+                    field_name = "virial_sigma / volume"
                 warn(f"{name}: {field_name} = {np.min(given[key]):.3g} {unit} is below the noise floor; it is "
                      f"fitted with {np.min(used[key]):.3g} {unit} (kernelpot.io.labels.NOISE_FLOOR)")
 
