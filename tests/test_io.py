@@ -601,6 +601,14 @@ def test_extxyz_bad_fields_name_file_and_frame(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.xyz: frame 1 \(line 5\): line 8 has 1 field\(s\) where atom 1 "
                                          r"of 2 should have 4"):
         read(path)
+    # a blank line between frames (cat a.xyz <(echo) b.xyz): ASE's reader stops there, silently
+    path.write_text(good + good + "\n" + good + "\n\n")
+    with pytest.raises(ValueError, match=r"bad\.xyz: ASE's reader stopped at the blank line 9 and read 2 of the "
+                                         r"file's 3 frames"):
+        read(path)
+    assert len(read(path, index="0:2")) == 2                 # frames before it, asked for by index
+    path.write_text(good + good + "\n\n")                   # blank lines at the end are no frame
+    assert len(read(path)) == 2
     path.write_text(good.replace("energy=-1.0", "REF_energy=abc"))
     with pytest.raises(ValueError, match=r"bad\.xyz: frame 0: REF_energy is 'abc', not a number"):
         read(path)

@@ -174,6 +174,9 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
             raise ValueError(f"{path}: {_where_reading_stops(path, format)}cannot be read as "
                              f"{format or 'a format ASE recognises'} ({type(exc).__name__}: {exc}){hint}") from exc
         frames = [images] if isinstance(images, Atoms) else list(images)
+        if index in (":", slice(None)) and (format or ase.io.formats.filetype(str(path), read=False)) in (
+                "extxyz", "xyz"):
+            _check_all_frames_read(path, len(frames))
         _check_extxyz_tensors(path, format)
     unused: dict[str, list[int]] = {}
     mixed: dict[str, list[int]] = {}
@@ -736,7 +739,7 @@ def _where_reading_stops(path: Path, format: str | None) -> str:
     if fmt in ("extxyz", "xyz"):
         # ASE's extxyz reader indexes the whole file before it yields a frame: a frame whose layout is
         # broken anywhere stops it at frame 0, so the layout is walked here as text first
-        broken = _xyz_break(path)
+        broken = _xyz_layout(path)[2]
         if broken:
             return broken
     n_ok, lines = 0, 0
@@ -750,28 +753,34 @@ def _where_reading_stops(path: Path, format: str | None) -> str:
     return ""
 
 
-def _xyz_break(path: Path) -> str:
-    """``"frame 3 (line 25): <what>; "``: the first (ext)xyz frame whose text breaks its own layout.
+def _xyz_layout(path: Path) -> tuple[int, list, str]:
+    """Walk an (ext)xyz file's layout as text: ``(n_frames, blank_lines, broken)``.
 
     Each frame is an atom-count line, a comment line and that many atom lines of as many fields as the
-    comment's ``Properties=`` declares (at least 4: species and position).  Empty when every frame keeps
-    it (the failure is in a value, which ASE's message names).
+    comment's ``Properties=`` declares (at least 4: species and position).  ``n_frames``: the frames
+    whose layout holds; ``blank_lines``: line numbers of blank lines followed by another frame (ASE's
+    reader stops at the first); ``broken``: ``"frame 3 (line 25): <what>; "`` for the first frame whose
+    layout breaks (cut short, written over), else empty.
     """
     import re
+    blanks, pending = [], []
     with open(path, encoding="utf-8", errors="replace") as fh:
         it = enumerate(fh, start=1)
         frame = 0
         for no, line in it:
             if not line.strip():
+                pending.append(no)
                 continue
+            blanks += pending if frame else []
+            pending = []
             where = f"frame {frame} (line {no}): "
             try:
                 n = int(line.split()[0])
             except ValueError:
-                return where + f"expected the number of atoms, found {line.strip()[:40]!r}; "
+                return frame, blanks, where + f"expected the number of atoms, found {line.strip()[:40]!r}; "
             comment = next(it, None)
             if comment is None:
-                return where + "the file ends after the atom count; "
+                return frame, blanks, where + "the file ends after the atom count; "
             m = re.search(r"Properties=(\S+)", comment[1], flags=re.IGNORECASE)
             fields = m.group(1).split(":") if m else []
             try:
@@ -781,14 +790,23 @@ def _xyz_break(path: Path) -> str:
             for k in range(n):
                 atom = next(it, None)
                 if atom is None:
-                    return where + f"the file ends after {k} of its {n} atom lines; "
+                    return frame, blanks, where + f"the file ends after {k} of its {n} atom lines; "
                 got = len(atom[1].split())
                 if (ncol is not None and got != ncol) or got < 4:
                     want = f"{ncol}" if ncol is not None else "at least 4"
-                    return (where + f"line {atom[0]} has {got} field(s) where atom {k} of {n} should have {want} "
-                            "(a frame cut short or written over?); ")
+                    return frame, blanks, (where + f"line {atom[0]} has {got} field(s) where atom {k} of {n} "
+                                           f"should have {want} (a frame cut short or written over?); ")
             frame += 1
-    return ""
+    return frame, blanks, ""
+
+
+def _check_all_frames_read(path: Path, n_read: int) -> None:
+    """Raise when ASE's (ext)xyz reader returned fewer frames than the file holds (it stops at a blank line)."""
+    n_text, blanks, broken = _xyz_layout(path)
+    if not broken and n_read < n_text:
+        at = f" at the blank line {blanks[0]}" if blanks else ""
+        raise ValueError(f"{path}: ASE's reader stopped{at} and read {n_read} of the file's {n_text} frames "
+                         "(blank lines between frames end an xyz file for it); remove the blank line(s)")
 
 
 def _warn_keys(path: Path, unused: dict, mixed: dict, n_frames: int, sources: dict | None = None,
