@@ -577,8 +577,9 @@ def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
     kcal/mol, kJ/mol per eV) or of ``-1``, with a cosine of at least 0.9
     between the two; the residuals choose between neighbouring units, and
     name both when they cannot.  One more candidate: energies per atom
-    written where the total belongs (``label ~ physics / n_atoms``; its
-    residual, of ``n_atoms`` times the label, beats the units' to be named).
+    written where the total belongs (``label ~ physics / n_atoms``), named
+    when its residual (in the labels' units, as the units' are) is the
+    smallest.
     Reported under the rule of :func:`stress_conventions` (halves the residual
     sum of squares, significant with one degree of freedom per structure,
     and plausible against the other groups).
@@ -628,14 +629,19 @@ def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
         Q = Q[:, :rank]
         L, P = E[idx] / n_at, physics[idx] / n_at
         L, P = L - Q @ (Q.T @ L), P - Q @ (Q.T @ P)
-        # the labels read as energies per atom (a total written divided by n_atoms): n_atoms * label per atom
+        # energies per atom written as totals: label ~ physics / n_atoms.  Judged like the unit candidates,
+        # by the labels' residual against that prediction (in the labels' own units: comparing residuals in
+        # the physics' units instead favoured a unit ratio within 35 % of 1/n_atoms, such as Hartree's 1/27
+        # for 32-atom cells); converted back: n_atoms * label
+        P_pa = physics[idx] / n_at ** 2
+        P_pa = P_pa - Q @ (Q.T @ P_pa)
         L_pa = E[idx] - Q @ (Q.T @ E[idx])
         sse0 = float(np.sum((L - P) ** 2))
         pp, ll, lp = float(P @ P), float(L @ L), float(L @ P)
         res = None
         if sse0 > 0 and pp > 0 and ll > 0:
             best = _best_factor(lambda f: float(np.sum((L - f * P) ** 2)), "energy", lp / pp, lp / np.sqrt(pp * ll))
-            sse_pa = float(np.sum((L_pa - P) ** 2))
+            sse_pa = float(np.sum((L - P_pa) ** 2))
             if sse_pa < sse0 and (best is None or sse_pa < best[2]):
                 best = (None, "energies per atom where the total energy belongs (x n_atoms)", sse_pa)
             p = best and _evidence(sse0, best[2], len(idx), max(1, len(names)), alpha)
