@@ -755,5 +755,14 @@ def test_loo_of_a_loaded_model_asks_for_its_training_frames(fitted, tmp_path):
         uq.leave_one_out(loaded)
     with pytest.raises(ValueError, match="not the frames this model was fitted on"):
         uq.leave_one_out(loaded, frames=frames[::-1])
+    # the same structures and labels with a sigma the fit did not have: another leave-one-out
+    from kernelpot.io.labels import relabelled
+    other = [relabelled(a, energy=a.get_potential_energy()) for a in frames]
+    other[3].info["energy_sigma"] = 0.05
+    with pytest.raises(ValueError, match="not the frames this model was fitted on"):
+        uq.leave_one_out(loaded, frames=other)
+    # a fingerprint saved before the noise column (7 columns) still accepts the training frames
+    loaded.train_fingerprint_ = loaded.train_fingerprint_[:, :7]
+    uq.leave_one_out(loaded, frames=frames)
     np.testing.assert_allclose(uq.leave_one_out(loaded, frames=frames).loo_residual,
                                uq.leave_one_out(model).loo_residual, rtol=1e-9, atol=1e-12)

@@ -1196,7 +1196,8 @@ class SparseGP(BaseEstimator):
         if fit.get("n_train_frames_") is not None:
             model.n_train_frames_ = int(fit["n_train_frames_"])
         if fit.get("train_fingerprint_") is not None:
-            model.train_fingerprint_ = np.asarray(fit["train_fingerprint_"], float).reshape(-1, 7)
+            # (n_frames, 8); 7 columns in files written before the noise column (same_fingerprint reads both)
+            model.train_fingerprint_ = np.atleast_2d(np.asarray(fit["train_fingerprint_"], float))
         # a header edited by hand (n_max, l_max, species) no longer describes the stored sparse environments:
         # say so here, not as a matrix-shape error blamed on the first structure predicted
         try:

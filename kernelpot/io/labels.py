@@ -673,11 +673,13 @@ def frame_noise(atoms, index: int | None = None, floored: bool = True) -> dict:
 
 
 def training_fingerprint(frames) -> np.ndarray:
-    """A few numbers per frame that tell one list of labelled frames from another, shape (n_frames, 7).
+    """A few numbers per frame that tell one list of labelled frames from another, shape (n_frames, 8).
 
     Per frame: number of atoms, sum of atomic numbers, energy, sum of squared positions (weighted by
-    atom index), sum of squared cell entries, sum of squared forces, sum of squared stress components
-    (NaN where absent).  A model file keeps no training structures; it keeps these, so that screening
+    atom index), sum of squared cell entries, sum of squared forces, sum of squared stress components,
+    and the noise the frame gives (:func:`frame_noise`: the sum of its sigmas plus the number of atoms
+    whose forces are masked; the same frames with other sigmas have another leave-one-out) (NaN where
+    absent).  A model file keeps no training structures; it keeps these, so that screening
     or auditing a model against "its training file" can check that it is that file, also after a round
     trip through a text format (compare with :func:`same_fingerprint`, which allows its rounding).  The
     same count of structures is not enough: another file of as many structures gave a leave-one-out of
@@ -689,9 +691,9 @@ def training_fingerprint(frames) -> np.ndarray:
 
     Returns
     -------
-    ndarray, shape (n_frames, 7)
+    ndarray, shape (n_frames, 8)
     """
-    out = np.full((len(frames), 7), np.nan)
+    out = np.full((len(frames), 8), np.nan)
     for i, a in enumerate(frames):
         pos = np.asarray(a.positions, float)
         w = np.arange(1, len(a) + 1, dtype=float)[:, None]
@@ -702,10 +704,19 @@ def training_fingerprint(frames) -> np.ndarray:
         for col, key in ((5, "forces"), (6, "stress")):
             if res.get(key) is not None:
                 out[i, col] = float(np.sum(np.asarray(res[key], float) ** 2))
+        given = frame_noise(a, i)
+        if given:
+            out[i, 7] = float(sum(np.sum(v) for k, v in given.items() if k != "force_mask")
+                              + np.sum(~given.get("force_mask", np.ones(1, bool))))
     return out
 
 
 def same_fingerprint(a, b) -> bool:
-    """Whether two :func:`training_fingerprint` arrays describe the same frames (relative 1e-6, absolute 1e-5)."""
+    """Whether two :func:`training_fingerprint` arrays describe the same frames (relative 1e-6, absolute 1e-5).
+
+    A fingerprint of 7 columns (a model file written before the noise column) is compared on those.
+    """
     a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.ndim == b.ndim == 2 and len(a) == len(b) and {a.shape[1], b.shape[1]} == {7, 8}:
+        a, b = a[:, :7], b[:, :7]
     return a.shape == b.shape and bool(np.all(np.isclose(a, b, rtol=1e-6, atol=1e-5, equal_nan=True)))
