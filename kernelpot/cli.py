@@ -265,8 +265,8 @@ def _noise_table(model) -> str:
         line = f"  noise {g:<22}{s * f:.4g} {unit}"
         if g in used:
             # with learned noise a sigma given in the data is a relative weight (see kernelpot.io.labels)
-            line += (f" without a sigma of their own; {used[g][0] * f:.4g} {unit} (median) for the "
-                     f"{len(used[g][1])} frames that give one")
+            line = (f"  noise {g:<22}{used[g][0] * f:.4g} {unit} as fitted (precision-weighted mean over the "
+                    f"{len(used[g][1])} frames that give their own sigma; {s * f:.4g} {unit} for a label without)")
         lines.append(line)
     return "\n".join(lines)
 

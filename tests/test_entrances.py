@@ -320,7 +320,7 @@ def test_noise_of_labels_with_their_own_sigma_is_reported_as_used(cu_frames, sma
     for kind in ("forces", "stress"):
         assert used[kind][0] == pytest.approx(plain.noise_[kind], rel=0.05)   # (optimiser tolerance)
     assert model.noise_["stress"] > 100 * used["stress"][0]
-    assert "(median) for the 12 frames that give one" in _noise_table(model)
+    assert "as fitted (precision-weighted mean over the 12 frames that give their own sigma" in _noise_table(model)
     assert noise_as_used(plain, cu_frames) == {}
     # sigmas that call every label worthless (1e12): the noise as used dwarfs the labels, and the fit says so
     # (it returned with delta at its bound, force sigma ~5 meV/Å against errors of 1 eV/Å, and a bounds warning)

@@ -230,13 +230,16 @@ def noise_as_used(model, frames) -> dict:
 
     With learned noise a sigma given in the data is a relative weight
     (:func:`noise_reference`), so ``model.noise_`` is the noise of a label
-    *without* one.  For each group where some frames give a sigma: the median
-    noise their observations are fitted with (energy per atom, eV/Å, eV/Å^3)
-    and the frames that give one.
+    *without* one.  For each group where some frames give a sigma: the noise
+    their observations are fitted with, as one number (energy per atom, eV/Å,
+    eV/Å^3): the precision-weighted mean ``(mean sigma^-2)^-1/2``, the level
+    of the labels that weigh most in the fit (a median followed the many
+    loosely weighted labels when config_types differ tenfold), and the
+    frames that give one.
 
     Returns
     -------
-    dict {group: (median noise, frames)}, ``frames`` an int array of frame indices
+    dict {group: (noise, frames)}, ``frames`` an int array of frame indices
     """
     used: dict = {}
     keys = {"energy": "energy_sigma", "forces": "forces_sigma", "stress": "stress_sigma"}
@@ -252,7 +255,7 @@ def noise_as_used(model, frames) -> dict:
             if kind == "energy":
                 scale = scale / len(a)
             used.setdefault(group, []).append((i, model.noise_[group] * scale))
-    return {g: (float(np.median(np.concatenate([x for _, x in v]))), np.array([i for i, _ in v]))
+    return {g: (float(np.mean(np.concatenate([x for _, x in v]) ** -2.0) ** -0.5), np.array([i for i, _ in v]))
             for g, v in used.items()}
 
 
