@@ -96,6 +96,7 @@ def test_force_mask_and_fixed_atoms():
     ("stress_sigma", 0.0, "stress_sigma"),
     ("energy_sigma", "abc", "energy_sigma"),                # not a number (a GAP file's typo)
     ("virial_sigma", [0.1, "x"], "virial_sigma"),
+    ("force_sigma", True, "force_sigma"),                      # a flag, not a sigma
 ])
 def test_bad_sigma_named_by_frame_and_field(key, value, match):
     atoms = _cu()

@@ -381,7 +381,7 @@ def test_frames_named_isolated_atoms_that_are_not_used_as_one_are_named():
     unset, which the user did not ask for; an isolated atom with a force (zero by symmetry) is named too."""
     dimer = Atoms("Cu2", positions=[[0, 0, 0], [2.3, 0, 0]], cell=[12.0] * 3)
     dimer.calc = SinglePointCalculator(dimer, energy=-1.0, forces=np.zeros((2, 3)))
-    dimer.info["config_type"] = "IsolatedAtom"
+    dimer.info["config_type"] = "Isolated_Atoms"                  # one of the spellings in use
     frames = [_atom(),                                             # 0: a true isolated atom: nothing to say
               _atom(cell=[5.0] * 3, pbc=True),                     # 1: images 5 Å away
               dimer,                                               # 2: two atoms
@@ -392,5 +392,19 @@ def test_frames_named_isolated_atoms_that_are_not_used_as_one_are_named():
     assert len(w) == 3, w
     assert w[0].startswith("frame 1 ('isolated_atom'): config_type says isolated atom, but its nearest periodic "
                            "image is 5 Å away")
-    assert w[1].startswith("frame 2 ('IsolatedAtom'): config_type says isolated atom, but it has 2 atoms")
+    assert w[1].startswith("frame 2 ('Isolated_Atoms'): config_type says isolated atom, but it has 2 atoms")
     assert w[2].startswith("frame 3 ('isolated_atom'): forces: an isolated atom has |F| = 0.3 eV/Å")
+    # the spellings in use name a DFT box's atom an isolated atom, as GAP's IsolatedAtom does
+    from kernelpot.io.labels import is_isolated_atom
+    for name in ("Isolated_Atom", "isolated-atoms", "IsolatedAtom"):
+        assert is_isolated_atom(_atom(cell=[12.0] * 3, pbc=True, config_type=name))
+    assert not is_isolated_atom(_atom(cell=[12.0] * 3, pbc=True, config_type="isolated_atom_dimer_scan"))
+
+
+def test_a_per_atom_force_sigma_below_the_floor_names_the_atom():
+    atoms = _frame()
+    sig = np.full(len(atoms), 0.05)
+    sig[5] = 1e-6
+    atoms.arrays["force_atom_sigma"] = sig
+    w = [m for m in validate([atoms]).warnings if "noise floor" in m]
+    assert len(w) == 1 and w[0].startswith("frame 0 ('bulk'): force_atom_sigma of atom 5 = 1e-06 eV/Å is below")

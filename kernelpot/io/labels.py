@@ -57,7 +57,7 @@ import itertools
 import numpy as np
 
 __all__ = ["DataWarning", "frame_labels", "training_fingerprint", "same_fingerprint", "parse_labels", "frame_noise",
-           "structure_errors", "check_structure", "frame_name", "is_periodic", "is_isolated_atom", "config_type",
+           "structure_errors", "check_structure", "frame_name", "is_periodic", "is_isolated_atom", "says_isolated_atom", "config_type",
            "energy_conflict", "OVERLAP_DISTANCE", "LABEL_UNITS", "overlapping_pairs", "overlap_message",
            "ENERGY_KEYS", "FORCES_KEYS", "STRESS_KEYS", "VIRIAL_KEYS", "NOISE_KEYS", "NOISE_FLOOR", "looks_like_label", "relabelled"]
 
@@ -218,14 +218,21 @@ def is_isolated_atom(atoms) -> bool:
 
     One atom counts when no periodic image lies within :data:`ISOLATION_DISTANCE`
     and, for a cell periodic in all three directions (a DFT box), when its
-    ``config_type`` says so (``isolated_atom`` or GAP's ``IsolatedAtom``).  A
+    ``config_type`` says so (:func:`says_isolated_atom`: ``isolated_atom``, GAP's ``IsolatedAtom``, ...).  A
     one-atom cell periodic in one or two directions with close images (a
     monolayer, a chain) is a structure, not a reference: counted as one it set
     ``e0`` of copper to a (111) monolayer's energy, 0.76 eV instead of 3.51.
     """
     if len(atoms) != 1 or shortest_image_distance(atoms) < ISOLATION_DISTANCE:
         return False
-    return not is_periodic(atoms) or atoms.info.get("config_type", "") in ("isolated_atom", "IsolatedAtom")
+    return not is_periodic(atoms) or says_isolated_atom(atoms)
+
+
+def says_isolated_atom(atoms) -> bool:
+    """Whether the frame's ``config_type`` names an isolated atom, in any of its spellings
+    (``isolated_atom``, GAP's ``IsolatedAtom``, ``Isolated_Atoms``, ``isolated-atom``, ...)."""
+    name = str(atoms.info.get("config_type", "")).lower().replace("_", "").replace("-", "").replace(" ", "")
+    return name in ("isolatedatom", "isolatedatoms")
 
 
 def config_type(atoms, default: str = "default") -> str:
@@ -608,6 +615,8 @@ def relabelled(atoms, **labels):
 
 def _positive(value, what: str, name: str, shape=()) -> np.ndarray:
     try:
+        if np.asarray(value).dtype == bool:  # True is no sigma, though float(True) is 1.0
+            raise TypeError
         v = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
         v = np.full(shape, np.nan)  # not a number: reported below with the frame and the field

@@ -55,9 +55,9 @@ from scipy.spatial import cKDTree
 
 from kernelpot.io.labels import _list  # one way to list atom/frame indices in messages
 from kernelpot.io.labels import (ISOLATION_DISTANCE, LABEL_UNITS, OVERLAP_DISTANCE, DataWarning, _thin_cell,
-                                 config_type, energy_conflict, frame_name, frame_noise, is_isolated_atom,
+                                 energy_conflict, frame_name, frame_noise, is_isolated_atom,
                                  neighbour_ratio, overlap_message, parse_labels, prediction_source,
-                                 shortest_image_distance, structure_errors)
+                                 says_isolated_atom, shortest_image_distance, structure_errors)
 
 __all__ = ["validate", "ValidationReport", "DataWarning", "warn_report"]
 
@@ -396,6 +396,8 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
                 field_name = {"forces_sigma": "force sigma", "stress_sigma": "stress sigma"}.get(key, key)
                 if key == "stress_sigma" and atoms.info.get("stress_sigma") is None:
                     field_name = "virial_sigma / volume"
+                if key == "forces_sigma" and "force_atom_sigma" in atoms.arrays:
+                    field_name = f"force_atom_sigma of atom {int(np.argmin(given[key]))}"
                 warn(f"{name}: {field_name} = {np.min(given[key]):.3g} {unit} is below the noise floor; it is "
                      f"fitted with {np.min(used[key]):.3g} {unit} (kernelpot.io.labels.NOISE_FLOOR)")
 
@@ -407,7 +409,7 @@ def _check_isolated_atom(name: str, atoms: Atoms, results: dict, warn) -> None:
             warn(f"{name}: forces: an isolated atom has |F| = {np.abs(results['forces']).max():.3g} eV/Å; "
                  "by symmetry it is 0 (labels of another structure?)")
         return
-    if config_type(atoms, "") not in ("isolated_atom", "IsolatedAtom"):
+    if not says_isolated_atom(atoms):
         return
     why = (f"it has {len(atoms)} atoms" if len(atoms) != 1 else
            f"its nearest periodic image is {shortest_image_distance(atoms):.3g} Å away (an isolated atom needs "
