@@ -609,6 +609,11 @@ def test_extxyz_bad_fields_name_file_and_frame(tmp_path):
     assert len(read(path, index="0:2")) == 2                 # frames before it, asked for by index
     path.write_text(good + good + "\n\n")                   # blank lines at the end are no frame
     assert len(read(path)) == 2
+    # an atom count one too small: the frame's last atom line stands where the next frame's count belongs
+    path.write_text(good + good.replace("2\n", "1\n", 1) + good)
+    with pytest.raises(ValueError, match=r"bad\.xyz: frame 1 \(line 5\): its atom count 1 is too small: line 8 is "
+                                         r"one more atom line"):
+        read(path)
     path.write_text(good.replace("energy=-1.0", "REF_energy=abc"))
     with pytest.raises(ValueError, match=r"bad\.xyz: frame 0: REF_energy is 'abc', not a number"):
         read(path)

@@ -408,3 +408,15 @@ def test_a_per_atom_force_sigma_below_the_floor_names_the_atom():
     atoms.arrays["force_atom_sigma"] = sig
     w = [m for m in validate([atoms]).warnings if "noise floor" in m]
     assert len(w) == 1 and w[0].startswith("frame 0 ('bulk'): force_atom_sigma of atom 5 = 1e-06 eV/Å is below")
+
+
+def test_a_config_type_that_swallowed_the_keys_after_it_is_named(tmp_path):
+    """An unbalanced quote in an extxyz comment line: ASE reads the rest of the line into config_type, and the
+    frame's energy and pbc are silently gone."""
+    good = 'Lattice="4 0 0 0 4 0 0 0 4" Properties=species:S:1:pos:R:3 energy=-1.0 config_type=b pbc="T T T"'
+    bad = 'Lattice="4 0 0 0 4 0 0 0 4" Properties=species:S:1:pos:R:3 config_type="b energy=-1.0 pbc="T T T"'
+    path = tmp_path / "quote.xyz"
+    path.write_text("".join(f"2\n{c}\nCu 0 0 0\nCu 2 0 0\n" for c in (good, bad)))
+    frames = read(path)
+    w = [m for m in validate(frames, raise_on_error=False).warnings if "key=value" in m]
+    assert len(w) == 1 and w[0].startswith("config_type of frame 1 is 'b energy=-1.0 pbc=T': key=value text")

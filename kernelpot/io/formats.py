@@ -764,6 +764,7 @@ def _xyz_layout(path: Path) -> tuple[int, list, str]:
     """
     import re
     blanks, pending = [], []
+    last = None  # (line, atom count) of the frame before
     with open(path, encoding="utf-8", errors="replace") as fh:
         it = enumerate(fh, start=1)
         frame = 0
@@ -777,7 +778,12 @@ def _xyz_layout(path: Path) -> tuple[int, list, str]:
             try:
                 n = int(line.split()[0])
             except ValueError:
+                if last is not None and len(line.split()) >= 4 and line.split()[0].isalpha():
+                    # an atom line where the next frame should start: the frame before holds more atoms
+                    return frame - 1, blanks, (f"frame {frame - 1} (line {last[0]}): its atom count {last[1]} is "
+                                               f"too small: line {no} is one more atom line; ")
                 return frame, blanks, where + f"expected the number of atoms, found {line.strip()[:40]!r}; "
+            last = (no, n)
             comment = next(it, None)
             if comment is None:
                 return frame, blanks, where + "the file ends after the atom count; "

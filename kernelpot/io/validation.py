@@ -33,6 +33,7 @@ Warnings (plausible but suspicious, usually a unit mistake):
   image closer than ``ISOLATION_DISTANCE``): it is fitted as a structure, not used as ``e0``; an
   isolated atom with a force above ``ISOLATED_FORCE`` (zero by symmetry);
 - a noise given in the data below :data:`kernelpot.io.labels.NOISE_FLOOR` (it is fitted at the floor);
+- a ``config_type`` holding ``key=value`` text (an unbalanced quote in an extxyz comment line);
 - the data set's median structure without a bonded neighbour (nearest neighbours beyond 1.6 x
   their covalent radii sum): positions in Bohr or another length unit (once for the data set);
 - frames whose labels are a model's predictions (``kernelpot predict`` output read back).
@@ -44,6 +45,7 @@ that ``SparseGP.fit`` uses; ``SparseGP.fit`` runs :func:`validate` and issues it
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -376,6 +378,10 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
                  f"{MAX_FORCE:g} eV/Å; wrong units (Hartree/Bohr = 51.42 eV/Å, kcal/mol/Å)?")
 
     _check_isolated_atom(name, atoms, results, warn)
+    ct = atoms.info.get("config_type")
+    if isinstance(ct, str) and re.search(r"(^|\s)[A-Za-z_][\w-]*=", ct):
+        warn(f"config_type of frame {i} is {ct[:60]!r}: key=value text inside a label (an unbalanced quote in "
+             "the extxyz comment line swallows the keys after it, which are then not read)")
 
     if "stress" in results:
         s_max = float(np.max(np.abs(results["stress"]))) / units.GPa
