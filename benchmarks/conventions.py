@@ -19,6 +19,7 @@ files go wrong:
 ``e_hartree``    energies in Hartree read as eV (x 1/27.2)
 ``e_kcal``       energies in kcal/mol read as eV (x 23.06)
 ``e_sign``       energies with the opposite sign (a converter writing binding energies)
+``e_per_atom``   energies per atom written where the total belongs
 
 ``shear_swap``   shear written ``xy xz yz`` (LAMMPS) and read as ``xy yz zx`` (VASP): yz and xz exchanged
 ``vasp_as_ase``  shear written in VASP's ``xy yz zx`` and read as ASE Voigt ``yz xz xy``
@@ -52,10 +53,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 # slip -> (label from true value, order of the label's (yz, xz, xy) in physics components, factor)
-ENERGY_SLIPS = {
-    "e_hartree": (lambda e: e / 27.211386, (), 1 / 27.211386),
-    "e_kcal": (lambda e: e * 23.060548, (), 23.060548),
-    "e_sign": (lambda e: -e, (), -1.0),
+ENERGY_SLIPS = {  # (total energy, atoms) -> label
+    "e_hartree": (lambda e, n: e / 27.211386, (), 1 / 27.211386),
+    "e_kcal": (lambda e, n: e * 23.060548, (), 23.060548),
+    "e_sign": (lambda e, n: -e, (), -1.0),
+    "e_per_atom": (lambda e, n: e / n, (), 1.0),
 }
 SLIPS = {
     "shear_swap": (lambda s: s[[0, 1, 2, 4, 3, 5]], ("xz", "yz", "xy"), 1.0),
@@ -87,7 +89,7 @@ def relabel(frames, group, fn, kind):
     """Copies of ``frames`` with ``kind`` of every structure of ``group`` replaced by ``fn`` of it."""
     from kernelpot.io.labels import frame_labels, relabelled
     return [relabelled(a, **{kind: fn(np.array(frame_labels(a)[kind], float).copy()) if kind == "stress"
-                             else fn(float(frame_labels(a)[kind]))})
+                             else fn(float(frame_labels(a)[kind]), len(a))})
             if a.info.get("config_type") == group and _has(a, kind) else a for a in frames]
 
 
@@ -96,8 +98,9 @@ def _change(frames, idx, fn, kind):
     if kind == "stress":
         S = np.array([frames[i].get_stress(voigt=True) for i in idx])
         return float(np.sqrt(np.mean((np.array([fn(s.copy()) for s in S]) - S) ** 2)))
-    e = np.array([frames[i].get_potential_energy() / len(frames[i]) for i in idx])
-    d = np.array([fn(x) for x in e]) - e
+    n = np.array([len(frames[i]) for i in idx])
+    e = np.array([frames[i].get_potential_energy() for i in idx])
+    d = (np.array([fn(x, k) for x, k in zip(e, n)]) - e) / n
     return float(np.std(d))
 
 
@@ -150,7 +153,8 @@ def main(argv=None):
                 continue
             res, _, _ = findings(relabel(frames, g, fn, kind))
             hit = [f for f in res if f.group == g and f.label == kind and f.order == order
-                   and f.factor / factor > 0 and abs(np.log(f.factor / factor)) < np.log(1.2)]
+                   and f.factor / factor > 0 and abs(np.log(f.factor / factor)) < np.log(1.2)
+                   and getattr(f, "per_atom", False) == (slip == "e_per_atom")]
             other = [f for f in res if (f.group, f.label) != (g, kind) and (f.group, f.label) not in shipped]
             totals[slip][0] += bool(hit)
             totals[slip][1] += 1
