@@ -642,7 +642,12 @@ def energy_conventions(frames, physics: np.ndarray, alpha: float = 0.05, groups=
         if sse0 > 0 and pp > 0 and ll > 0:
             best = _best_factor(lambda f: float(np.sum((L - f * P) ** 2)), "energy", lp / pp, lp / np.sqrt(pp * ll))
             sse_pa = float(np.sum((L - P_pa) ** 2))
-            if sse_pa < sse0 and (best is None or sse_pa < best[2]):
+            # as for a unit: the labels must follow that prediction (cosine), and converted back they must
+            # halve the residual in the physics' units too -- else 1/n_atoms^2 only shrinks a poor physics
+            # prediction towards labels of little spread (mlearn Li's elastic cells, 0.2 meV/atom)
+            cos_pa = float(L @ P_pa) / np.sqrt(ll * float(P_pa @ P_pa)) if float(P_pa @ P_pa) > 0 else 0.0
+            if (sse_pa < sse0 and (best is None or sse_pa < best[2]) and cos_pa >= _MIN_COS["energy"]
+                    and MIN_IMPROVEMENT * float(np.sum((L_pa - P) ** 2)) <= sse0):
                 best = (None, "energies per atom where the total energy belongs (x n_atoms)", sse_pa)
             p = best and _evidence(sse0, best[2], len(idx), max(1, len(names)), alpha)
             res = (best[0], best[1], p) if best and p is not None else None
