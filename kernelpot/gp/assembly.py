@@ -237,6 +237,13 @@ def noise_as_used(model, frames) -> dict:
     loosely weighted labels when config_types differ tenfold), and the
     frames that give one.
 
+    Parameters
+    ----------
+    model : SparseGP
+        Fitted model.
+    frames : list of ase.Atoms
+        Its training frames.
+
     Returns
     -------
     dict {group: (noise, frames)}, ``frames`` an int array of frame indices

@@ -1028,6 +1028,17 @@ class SparseGP(BaseEstimator):
     def training_frames(self, frames=None, where: str = "frames") -> list:
         """The frames the model was fitted on: ``frames`` checked against the fit, or the ones it kept.
 
+        Parameters
+        ----------
+        frames : list of ase.Atoms, optional
+            The training frames, in training order (None: those the model holds).
+        where : str
+            How the caller's argument is named in messages.
+
+        Returns
+        -------
+        list of ase.Atoms
+
         Raises
         ------
         ValueError
