@@ -43,7 +43,8 @@ import scipy.linalg as sla
 from kernelpot.gp.solve import cho_solve
 from kernelpot.io.labels import config_type, is_isolated_atom
 
-__all__ = ["calibration_groups", "group_labels", "GroupAccumulator", "reduced_basis", "removed_directions"]
+__all__ = ["calibration_groups", "group_labels", "GroupAccumulator", "reduced_basis", "removed_directions",
+           "nystrom_growth"]
 
 MAX_FORCE_ATOMS = 4
 
@@ -287,7 +288,7 @@ class GroupAccumulator:
                     mean = A @ a_red
                     post = post - np.sum(sla.solve_triangular(Lh, Z.T @ A.T, lower=True, check_finite=False) ** 2,
                                          axis=0)
-                    nys = nys + u * np.sum((A[:, :len(Q)] @ Q) ** 2, axis=1)
+                    nys = nys + u * nystrom_growth(A, Q)
                 out["residual"].append((y - u * mean) * unit)
                 out["epistemic"].append((u * np.maximum(post, 0.0) + nys) * unit ** 2)
                 out["nystrom"].append(nys * unit ** 2)
@@ -317,6 +318,15 @@ def removed_directions(Lmm: np.ndarray, columns, width: int | None = None) -> np
     P = np.zeros((M if width is None else width, Q.shape[1]))
     P[:M] = Q
     return P
+
+
+def nystrom_growth(A: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Growth of each whitened row's Nystrom residual (reduced units) when the directions ``P`` leave the basis.
+
+    ``|P^T a|^2`` per row ``a`` of ``A`` (n, W), ``P`` (M, k) an orthonormal basis of
+    the removed whitened directions (:func:`removed_directions`, SOAP block).
+    """
+    return np.sum((A[:, :len(P)] @ P) ** 2, axis=1)
 
 
 def reduced_basis(Lmm: np.ndarray, Lg: np.ndarray, ag: np.ndarray, columns: np.ndarray) -> tuple:

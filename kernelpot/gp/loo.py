@@ -33,7 +33,7 @@ import scipy.linalg as sla
 from kernelpot import _threads
 from kernelpot.io.labels import frame_labels
 from kernelpot.gp.assembly import chunks, progress, whitened_rows, worker_view
-from kernelpot.gp.group_loo import GroupAccumulator, group_labels, removed_directions
+from kernelpot.gp.group_loo import GroupAccumulator, group_labels, nystrom_growth, removed_directions
 from kernelpot.gp.solve import cho_solve
 
 __all__ = ["TrainingDiagnostics", "leave_one_out"]
@@ -222,10 +222,9 @@ def own_sparse_residual(Lmm: np.ndarray, A: np.ndarray, columns: np.ndarray) -> 
     this.  Reduced units, like :func:`kernelpot.gp.assembly.nystrom_residual`;
     ``M = Lmm.shape[0]`` SOAP columns come first in ``A``.
     """
-    M = Lmm.shape[0]
     if not len(columns):
         return np.zeros(len(A))
-    return np.sum((A[:, :M] @ removed_directions(Lmm, columns)) ** 2, axis=1)
+    return nystrom_growth(A, removed_directions(Lmm, columns))
 
 
 def _without_own_columns(post, A, sig, S, Lf, rt, r_loo, loo_std, own, M):
@@ -258,7 +257,7 @@ def _without_own_columns(post, A, sig, S, Lf, rt, r_loo, loo_std, own, M):
     r_new = r_loo + u * (AZ @ sla.cho_solve((Lh, True), pa, check_finite=False))
     var = loo_std ** 2 - u * np.sum(W ** 2, axis=0)
     # and the growth of the Nystrom residual (:func:`own_sparse_residual`, from the same basis)
-    return r_new, np.sqrt(np.maximum(var, sig ** 2)), np.sum((A[:, :M] @ P[:M]) ** 2, axis=1)
+    return r_new, np.sqrt(np.maximum(var, sig ** 2)), nystrom_growth(A, P[:M])
 
 
 def _frame_loo(model, a, fi: int, acc=None, cache=None, owner=None) -> dict:
