@@ -385,7 +385,7 @@ def recalibrate(model, diag: TrainingDiagnostics | None = None, frames=None) -> 
     if diag is None:
         from kernelpot.gp.group_loo import calibration_groups
         groups, _ = calibration_groups(model, frames)
-        diag = leave_one_out(model, frames if getattr(model, "_train_frames", None) is None else None, groups=groups)
+        diag = leave_one_out(model, frames, groups=groups)
     iso = [i for i, a in enumerate(frames) if is_isolated_atom(a)]
     weights = recalibration_weights(diag, exclude_frames=iso)
     if getattr(model, "noise_per_config_type", False):

@@ -144,6 +144,10 @@ def leave_one_out(model, frames=None, groups=None) -> TrainingDiagnostics:
     >>> d.z[d.kind == "energy"]                          # doctest: +SKIP
     """
     model._check_fitted()
+    held = getattr(model, "_train_frames", None)
+    if frames is not None and held is not None and len(frames) == len(held) and all(
+            a is b for a, b in zip(frames, held)):
+        frames = None  # the frames the model holds: no fingerprint check, and its row cache serves
     # rows kept from the fit's assembly pass (SparseGP.fit), valid for its own training frames only
     cache = getattr(model, "_row_cache", None) if frames is None else None
     frames = model.training_frames(frames)
