@@ -1294,21 +1294,19 @@ def _warn_unlearned(model, frames, labels):
     """
     used = assembly.noise_as_used(model, frames)
     for kind in ("energy", "forces", "stress"):
-        per_group: dict = {}
-        members: dict = {}
+        per_group: dict = {}  # group -> [(frame, labels)]
         for i, (a, lab) in enumerate(zip(frames, labels)):
             if kind in lab and not is_isolated_atom(a):
                 value = lab[kind] / len(a) if kind == "energy" else lab[kind]
-                per_group.setdefault(assembly.group_of(model, kind, a), []).append(np.ravel(value))
-                members.setdefault(assembly.group_of(model, kind, a), []).append(i)
+                per_group.setdefault(assembly.group_of(model, kind, a), []).append((i, np.ravel(value)))
         for group, vals in per_group.items():
             if group not in model.noise_ or (kind == "energy" and len(vals) < 3):
                 continue
-            x = np.concatenate(vals)
+            x = np.concatenate([v for _, v in vals])
             # energies per atom: their spread (the offsets take the mean); forces, stress: their RMS
             rms = float(np.std(x) if kind == "energy" else np.sqrt(np.mean(x ** 2)))
             noise, what = model.noise_[group], f"learned {group} noise"
-            if group in used and np.isin(members[group], used[group][1]).all():
+            if group in used and np.isin([i for i, _ in vals], used[group][1]).all():
                 # every label gives its own sigma: model.noise_ is a relative scale
                 noise, what = used[group][0], f"{group} noise the labels are fitted with (their own sigmas)"
             if rms > 10 * NOISE_FLOOR[kind] and noise >= UNLEARNED_FRACTION * rms:

@@ -56,7 +56,7 @@ import itertools
 
 import numpy as np
 
-__all__ = ["DataWarning", "frame_labels", "training_fingerprint", "same_fingerprint", "parse_labels", "frame_noise",
+__all__ = ["DataWarning", "frame_labels", "training_fingerprint", "same_fingerprint", "parse_labels", "frame_noise", "floor_noise",
            "structure_errors", "check_structure", "frame_name", "is_periodic", "is_isolated_atom", "says_isolated_atom", "config_type",
            "energy_conflict", "OVERLAP_DISTANCE", "LABEL_UNITS", "overlapping_pairs", "overlap_message",
            "ENERGY_KEYS", "FORCES_KEYS", "STRESS_KEYS", "VIRIAL_KEYS", "NOISE_KEYS", "NOISE_FLOOR", "looks_like_label", "relabelled"]
@@ -625,6 +625,15 @@ def _positive(value, what: str, name: str, shape=()) -> np.ndarray:
     return v
 
 
+def floor_noise(given: dict, n_atoms: int) -> dict:
+    """The sigmas of :func:`frame_noise` (``floored=False``) raised to :data:`NOISE_FLOOR` (the energy's to
+    ``n_atoms`` times the per-atom floor); ``force_mask`` passes unchanged."""
+    floor = {"energy_sigma": n_atoms * NOISE_FLOOR["energy"], "forces_sigma": NOISE_FLOOR["forces"],
+             "stress_sigma": NOISE_FLOOR["stress"]}
+    return {k: v if k not in floor else np.maximum(v, floor[k]) if k == "forces_sigma" else max(v, floor[k])
+            for k, v in given.items()}
+
+
 def frame_noise(atoms, index: int | None = None, floored: bool = True) -> dict:
     """Noise and force mask given in the data of one frame (GAP conventions; module table).
 
@@ -663,9 +672,7 @@ def frame_noise(atoms, index: int | None = None, floored: bool = True) -> dict:
         if is_periodic(atoms):
             out["stress_sigma"] = v / abs(atoms.cell.volume)
     if floored:
-        floor = {"energy_sigma": n * NOISE_FLOOR["energy"], "forces_sigma": NOISE_FLOOR["forces"],
-                 "stress_sigma": NOISE_FLOOR["stress"]}
-        out = {k: np.maximum(v, floor[k]) if k == "forces_sigma" else max(v, floor[k]) for k, v in out.items()}
+        out = floor_noise(out, n)
     mask = np.ones(n, dtype=bool)
     if "force_mask" in arrays:
         fm = np.asarray(arrays["force_mask"])

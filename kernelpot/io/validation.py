@@ -57,7 +57,7 @@ from scipy.spatial import cKDTree
 
 from kernelpot.io.labels import _list  # one way to list atom/frame indices in messages
 from kernelpot.io.labels import (ISOLATION_DISTANCE, LABEL_UNITS, OVERLAP_DISTANCE, DataWarning, _thin_cell,
-                                 energy_conflict, frame_name, frame_noise, is_isolated_atom,
+                                 energy_conflict, floor_noise, frame_name, frame_noise, is_isolated_atom,
                                  neighbour_ratio, overlap_message, parse_labels, prediction_source,
                                  says_isolated_atom, shortest_image_distance, structure_errors)
 
@@ -393,7 +393,8 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
              f"(pbc={atoms.pbc.tolist()}); it is not a bulk stress")
 
     try:
-        given, used = frame_noise(atoms, i, floored=False), frame_noise(atoms, i)
+        given = frame_noise(atoms, i, floored=False)
+        used = floor_noise(given, n)
     except ValueError as exc:
         err(str(exc))
     else:
