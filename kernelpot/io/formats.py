@@ -174,10 +174,7 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
             raise ValueError(f"{path}: {_where_reading_stops(path, format)}cannot be read as "
                              f"{format or 'a format ASE recognises'} ({type(exc).__name__}: {exc}){hint}") from exc
         frames = [images] if isinstance(images, Atoms) else list(images)
-        if index in (":", slice(None)) and (format or ase.io.formats.filetype(str(path), read=False)) in (
-                "extxyz", "xyz"):
-            _check_all_frames_read(path, len(frames))
-        _check_extxyz_tensors(path, format)
+        _check_xyz_text(path, format, len(frames) if index in (":", slice(None)) else None)
     unused: dict[str, list[int]] = {}
     mixed: dict[str, list[int]] = {}
     sources: dict[str, dict[str, list[int]]] = {}
@@ -540,44 +537,42 @@ def _to_voigt(stress: Any, what: str) -> np.ndarray:
     raise ValueError(f"{what} has shape {s.shape}, expected (6,), (9,) or (3, 3)")
 
 
-def _check_extxyz_tensors(path: Path, format: str | None) -> None:
-    """Raise if a ``stress=`` or ``virial=`` 3x3 on an extxyz comment line is not symmetric.
+def _check_xyz_text(path: Path, format: str | None, n_read: int | None) -> None:
+    """After ASE has read an (ext)xyz file, one walk over its text (:func:`_xyz_layout`) for what ASE lets pass.
 
-    ASE's reader keeps one triangle of these and drops the other without a word, so this
-    reads the comment lines once more (only they are parsed; atom lines are skipped).
+    Raises if a ``stress=`` or ``virial=`` 3x3 on an extxyz comment line is not symmetric (ASE's reader
+    keeps one triangle of these and drops the other without a word; only the comment lines are parsed),
+    and, given ``n_read`` (the frames ASE returned for the whole file), if the file holds more frames
+    (ASE's reader stops at a blank line between frames).
     """
     from ase.io.formats import filetype
+    counted = n_read is not None and (format or filetype(str(path), read=False)) in ("extxyz", "xyz")
     try:
-        if (format or filetype(str(path), guess=False)) != "extxyz":
-            return
-    except Exception:  # ASE cannot tell: not an extxyz file, nothing to check
+        tensors = (format or filetype(str(path), guess=False)) == "extxyz"
+    except Exception:  # ASE cannot tell: not an extxyz file, no tensors to check
+        tensors = False
+    if not (counted or tensors):
         return
-    from itertools import islice
     from ase.io.extxyz import key_val_str_to_dict
     keys = {k.lower() for k in STRESS_KEYS + VIRIAL_KEYS}
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        frame = 0
-        for line in fh:
-            if not line.strip():
-                continue
+
+    def check_tensors(frame, comment):
+        if "=" in comment and any(k in comment.lower() for k in keys):
             try:
-                n = int(line.split()[0])
-            except ValueError:  # not a frame header: ASE has read the file, so stop checking
-                return
-            comment = fh.readline()
-            if "=" in comment and any(k in comment.lower() for k in keys):
-                try:
-                    info = key_val_str_to_dict(comment)
-                except Exception:
-                    info = {}
-                for key, value in info.items():
-                    asym = stress_asymmetry(value) if key.lower() in keys else None
-                    if asym is not None:
-                        raise ValueError(f"{path}: frame {frame}: {key}: {asym} (extxyz writes the 9 values "
-                                         f"column by column; ASE would keep one triangle of it)")
-            for _ in islice(fh, n):
-                pass
-            frame += 1
+                info = key_val_str_to_dict(comment)
+            except Exception:
+                info = {}
+            for key, value in info.items():
+                asym = stress_asymmetry(value) if key.lower() in keys else None
+                if asym is not None:
+                    raise ValueError(f"{path}: frame {frame}: {key}: {asym} (extxyz writes the 9 values "
+                                     f"column by column; ASE would keep one triangle of it)")
+
+    n_text, blanks, broken = _xyz_layout(path, check_tensors if tensors else None)
+    if counted and not broken and n_read < n_text:
+        at = f" at the blank line {blanks[0]}" if blanks else ""
+        raise ValueError(f"{path}: ASE's reader stopped{at} and read {n_read} of the file's {n_text} frames "
+                         "(blank lines between frames end an xyz file for it); remove the blank line(s)")
 
 
 def _what(value) -> str:
@@ -753,8 +748,10 @@ def _where_reading_stops(path: Path, format: str | None) -> str:
     return ""
 
 
-def _xyz_layout(path: Path) -> tuple[int, list, str]:
+def _xyz_layout(path: Path, on_comment=None) -> tuple[int, list, str]:
     """Walk an (ext)xyz file's layout as text: ``(n_frames, blank_lines, broken)``.
+
+    ``on_comment(frame, comment_line)`` is called for each frame's comment line.
 
     Each frame is an atom-count line, a comment line and that many atom lines of as many fields as the
     comment's ``Properties=`` declares (at least 4: species and position).  ``n_frames``: the frames
@@ -787,6 +784,8 @@ def _xyz_layout(path: Path) -> tuple[int, list, str]:
             comment = next(it, None)
             if comment is None:
                 return frame, blanks, where + "the file ends after the atom count; "
+            if on_comment is not None:
+                on_comment(frame, comment[1])
             m = re.search(r"Properties=(\S+)", comment[1], flags=re.IGNORECASE)
             fields = m.group(1).split(":") if m else []
             try:
@@ -804,15 +803,6 @@ def _xyz_layout(path: Path) -> tuple[int, list, str]:
                                            f"should have {want} (a frame cut short or written over?); ")
             frame += 1
     return frame, blanks, ""
-
-
-def _check_all_frames_read(path: Path, n_read: int) -> None:
-    """Raise when ASE's (ext)xyz reader returned fewer frames than the file holds (it stops at a blank line)."""
-    n_text, blanks, broken = _xyz_layout(path)
-    if not broken and n_read < n_text:
-        at = f" at the blank line {blanks[0]}" if blanks else ""
-        raise ValueError(f"{path}: ASE's reader stopped{at} and read {n_read} of the file's {n_text} frames "
-                         "(blank lines between frames end an xyz file for it); remove the blank line(s)")
 
 
 def _warn_keys(path: Path, unused: dict, mixed: dict, n_frames: int, sources: dict | None = None,
