@@ -777,6 +777,30 @@ def test_voigt_stress_in_extxyz_is_explained(tmp_path):
     np.testing.assert_allclose(read(tmp_path / "ref.xyz")[0].get_stress(), [0.1, 0.2, 0.3, 0, 0, 0])
 
 
+def test_short_lattice_is_not_called_a_stress(tmp_path):
+    """A Lattice= of 8 values raised ASE's "special 3x3 matrix" error, and kernelpot's hint spoke of stress=;
+    the hint now names the key ASE named."""
+    body = "Cu 0 0 0 0 0 0\nCu 1.8 1.8 0 0 0 0\n"
+    (tmp_path / "lat.xyz").write_text('2\nLattice="3.6 0 0 3.6 0 0 0 3.6" Properties=species:S:1:pos:R:3:forces:R:3 '
+                                      f'energy=-3.0 pbc="T T T"\n{body}')
+    with pytest.raises(ValueError, match=r"lat.xyz: .*Lattice= holds the three cell vectors") as err:
+        read(tmp_path / "lat.xyz")
+    assert "stress" not in str(err.value)
+
+
+def test_nan_position_is_named_as_such(tmp_path):
+    """A ``nan`` coordinate in an extxyz file was reported as labels belonging to a different structure (ASE
+    compares positions with ==); it reads, and fitting names the atom whose position is not finite."""
+    import kernelpot
+    text = ('2\nLattice="3.6 0 0 0 3.6 0 0 0 3.6" Properties=species:S:1:pos:R:3:forces:R:3 energy=-3.0 '
+            'pbc="T T T"\nCu 0 0 0 0 0 0\nCu 1.8 nan 0 0 0 0\n')
+    (tmp_path / "nan.xyz").write_text(text)
+    frames = read(tmp_path / "nan.xyz")
+    assert np.isnan(frames[0].positions[1, 1]) and frames[0].calc.results["energy"] == -3.0
+    with pytest.raises(ValueError, match=r"frame 0: positions are not finite .*atoms \[1\]"):
+        kernelpot.SparseGP(n_sparse=4, verbose=False).fit(frames)
+
+
 def test_label_keys_mixed_across_frames_are_named(tmp_path):
     """Frames 0-1 labelled dft_*, frame 2 REF_*: read silently took each frame's own key."""
     frames = []

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -168,9 +169,13 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
             raise
         except Exception as exc:  # ASE's parsers raise many types; say which file, keep the cause
             hint = ""
-            if "special 3x3 matrix" in str(exc):  # ASE's extxyz reader: stress= / virial= must hold 9 values
+            # ASE's extxyz reader: Lattice=, stress= and virial= must hold 9 values ("Got info item <key>, ...")
+            item = re.search(r"info item (\S+?),? expecting special 3x3", str(exc))
+            if item and item.group(1).lower() in ("stress", "virial"):
                 hint = ("; extxyz keeps stress= and virial= as 3x3 (9 values): store a Voigt 6-vector under "
                         "another key, e.g. REF_stress=, which kernelpot reads as the stress label")
+            elif item and item.group(1) == "Lattice":
+                hint = "; Lattice= holds the three cell vectors, 9 numbers in one quoted string"
             raise ValueError(f"{path}: {_where_reading_stops(path, format)}cannot be read as "
                              f"{format or 'a format ASE recognises'} ({type(exc).__name__}: {exc}){hint}") from exc
         frames = [images] if isinstance(images, Atoms) else list(images)
@@ -834,13 +839,36 @@ def _warn_keys(path: Path, unused: dict, mixed: dict, n_frames: int, sources: di
         warnings.warn(f"{path}: " + "; ".join(lines), DataWarning, stacklevel=3)
 
 
+def _changed_since_labelled(atoms: Atoms) -> list[str]:
+    """What of ``atoms`` (positions, cell, ...) differs from the structure its SinglePointCalculator was given.
+
+    ASE's ``check_state`` compares with ``==``, so a NaN coordinate (a file's ``nan``, which validation names
+    as such) reads as a changed structure; arrays equal with NaNs in the same places are the same structure.
+    """
+    calc = atoms.calc
+    if not isinstance(calc, SinglePointCalculator):
+        return []
+    ref = calc.atoms
+    out = []
+    for what in calc.check_state(atoms):
+        a, b = getattr(ref, f"get_{what}", None), getattr(atoms, f"get_{what}", None)
+        try:
+            same = a is not None and b is not None and np.array_equal(np.asarray(a(), float), np.asarray(b(), float),
+                                                                       equal_nan=True)
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            out.append(what)
+    return out
+
+
 def _stored_results(atoms: Atoms, i: int) -> dict[str, Any]:
     """Results stored in the calculator (never triggers a calculation)."""
     calc = atoms.calc
     if calc is None:
         return {}
-    if isinstance(calc, SinglePointCalculator) and calc.check_state(atoms):
-        changed = ", ".join(calc.check_state(atoms))
+    changed = _changed_since_labelled(atoms)
+    if changed:
         raise ValueError(f"frame {i}: the labels in the calculator belong to a different "
-                         f"structure ({changed} changed since they were attached)")
+                         f"structure ({', '.join(changed)} changed since they were attached)")
     return {k: v for k, v in calc.results.items() if k in all_properties}

@@ -266,11 +266,10 @@ def _check_duplicates(frames, report: ValidationReport) -> None:
     for i, atoms in enumerate(frames):
         if not isinstance(atoms, Atoms) or len(atoms) == 0:
             continue
-        try:
-            pos = np.round(np.asarray(atoms.positions, float) / 1e-5).astype(np.int64)
-            cell = np.round(np.asarray(atoms.cell.array, float) / 1e-5).astype(np.int64)
-        except (ValueError, OverflowError):  # non-finite positions: an error reported elsewhere
+        pos, cell = np.asarray(atoms.positions, float), np.asarray(atoms.cell.array, float)
+        if not (np.all(np.abs(pos) < 1e9) and np.all(np.abs(cell) < 1e9)):  # NaN/inf: an error reported elsewhere
             continue
+        pos, cell = np.round(pos / 1e-5).astype(np.int64), np.round(cell / 1e-5).astype(np.int64)
         key = (atoms.numbers.tobytes(), pos.tobytes(), cell.tobytes(), tuple(bool(p) for p in atoms.pbc))
         if key not in seen:
             seen[key] = i
