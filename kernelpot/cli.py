@@ -294,10 +294,13 @@ def _cmd_predict(args) -> int:
         b = a.copy()
         b.arrays.pop("forces", None)
         b.info = {k: v for k, v in a.info.items() if k not in ("energy", "stress", "free_energy")}
-        b.new_array("forces_std", r["forces_std"])
-        b.new_array("forces_std_epistemic", r["forces_std_epistemic"])
-        b.new_array("local_energy", r["energies"])
-        b.new_array("local_energy_std", r["energies_std"])
+        # an input written by predict before (another model's output) has these columns: replaced, as its
+        # energy and forces are
+        b.info.pop("stress_std", None), b.info.pop("stress_std_epistemic", None)
+        b.set_array("forces_std", r["forces_std"])
+        b.set_array("forces_std_epistemic", r["forces_std_epistemic"])
+        b.set_array("local_energy", r["energies"])
+        b.set_array("local_energy_std", r["energies_std"])
         b.info[PREDICTED_KEY] = f"kernelpot {kernelpot.__version__} model {Path(args.model).name}"
         b.info["extrapolation"] = r["extrapolation"]
         b.info["energy_std"] = r["energy_std"]

@@ -83,6 +83,22 @@ def test_predict_writes_values_and_stds(fitted_model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred.xyz"]
 
 
+def test_predict_on_a_predicted_file_replaces_its_columns(fitted_model, tmp_path):
+    """Predicting again on predict's own output (a second model compared on the first's file) died with ASE's
+    'Array forces_std already present'; the old prediction columns are replaced like its energy and forces."""
+    first, second = tmp_path / "p1.xyz", tmp_path / "p2.xyz"
+    assert main(["predict", str(fitted_model), TEST, "-o", str(first), "--quiet"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its labels are predictions: said, and beside the point here
+        assert main(["predict", str(fitted_model), str(first), "-o", str(second), "--quiet"]) == 0
+        a, b = kernelpot.read(first), kernelpot.read(second)
+    direct = kernelpot.load(fitted_model).predict_frame(kernelpot.read(TEST)[1])
+    for k in ("forces_std", "forces_std_epistemic", "local_energy", "local_energy_std"):
+        assert b[1].arrays[k].shape == a[1].arrays[k].shape
+        np.testing.assert_allclose(b[1].arrays[k], a[1].arrays[k], rtol=0, atol=2e-8)
+    assert b[1].info["stress_std"] == pytest.approx(direct["stress_std"], rel=1e-6)
+
+
 def test_predictions_read_back_are_named_as_predictions(fitted_model, tmp_path, capsys):
     """A file written by predict holds a model's output: read back as labels, validate, fit and eval say so
     (eval of the model that wrote it once printed MAE 0.0000 and 100 % coverage without a word)."""
