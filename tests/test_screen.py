@@ -1,6 +1,7 @@
 """Training-set screening: planted label errors are found, clean data are left alone."""
 
 import re
+import warnings
 import sys
 
 import numpy as np
@@ -754,3 +755,19 @@ def test_influence_plot_readable(dirty_table):
     for i, b in enumerate(boxes):
         assert fb.x0 <= b.x0 and b.x1 <= fb.x1 and fb.y0 <= b.y0 and b.y1 <= fb.y1   # not clipped
         assert not any(b.overlaps(o) for o in boxes[i + 1:])                           # not overlapping
+
+
+def test_refit_round_does_not_renumber_data_warnings(dirty, small_soap):
+    """The refit is fitted on the structures that were not flagged; its data warnings numbered that subset's
+    frames (a tester's duplicate of file frame 24 was named as frame 22, an unrelated cell). The data were
+    checked as a whole when the model was fitted: the refit passes on only the fit's own warnings."""
+    from kernelpot.io.labels import DataWarning
+    copy = _relabel(dirty[30], energy=dirty[30].calc.results["energy"] + 0.02)  # relabelled duplicate
+    frames = list(dirty) + [copy]
+    with pytest.warns(DataWarning, match=r"frames 30 and 40"):
+        model = SparseGP(descriptor=small_soap, n_sparse=100, verbose=False).fit(frames)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = screen(model, refit_rounds=1)
+    assert t.rounds == 1 and min(t.flagged) < 30 and not {30, 40} & set(t["index"][t["held_out"]].tolist())
+    assert not [w for w in caught if issubclass(w.category, DataWarning)], [str(w.message)[:200] for w in caught]

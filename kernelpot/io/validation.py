@@ -294,8 +294,9 @@ def _check_duplicates(frames, report: ValidationReport) -> None:
         shown = "; ".join(conflicts[:_MAX_INDICES_LISTED])
         more = f"; ... ({len(conflicts) - _MAX_INDICES_LISTED} more)" if len(conflicts) > _MAX_INDICES_LISTED else ""
         report.warnings.append(f"duplicates: {len(conflicts)} pair(s) of identical structures with different "
-                               f"labels: {shown}{more}; one of each pair is mislabelled (kernelpot.screen names "
-                               "which) or they come from different DFT settings")
+                               f"labels: {shown}{more}; one of each pair is mislabelled or they come from different "
+                               "DFT settings (no fit can say which of a pair: each is the other's best prediction; "
+                               "recompute one, or drop both)")
 
 
 def warn_report(report: ValidationReport, where: str = "data", stacklevel: int = 3,

@@ -169,6 +169,7 @@ fit's own progress lines), with the structures it removes.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,7 +178,7 @@ from scipy import special, stats
 from sklearn.base import clone
 
 from kernelpot.gp.assembly import note
-from kernelpot.io.labels import _list, config_type, frame_labels, is_isolated_atom
+from kernelpot.io.labels import DataWarning, _list, config_type, frame_labels, is_isolated_atom
 from kernelpot.gp.loo import TrainingDiagnostics, leave_one_out
 from kernelpot.gp import conventions
 from kernelpot.uq.diagnosis import diagnose, duplicates, mean_descriptors, moved_atom, neighbour_ratio, scale_slip
@@ -709,7 +710,10 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         note(getattr(model, "verbose", False),
              f"screen: refit round {r + 1} (at most {refit_rounds}): removing {out.size} flagged "
              f"structure(s) {_list(out)} and fitting again on the other {keep.size}")
-        refit = clone(model).fit([frames[i] for i in keep])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            refit = clone(model).fit([frames[i] for i in keep])
+        _rewarn(caught, f"screen: refit round {r + 1} (without frames {_list(out)})")
         rdiag = getattr(refit, "training_diagnostics_", None)
         ev = _merge(_loo_evidence(leave_one_out(refit) if rdiag is None else rdiag, keep),
                     _heldout_evidence(refit, frames, np.flatnonzero(removed), diag.frame_leverage), n)
@@ -718,6 +722,21 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         # no refit followed the first pass (nothing flagged): report it as a single pass, undeflated
         table = scored(first, False, model)
     return table
+
+
+def _rewarn(caught, where: str) -> None:
+    """Pass on a refit's warnings, except those about the data.
+
+    The refit's data are a subset of structures already checked as a whole
+    (validation and label conventions warn when ``model`` is fitted), and its
+    messages number the subset's frames: a screen of 25 frames without frames
+    8 and 12 named file frame 22 for the duplicate of frame 24.  What remains
+    (the fit's own state: hyperparameters at their bounds, a noise that
+    explains little) is said with ``where`` in front.
+    """
+    for w in caught:
+        if not issubclass(w.category, DataWarning):
+            warnings.warn(f"{where}: {w.message}", w.category, stacklevel=3)
 
 
 def _physics(model, frames, diag: TrainingDiagnostics, duplicate_tol: float) -> dict:
