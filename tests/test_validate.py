@@ -420,3 +420,19 @@ def test_a_config_type_that_swallowed_the_keys_after_it_is_named(tmp_path):
     frames = read(path)
     w = [m for m in validate(frames, raise_on_error=False).warnings if "key=value" in m]
     assert len(w) == 1 and w[0].startswith("config_type of frame 1 is 'b energy=-1.0 pbc=T': key=value text")
+
+
+def test_a_lowercase_lattice_key_is_named(tmp_path):
+    """``lattice=`` (lowercase) and no pbc=: ASE reads no cell and keeps the key in info, so a bulk file became
+    clusters without a word (fit later blamed the forces' units). The key is named; Lattice= still reads."""
+    a = _frame()
+    a.write(tmp_path / "ok.xyz", format="extxyz")
+    text = (tmp_path / "ok.xyz").read_text()
+    lower = text.replace("Lattice=", "lattice=").replace(' pbc="T T T"', "")
+    (tmp_path / "lower.xyz").write_text(lower)
+    frames = read(tmp_path / "lower.xyz")
+    assert not frames[0].pbc.any() and "lattice" in frames[0].info
+    report = validate(frames, raise_on_error=False)
+    assert [e for e in report.errors if "frame 0 ('bulk'): info['lattice'] holds 9 numbers" in e
+            and "Lattice= (capital L)" in e]
+    assert not validate(read(tmp_path / "ok.xyz"), raise_on_error=False).errors

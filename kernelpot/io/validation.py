@@ -346,6 +346,10 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
             _check_distances(name, atoms, min_distance, report)
 
     _results(name, atoms, report, check_state=positions_ok)
+    stray = _stray_cell(atoms)
+    if stray is not None:
+        err(f"{name}: info[{stray!r}] holds 9 numbers but the frame has no cell (pbc={atoms.pbc.tolist()}): extxyz "
+            f"reads the cell only from Lattice= (capital L), so it was read as a cluster; rename the key")
     results, label_errors = parse_labels(atoms, name)
     report.errors.extend(label_errors)
     present = {("energy" if k in ("energy", "free_energy") else k)
@@ -390,7 +394,7 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
                  f"{MAX_STRESS_GPA:g} GPa; wrong units (kBar or GPa stored as eV/Å^3)?")
     elif atoms.calc is not None and atoms.calc.results.get("stress") is not None and not periodic3:
         warn(f"{name}: stress is given but the frame is not periodic in all directions "
-             f"(pbc={atoms.pbc.tolist()}); it is not a bulk stress")
+             f"(pbc={atoms.pbc.tolist()}); it is not a bulk stress and is not fitted")
 
     try:
         given = frame_noise(atoms, i, floored=False)
@@ -407,6 +411,20 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
                     field_name = f"force_atom_sigma of atom {int(np.argmin(given[key]))}"
                 warn(f"{name}: {field_name} = {np.min(given[key]):.3g} {unit} is below the noise floor; it is "
                      f"fitted with {np.min(used[key]):.3g} {unit} (kernelpot.io.labels.NOISE_FLOOR)")
+
+
+def _stray_cell(atoms: Atoms) -> str | None:
+    """The info key that holds a cell ASE did not read (``lattice=``, ``cell=``), when the frame has none."""
+    if atoms.pbc.any() and atoms.cell.rank == 3:
+        return None
+    for key, value in atoms.info.items():
+        if str(key).lower() in ("lattice", "cell", "lattice_vectors"):
+            try:
+                if np.asarray(value, float).size == 9:
+                    return str(key)
+            except (TypeError, ValueError):
+                continue
+    return None
 
 
 def _check_isolated_atom(name: str, atoms: Atoms, results: dict, warn) -> None:
