@@ -557,6 +557,12 @@ def main(argv=None) -> int:
                 msg = f"missing key {msg}"
             print(f"kernelpot: error: {msg or type(exc).__name__}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            if args.debug:
+                raise
+            # every file is written through a temporary one and renamed (kernelpot.io.files.atomic_write)
+            print("kernelpot: interrupted; no output file was left half-written", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -214,6 +214,11 @@ def read_model_file(path, names) -> tuple[dict, dict]:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head[:2] != b"PK":  # every zip archive (an npz, truncated or not) starts with PK
+            raise _fail(path, "it is not a model file (a kernelpot model is an .npz archive; is it a structure "
+                              "file given in the model's place?)") from exc
         raise _fail(path, f"it is truncated or corrupted (not a readable npz archive: {exc})") from exc
     with zf:
         members = {n[:-4]: zf.getinfo(n) for n in zf.namelist() if n.endswith(".npy")}

@@ -295,7 +295,10 @@ def test_missing_output_folder_fails_before_fitting(capsys, monkeypatch):
 def test_bad_model_file_and_unknown_species(fitted_model, tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"garbage")
-    assert "truncated or corrupted" in _one_line_error(*_run(["eval", str(bad), TEST], capsys))
+    assert "it is not a model file" in _one_line_error(*_run(["eval", str(bad), TEST], capsys))
+    # the arguments swapped: a structure file in the model's place (it was called truncated or corrupted)
+    line = _one_line_error(*_run(["predict", TEST, str(fitted_model), "-o", str(tmp_path / "p.xyz")], capsys))
+    assert "emt_cu_test.xyz" in line and "structure file given in the model's place" in line
     from ase.build import bulk
     from ase.calculators.singlepoint import SinglePointCalculator
     au = bulk("Au", cubic=True)
@@ -304,7 +307,7 @@ def test_bad_model_file_and_unknown_species(fitted_model, tmp_path, capsys):
     line = _one_line_error(*_run(["predict", str(fitted_model), str(tmp_path / "au.xyz"), "-o",
                                   str(tmp_path / "p.xyz")], capsys))
     assert "Au" in line and "not trained on" in line
-    with pytest.raises(ValueError, match="truncated or corrupted"):
+    with pytest.raises(ValueError, match="not a model file"):
         main(["eval", str(bad), TEST, "--debug"])
 
 
@@ -568,3 +571,21 @@ def test_an_element_the_model_lacks_is_one_short_line_naming_the_file(fitted_mod
     line = _one_line_error(*_run(argv, capsys))
     assert line.startswith(f"kernelpot: error: {path}: 6 problem(s)") and "predict" not in line
     assert line.count("not trained on") == 1 and "6 frames [0, 1, 2, 3, 4, 5]" in line
+
+
+def test_interrupt_is_one_line_and_leaves_no_file(small_train, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a fit printed a 20-line traceback; it is one line, exit code 130 (the shell's for SIGINT),
+    and the model file being written is not left behind, half or whole."""
+    import kernelpot.modelfile as mf
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(mf.np, "savez", interrupted)
+    monkeypatch.setattr(mf.np, "savez_compressed", interrupted)
+    out = tmp_path / "m.npz"
+    capsys.readouterr()
+    assert main(["fit", str(small_train), "-o", str(out), "--n-sparse", "20", "--quiet"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "kernelpot: interrupted; no output file was left half-written"
+    assert "Traceback" not in "\n".join(err)
+    assert list(tmp_path.iterdir()) == []
