@@ -801,6 +801,23 @@ def test_nan_position_is_named_as_such(tmp_path):
         kernelpot.SparseGP(n_sparse=4, verbose=False).fit(frames)
 
 
+def test_folder_bom_and_unknown_symbol_are_named(tmp_path):
+    """Three inputs ASE fails on with a message that names another cause: a folder (tried as a
+    BundleTrajectory), a UTF-8 byte-order mark ('\\ufeff2' read as the atom count), a symbol that is no
+    element (KeyError 'Xx', placed at the frame's first line)."""
+    head = 'Lattice="3.6 0 0 0 3.6 0 0 0 3.6" Properties=species:S:1:pos:R:3:forces:R:3 energy=-3.0 pbc="T T T"'
+    frame = f"2\n{head}\nCu 0 0 0 0 0 0\nCu 1.8 1.8 0 0 0 0\n"
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match=r"folder: is a folder, not a file of structures"):
+        read(tmp_path / "folder")
+    (tmp_path / "bom.xyz").write_bytes(b"\xef\xbb\xbf" + frame.encode())
+    with pytest.raises(ValueError, match=r"bom.xyz: line 1: the file starts with a UTF-8 byte-order mark"):
+        read(tmp_path / "bom.xyz")
+    (tmp_path / "xx.xyz").write_text(frame + frame.replace("Cu 1.8", "Xx 1.8"))
+    with pytest.raises(ValueError, match=r"xx.xyz: frame 1 \(line 8\): unknown element symbol 'Xx'"):
+        read(tmp_path / "xx.xyz")
+
+
 def test_label_keys_mixed_across_frames_are_named(tmp_path):
     """Frames 0-1 labelled dft_*, frame 2 REF_*: read silently took each frame's own key."""
     frames = []
@@ -834,7 +851,7 @@ def test_extxyz_parse_errors_name_the_frame_and_its_line(tmp_path):
     bad = list(lines)
     bad[10 + 2 + 3] = "Qq" + bad[10 + 2 + 3][2:]          # frame 1 starts on line 11 (8 atoms + 2 lines each)
     (tmp_path / "el.xyz").write_text("\n".join(bad) + "\n")
-    with pytest.raises(ValueError, match=r"el.xyz: frame 1 \(line 11\): .*Qq"):
+    with pytest.raises(ValueError, match=r"el.xyz: frame 1 \(line 16\): unknown element symbol 'Qq'"):
         read(tmp_path / "el.xyz")
     (tmp_path / "cut.xyz").write_text("\n".join(lines[:-3]) + "\n")
     with pytest.raises(ValueError, match=r"cut.xyz: frame 2 \(line 21\): .*5 atoms, expected 8"):

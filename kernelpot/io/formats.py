@@ -168,6 +168,17 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
         except (FileNotFoundError, PermissionError, IsADirectoryError, TypeError):
             raise
         except Exception as exc:  # ASE's parsers raise many types; say which file, keep the cause
+            if path.is_dir():  # ASE tried it as a BundleTrajectory (its one folder format)
+                raise ValueError(f"{path}: is a folder, not a file of structures (extxyz, ASE db, mlearn JSON, or "
+                                 f"any file ASE reads)") from exc
+            with open(path, "rb") as fh:
+                if fh.read(3) == b"\xef\xbb\xbf":
+                    raise ValueError(f"{path}: line 1: the file starts with a UTF-8 byte-order mark (written by "
+                                     "some Windows editors), which ASE cannot read; save it as UTF-8 without "
+                                     "one") from exc
+            symbol = _unknown_symbol(path, exc)
+            if symbol:
+                raise ValueError(f"{path}: {symbol}") from exc
             hint = ""
             # ASE's extxyz reader: Lattice=, stress= and virial= must hold 9 values ("Got info item <key>, ...")
             item = re.search(r"info item (\S+?),? expecting special 3x3", str(exc))
@@ -728,6 +739,25 @@ def _compare_virial(atoms: Atoms, stress: np.ndarray, i: int, where: str, used: 
         used["virial_checked"] = key
     elif conflicts is not None:
         conflicts.setdefault(key, []).append((i, diff / units.GPa))
+
+
+def _unknown_symbol(path: Path, exc: Exception) -> str:
+    """``"frame 5 (line 331): unknown element symbol 'Xx'"`` when ASE's reader failed on a chemical symbol
+    (a ``KeyError`` naming it); empty otherwise."""
+    key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
+    if not (isinstance(key, str) and re.fullmatch(r"[A-Za-z][a-z]{0,2}", key)):
+        return ""
+    frame, left = -1, 0
+    with open(path, errors="replace") as fh:
+        for k, line in enumerate(fh, 1):
+            fields = line.split()
+            if left == 0 and len(fields) == 1 and fields[0].isdigit():  # an atom-count line: a new frame
+                frame, left = frame + 1, int(fields[0]) + 1
+                continue
+            left = max(left - 1, 0)
+            if fields and fields[0] == key:
+                return f"frame {max(frame, 0)} (line {k}): unknown element symbol {key!r}"
+    return f"unknown element symbol {key!r}"
 
 
 def _where_reading_stops(path: Path, format: str | None) -> str:
