@@ -125,6 +125,8 @@ def test_fit_that_explains_little_of_its_labels_says_so(small_soap):
             assert said and any("energy noise" in x or "stress noise" in x for x in said), said
             kind = "energy" if "energy noise" in said[0] else "stress"
             assert f"{m.noise_[kind]:.3g}" in said[0]
+            # six structures: too little data is named as a possible cause beside the units
+            assert "With 6 structures, too few to learn from may be all it is; else check their sign" in said[0]
 
 
 def test_predictions_invariant(cuau_model, cuau_frames):

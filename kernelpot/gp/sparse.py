@@ -1285,6 +1285,10 @@ def _atoms_list(obj, what: str, entry: str) -> list:
 UNLEARNED_FRACTION = 0.5
 
 
+#: Fewer structures of a group than this: the "explains little" warning names too little data as a cause.
+FEW_STRUCTURES = 10
+
+
 def _warn_unlearned(model, frames, labels):
     """Warn when the learned noise of a kind is comparable to its labels (energies per atom: their spread).
 
@@ -1315,9 +1319,13 @@ def _warn_unlearned(model, frames, labels):
                         "forces": "forces given as energy gradients? eV/Bohr?", "stress": "kBar? virial?"}[kind]
                 size = "spread" if kind == "energy" else "RMS"
                 ratio = f"{noise / rms:.0%} of" if noise < 10 * rms else f"{noise / rms:.3g} times"
+                # a handful of structures: the fit may simply have too little to learn from (a tester's 4-frame
+                # fit was sent to check the units of clean labels)
+                few = (f"With {len(vals)} structures, too few to learn from may be all it is; else check"
+                       if len(vals) < FEW_STRUCTURES else "Check")
                 warnings.warn(f"fit: the {what} {noise:.3g} {unit} is {ratio} the "
                               f"{size} of the {kind} labels ({rms:.3g} {unit}): the model explains little of them. "
-                              f"Check their sign and units ({hint}) and that the labels belong to their "
+                              f"{few} their sign and units ({hint}) and that the labels belong to their "
                               "structures; labels that are all near zero (relaxed structures) carry little to learn",
                               RuntimeWarning, stacklevel=3)
 
