@@ -743,7 +743,7 @@ def _compare_virial(atoms: Atoms, stress: np.ndarray, i: int, where: str, used: 
 
 def _unknown_symbol(path: Path, exc: Exception) -> str:
     """``"frame 5 (line 331): unknown element symbol 'Xx'"`` when ASE's reader failed on a chemical symbol
-    (a ``KeyError`` naming it); empty otherwise."""
+    (a ``KeyError`` naming what an atom line of the file starts with); empty otherwise."""
     key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
     if not (isinstance(key, str) and re.fullmatch(r"[A-Za-z][a-z]{0,2}", key)):
         return ""
@@ -757,7 +757,7 @@ def _unknown_symbol(path: Path, exc: Exception) -> str:
             left = max(left - 1, 0)
             if fields and fields[0] == key:
                 return f"frame {max(frame, 0)} (line {k}): unknown element symbol {key!r}"
-    return f"unknown element symbol {key!r}"
+    return ""  # a KeyError of something else (a property name): ASE's own message stands
 
 
 def _where_reading_stops(path: Path, format: str | None) -> str:

@@ -634,7 +634,9 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
         10-30 meV/atom hidden by a few gross energy errors (mlearn Si and Li
         with 5 % corrupted: ROC AUC 0.887 / 0.955 in a single pass, 0.961 /
         1.0 with one round; ``benchmarks/outliers.py``); ``0`` is a single
-        pass in about half the time.
+        pass in about half the time.  A refit's warnings about the data are
+        not repeated (they were given, numbered by the whole set, when
+        ``model`` was fitted); its other warnings are, prefixed with the round.
     duplicate_tol : float or None, default 1e-4
         Relative distance of mean descriptors below which two structures of
         the same composition are near-duplicates (:func:`kernelpot.uq.diagnosis.duplicates`);
