@@ -231,8 +231,7 @@ def main(argv=None) -> int:
         fit_s = time.perf_counter() - t0
         w = {k: "(" + ", ".join(f"{x:.3g}" for x in v) + ")" for k, v in model.std_weights_.items()}
         notes.append(f"{name}: {len(train)} structures, M = {model.sparse_.size}, fit {fit_s:.0f} s, groups "
-                     f"{model.calibration_groups_}; weights (w_a, w_p, w_n, gamma, v_ref, a_max, v_fade, n_max, "
-                     f"x_max, w_far, g_max, g_nys_max) {w}; "
+                     f"{model.calibration_groups_}; weights (w_a, w_p, w_n, gamma, v_ref, a_max, v_fade, n_max) {w}; "
                      f"warnings: {sorted({str(c.message)[:80] for c in caught if 'positive' not in str(c.message)})}")
         print(notes[-1], flush=True)
         for label, (frames, ind) in tests.items():

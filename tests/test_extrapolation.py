@@ -138,12 +138,9 @@ def test_nystrom_weight_fades_beyond_the_residuals_it_was_fitted_on():
     dimer = Atoms("Ni2", positions=[[0, 0, 0], [0, 0, 2.5]])
     cal, raw = model.predict_frame(dimer), model.predict_frame(dimer, calibrated=False)
     w = model.std_weights_["forces"]
-    assert w[2] < 0.05 and len(w) == 12    # the Nystrom weight is small where it was fitted ...
-    # ... and has faded here (the bond's forces: across it the std is the aleatoric part, calibrated apart):
-    # towards the far weight the held-out compositions measured (w[9]), and beyond their reach to the GP's own
-    ratio = cal["forces_std_epistemic"][:, 2] / raw["forces_std_epistemic"][:, 2]
-    assert np.all(ratio >= np.sqrt(min(w[9], 1.0)) * 0.95) and np.all(ratio <= np.sqrt(max(w[9], 1.0)) * 1.05)
-    assert np.all(ratio > 0.5)                  # nowhere near the 8x narrower sigma of the Nystrom weight
+    assert w[2] < 0.05 and len(w) == 9     # the Nystrom weight is small where it was fitted ...
+    # ... and has faded here (the bond's forces: across it the std is the aleatoric part, calibrated apart)
+    np.testing.assert_allclose(cal["forces_std_epistemic"][:, 2], raw["forces_std_epistemic"][:, 2], rtol=0.05)
     err = cal["forces"] - label(dimer, EMT()).get_forces()
     assert np.abs(err / cal["forces_std"])[:, 2].max() < 8
     assert cal["extrapolation"] > 10

@@ -103,14 +103,13 @@ def _forces_diag(r, sigma, loo_std, loo_pred):
 @pytest.mark.parametrize("w_a, w_p, w_n", [(0.05, 0.3, 0.3), (2.0, 3.0, 3.0), (1.0, 4.0, 0.5), (3.0, 0.5, 0.2),
                                            (1e7, 4e7, 5e6)])   # residuals 1e7x the GP's variance
 def test_recalibration_weights_recover_known_parameters(w_a, w_p, w_n):
-    wa, wp, wn, g, vref, amax, vfade, nmax, xmax, wfar, _, _ = uq.recalibration_weights(
-        _synthetic_diag(w_a, w_p, w_n), floors={"forces": 1e-4})["forces"]
+    wa, wp, wn, g, vref, amax, vfade, nmax, xmax = uq.recalibration_weights(_synthetic_diag(w_a, w_p, w_n),
+                                                                floors={"forces": 1e-4})["forces"]
     assert wa == pytest.approx(w_a, rel=0.2)
     assert wp == pytest.approx(w_p, rel=0.2)
     assert wn == pytest.approx(w_n, rel=0.2)
     assert g == 1.0                     # no group leave-one-out: no evidence of faster growth
     assert vfade == vref                # nor of where the held-out data stop vouching for a weight
-    assert wfar == 1.0                  # nor of what the variance is beyond them: the GP's own
     assert xmax == pytest.approx(amax)  # no residual measured without own sparse points: extrapolation as before
 
 
@@ -236,41 +235,6 @@ def test_fade_onset_recovered_from_group_residuals():
     assert w2[3] == pytest.approx(1.0, abs=0.1)
 
 
-@pytest.mark.parametrize("w_far", [0.05, 0.3])
-def test_far_weight_recovered_from_group_residuals(w_far):
-    # a Nystrom weight far below one where the structure LOO measured it (the raw residual too wide in
-    # distribution); held-out groups whose residuals lie beyond every structure-LOO residual follow a known
-    # far weight: the group likelihood finds it, and predictions read it up to the groups' reach and fade to
-    # the GP's own variance beyond it
-    d = _synthetic_diag(1.0, 2.0, 0.001)
-    w = uq.recalibration_weights(d, floors={"forces": 1e-4})["forces"]
-    assert w[2] < 0.05 and w[9] == 1.0
-    rng = np.random.default_rng(5)
-    n = 4000
-    nys = w[7] * np.exp(rng.uniform(np.log(3.0), np.log(300.0), n))   # beyond n_max: fade nearly complete
-    post = 0.01 * nys
-    reach = (float(np.max(post + nys)), float(nys.max()))
-    truth = (*w[:3], 1.0, w[4], reach[0], reach[0], w[7], reach[0], w_far, reach[0] * 1e6, reach[1] * 1e6)
-    _, total = uq.variance(truth, 0.1, post + nys, post + nys, nys)   # the far weight, not yet fading to one
-    d.group_loo = {"kind": np.array(["forces"] * n), "frame": np.arange(n), "group": np.zeros(n, int),
-                   "atom": np.zeros(n, int), "component": np.zeros(n, int),
-                   "residual": rng.normal(size=n) * np.sqrt(total), "sigma": np.full(n, 0.1),
-                   "epistemic": post + nys, "nystrom": nys}
-    w2 = uq.recalibration_weights(d, floors={"forces": 1e-4})["forces"]
-    assert w2[9] == pytest.approx(w_far, rel=0.15)
-    assert w2[10] == pytest.approx(reach[0]) and w2[11] == pytest.approx(reach[1])
-    # a prediction: at the groups' largest residual the Nystrom weight is (nearly) the far weight; 100x
-    # beyond it, (nearly) one
-    v = np.array([reach[1], 100 * reach[1]])
-    linear = (*w2[:3], 1.0, *w2[4:])                  # (the growth, fitted near one, aside)
-    epi, _ = uq.variance(linear, 0.0, v, v, v)
-    fade = lambda onset: np.clip(1 - onset / v, 0, 1)  # noqa: E731
-    far = w2[9] + (1 - w2[9]) * np.maximum(fade(w2[10]), fade(w2[11]))
-    expected = w2[2] + np.maximum(0, far - w2[2]) * np.maximum(fade(w2[6]), fade(w2[7]))
-    np.testing.assert_allclose(epi / v, expected, rtol=1e-10)
-    assert abs(epi[0] / v[0] - w2[9]) < 0.02 * w2[9] and abs(epi[1] / v[1] - 1) < 0.02
-
-
 def test_total_sigma_never_below_the_floor():
     # residuals much smaller than the learned noise: the noise weight follows them down, but
     # never so far that a total sigma falls below the floor (here 0.05 with a learned noise of 0.1)
@@ -382,9 +346,6 @@ def _calibration_nll(d, kind, w, group=False):
         gamp = amplitudes(g["kind"], g["frame"], g["atom"], g["component"], g["epistemic"])
         sel = (g["kind"] == kind) & (g["epistemic"] > 1e-6 * g["epistemic"][g["kind"] == kind].max())
         r, s, e, ny, a = g["residual"][sel], g["sigma"][sel], g["epistemic"][sel], g["nystrom"][sel], gamp[sel]
-        namp = amplitudes(g["kind"], g["frame"], g["atom"], g["component"], g["nystrom"])[sel]
-        _, v = uq.variance(w, s, e, a, ny, namp)     # the Nystrom reach reads its amplitude, as predictions do
-        return np.mean(np.log(v) + r ** 2 / v)
     _, v = uq.variance(w, s, e, a, ny)
     return np.mean(np.log(v) + r ** 2 / v)
 
@@ -400,7 +361,7 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     groups, _ = calibration_groups(model, model._train_frames)
     d = uq.leave_one_out(model, groups=groups)
     assert d.group_loo is not None and len(d.group_loo["residual"]) > 0
-    wa, wp, wn, gamma, vref, amax, vfade, nmax, xmax, wfar, gamax, gnmax = weights["forces"]
+    wa, wp, wn, gamma, vref, amax, vfade, nmax, xmax = weights["forces"]
     # stage 1, the weights: structure LOO with linear growth, their ratios from the likelihood
     # (perturbing one weight at a time and rescaling all three to the likelihood's own scale
     # never does better) and their common scale from the coverage at 1 and 2 sigma
@@ -427,17 +388,10 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     assert abs(np.mean(np.abs(z) <= 1) - 0.683) < 0.05 and abs(np.mean(np.abs(z) <= 2) - 0.954) < 0.03
     # stage 2, the growth: group LOO
     best = _calibration_nll(d, "forces", weights["forces"], group=True)
-    w = weights["forces"]
     for dg in (0.1, -0.1):
         if 1.0 <= gamma + dg <= 3.0:
-            assert best <= _calibration_nll(d, "forces", (*w[:3], gamma + dg, *w[4:9], 1.0, gamax, gnmax),
+            assert best <= _calibration_nll(d, "forces", (wa, wp, wn, gamma + dg, vref, amax, vfade, nmax),
                                             group=True) + 1e-9
-    # stage 3, the far weight, with the growth as fitted: the group LOO's maximum too
-    from kernelpot.gp.calibration import FAR_BOUNDS
-    assert gamax == pytest.approx(amax) and 0 < gnmax <= gamax * 10
-    for f in (1.2, 1 / 1.2):
-        if FAR_BOUNDS[0] <= wfar * f <= FAR_BOUNDS[1]:
-            assert best <= _calibration_nll(d, "forces", (*w[:9], wfar * f, gamax, gnmax), group=True) + 1e-9
     a = emt_frames(1, symbols=("Cu", "Au"), size=(1, 1, 2), seed=99)[0]
     r0, r1 = model.predict_frame(a), m.predict_frame(a)
     noise2 = r0["forces_std"] ** 2 - r0["forces_std_epistemic"] ** 2
@@ -446,12 +400,8 @@ def test_recalibration_applies_weights_to_predictions(fitted, tmp_path):
     v, ny = model.posterior_.latent_variances(feat, a.cell.volume, True, True)["forces"]
     np.testing.assert_allclose(r0["forces_std_epistemic"] ** 2, v, rtol=1e-10)
     amp = v.mean(axis=1, keepdims=True)                        # rotation-invariant: a third of the trace per atom
-    namp = ny.mean(axis=1, keepdims=True)
     fade = np.clip(1 - vfade / amp, 0, 1)
-    # beyond the data a weight below the far weight tends to it; beyond the group LOO's reach, to one
-    far = wfar + (1 - wfar) * np.maximum(np.clip(1 - gamax / amp, 0, 1), np.clip(1 - gnmax / namp, 0, 1))
-    Wp = wp + np.maximum(0, far - wp) * fade
-    Wn = wn + np.maximum(0, far - wn) * np.maximum(fade, np.clip(1 - nmax / namp, 0, 1))
+    Wp, Wn = wp + max(0, 1 - wp) * fade, wn + max(0, 1 - wn) * fade
     epi = (Wp * (v - ny) + Wn * ny) * (np.clip(amp, vref, amax) / vref) ** (gamma - 1)
     np.testing.assert_allclose(r1["forces_std_epistemic"] ** 2, epi, rtol=1e-10)
     np.testing.assert_allclose(r1["forces_std"] ** 2, wa * noise2 + epi, rtol=1e-10)

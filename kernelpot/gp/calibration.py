@@ -21,7 +21,7 @@ not convex in them) and then one common scale that makes their coverage at
 maximum likelihood on the leave-one-group-out residuals
 (:mod:`kernelpot.gp.group_loo`: each config_type or descriptor cluster
 predicted from the others and without its own sparse environments, under a
-shift); last the far weight ``w_f`` on the same group residuals.  Fitting the weights on both sets
+shift).  Fitting the weights on both sets
 at once made in-distribution sigma too wide (mlearn Si forces: 77 % within
 1 sigma, area 0.074; in two stages 73 %, 0.044).  Why this form:
 
@@ -40,7 +40,7 @@ at once made in-distribution sigma too wide (mlearn Si forces: 77 % within
   beyond ``a_max``; ``gamma = 1`` is linear.  The group held-out likelihood
   decides, per kind.
 * ``v_fade``: a weight below one (the GP variance too wide where the data
-  are) holds up to ``v_fade`` and fades beyond it, to ``w_f`` (below)
+  are) holds up to ``v_fade`` and fades back to one beyond it
   (:func:`kernelpot.gp.posterior.variance`).  Where the fade starts, between
   ``v_ref`` and ``a_max``, is chosen by the group held-out likelihood
   (with linear growth; ``gamma`` is fitted after it).  A fixed start at
@@ -49,7 +49,7 @@ at once made in-distribution sigma too wide (mlearn Si forces: 77 % within
   training amplitudes: acac 300 K test energies were 82 % within 1 sigma
   (area 0.14) and 600 K forces 80 % (area 0.12); with the fitted onset
   67 % (0.018) and 68 % (0.025).
-* ``n_max``: the Nystrom weight also fades (to ``w_f``) where the residual
+* ``n_max``: the Nystrom weight also fades back to one where the residual
   alone exceeds the largest residual of the calibration data.  The residual
   is data-free, the same in every held-out set, so no held-out error vouches
   for ``w_n`` beyond it; ``v_fade`` cannot see this when ``a_max`` was set by
@@ -64,18 +64,6 @@ at once made in-distribution sigma too wide (mlearn Si forces: 77 % within
   cells read ``extrapolation`` 300.  ``x_max``, the reference of the
   prediction's ``extrapolation`` and of nothing else, is measured alike: the
   largest posterior part plus that residual of a held-out structure.
-* ``w_f``, the far weight: where a weight fades, it fades to ``w_f``, measured
-  by the group held-out likelihood, and only beyond the largest amplitudes
-  the group LOO reached (its total and its Nystrom amplitude) on to one.
-  Before, every faded weight went straight to one, the GP's own variance,
-  which the held-out groups say is far too wide on some data: on
-  acetylacetone 300 K -> 600 K the energies were 95 % within 2 sigma with
-  area 0.063; with the far weight (at its lower bound, :data:`FAR_BOUNDS`)
-  area 0.028, the forces' 0.016 -> 0.012, and no target of the calibration
-  benchmark lost.  It is fitted after ``gamma``:
-  fitted first it took the growth's place (acetylacetone's ``gamma`` 1.6 and
-  2.6 fell to 1) and a known growth was no longer recovered.  Where the
-  groups hold no residuals ``w_f = 1`` (the previous behaviour).
 * ``w_a`` is free above a floor: no total sigma is below :data:`SIGMA_FLOOR`
   (a tenth of the fit's noise floor) and none is ever zero.  It is not bounded
   by the learned noise itself: on noise-free reference data (EMT) the
@@ -113,9 +101,6 @@ FADE_GRID = 13
 STAGE1_TILTS = (0.0, 3.0, -3.0)
 #: Mean NLL (nats per observation) by which a tilted start must beat the others to be kept.
 STAGE1_GAIN = 1e-6
-#: Bounds of the far weight (stage 3), the weight faded weights tend to where the group LOO reached: far from
-#: the data a sigma at most ~30x narrower than the GP's own, whatever a few held-out groups say.
-FAR_BOUNDS = (1e-3, 1e3)
 #: Fewer training structures than this with residuals of a kind: one scale, each structure one observation.
 MIN_FRAMES = 3
 
@@ -264,13 +249,9 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
 
     Returns
     -------
-    dict {kind: (w_aleatoric, w_posterior, w_nystrom, gamma, v_ref, a_max, v_fade, n_max, x_max, w_far,
-                 g_max, g_nys_max)}
+    dict {kind: (w_aleatoric, w_posterior, w_nystrom, gamma, v_ref, a_max, v_fade, n_max, x_max)}
         ``x_max`` is not part of the variance: it is the reference of
-        :func:`kernelpot.gp.posterior.extrapolation`.  ``w_far``: the weight a
-        faded weight tends to, up to ``g_max`` and ``g_nys_max``, the largest
-        amplitude and Nystrom amplitude the group LOO reached (1, ``a_max``
-        and ``n_max`` without group residuals).
+        :func:`kernelpot.gp.posterior.extrapolation`.
     """
     import scipy.optimize as so
     out = {}
@@ -318,24 +299,22 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
             n_eff = min(r.size, n_frames) if n_frames < MIN_FRAMES else r.size
             s2 = max(s2, (n_eff * s2 + min_obs) / (n_eff + min_obs))
             amax = float(amp_all[sel].max())
-            out[str(k)] = (max(lo, s2), s2, s2, 1.0, vref, amax, vref, nmax, max(xmax, amax), 1.0, amax, nmax)
+            out[str(k)] = (max(lo, s2), s2, s2, 1.0, vref, amax, vref, nmax, max(xmax, amax))
             continue
         S = (r, noise, post_all[sel], nys_all[sel], amp_all[sel])
         G = None
         if grp is not None and len(grp["residual"]):
             gs = (grp["kind"] == k) & g_useful
             if gs.sum() >= min_obs:
-                G = (grp["residual"][gs], grp["sigma"][gs] ** 2, grp["epistemic"][gs] - g_nys[gs], g_nys[gs], g_amp[gs],
-                     amplitudes(grp["kind"][gs], grp["frame"][gs], grp["atom"][gs], grp["component"][gs], g_nys[gs]))
+                G = (grp["residual"][gs], grp["sigma"][gs] ** 2, grp["epistemic"][gs] - g_nys[gs], g_nys[gs], g_amp[gs])
         # growth above the 90th percentile of the in-distribution amplitudes (vref, above), up to the
         # largest held-out one
         amax = float(max(S[4].max(), 0.0 if G is None else G[4].max()))
 
         # the group likelihood reads the Nystrom reach (n_max) as predictions do
-        def nll(w, data, gamma=1.0, vfade=vref, nreach=np.inf, far=(1.0, np.inf, np.inf)):
-            rr, nn, pp, ny, aa = data[:5]
-            na = data[5] if len(data) > 5 else None
-            _, v = variance((*w, gamma, vref, amax, vfade, nreach, amax, *far), np.sqrt(nn), pp + ny, aa, ny, na)
+        def nll(w, data, gamma=1.0, vfade=vref, nreach=np.inf):
+            rr, nn, pp, ny, aa = data
+            _, v = variance((*w, gamma, vref, amax, vfade, nreach), np.sqrt(nn), pp + ny, aa, ny)
             return 0.5 * np.mean(np.log(v) + rr ** 2 / v)
 
         # stage 1: the weights from the structure LOO (in distribution). In log weights the likelihood
@@ -373,21 +352,14 @@ def recalibration_weights(diag: TrainingDiagnostics, min_obs: int = 20, exclude_
         # keep the earliest, the most cautious), then how much faster sigma grows away from the data
         # (gamma).  One after the other: fitted jointly on a few groups they trade off, and a late
         # fade with gamma at its bound put sigma of an isolated atom at 60x the GP's own
-        gamma, vfade, far = 1.0, vref, (1.0, amax, nmax)
+        gamma, vfade = 1.0, vref
         if G is not None:
             grid = vref * (max(amax, vref) / vref) ** np.linspace(0.0, 1.0, FADE_GRID)
             f = np.array([nll(w, G, 1.0, vf, nmax) for vf in grid])
             vfade = float(grid[np.flatnonzero(f <= f.min() + 1e-12 * abs(f.min()))[0]])
             gamma = float(so.minimize_scalar(lambda g: nll(w, G, g, vfade, nmax), bounds=(1.0, 3.0),
                                              method="bounded", options={"xatol": 1e-4}).x)
-            # stage 3: the weight a faded weight tends to, up to the largest amplitudes the group LOO reached
-            # (beyond them it fades on to one, the GP's own variance)
-            reach = (float(G[4].max()), float(G[5].max()))
-            x = so.minimize_scalar(lambda x: nll(w, G, gamma, vfade, nmax, (np.exp(x), *reach)),
-                                   bounds=(np.log(FAR_BOUNDS[0]), np.log(FAR_BOUNDS[1])), method="bounded",
-                                   options={"xatol": 1e-4}).x
-            far = (float(np.exp(x)), *reach)
-        out[str(k)] = (float(w[0]), float(w[1]), float(w[2]), gamma, vref, amax, vfade, nmax, max(xmax, amax), *far)
+        out[str(k)] = (float(w[0]), float(w[1]), float(w[2]), gamma, vref, amax, vfade, nmax, max(xmax, amax))
     return out
 
 

@@ -258,29 +258,26 @@ def invariant_amplitude(kind: str, var: np.ndarray) -> np.ndarray:
 
 
 def _full_weights(weights) -> tuple:
-    """``(w_a, w_p, w_n, gamma, v_ref, a_max, v_fade, n_max, x_max, w_far, g_max, g_nys_max)`` from any stored form.
+    """``(w_a, w_p, w_n, gamma, v_ref, a_max, v_fade, n_max, x_max)`` from any stored form.
 
     Files before 0.2 hold ``(w_a, w_e)``; 0.2 files hold six entries, whose
     weights faded from ``v_ref`` on (``v_fade = v_ref``); seven entries are
     weights from before the Nystrom reach ``n_max`` (read as infinite: the
     Nystrom weight fades only with the whole amplitude, as it did); eight
     are from before ``x_max``, the reference of :func:`extrapolation` (read
-    as ``a_max``, as it was); nine are from before the far weight (read as
-    ``w_far = 1``: faded weights go to the GP's own variance, as they did).
+    as ``a_max``, as it was).
     """
     w = tuple(float(x) for x in weights)
     if len(w) == 2:
-        return (w[0], w[1], w[1], 1.0, np.inf, np.inf, np.inf, np.inf, np.inf, 1.0, np.inf, np.inf)
+        return (w[0], w[1], w[1], 1.0, np.inf, np.inf, np.inf, np.inf, np.inf)
     if len(w) == 6:
-        return w + (w[4], np.inf, w[5], 1.0, np.inf, np.inf)
+        return w + (w[4], np.inf, w[5])
     if len(w) == 7:
-        return w + (np.inf, w[5], 1.0, np.inf, np.inf)
+        return w + (np.inf, w[5])
     if len(w) == 8:
-        return w + (w[5], 1.0, np.inf, np.inf)
-    if len(w) == 9:
-        return w + (1.0, np.inf, np.inf)
-    if len(w) != 12:
-        raise ValueError(f"calibration weights must have 2, 6, 7, 8, 9 or 12 entries, got {w}")
+        return w + (w[5],)
+    if len(w) != 9:
+        raise ValueError(f"calibration weights must have 2, 6, 7, 8 or 9 entries, got {w}")
     return w
 
 
@@ -293,16 +290,14 @@ def _fade(onset, amplitude):
 def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None, nystrom_amplitude=None):
     """Calibrated epistemic and total variance.
 
-    With weights ``(w_a, w_p, w_n, gamma, v_ref, a_max, v_fade, n_max, x_max,
-    w_far, g_max, g_nys_max)`` (the calibration model of
-    :mod:`kernelpot.gp.calibration`; ``x_max`` is only
+    With weights ``(w_a, w_p, w_n, gamma, v_ref, a_max, v_fade, n_max, x_max)`` (the
+    calibration model of :mod:`kernelpot.gp.calibration`; ``x_max`` is only
     :func:`extrapolation`'s; ``(w_a, w_e)``
     means ``w_p = w_n = w_e, gamma = 1`` and no fading)::
 
         epistemic = (W_p (v - v_nys) + W_n v_nys) (clip(a, v_ref, a_max) / v_ref)^(gamma - 1)
-        W_p       = w_p + max(0, F - w_p) fade(v_fade, a)
-        W_n       = w_n + max(0, F - w_n) max(fade(v_fade, a), fade(n_max, a_nys))
-        F         = w_far + (1 - w_far) max(fade(g_max, a), fade(g_nys_max, a_nys))
+        W_p       = w_p + max(0, 1 - w_p) fade(v_fade, a)
+        W_n       = w_n + max(0, 1 - w_n) max(fade(v_fade, a), fade(n_max, a_nys))
         fade(o, x) = clip(1 - o / x, 0, 1)
         total     = epistemic + w_a noise^2
 
@@ -316,13 +311,12 @@ def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None, nystro
     composition, whose variance is the weights'): ``w_n = 0.004`` made its
     force sigma 8x narrower than the GP's own, 46 sigma from the error.
 
-    A weight below ``F`` applies in full up to ``v_fade`` and fades to
-    ``F`` beyond it: the structure LOO vouches for it only where it was
-    measured.  ``F`` is the far weight ``w_far`` the leave-one-group-out
-    residuals measured, as far as they reached (``g_max``, ``g_nys_max``),
-    and one, the GP's own variance, beyond them, where no held-out error
-    vouches for anything.  ``v_fade`` lies between ``v_ref`` and ``a_max``
-    and is chosen by the leave-one-group-out likelihood.
+    A weight below one (the calibration data say the GP variance is too
+    wide there) applies in full up to ``v_fade`` and fades back to one beyond
+    it: held-out residuals vouch for the variance only where they were
+    measured, and far from the data the GP's own variance stands.
+    ``v_fade`` lies between ``v_ref`` and ``a_max`` and is chosen by the
+    leave-one-group-out likelihood.
 
     ``v`` is the latent variance, ``v_nys`` its Nystrom residual (default 0)
     and ``a`` its rotation-invariant amplitude (:func:`invariant_amplitude`;
@@ -338,19 +332,17 @@ def variance(weights, noise, var_epistemic, amplitude=None, nystrom=None, nystro
     -------
     epistemic, total : arrays shaped like ``var_epistemic``
     """
-    wa, wp, wn, gamma, vref, amax, vfade, nmax, _, wfar, gamax, gnmax = _full_weights(weights)
+    wa, wp, wn, gamma, vref, amax, vfade, nmax, _ = _full_weights(weights)
     v = np.maximum(np.asarray(var_epistemic, float), 0.0)
     ny = np.zeros_like(v) if nystrom is None else np.clip(np.asarray(nystrom, float), 0.0, v)
     amp = v if amplitude is None else np.maximum(np.asarray(amplitude, float), 0.0)
     namp = ny if nystrom_amplitude is None else np.maximum(np.asarray(nystrom_amplitude, float), 0.0)
     fade = _fade(vfade, amp)
-    # a weight that shrinks the variance holds where the calibration data were; it fades to the far
-    # weight the group LOO measured (and beyond that LOO's reach to the GP's own variance, weight 1)
-    # where the latent variance exceeds them, and the Nystrom weight also where the residual alone
-    # exceeds every residual it was fitted on
+    # a weight that shrinks the variance holds where the calibration data were; it fades back to
+    # the GP's own variance (weight 1) where the latent variance exceeds them, and the Nystrom
+    # weight also where the residual alone exceeds every residual it was fitted on
     fade_n = np.maximum(fade, _fade(nmax, namp))
-    far = wfar + (1.0 - wfar) * np.maximum(_fade(gamax, amp), _fade(gnmax, namp))
-    epi = (wp + np.maximum(0.0, far - wp) * fade) * (v - ny) + (wn + np.maximum(0.0, far - wn) * fade_n) * ny
+    epi = (wp + max(0.0, 1.0 - wp) * fade) * (v - ny) + (wn + max(0.0, 1.0 - wn) * fade_n) * ny
     if gamma != 1.0:
         epi = epi * (np.clip(amp, vref, max(amax, vref)) / vref) ** (gamma - 1.0)
     return epi, epi + wa * np.square(noise)
@@ -375,9 +367,8 @@ def extrapolation(var_epistemic, weights, kind="energy", n_atoms=1, nystrom=None
 
     At most 1: the calibration's held-out structures reached this variance.
     Above 1: beyond them; past ``a_max`` and ``n_max`` the calibration's
-    weights fade to the far weight of the held-out groups (and beyond their
-    reach to the GP's own) and its growth is not extrapolated, so the sigma
-    there is checked by no held-out structure's error: read it as a lower
+    weights fade back to the GP's own and its growth is not extrapolated, so
+    the sigma there is checked by no held-out error: read it as a lower
     bound.  NaN when the weights carry no ``a_max`` (uncalibrated, or a file
     before 0.2).  The energy's amplitude is per atom: a cell smaller than or
     more symmetric than every training cell (its atoms' local energies more
