@@ -209,6 +209,8 @@ def read_model_file(path, names) -> tuple[dict, dict]:
     path = Path(path)
     if not path.exists() and Path(str(path) + ".npz").exists():
         path = Path(str(path) + ".npz")
+    if path.is_dir():
+        raise _fail(path, "it is a folder, not a model file")
     if not path.is_file():
         raise _fail(path, "no such file")
     try:

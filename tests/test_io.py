@@ -788,6 +788,19 @@ def test_short_lattice_is_not_called_a_stress(tmp_path):
     assert "stress" not in str(err.value)
 
 
+def test_absurd_coordinate_is_an_error(tmp_path):
+    """An atom at x = 1e300 passed validate, fit and predict (as an isolated atom with zero force)."""
+    import kernelpot
+    text = ('2\nLattice="3.6 0 0 0 3.6 0 0 0 3.6" Properties=species:S:1:pos:R:3:forces:R:3 energy=-3.0 '
+            'pbc="T T T"\nCu 0 0 0 0 0 0\nCu 1e300 1.8 0 0 0 0\n')
+    (tmp_path / "far.xyz").write_text(text)
+    report = kernelpot.validate(read(tmp_path / "far.xyz"), raise_on_error=False)
+    assert [e for e in report.errors if "frame 0: positions of atoms [1] are beyond 1e+06 Å (up to 1e+300 Å)" in e]
+    ok = text.replace("1e300", "1.8")
+    (tmp_path / "ok.xyz").write_text(ok)
+    assert not kernelpot.validate(read(tmp_path / "ok.xyz"), raise_on_error=False).errors
+
+
 def test_nan_position_is_named_as_such(tmp_path):
     """A ``nan`` coordinate in an extxyz file was reported as labels belonging to a different structure (ASE
     compares positions with ==); it reads, and fitting names the atom whose position is not finite."""
@@ -816,6 +829,19 @@ def test_folder_bom_and_unknown_symbol_are_named(tmp_path):
     (tmp_path / "xx.xyz").write_text(frame + frame.replace("Cu 1.8", "Xx 1.8"))
     with pytest.raises(ValueError, match=r"xx.xyz: frame 1 \(line 8\): unknown element symbol 'Xx'"):
         read(tmp_path / "xx.xyz")
+    (tmp_path / "z.xyz").write_text(frame.replace("Cu 1.8", "29 1.8"))
+    with pytest.raises(ValueError, match=r"z.xyz: frame 0 \(line 4\): unknown element symbol '29' \(an atomic number"):
+        read(tmp_path / "z.xyz")
+    # the byte-order mark in any text format (an mlearn JSON list too), and a model file given as data
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + b'[{"structure": {}, "outputs": {}}]')
+    with pytest.raises(ValueError, match=r"bom.json: line 1: the file starts with a UTF-8 byte-order mark"):
+        read(tmp_path / "bom.json")
+    np.savez(tmp_path / "model.npz", header=np.array("{}"))
+    with pytest.raises(ValueError, match=r"model.npz: is a kernelpot model file \(.npz\), not a file of structures"):
+        read(tmp_path / "model.npz")
+    from kernelpot.modelfile import read_model_file
+    with pytest.raises(ValueError, match=r"folder.*it is a folder, not a model file"):
+        read_model_file(tmp_path / "folder", ["a"])
 
 
 def test_label_keys_mixed_across_frames_are_named(tmp_path):

@@ -433,6 +433,14 @@ def test_a_lowercase_lattice_key_is_named(tmp_path):
     frames = read(tmp_path / "lower.xyz")
     assert not frames[0].pbc.any() and "lattice" in frames[0].info
     report = validate(frames, raise_on_error=False)
-    assert [e for e in report.errors if "frame 0 ('bulk'): info['lattice'] holds 9 numbers" in e
+    assert [e for e in report.errors if "frame 0 ('bulk'): info['lattice'] holds a cell but the frame has none" in e
             and "Lattice= (capital L)" in e]
     assert not validate(read(tmp_path / "ok.xyz"), raise_on_error=False).errors
+    # cell= with three lengths, or a matrix written as text, is the same slip
+    for key, value in (("cell", '"7.2 3.6 3.6"'), ("cell", '"[[7.2,0,0],[0,3.6,0],[0,0,3.6]]"')):
+        bad = text.replace('Lattice="7.2 0.0 0.0 0.0 3.6 0.0 0.0 0.0 3.6"', f"{key}={value}").replace(' pbc="T T T"', "")
+        (tmp_path / "cell.xyz").write_text(bad)
+        frames = read(tmp_path / "cell.xyz")
+        assert not frames[0].pbc.any()
+        errors = validate(frames, raise_on_error=False).errors
+        assert [e for e in errors if f"info['{key}'] holds a cell but the frame has none" in e], (value, errors)

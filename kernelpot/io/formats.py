@@ -152,6 +152,7 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
     # checked here: ase.db.connect would create a missing database file and read nothing from it
     if not path.exists():
         raise FileNotFoundError(f"no such file: {str(path)!r}")
+    _check_container(path)
     if format is None:
         format = _detect_format(path)
     if format == "mlearn":
@@ -171,11 +172,6 @@ def read(path: PathLike, index: int | slice | str = ":", format: str | None = No
             if path.is_dir():  # ASE tried it as a BundleTrajectory (its one folder format)
                 raise ValueError(f"{path}: is a folder, not a file of structures (extxyz, ASE db, mlearn JSON, or "
                                  f"any file ASE reads)") from exc
-            with open(path, "rb") as fh:
-                if fh.read(3) == b"\xef\xbb\xbf":
-                    raise ValueError(f"{path}: line 1: the file starts with a UTF-8 byte-order mark (written by "
-                                     "some Windows editors), which ASE cannot read; save it as UTF-8 without "
-                                     "one") from exc
             symbol = _unknown_symbol(path, exc)
             if symbol:
                 raise ValueError(f"{path}: {symbol}") from exc
@@ -741,12 +737,29 @@ def _compare_virial(atoms: Atoms, stress: np.ndarray, i: int, where: str, used: 
         conflicts.setdefault(key, []).append((i, diff / units.GPa))
 
 
+def _check_container(path: Path) -> None:
+    """Raise ``ValueError`` for a file no structure reader can take for what it is: one that starts with a
+    UTF-8 byte-order mark (ASE's readers and json fail on it with messages about the first line's content) or
+    a kernelpot model file (an npz archive) given in the place of structures."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:3] == b"\xef\xbb\xbf":
+        raise ValueError(f"{path}: line 1: the file starts with a UTF-8 byte-order mark (written by some Windows "
+                         "editors), which the structure readers cannot read; save it as UTF-8 without one")
+    if head[:2] == b"PK" and path.suffix == ".npz":
+        raise ValueError(f"{path}: is a kernelpot model file (.npz), not a file of structures: are the model and "
+                         "the data given in each other's place?")
+
+
 def _unknown_symbol(path: Path, exc: Exception) -> str:
     """``"frame 5 (line 331): unknown element symbol 'Xx'"`` when ASE's reader failed on a chemical symbol
     (a ``KeyError`` naming what an atom line of the file starts with); empty otherwise."""
     key = exc.args[0] if isinstance(exc, KeyError) and exc.args else None
-    if not (isinstance(key, str) and re.fullmatch(r"[A-Za-z][a-z]{0,2}", key)):
+    if not (isinstance(key, str) and re.fullmatch(r"[A-Za-z][a-z]{0,2}|[0-9]{1,3}", key)):
         return ""
+    what = f"{key!r} (an atomic number? extxyz wants the element's symbol)" if key.isdigit() else repr(key)
     frame, left = -1, 0
     with open(path, errors="replace") as fh:
         for k, line in enumerate(fh, 1):
@@ -756,7 +769,7 @@ def _unknown_symbol(path: Path, exc: Exception) -> str:
                 continue
             left = max(left - 1, 0)
             if fields and fields[0] == key:
-                return f"frame {max(frame, 0)} (line {k}): unknown element symbol {key!r}"
+                return f"frame {max(frame, 0)} (line {k}): unknown element symbol {what}"
     return ""  # a KeyError of something else (a property name): ASE's own message stands
 
 

@@ -104,6 +104,9 @@ _NOT_LABEL_WORDS = ("sigma", "std", "mask", "weight", "weights", "epistemic", "p
 #: 0.2 Å (``min_distance``), so this stays well below that. Used by fit, predict and validate alike,
 #: with no switch to turn it off.
 OVERLAP_DISTANCE = 0.1
+#: Å. A coordinate beyond this is no structure (vacuum boxes of 1000 Å are read; 1e300 was, as an isolated
+#: atom with zero force): a unit or parsing slip. Checked by fit, predict and validate alike.
+MAX_COORDINATE = 1e6
 #: A one-atom frame whose nearest periodic image is closer than this (Å) is not an isolated atom:
 #: beyond any bond and the default SOAP cut-off (5 Å); DFT isolated-atom boxes are 10 Å or more.
 ISOLATION_DISTANCE = 6.0
@@ -334,8 +337,8 @@ def structure_errors(atoms, name: str, species=None, *, overlaps: bool = True) -
     Returns
     -------
     list of str
-        One message per problem: no atoms; non-finite positions (naming the
-        atoms); periodic directions without usable lattice vectors; atoms
+        One message per problem: no atoms; non-finite positions, or beyond
+        :data:`MAX_COORDINATE` (naming the atoms); periodic directions without usable lattice vectors; atoms
         closer than :data:`OVERLAP_DISTANCE` (0.1 Å) to another atom or to a
         periodic image (naming the pairs and distances); elements outside
         ``species``.
@@ -351,6 +354,10 @@ def structure_errors(atoms, name: str, species=None, *, overlaps: bool = True) -
     if not finite.all():
         bad = np.unique(np.nonzero(~finite)[0])
         errs.append(f"{name}: positions are not finite (NaN/inf) for atoms {_list(bad)}")
+    far = np.unique(np.nonzero(finite & (np.abs(positions) > MAX_COORDINATE))[0])
+    if len(far):
+        errs.append(f"{name}: positions of atoms {_list(far)} are beyond {MAX_COORDINATE:g} Å (up to "
+                    f"{np.abs(positions[far]).max():.3g} Å): a unit or a parsing slip, not a structure")
     numbers = np.asarray(atoms.numbers)
     unreal = np.flatnonzero((numbers < 1) | (numbers > 118))
     if len(unreal):

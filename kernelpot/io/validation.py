@@ -348,7 +348,7 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
     _results(name, atoms, report, check_state=positions_ok)
     stray = _stray_cell(atoms)
     if stray is not None:
-        err(f"{name}: info[{stray!r}] holds 9 numbers but the frame has no cell (pbc={atoms.pbc.tolist()}): extxyz "
+        err(f"{name}: info[{stray!r}] holds a cell but the frame has none (pbc={atoms.pbc.tolist()}): extxyz "
             f"reads the cell only from Lattice= (capital L), so it was read as a cluster; rename the key")
     results, label_errors = parse_labels(atoms, name)
     report.errors.extend(label_errors)
@@ -414,13 +414,16 @@ def _check_frame(i: int, atoms: object, require: tuple[str, ...], min_distance: 
 
 
 def _stray_cell(atoms: Atoms) -> str | None:
-    """The info key that holds a cell ASE did not read (``lattice=``, ``cell=``), when the frame has none."""
+    """The info key that holds a cell ASE did not read (``lattice=``, ``cell=``: 3 lengths or 9 numbers, as
+    numbers or as text such as ``[[7.2, 0, 0], ...]``), when the frame has none."""
     if atoms.pbc.any() and atoms.cell.rank == 3:
         return None
     for key, value in atoms.info.items():
-        if str(key).lower() in ("lattice", "cell", "lattice_vectors"):
+        if str(key).lower() in ("lattice", "cell", "lattice_vectors", "cell_vectors", "box"):
+            if isinstance(value, str):
+                value = re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eEdD][-+]?\d+)?", value)
             try:
-                if np.asarray(value, float).size == 9:
+                if np.asarray(value, float).size in (3, 9):
                     return str(key)
             except (TypeError, ValueError):
                 continue
