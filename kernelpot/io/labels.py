@@ -338,10 +338,10 @@ def structure_errors(atoms, name: str, species=None, *, overlaps: bool = True) -
     -------
     list of str
         One message per problem: no atoms; non-finite positions, or beyond
-        :data:`MAX_COORDINATE` (naming the atoms); periodic directions without usable lattice vectors; atoms
-        closer than :data:`OVERLAP_DISTANCE` (0.1 Å) to another atom or to a
-        periodic image (naming the pairs and distances); elements outside
-        ``species``.
+        :data:`MAX_COORDINATE` (naming the atoms); periodic directions
+        without usable lattice vectors; atoms closer than
+        :data:`OVERLAP_DISTANCE` (0.1 Å) to another atom or to a periodic
+        image (naming the pairs and distances); elements outside ``species``.
     """
     errs = []
     n = len(atoms)
