@@ -293,10 +293,10 @@ def _cmd_predict(args) -> int:
             raise ValueError(f"{args.frames}: frame {i}: {exc}") from exc
         b = a.copy()
         b.arrays.pop("forces", None)
-        b.info = {k: v for k, v in a.info.items() if k not in ("energy", "stress", "free_energy")}
-        # an input written by predict before (another model's output) has these columns: replaced, as its
-        # energy and forces are
-        b.info.pop("stress_std", None), b.info.pop("stress_std_epistemic", None)
+        # an input written by predict before (another model's output) has the std columns too: replaced,
+        # as its energy and forces are
+        b.info = {k: v for k, v in a.info.items()
+                  if k not in ("energy", "stress", "free_energy", "stress_std", "stress_std_epistemic")}
         b.set_array("forces_std", r["forces_std"])
         b.set_array("forces_std_epistemic", r["forces_std_epistemic"])
         b.set_array("local_energy", r["energies"])

@@ -118,7 +118,7 @@ def group_labels(groups, n_frames: int) -> np.ndarray:
     arr = np.asarray(groups)
     if arr.dtype.kind in "iubf":
         none = ~np.isfinite(arr.astype(float)) | (arr < 0)
-        names, index = np.unique(arr[~none], return_inverse=True)
+        _, index = np.unique(arr[~none], return_inverse=True)
         out = np.full(n_frames, -1, dtype=np.int64)
         out[~none] = index
         return out

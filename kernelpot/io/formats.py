@@ -760,17 +760,15 @@ def _unknown_symbol(path: Path, exc: Exception) -> str:
     if not (isinstance(key, str) and re.fullmatch(r"[A-Za-z][a-z]{0,2}|[0-9]{1,3}", key)):
         return ""
     what = f"{key!r} (an atomic number? extxyz wants the element's symbol)" if key.isdigit() else repr(key)
-    frame, left = -1, 0
-    with open(path, errors="replace") as fh:
-        for k, line in enumerate(fh, 1):
-            fields = line.split()
-            if left == 0 and len(fields) == 1 and fields[0].isdigit():  # an atom-count line: a new frame
-                frame, left = frame + 1, int(fields[0]) + 1
-                continue
-            left = max(left - 1, 0)
-            if fields and fields[0] == key:
-                return f"frame {max(frame, 0)} (line {k}): unknown element symbol {what}"
-    return ""  # a KeyError of something else (a property name): ASE's own message stands
+    found = []
+
+    def on_atom(frame, no, line):
+        if not found and line.split()[:1] == [key]:
+            found.append(f"frame {frame} (line {no}): unknown element symbol {what}")
+
+    _xyz_layout(path, on_atom=on_atom)
+    # none: a KeyError of something else (a property name), and ASE's own message stands
+    return found[0] if found else ""
 
 
 def _where_reading_stops(path: Path, format: str | None) -> str:
@@ -796,10 +794,11 @@ def _where_reading_stops(path: Path, format: str | None) -> str:
     return ""
 
 
-def _xyz_layout(path: Path, on_comment=None) -> tuple[int, list, str]:
+def _xyz_layout(path: Path, on_comment=None, on_atom=None) -> tuple[int, list, str]:
     """Walk an (ext)xyz file's layout as text: ``(n_frames, blank_lines, broken)``.
 
-    ``on_comment(frame, comment_line)`` is called for each frame's comment line.
+    ``on_comment(frame, comment_line)`` is called for each frame's comment line, ``on_atom(frame,
+    line_number, atom_line)`` for each atom line.
 
     Each frame is an atom-count line, a comment line and that many atom lines of as many fields as the
     comment's ``Properties=`` declares (at least 4: species and position).  ``n_frames``: the frames
@@ -807,7 +806,6 @@ def _xyz_layout(path: Path, on_comment=None) -> tuple[int, list, str]:
     reader stops at the first); ``broken``: ``"frame 3 (line 25): <what>; "`` for the first frame whose
     layout breaks (cut short, written over), else empty.
     """
-    import re
     blanks, pending = [], []
     last = None  # (line, atom count) of the frame before
     with open(path, encoding="utf-8", errors="replace") as fh:
@@ -844,6 +842,8 @@ def _xyz_layout(path: Path, on_comment=None) -> tuple[int, list, str]:
                 atom = next(it, None)
                 if atom is None:
                     return frame, blanks, where + f"the file ends after {k} of its {n} atom lines; "
+                if on_atom is not None:
+                    on_atom(frame, atom[0], atom[1])
                 got = len(atom[1].split())
                 if (ncol is not None and got != ncol) or got < 4:
                     want = f"{ncol}" if ncol is not None else "at least 4"
