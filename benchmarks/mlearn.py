@@ -89,7 +89,8 @@ def run_one(element: str, n_sparse: int | None, quick: bool, settings: dict | No
     if element == "acac":
         return {"element": element, "settings": kw, "fit_s": fit_s, "rss_GiB": rss_gib,
                 "n_sparse": int(model.sparse_.n_env), "errors": {k: error_table(ev) for k, ev in evs.items()},
-                "pair_scale": None if model.pair_ is None else model.pair_.scale, "soap_scales": soap_scales}
+                "pair_scale": None if model.pair_ is None else model.pair_.scale, "soap_scales": soap_scales,
+                "log_evidence": float(model.log_marginal_likelihood_)}
     ev = evs["test"]
     test = tests["test"]
     err = error_table(ev)
@@ -102,7 +103,8 @@ def run_one(element: str, n_sparse: int | None, quick: bool, settings: dict | No
     res = {"element": element, "settings": kw, "n_train": len(train), "n_test": len(test), "fit_s": fit_s,
            "rss_GiB": rss_gib, "n_sparse": int(model.sparse_.n_env), "delta": model.delta_,
            "noise": model.noise_, "errors": err, "force_coverage_1_2": cov.tolist(),
-           "pair_scale": None if model.pair_ is None else model.pair_.scale, "soap_scales": soap_scales}
+           "pair_scale": None if model.pair_ is None else model.pair_.scale, "soap_scales": soap_scales,
+           "log_evidence": float(model.log_marginal_likelihood_)}
     if settings:  # ablation rows: accuracy and fit cost only
         return res
     if element == "Si":  # 2-atom primitive x 27 = 54; 8-atom cubic x 125 = 1000

@@ -164,13 +164,19 @@ def _validate(frames, path, quiet):
 def _model_kwargs(args) -> dict:
     kw = {"verbose": not args.quiet, "n_sparse": args.n_sparse, "max_memory": args.max_memory,
           "random_state": args.seed, "calibrate": not args.no_calibrate}
+    soap = {}
     if args.r_cut is not None:
         from kernelpot import SOAP
         width = SOAP().cutoff_width
         if not args.r_cut > width:
             raise ValueError(f"--r-cut {args.r_cut:g} Å: the cutoff radius must exceed the width of SOAP's smooth "
                              f"cut-off, {width:g} Å (and any bond length to see neighbours; 4-6 Å is usual)")
-        kw["descriptor"] = SOAP(r_cut=args.r_cut)
+        soap["r_cut"] = args.r_cut
+    if args.radial_scaling is not None:
+        soap["radial_scaling"] = args.radial_scaling
+    if soap:
+        from kernelpot import SOAP
+        kw["descriptor"] = SOAP(**soap)
     return kw
 
 
@@ -459,6 +465,9 @@ def _add_model_settings(p, when=""):
                    help=f"memory budget of --n-sparse auto{when} (default {defaults.max_memory} GiB)")
     p.add_argument("--r-cut", type=_positive_float, default=None, metavar="Å",
                    help=f"SOAP cutoff radius in Å{when} (default: the SOAP default, 5 Å)")
+    p.add_argument("--radial-scaling", type=_positive_float, default=None, metavar="Å",
+                   help=f"r0 of SOAP's radial scaling 1 / (1 + (r / r0)^4){when}: near neighbours weigh more "
+                        "than far ones (default: none, as in GAP; compare fits by their log evidence)")
     p.add_argument("--seed", type=int, default=0, help=f"seed of the sparse selection{when} (default 0); "
                    "fits are deterministic given it")
     p.add_argument("--no-calibrate", action="store_true",

@@ -255,6 +255,7 @@ def test_input_errors_are_one_line_exit_2(argv, words, capsys):
     ["fit", TEST, "--n-sparse", "0"],
     ["fit", TEST, "--n-sparse", "many"],
     ["fit", TEST, "--r-cut", "-2"],
+    ["fit", TEST, "--radial-scaling", "0"],
     ["screen", TEST, "--alpha", "0"],
     ["screen", TEST, "--refit-rounds", "-1"],
     ["eval", "only_one_argument"],
@@ -365,6 +366,23 @@ def test_help_explains_outputs():
 
 
 # ------------------------------------------------------------------ console output
+def test_fit_with_radial_scaling_keeps_it_in_the_model_file(small_train, tmp_path):
+    """--radial-scaling reaches SOAP, and the saved model predicts what the same fit in memory does."""
+    out = tmp_path / "rs.npz"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["fit", str(small_train), "-o", str(out), "--n-sparse", "20", "--radial-scaling", "2.5",
+                     "--quiet"]) == 0
+    loaded = kernelpot.SparseGP.load(out)
+    assert loaded.descriptor_.radial_scaling == 2.5
+    same = kernelpot.SparseGP(n_sparse=20, descriptor=kernelpot.SOAP(radial_scaling=2.5), verbose=False)
+    same.fit(kernelpot.read(small_train))
+    plain = kernelpot.SparseGP(n_sparse=20, verbose=False).fit(kernelpot.read(small_train))
+    frames = kernelpot.read(TEST)[:3]
+    e_loaded, e_same, e_plain = (m.predict(frames, return_std=False)["energy"] for m in (loaded, same, plain))
+    np.testing.assert_allclose(e_loaded, e_same, rtol=0, atol=1e-9)
+    assert np.max(np.abs(e_same - e_plain)) > 1e-6  # the scaling changed the model
+
+
 def test_redirected_fit_has_phase_lines_and_no_carriage_returns(small_train, tmp_path):
     """A fit with output redirected to files: one line per phase, no progress-bar floods."""
     env = dict(os.environ, PYTHONWARNINGS="default")

@@ -11,7 +11,7 @@ from sklearn.base import clone
 
 from conftest import SHARED
 from kernelpot import SOAP
-from kernelpot.descriptors.soap import _RadialTables, _hermite_numpy
+from kernelpot.descriptors.soap import _RadialTables, _hermite_numpy, willatt_scaling
 
 SMALL = dict(r_cut=4.0, n_max=4, l_max=3, atom_sigma=0.5)
 ACAC = SHARED / "acac" / "train_300K.xyz"
@@ -115,11 +115,16 @@ def test_radial_basis_orthonormal_and_tables_accurate():
     assert relerr(dexact, fd) < 1e-7
 
 
-def test_power_spectrum_against_legendre_double_sum():
-    """p_{nn'l} = pi sqrt(8/(2l+1)) (2l+1)/(4 pi) sum_jk G_nl(r_j) G_n'l(r_k) P_l(cos theta_jk)."""
+@pytest.mark.parametrize("scaling", [None, (1.5, 4.0), (2.0, 6.0)], ids=["plain", "r0=1.5,m=4", "r0=2,m=6"])
+def test_power_spectrum_against_legendre_double_sum(scaling):
+    """p_{nn'l} = pi sqrt(8/(2l+1)) (2l+1)/(4 pi) sum_jk G_nl(r_j) G_n'l(r_k) P_l(cos theta_jk).
+
+    With radial scaling each neighbour's G is multiplied by u(r) = 1 / (1 + (r / r0)^m)
+    (Willatt, Musil, Ceriotti 2018), written out here, not taken from the module.
+    """
     atoms = molecule("CH3OH")
-    soap = SOAP(species=[1, 6, 8], center_weight=0.0, normalize=False, cutoff_width=1.5, **{
-        k: v for k, v in SMALL.items()})
+    extra = {} if scaling is None else dict(radial_scaling=scaling[0], radial_exponent=scaling[1])
+    soap = SOAP(species=[1, 6, 8], center_weight=0.0, normalize=False, cutoff_width=1.5, **SMALL, **extra)
     feats = soap.compute(atoms).features
     tab = _RadialTables(4.0, 4, 3, 0.5)
     i = 1  # the oxygen
@@ -127,6 +132,8 @@ def test_power_spectrum_against_legendre_double_sum():
     z = np.delete(atoms.numbers, i)
     r = np.linalg.norm(d, axis=1)
     fc = np.where(r <= 2.5, 1.0, 0.5 * (1 + np.cos(np.pi * (r - 2.5) / 1.5)))
+    if scaling is not None:
+        fc = fc / (1.0 + (r / scaling[0]) ** scaling[1])
     g = tab.evaluate(r)[0] * fc[:, None, None]  # (n_nb, n, l)
     cos = (d @ d.T) / np.outer(r, r)
     spec = [1, 6, 8]
@@ -274,6 +281,32 @@ def test_gradients_rocksalt_mixed_images():
     check_strain_fd(soap, atoms)
 
 
+@pytest.mark.parametrize("r0, m", [(2.0, 4.0), (1.2, 6.0)])
+def test_gradients_with_radial_scaling(r0, m):
+    """Exact position and strain derivatives with the scaling folded into the radial tables."""
+    soap = SOAP(species=["Na", "Cl", "O"], radial_scaling=r0, radial_exponent=m, **SMALL)
+    atoms = triclinic_nacl(seed=3)
+    check_position_fd(soap, atoms)
+    check_strain_fd(soap, atoms)
+    mol = SOAP(species=["H", "C", "O"], radial_scaling=r0, radial_exponent=m, **SMALL)
+    check_position_fd(mol, acac(), atoms_to_move=[0, 5, 10])
+
+
+def test_radial_scaling_weights_and_tables():
+    """u(0) = 1, u(r0) = 1/2, du/dr against finite differences; the scaled table still interpolates to 1e-8."""
+    r = np.linspace(0.0, 4.0, 81)
+    u, du = willatt_scaling(r, 2.0, 4.0)
+    assert u[0] == 1.0 and abs(u[40] - 0.5) < 1e-14  # r[40] = 2.0
+    h = 1e-6
+    fd = (willatt_scaling(r[1:] + h, 2.0, 4.0)[0] - willatt_scaling(r[1:] - h, 2.0, 4.0)[0]) / (2 * h)
+    np.testing.assert_allclose(du[1:], fd, rtol=1e-7, atol=1e-10)
+    scaled = _RadialTables(4.0, 4, 3, 0.5, 2.0, 4.0)
+    x = np.random.default_rng(1).uniform(0.1, 4.0, 50)
+    gs = scaled.evaluate(x)[0]
+    grid = np.arange(len(scaled.values)) * scaled.h
+    assert relerr(_hermite_numpy(grid, scaled.values, scaled.derivatives, x), gs) < 1e-8
+
+
 def test_gradients_molecule():
     soap = SOAP(species=["H", "C", "O"], r_cut=4.0, n_max=5, l_max=4, atom_sigma=0.4)
     atoms = acac()
@@ -315,6 +348,10 @@ def test_continuity_at_cutoff():
         (dict(atom_sigma=0.0), "atom_sigma must be a finite number > 0"),
         (dict(cutoff_width=6.0), r"cutoff_width must be in \(0, r_cut=5.0\]"),
         (dict(center_weight=-1.0), "center_weight must be a finite number >= 0"),
+        (dict(radial_scaling=0.0), "radial_scaling must be a finite number > 0"),
+        (dict(radial_scaling="2"), "radial_scaling must be a real number"),
+        (dict(radial_scaling=2.0, radial_exponent=0.5), "radial_exponent must be >= 1"),
+        (dict(radial_scaling=2.0, radial_exponent=float("inf")), "radial_exponent must be a finite number > 0"),
         (dict(species=["Xx"]), "unknown chemical symbol 'Xx'"),
         (dict(species=["H", 1]), "duplicates"),
         (dict(species=[]), "at least one element"),

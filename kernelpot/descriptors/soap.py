@@ -4,13 +4,14 @@ Definitions (all lengths in Å)
 ------------------------------
 Neighbour density around centre i, species a::
 
-    rho_i^a(r) = sum_{j in a, |r_ij| < r_cut} fc(r_ij) exp(-|r - r_ij|^2 / (2 sigma^2))
+    rho_i^a(r) = sum_{j in a, |r_ij| < r_cut} u(r_ij) fc(r_ij) exp(-|r - r_ij|^2 / (2 sigma^2))
                  + [a == a_i] center_weight exp(-|r|^2 / (2 sigma^2))
 
 with the cosine cutoff fc(r) = 1 for r <= r_cut - w, 0.5 (1 + cos(pi (r - r_cut + w) / w))
 for r_cut - w < r < r_cut, and 0 beyond (w = ``cutoff_width``; value and first
-derivative are continuous at r_cut). The centre itself is not a neighbour; its
-periodic images are.
+derivative are continuous at r_cut), and u = 1 unless ``radial_scaling`` r0 is
+given: then u(r) = 1 / (1 + (r / r0)^m) (:func:`willatt_scaling`). The centre
+itself is not a neighbour; its periodic images are.
 
 Expansion coefficients c^a_{nlm} = sum_j G_nl(r_ij) Y_lm(rhat_ij) with real
 spherical harmonics Y_lm and the radial integral::
@@ -37,7 +38,7 @@ n_max, not on the species or on atom_sigma.
 
 Numerics
 --------
-I_nl(r) = G_nl(r) / fc(r) and its r-derivative (differentiated under the
+I_nl(r) = G_nl(r) / fc(r) (times u(r) with radial scaling) and its r-derivative (differentiated under the
 integral, using i_l' = (l i_{l-1} + (l+1) i_{l+1}) / (2l+1); no finite
 differences) are tabulated once per parameter set on a uniform grid on
 [0, r_cut] with exponentially scaled Bessel functions (scipy.special.ive), and
@@ -155,11 +156,14 @@ def _scaled_sph_in(l_top: int, z: np.ndarray) -> np.ndarray:
 class _RadialTables:
     """Tabulated radial integrals I_nl(r) and dI_nl/dr for one parameter set."""
 
-    def __init__(self, r_cut: float, n_max: int, l_max: int, sigma: float):
+    def __init__(self, r_cut: float, n_max: int, l_max: int, sigma: float,
+                 scaling: float | None = None, exponent: float = 4.0):
         self.r_cut = r_cut
         self.n_max = n_max
         self.l_max = l_max
         self.sigma = sigma
+        self.scaling = scaling
+        self.exponent = exponent
         w_b = r_cut / n_max
         panel = 0.5 * min(sigma, w_b)
         n_pan = int(math.ceil(r_cut / panel))
@@ -217,7 +221,40 @@ class _RadialTables:
                 dintegrand = gauss * (-(rc[:, None] / s2) * kl + (x[None, :] / s2) * dkl)
                 out[c0 : c0 + 128, :, l] = integrand @ self._weights.T
                 dout[c0 : c0 + 128, :, l] = dintegrand @ self._weights.T
+        if self.scaling is not None:
+            u, du = willatt_scaling(r, self.scaling, self.exponent)
+            dout = du[:, None, None] * out + u[:, None, None] * dout
+            out = u[:, None, None] * out
         return out, dout
+
+
+def willatt_scaling(r, r0: float, m: float):
+    """Willatt's radial scaling u(r) = 1 / (1 + (r / r0)^m) and du/dr.
+
+    Each neighbour's Gaussian in the density is weighted by u(r_ij), so that
+    the many distant neighbours do not outweigh the few near ones in the
+    kernel: Willatt, Musil, Ceriotti, Phys. Chem. Chem. Phys. 20, 29661 (2018)
+    (featomic's ``Willatt2018`` scaling with ``rate`` c = 1; dscribe's
+    ``weighting={"function": "poly"}`` is another form of the same idea).
+
+    Parameters
+    ----------
+    r : ndarray
+        Distances, Å.
+    r0 : float
+        Distance at which the weight is 1/2, Å.
+    m : float
+        Exponent (the decay beyond r0 is r^-m).
+
+    Returns
+    -------
+    u, du : ndarray, each of the shape of ``r``
+    """
+    x = (np.asarray(r, dtype=np.float64) / r0) ** m
+    u = 1.0 / (1.0 + x)
+    r_safe = np.where(r > 0, r, 1.0)
+    du = np.where(r > 0, -m / r_safe * u * (1.0 - u), 0.0)  # x u^2 = u (1 - u): finite when x overflows
+    return u, du
 
 
 def _hermite_numpy(grid, values, derivs, r):
@@ -315,6 +352,14 @@ class SOAP(BaseEstimator):
         and keeps an isolated atom's descriptor non-zero.
     normalize : bool
         Return p / |p| (with the matching derivative) instead of p.
+    radial_scaling : float, optional
+        r0 (Å) of the radial scaling u(r) = 1 / (1 + (r / r0)^m) that weights
+        each neighbour's Gaussian (Willatt, Musil, Ceriotti, Phys. Chem. Chem.
+        Phys. 20, 29661 (2018); featomic's ``Willatt2018`` with rate 1), so
+        that the many far neighbours do not outweigh the few near ones in the
+        kernel. ``None`` (default): no scaling, as in GAP.
+    radial_exponent : float
+        m of the radial scaling (>= 1; unused without ``radial_scaling``).
 
     Attributes
     ----------
@@ -340,6 +385,8 @@ class SOAP(BaseEstimator):
         cutoff_width: float = 1.0,
         center_weight: float = 1.0,
         normalize: bool = True,
+        radial_scaling: float | None = None,
+        radial_exponent: float = 4.0,
     ):
         self.species = species
         self.r_cut = r_cut
@@ -349,6 +396,8 @@ class SOAP(BaseEstimator):
         self.cutoff_width = cutoff_width
         self.center_weight = center_weight
         self.normalize = normalize
+        self.radial_scaling = radial_scaling
+        self.radial_exponent = radial_exponent
 
     # ------------------------------------------------------------------ checks
     def _validate_params(self) -> np.ndarray | None:
@@ -388,6 +437,11 @@ class SOAP(BaseEstimator):
         real = isinstance(cw, _numbers.Real) and not isinstance(cw, bool)
         if not real or not math.isfinite(cw) or cw < 0:
             raise ValueError(f"center_weight must be a finite number >= 0, got {cw!r}")
+        if self.radial_scaling is not None:
+            positive_float("radial_scaling")
+        if positive_float("radial_exponent") < 1:
+            raise ValueError(f"radial_exponent must be >= 1 (u(r) is then smooth at r = 0), "
+                             f"got {self.radial_exponent!r}")
         if not isinstance(self.normalize, (bool, np.bool_)):
             raise TypeError(f"normalize must be True or False, got {self.normalize!r}")
         if self.species is None:
@@ -434,13 +488,14 @@ class SOAP(BaseEstimator):
     # ------------------------------------------------------------------ tables
     def _tables(self):
         """Radial and index tables for the current parameters, cached on the instance."""
+        scaling = None if self.radial_scaling is None else float(self.radial_scaling)
         key = (
             float(self.r_cut), int(self.n_max), int(self.l_max), float(self.atom_sigma),
-            len(self.species_),
+            scaling, float(self.radial_exponent), len(self.species_),
         )
         cache = self.__dict__.setdefault("_table_cache", {})
         if key not in cache:
-            rad_key = key[:4]
+            rad_key = key[:6]
             radial = cache.get(rad_key)
             if radial is None:
                 radial = _RadialTables(*rad_key)

@@ -56,6 +56,7 @@ def select_settings(frames, model=None, grid: dict | None = None, method: str = 
     Examples
     --------
     >>> best, table = select_settings(frames, grid={"zeta": [2.0, 4.0]})   # doctest: +SKIP
+    >>> best, table = select_settings(frames, grid={"descriptor__radial_scaling": [None, 2.0, 3.0]})  # doctest: +SKIP
     >>> model = SparseGP(zeta=best["zeta"]).fit(frames)                     # doctest: +SKIP
     """
     from kernelpot.gp.sparse import SparseGP
