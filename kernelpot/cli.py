@@ -177,6 +177,11 @@ def _model_kwargs(args) -> dict:
     if soap:
         from kernelpot import SOAP
         kw["descriptor"] = SOAP(**soap)
+        try:
+            kw["descriptor"]._validate_params()  # named before any file is read
+        except ValueError as exc:
+            given = {"r_cut": "--r-cut", "radial_scaling": "--radial-scaling"}
+            raise ValueError(", ".join(f"{given[k]} {v:g} Å" for k, v in soap.items()) + f": {exc}") from None
     return kw
 
 

@@ -246,6 +246,7 @@ def _one_line_error(rc, err):
     (["screen", str(DATA / "emt_cu_train.xyz"), "--plot", "no_such_folder/p.png"], "does not exist"),
     (["audit", "no_such_file.xyz"], "no such file"),
     (["fit", TEST, "--r-cut", "0.5"], "--r-cut 0.5 Å: the cutoff radius must exceed the width of SOAP's smooth"),
+    (["fit", TEST, "--radial-scaling", "0.01"], "--radial-scaling 0.01 Å: radial_scaling must be in [0.5, 1000]"),
 ])
 def test_input_errors_are_one_line_exit_2(argv, words, capsys):
     assert words in _one_line_error(*_run(argv, capsys))

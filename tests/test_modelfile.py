@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 import kernelpot
 from kernelpot import SparseGP
@@ -155,6 +156,33 @@ def test_absurd_settings_are_refused(saved, tmp_path, where, key, value):
     path = _with_header(saved, tmp_path / "absurd.npz", lambda h: h[where].__setitem__(key, value))
     with pytest.raises(ValueError, match=rf"absurd\.npz.*{key}"):
         SparseGP.load(path)
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"radial_scaling": -1.0}, "radial_scaling"),
+    ({"radial_scaling": "x"}, "radial_scaling"),
+    ({"radial_scaling": 1e-300}, "radial_scaling"),
+    ({"radial_scaling": 2.0, "radial_exponent": 1e6}, "radial_exponent"),
+    ({"cutoff_width": -1.0}, "cutoff_width"),
+    ({"center_weight": float("nan")}, "center_weight"),
+])
+def test_bad_descriptor_settings_are_named_at_load(saved, tmp_path, change, key):
+    """Refused by load, with the file's name: not at the first prediction, where the CLI blamed the data."""
+    path = _with_header(saved, tmp_path / "forged.npz", lambda h: h["descriptor"].update(change))
+    with pytest.raises(ValueError, match=rf"forged\.npz.*{key}"):
+        SparseGP.load(path)
+
+
+def test_unscaled_soap_is_saved_in_the_layout_older_versions_read(saved, cuau_model, cuau_frames, tmp_path):
+    """No radial-scaling keys unless scaling is on (kernelpot before it passes every key to SOAP())."""
+    assert not {"radial_scaling", "radial_exponent"} & set(_header(saved)["descriptor"])
+    scaled = clone(cuau_model).set_params(descriptor__radial_scaling=3.0).fit(cuau_frames)
+    scaled.save(tmp_path / "scaled.npz")
+    desc = _header(tmp_path / "scaled.npz")["descriptor"]
+    assert desc["radial_scaling"] == 3.0 and desc["radial_exponent"] == 4.0
+    loaded = SparseGP.load(tmp_path / "scaled.npz")
+    np.testing.assert_allclose(loaded.predict(cuau_frames[:2], return_std=False)["energy"],
+                               scaled.predict(cuau_frames[:2], return_std=False)["energy"], rtol=0, atol=1e-9)
 
 
 def test_missing_member_and_corrupt_files(saved, tmp_path):

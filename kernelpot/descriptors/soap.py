@@ -86,6 +86,10 @@ _FREE_REFCOUNT = _refcount({"probe": np.empty(1)}, "probe")
 #: Largest settings a SOAP may have (the model file loader uses the same): beyond these the
 #: descriptor's size or neighbour count grows past anything a potential uses.
 LIMITS = {"r_cut": (0.0, 30.0), "n_max": (1, 40), "l_max": (0, 30), "atom_sigma": (0.0, 10.0)}
+#: Range of the radial scaling's r0 (Å) and exponent m: below 0.5 Å every neighbour's weight is ~0, and
+#: m < 2 (u'' singular at r = 0) or m > 12 (a near step) needs radial tables of 10^4-10^5 knots.
+RADIAL_SCALING_RANGE = (0.5, 1000.0)
+RADIAL_EXPONENT_RANGE = (2.0, 12.0)
 
 
 @dataclass
@@ -359,7 +363,10 @@ class SOAP(BaseEstimator):
         that the many far neighbours do not outweigh the few near ones in the
         kernel. ``None`` (default): no scaling, as in GAP.
     radial_exponent : float
-        m of the radial scaling (>= 1; unused without ``radial_scaling``).
+        m of the radial scaling (unused without ``radial_scaling``).
+        r0 must lie in [0.5, 1000] Å and m in [2, 12] (:data:`RADIAL_SCALING_RANGE`,
+        :data:`RADIAL_EXPONENT_RANGE`): below 0.5 Å every neighbour weighs ~0, and
+        outside that m the radial tables need 10^4-10^5 knots to reach 1e-8.
 
     Attributes
     ----------
@@ -438,10 +445,10 @@ class SOAP(BaseEstimator):
         if not real or not math.isfinite(cw) or cw < 0:
             raise ValueError(f"center_weight must be a finite number >= 0, got {cw!r}")
         if self.radial_scaling is not None:
-            positive_float("radial_scaling")
-        if positive_float("radial_exponent") < 1:
-            raise ValueError(f"radial_exponent must be >= 1 (u(r) is then smooth at r = 0), "
-                             f"got {self.radial_exponent!r}")
+            for name, (lo, hi) in (("radial_scaling", RADIAL_SCALING_RANGE),
+                                   ("radial_exponent", RADIAL_EXPONENT_RANGE)):
+                if not lo <= positive_float(name) <= hi:
+                    raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {getattr(self, name)!r}")
         if not isinstance(self.normalize, (bool, np.bool_)):
             raise TypeError(f"normalize must be True or False, got {self.normalize!r}")
         if self.species is None:
@@ -488,10 +495,11 @@ class SOAP(BaseEstimator):
     # ------------------------------------------------------------------ tables
     def _tables(self):
         """Radial and index tables for the current parameters, cached on the instance."""
-        scaling = None if self.radial_scaling is None else float(self.radial_scaling)
+        scaling = (None, None) if self.radial_scaling is None else (float(self.radial_scaling),
+                                                                     float(self.radial_exponent))
         key = (
-            float(self.r_cut), int(self.n_max), int(self.l_max), float(self.atom_sigma),
-            scaling, float(self.radial_exponent), len(self.species_),
+            float(self.r_cut), int(self.n_max), int(self.l_max), float(self.atom_sigma), *scaling,
+            len(self.species_),
         )
         cache = self.__dict__.setdefault("_table_cache", {})
         if key not in cache:
@@ -581,6 +589,17 @@ class SOAP(BaseEstimator):
         ]
         out = [res.features for res in self._run(frames, spec, False, False)]
         return out[0] if single else out
+
+    def saved_params(self) -> dict:
+        """``get_params()`` as a model file stores them: the radial-scaling keys only when scaling is on.
+
+        A file of an unscaled SOAP then has the layout kernelpot wrote before radial scaling existed,
+        and older versions read it.
+        """
+        params = self.get_params()
+        if params["radial_scaling"] is None:
+            del params["radial_scaling"], params["radial_exponent"]
+        return params
 
     # ------------------------------------------------------------------ buffers
     def __getstate__(self):

@@ -1129,8 +1129,8 @@ class SparseGP(BaseEstimator):
             params["e0"] = {str(k): float(v) for k, v in params["e0"].items()}
         header = {
             "params": params,
-            "descriptor": modelfile.jsonable(self.descriptor_.get_params()),
-            "extra_descriptors": [modelfile.jsonable(d.get_params()) for d in getattr(self, "extra_descriptors_", ())],
+            "descriptor": modelfile.jsonable(self.descriptor_.saved_params()),
+            "extra_descriptors": [modelfile.jsonable(d.saved_params()) for d in getattr(self, "extra_descriptors_", ())],
             "baseline": None if self.baseline is None else self.baseline.to_dict(),
             "fitted": {
                 "delta_": self.delta_,
@@ -1183,8 +1183,12 @@ class SparseGP(BaseEstimator):
         try:
             extra = [SOAP(**d) for d in header.get("extra_descriptors", [])]
             descriptor = SOAP(**header["descriptor"])
+            for d in [descriptor, *extra]:
+                d._validate_params()  # a bad value is named here, with the file, not at the first prediction
         except TypeError as exc:  # a setting SOAP does not have (an edited header)
             raise ValueError(f"{path}: descriptor settings in the header are not SOAP's ({exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"{path}: descriptor settings in the header: {exc}") from None
         model = cls(descriptor=[descriptor, *extra] if extra else descriptor, baseline=baseline, **params)
         fit = header["fitted"]
         model.descriptor_ = clone(descriptor)
