@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import zipfile
 from pathlib import Path
 
@@ -47,14 +48,16 @@ _MAX_RATIO = 200  # largest uncompressed / compressed size of a member (deflate 
 
 
 def jsonable(d: dict) -> dict:
-    """A parameter dict with numpy scalars and arrays turned into JSON types."""
+    """A parameter dict with numpy scalars and arrays (and any other real number, e.g. a Fraction) turned into JSON types."""
     out = {}
     for k, v in d.items():
         if isinstance(v, np.ndarray):
             v = v.tolist()
-        elif isinstance(v, np.integer):
+        elif isinstance(v, (bool, np.bool_)):
+            v = bool(v)
+        elif isinstance(v, numbers.Integral):
             v = int(v)
-        elif isinstance(v, np.floating):
+        elif isinstance(v, numbers.Real):
             v = float(v)
         elif isinstance(v, (list, tuple)):
             v = [int(x) if isinstance(x, np.integer) else x for x in v]

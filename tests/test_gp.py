@@ -1,6 +1,7 @@
 """SparseGP: exact derivative observations, invariances, posterior variance, learned noise."""
 
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -389,3 +390,12 @@ def test_an_element_in_one_structure_is_named_at_fit(small_soap):
         warnings.simplefilter("always")
         SparseGP(descriptor=small_soap, n_sparse=40, verbose=False, calibrate=False).fit(alloy + atoms)
     assert not [w for w in caught if "fewer than 3" in str(w.message)]
+
+
+@pytest.mark.parametrize("name, bad", [("zeta", "4"), ("zeta", 0.5), ("zeta", True), ("delta", "1"),
+                                       ("sigma_force", float("inf")), ("sigma_energy", [0.001]),
+                                       ("zeta", Fraction(3))])
+def test_bad_kernel_and_noise_settings_are_named(name, bad, cu_frames):
+    """A string or list was a numpy TypeError ('ufunc isfinite not supported') before the fit named it."""
+    with pytest.raises(ValueError, match=name):
+        SparseGP(verbose=False, **{name: bad}).fit(cu_frames[:2])

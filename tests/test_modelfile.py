@@ -185,6 +185,16 @@ def test_unscaled_soap_is_saved_in_the_layout_older_versions_read(saved, cuau_mo
                                scaled.predict(cuau_frames[:2], return_std=False)["energy"], rtol=0, atol=1e-9)
 
 
+def test_any_real_setting_is_saved(cuau_model, cuau_frames, tmp_path):
+    """A Fraction (a real number validation accepts) once failed save on JSON after the whole fit."""
+    from fractions import Fraction
+    model = clone(cuau_model).set_params(descriptor__r_cut=Fraction(9, 2)).fit(cuau_frames)
+    model.save(tmp_path / "fraction.npz")
+    assert _header(tmp_path / "fraction.npz")["descriptor"]["r_cut"] == 4.5
+    np.testing.assert_allclose(SparseGP.load(tmp_path / "fraction.npz").predict(cuau_frames[:1], return_std=False)["energy"],
+                               model.predict(cuau_frames[:1], return_std=False)["energy"], rtol=0, atol=1e-9)
+
+
 def test_missing_member_and_corrupt_files(saved, tmp_path):
     members = _members(saved)
     del members["alpha_"]

@@ -32,6 +32,7 @@ predictive density of the training energies (see ``energy_noise``).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -246,11 +247,11 @@ class SparseGP(BaseEstimator):
             raise ValueError(f"max_memory must be a positive number of GiB, got {self.max_memory!r}")
         if self.energy_noise not in ("loo", "evidence"):
             raise ValueError(f"energy_noise must be 'loo' or 'evidence', got {self.energy_noise!r}")
-        if not (np.isfinite(self.zeta) and self.zeta >= 1):
-            raise ValueError(f"zeta must be >= 1, got {self.zeta!r}")
+        if not (_finite_real(self.zeta) and self.zeta >= 1):
+            raise ValueError(f"zeta must be a finite number >= 1, got {self.zeta!r}")
         for name in ("sigma_energy", "sigma_force", "sigma_stress", "delta"):
             v = getattr(self, name)
-            if v is not None and not (np.isfinite(v) and v > 0):
+            if v is not None and not (_finite_real(v) and v > 0):
                 raise ValueError(f"{name} must be a positive number or None (learned), got {v!r}")
         descs = self._descriptor_list()
         if not descs or not all(d is None or isinstance(d, SOAP) for d in descs) or (len(descs) > 1 and None in descs):
@@ -1128,7 +1129,7 @@ class SparseGP(BaseEstimator):
         if isinstance(params["e0"], dict):
             params["e0"] = {str(k): float(v) for k, v in params["e0"].items()}
         header = {
-            "params": params,
+            "params": modelfile.jsonable(params),
             "descriptor": modelfile.jsonable(self.descriptor_.saved_params()),
             "extra_descriptors": [modelfile.jsonable(d.saved_params()) for d in getattr(self, "extra_descriptors_", ())],
             "baseline": None if self.baseline is None else self.baseline.to_dict(),
@@ -1264,6 +1265,12 @@ class SparseGP(BaseEstimator):
                                      data["Lc"], data["a"], data["alpha_"], model.offset_species_, model.offset_kappa_,
                                      model.pair_)
         return model
+
+
+def _finite_real(v) -> bool:
+    """A finite int, float or numpy scalar; not a bool, string or array (numpy's isfinite raised TypeError on them)."""
+    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+            and math.isfinite(v))
 
 
 def _path_hint(obj) -> str:
