@@ -164,9 +164,9 @@ def _validate(frames, path, quiet):
 def _model_kwargs(args) -> dict:
     kw = {"verbose": not args.quiet, "n_sparse": args.n_sparse, "max_memory": args.max_memory,
           "random_state": args.seed, "calibrate": not args.no_calibrate}
+    from kernelpot import SOAP
     soap = {}
     if args.r_cut is not None:
-        from kernelpot import SOAP
         width = SOAP().cutoff_width
         if not args.r_cut > width:
             raise ValueError(f"--r-cut {args.r_cut:g} Å: the cutoff radius must exceed the width of SOAP's smooth "
@@ -175,7 +175,6 @@ def _model_kwargs(args) -> dict:
     if args.radial_scaling is not None:
         soap["radial_scaling"] = args.radial_scaling
     if soap:
-        from kernelpot import SOAP
         kw["descriptor"] = SOAP(**soap)
         try:
             kw["descriptor"]._validate_params()  # named before any file is read

@@ -497,13 +497,10 @@ class SOAP(BaseEstimator):
         """Radial and index tables for the current parameters, cached on the instance."""
         scaling = (None, None) if self.radial_scaling is None else (float(self.radial_scaling),
                                                                      float(self.radial_exponent))
-        key = (
-            float(self.r_cut), int(self.n_max), int(self.l_max), float(self.atom_sigma), *scaling,
-            len(self.species_),
-        )
+        rad_key = (float(self.r_cut), int(self.n_max), int(self.l_max), float(self.atom_sigma), *scaling)
+        key = rad_key + (len(self.species_),)
         cache = self.__dict__.setdefault("_table_cache", {})
         if key not in cache:
-            rad_key = key[:6]
             radial = cache.get(rad_key)
             if radial is None:
                 radial = _RadialTables(*rad_key)

@@ -242,8 +242,7 @@ class SparseGP(BaseEstimator):
                  and self.n_sparse >= 1) or (isinstance(self.n_sparse, str) and self.n_sparse == "auto")):
             raise ValueError(f"n_sparse must be a positive integer or 'auto', got {self.n_sparse!r}")
         mem = self.max_memory
-        if not (isinstance(mem, (int, float, np.integer, np.floating)) and not isinstance(mem, bool)
-                and np.isfinite(mem) and mem > 0):
+        if not (_finite_real(mem) and mem > 0):
             raise ValueError(f"max_memory must be a positive number of GiB, got {self.max_memory!r}")
         if self.energy_noise not in ("loo", "evidence"):
             raise ValueError(f"energy_noise must be 'loo' or 'evidence', got {self.energy_noise!r}")
