@@ -32,6 +32,7 @@ predictive density of the training energies (see ``energy_noise``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -70,6 +71,29 @@ __all__ = ["SparseGP"]
 # (relative) given the others are dropped (see gp.select.choose_sparse_set).
 _SPARSE_TOL = 1e-10
 _KMM_JITTER = 1e-10
+#: SOAP radial scalings (r0 as a fraction of r_cut) that ``descriptor=None`` compares with unscaled SOAP by the
+#: evidence: r0 = r_cut / 2 down-weights the outer shell, whose many neighbours otherwise dominate the density
+#: overlap (Willatt, Musil, Ceriotti, PCCP 20, 29661 (2018)).
+DEFAULT_RADIAL_SCALING = (0.5,)
+
+
+@contextlib.contextmanager
+def _held_warnings():
+    """Hold the warnings raised in the block in the yielded list (the caller emits those it keeps); if the
+    block raises, they are emitted at once, before the exception propagates."""
+    held, done = [], False
+    try:
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            try:
+                yield held
+                done = True
+            finally:
+                held.extend(rec)
+    finally:
+        if not done:
+            for w in held:
+                warnings.warn(w.message, w.category, stacklevel=3)
 
 
 class SparseGP(BaseEstimator):
@@ -79,7 +103,12 @@ class SparseGP(BaseEstimator):
     ----------
     descriptor : SOAP or list of SOAP, optional
         Descriptor settings; species are taken from the training data at fit
-        time.  Default ``SOAP(r_cut=5.0, n_max=8, l_max=6, atom_sigma=0.5)``.
+        time.  Default (None): ``SOAP(r_cut=5.0, n_max=8, l_max=6,
+        atom_sigma=0.5)`` unscaled or with radial scaling ``r0 = r_cut / 2``
+        (Willatt, Musil, Ceriotti, PCCP 20, 29661 (2018)), whichever the
+        evidence prefers by more than ``ln 100`` nats (unscaled on ties; the
+        fit takes up to twice as long; what was compared is in
+        ``descriptor_choice_``).  Give a descriptor to keep it as given.
         A list sums their kernels (e.g. ``[SOAP(r_cut=5.0), SOAP(r_cut=4.0)]``,
         as in multi-cutoff GAP models): ``k = sum_d (r_d delta)^2 (x_d.x_d')^zeta``
         over the same sparse environments (chosen with the first descriptor),
@@ -194,6 +223,12 @@ class SparseGP(BaseEstimator):
         energies in nats, ``seconds`` of its hyperparameter search), ``"chosen"`` (index into
         the steps) and ``"reason"`` (why the growth stopped).  None otherwise;
         not saved with the model.
+    descriptor_choice_ : dict
+        With ``descriptor=None`` only: ``"candidates"``, one dict per SOAP
+        compared (``radial_scaling`` r0 in Å or None, ``log_likelihood`` the
+        optimised log marginal likelihood in nats, ``seconds`` of its fit),
+        and ``"chosen"`` (index into them; ``descriptor_`` is that SOAP).
+        Not saved with the model.
     conventions_ : list of kernelpot.gp.conventions.ConventionFinding or None
         Whole config_types whose energy or stress labels follow another
         convention than their physics (warned about at fit; reused by
@@ -354,6 +389,84 @@ class SparseGP(BaseEstimator):
         frames = list(frames)
         if len(frames) == 0:
             raise ValueError("fit needs at least one labelled frame, got an empty list")
+        with _held_warnings() as held:
+            if self.descriptor is None:
+                held.extend(self._fit_default_descriptor(frames))
+            else:
+                self._fit(frames)
+        for w in held:  # at the caller's line, as warnings raised in fit itself
+            warnings.warn(w.message, w.category, stacklevel=2)
+        return self
+
+    def _fit_default_descriptor(self, frames):
+        """``descriptor=None``: SOAP unscaled and with radial scaling, chosen by the evidence.
+
+        Each candidate of :data:`DEFAULT_RADIAL_SCALING` is fitted up to its
+        optimised log marginal likelihood (no calibration); a scaled SOAP
+        replaces the unscaled one only when its evidence is higher by more
+        than ``ln 100`` nats (a Bayes factor of 100, "decisive" on Jeffreys'
+        scale, the step of ``n_sparse="auto"``).  The last candidate keeps its
+        rows for the calibration; when an earlier one wins it is fitted again
+        in full (one model's memory at a time).  Warnings of the candidates
+        not chosen are dropped; the chosen fit's are returned for :meth:`fit`
+        to emit.
+        """
+        r_cut = SOAP().r_cut
+        scalings = [None] + [f * r_cut for f in DEFAULT_RADIAL_SCALING]
+        rows, est, caught = [], None, []
+        for k, r0 in enumerate(scalings):
+            last = k == len(scalings) - 1
+            est = None  # the previous candidate's memory is released before the next fit
+            est = clone(self).set_params(descriptor=SOAP(radial_scaling=r0))
+            assembly.note(self.verbose, f"default descriptor, candidate {k + 1} of {len(scalings)}: SOAP "
+                                        + ("unscaled" if r0 is None else f"with radial scaling r0 = {r0:g} A"))
+            t = time.perf_counter()
+            with _held_warnings() as caught:
+                est._fit(frames, calibrate=self.calibrate and last, defer=True)
+            rows.append({"radial_scaling": r0, "log_likelihood": float(est.log_marginal_likelihood_),
+                         "seconds": time.perf_counter() - t})
+        chosen = 0
+        for k, row in enumerate(rows[1:], start=1):
+            if row["log_likelihood"] > rows[chosen]["log_likelihood"] + sparse_size.MIN_GAIN:
+                chosen = k
+        if chosen < len(rows) - 1:
+            est = None
+            est = clone(self).set_params(descriptor=SOAP(radial_scaling=scalings[chosen]))
+            with _held_warnings() as caught:
+                est._fit(frames, calibrate=self.calibrate, defer=True)
+        if self.calibrate:
+            with _held_warnings() as more:
+                est._calibrate(frames)
+            caught = caught + more
+        params = set(self.get_params(deep=False))
+        self.__dict__.update({k: v for k, v in est.__dict__.items() if k not in params})
+        self.descriptor_choice_ = {"candidates": rows, "chosen": chosen}
+        pick = rows[chosen]["radial_scaling"]
+        assembly.note(self.verbose, "default descriptor: " + ", ".join(
+            f"{'unscaled' if r['radial_scaling'] is None else 'r0 = %g A' % r['radial_scaling']} "
+            f"log L {r['log_likelihood']:.1f}" for r in rows)
+            + f"; chose {'unscaled' if pick is None else 'r0 = %g A' % pick}")
+        return caught
+
+    def _calibrate(self, frames):
+        """The variance weights from leave-one-group-out residuals (:mod:`kernelpot.gp.calibration`), reading
+        the rows the assembly kept; the row cache is closed after."""
+        t = time.perf_counter()
+        mean_features = self.__dict__.pop("_mean_features", None)
+        groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state,
+                                                              mean_features=mean_features)
+        self.training_diagnostics_ = leave_one_out(self, groups=groups)
+        recalibrate(self, self.training_diagnostics_)
+        assembly.phase(self.verbose, "calibration (LOO)", t)
+        if self._row_cache is not None:
+            self._row_cache.close()
+            self._row_cache = None
+
+    def _fit(self, frames, calibrate=None, defer=False):
+        """The fit with the descriptor as set.  ``calibrate`` (default the
+        setting) keeps rows for the calibration; ``defer`` leaves the
+        calibration itself to :meth:`_calibrate`."""
+        calibrate = self.calibrate if calibrate is None else calibrate
         # the checks of kernelpot.validate, with its messages: errors raise, warnings reach the user
         report = validate(frames, require=(), raise_on_error=False)
         if report.errors:
@@ -414,7 +527,7 @@ class SparseGP(BaseEstimator):
             assembly.note(True, f"assembling {n_obs} observations of {len(frames)} frames; "
                                 f"peak memory ~{assembly.memory_estimate(self, frames) / 2**20:.0f} MiB")
         # rows kept for the calibration's leave-one-out: one sweep over the structures per fit
-        self._row_cache = (assembly.RowCache(assembly.n_columns(self)) if self.calibrate and self.client is None
+        self._row_cache = (assembly.RowCache(assembly.n_columns(self)) if calibrate and self.client is None
                            else None)
         self._stats = assembly.accumulate(self, frames, labels, cache=self._row_cache)
         t = assembly.phase(self.verbose, "assembly", t)
@@ -438,13 +551,12 @@ class SparseGP(BaseEstimator):
             t = assembly.phase(self.verbose, "label conventions", t)
         self.std_weights_ = {}
         self.__dict__.pop("training_diagnostics_", None)
-        if self.calibrate:
-            groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state,
-                                                                  mean_features=mean_features)
-            self.training_diagnostics_ = leave_one_out(self, groups=groups)
-            recalibrate(self, self.training_diagnostics_)
-            assembly.phase(self.verbose, "calibration (LOO)", t)
-        if self._row_cache is not None:
+        self.__dict__.pop("descriptor_choice_", None)
+        if calibrate:
+            self._mean_features = mean_features
+            if not defer:
+                self._calibrate(frames)
+        elif self._row_cache is not None:
             self._row_cache.close()
             self._row_cache = None
         return self
