@@ -118,6 +118,11 @@ def _positive_int(s):
     return v
 
 
+def _scaling(s):
+    """--radial-scaling: r0 in Å, or 'none' (unscaled SOAP, kept as given)."""
+    return "none" if str(s).strip().lower() == "none" else _positive_float(s)
+
+
 def _positive_float(s):
     try:
         v = float(s)
@@ -173,14 +178,15 @@ def _model_kwargs(args) -> dict:
                              f"cut-off, {width:g} Å (and any bond length to see neighbours; 4-6 Å is usual)")
         soap["r_cut"] = args.r_cut
     if args.radial_scaling is not None:
-        soap["radial_scaling"] = args.radial_scaling
+        soap["radial_scaling"] = None if args.radial_scaling == "none" else args.radial_scaling
     if soap:
         kw["descriptor"] = SOAP(**soap)
         try:
             kw["descriptor"]._validate_params()  # named before any file is read
         except ValueError as exc:
             given = {"r_cut": "--r-cut", "radial_scaling": "--radial-scaling"}
-            raise ValueError(", ".join(f"{given[k]} {v:g} Å" for k, v in soap.items()) + f": {exc}") from None
+            raise ValueError(", ".join(f"{given[k]} {'none' if v is None else '%g Å' % v}" for k, v in soap.items())
+                             + f": {exc}") from None
     return kw
 
 
@@ -469,9 +475,10 @@ def _add_model_settings(p, when=""):
                    help=f"memory budget of --n-sparse auto{when} (default {defaults.max_memory} GiB)")
     p.add_argument("--r-cut", type=_positive_float, default=None, metavar="Å",
                    help=f"SOAP cutoff radius in Å{when} (default: the SOAP default, 5 Å)")
-    p.add_argument("--radial-scaling", type=_positive_float, default=None, metavar="Å",
+    p.add_argument("--radial-scaling", type=_scaling, default=None, metavar="Å",
                    help=f"r0 of SOAP's radial scaling 1 / (1 + (r / r0)^4){when}: near neighbours weigh more "
-                        "than far ones (default: none, as in GAP; compare fits by their log evidence)")
+                        "than far ones; 'none': unscaled, as in GAP (default: with neither this nor --r-cut, "
+                        "the fit keeps unscaled SOAP or r0 = r_cut / 2, whichever has the higher evidence)")
     p.add_argument("--seed", type=int, default=0, help=f"seed of the sparse selection{when} (default 0); "
                    "fits are deterministic given it")
     p.add_argument("--no-calibrate", action="store_true",

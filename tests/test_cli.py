@@ -377,11 +377,28 @@ def test_fit_with_radial_scaling_keeps_it_in_the_model_file(small_train, tmp_pat
     assert loaded.descriptor_.radial_scaling == 2.5
     same = kernelpot.SparseGP(n_sparse=20, descriptor=kernelpot.SOAP(radial_scaling=2.5), verbose=False)
     same.fit(kernelpot.read(small_train))
-    plain = kernelpot.SparseGP(n_sparse=20, verbose=False).fit(kernelpot.read(small_train))
+    plain = kernelpot.SparseGP(n_sparse=20, descriptor=kernelpot.SOAP(), verbose=False).fit(kernelpot.read(small_train))
     frames = kernelpot.read(TEST)[:3]
     e_loaded, e_same, e_plain = (m.predict(frames, return_std=False)["energy"] for m in (loaded, same, plain))
     np.testing.assert_allclose(e_loaded, e_same, rtol=0, atol=1e-9)
     assert np.max(np.abs(e_same - e_plain)) > 1e-6  # the scaling changed the model
+
+
+def test_fit_radial_scaling_none_is_kept_and_no_flag_lets_the_evidence_choose(small_train, tmp_path):
+    """`--radial-scaling none` fits unscaled SOAP as given; without the flag the CLI fits what SparseGP()
+    does (unscaled or r0 = r_cut / 2 by the evidence)."""
+    frames = kernelpot.read(small_train)
+    test = kernelpot.read(TEST)[:3]
+    for flag, kw in ((["--radial-scaling", "none"], {"descriptor": kernelpot.SOAP()}), ([], {})):
+        out = tmp_path / f"m{len(flag)}.npz"
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["fit", str(small_train), "-o", str(out), "--n-sparse", "20", "--quiet", *flag]) == 0
+        loaded = kernelpot.SparseGP.load(out)
+        same = kernelpot.SparseGP(n_sparse=20, verbose=False, **kw).fit(frames)
+        assert loaded.descriptor_.radial_scaling == same.descriptor_.radial_scaling
+        assert hasattr(same, "descriptor_choice_") == (not flag)
+        np.testing.assert_allclose(loaded.predict(test, return_std=False)["energy"],
+                                   same.predict(test, return_std=False)["energy"], rtol=0, atol=1e-9)
 
 
 def test_redirected_fit_has_phase_lines_and_no_carriage_returns(small_train, tmp_path):
@@ -392,10 +409,19 @@ def test_redirected_fit_has_phase_lines_and_no_carriage_returns(small_train, tmp
                        cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stdout and "\r" not in r.stderr
-    # progress on stderr, one line per phase with its time; results on stdout
+    # progress on stderr, one line per phase of each fit with its time; results on stdout.  The default
+    # descriptor fits each candidate SOAP (and the unscaled one again when an earlier candidate wins);
+    # one calibration, of the chosen model
+    lines = r.stderr.splitlines()
+    chose = [x for x in lines if x.startswith("kernelpot: default descriptor: ")]
+    assert len(chose) == 1, r.stderr
+    n_fits = sum(x.startswith("kernelpot: default descriptor, candidate ") for x in lines) + (
+        "chose unscaled" in chose[0])
+    assert n_fits in (2, 3)
     for phase in ("descriptors", "sparse selection", "assembly", "hyperparameters", "calibration (LOO)"):
-        line = [x for x in r.stderr.splitlines() if x.startswith(f"kernelpot: {phase} ")]
-        assert len(line) == 1 and " s" in line[0], (phase, r.stderr)
+        line = [x for x in lines if x.startswith(f"kernelpot: {phase} ")]
+        assert len(line) == (1 if phase.startswith("calibration") else n_fits), (phase, r.stderr)
+        assert all(" s" in x for x in line)
     assert "site-packages" not in r.stderr and "Traceback" not in r.stderr
     assert all(x.startswith("kernelpot: ") for x in r.stderr.splitlines()), r.stderr
     assert r.stdout.startswith("model written to ") and "kernelpot: descriptors" not in r.stdout

@@ -1,0 +1,105 @@
+"""descriptor=None: the fit compares unscaled and radially scaled SOAP by the evidence.
+
+The chosen model must be the very model an explicit fit with the chosen SOAP gives
+(weights, calibration, sigma), each candidate's evidence must be that of its own
+fit, and a scaling that does not raise the evidence by ln 100 nats is not taken.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import kernelpot
+from kernelpot import SOAP, SparseGP
+from kernelpot.gp import sparse
+from kernelpot.io.labels import DataWarning
+
+from conftest import emt_frames
+
+KW = dict(n_sparse=30, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return emt_frames(10, seed=5)
+
+
+@pytest.fixture(scope="module")
+def default_fit(frames):
+    return SparseGP(**KW).fit(frames)
+
+
+def _same_model(a, b, atoms):
+    pa, pb = a.predict_frame(atoms), b.predict_frame(atoms)
+    for key in ("energy", "forces", "stress", "energy_std", "forces_std", "stress_std"):
+        np.testing.assert_allclose(pa[key], pb[key], rtol=1e-7, atol=1e-10, err_msg=key)
+
+
+def test_each_candidate_scores_its_own_fit_and_the_best_is_kept(frames, default_fit):
+    choice = default_fit.descriptor_choice_
+    r_cut = SOAP().r_cut
+    assert [c["radial_scaling"] for c in choice["candidates"]] == [None, 0.5 * r_cut]
+    own = [SparseGP(descriptor=SOAP(radial_scaling=c["radial_scaling"]), calibrate=False, **KW).fit(frames)
+           for c in choice["candidates"]]
+    for c, m in zip(choice["candidates"], own):
+        assert c["log_likelihood"] == pytest.approx(m.log_marginal_likelihood_, rel=1e-9)
+    gain = own[1].log_marginal_likelihood_ - own[0].log_marginal_likelihood_
+    assert choice["chosen"] == (1 if gain > np.log(100.0) else 0)
+    assert default_fit.descriptor_.radial_scaling == choice["candidates"][choice["chosen"]]["radial_scaling"]
+    assert default_fit.log_marginal_likelihood_ == pytest.approx(max(m.log_marginal_likelihood_ for m in own)
+                                                                 if abs(gain) > np.log(100.0) else
+                                                                 own[0].log_marginal_likelihood_, rel=1e-9)
+
+
+def test_the_chosen_model_is_the_explicit_fit_calibration_included(frames, default_fit):
+    """The last candidate's calibration is deferred until it has won: same weights, same sigma."""
+    r0 = default_fit.descriptor_.radial_scaling
+    explicit = SparseGP(descriptor=SOAP(radial_scaling=r0), **KW).fit(frames)
+    assert default_fit.std_weights_ and set(default_fit.std_weights_) == set(explicit.std_weights_)
+    test = emt_frames(2, seed=6)
+    for atoms in test:
+        _same_model(default_fit, explicit, atoms)
+    assert default_fit.descriptor is None  # the setting is not changed by fit (scikit-learn's contract)
+    assert not hasattr(default_fit, "_mean_features") and default_fit._row_cache is None
+
+
+def test_a_scaling_the_evidence_does_not_prefer_decisively_is_not_taken(frames, monkeypatch):
+    """r0 = 1000 A leaves every weight within 1e-8 of 1: the same model, so the unscaled one is kept
+    (the earlier candidate wins: the refit path) and equals the explicit unscaled fit."""
+    monkeypatch.setattr(sparse, "DEFAULT_RADIAL_SCALING", (200.0,))
+    model = SparseGP(**KW).fit(frames)
+    lls = [c["log_likelihood"] for c in model.descriptor_choice_["candidates"]]
+    assert abs(lls[1] - lls[0]) < np.log(100.0)
+    assert model.descriptor_choice_["chosen"] == 0 and model.descriptor_.radial_scaling is None
+    _same_model(model, SparseGP(descriptor=SOAP(), **KW).fit(frames), emt_frames(1, seed=7)[0])
+
+
+def test_a_given_descriptor_is_kept(frames):
+    model = SparseGP(descriptor=SOAP(), **KW).fit(frames)
+    assert model.descriptor_.radial_scaling is None and not hasattr(model, "descriptor_choice_")
+
+
+def test_warnings_reach_the_caller_once(frames):
+    """EMT's positive energies raise one validation warning per fit, at the caller's line, not one per
+    candidate."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SparseGP(**KW).fit(frames)
+    data = [w for w in caught if issubclass(w.category, DataWarning)]
+    assert len(data) == 1 and "energy per atom > 0" in str(data[0].message)
+    assert data[0].filename == __file__
+
+
+def test_warnings_before_an_error_are_not_lost(frames):
+    """A fit that fails after the validation still shows its warnings."""
+    with pytest.warns(DataWarning, match="energy per atom > 0"), pytest.raises(ValueError, match="names frame 99"):
+        SparseGP(sparse_points=[(99, 0)], **KW).fit(frames)
+
+
+def test_model_file_keeps_the_chosen_descriptor(default_fit, tmp_path):
+    path = tmp_path / "m.npz"
+    default_fit.save(path)
+    loaded = kernelpot.SparseGP.load(path)
+    assert loaded.descriptor_.radial_scaling == default_fit.descriptor_.radial_scaling
+    _same_model(default_fit, loaded, emt_frames(1, seed=8)[0])
