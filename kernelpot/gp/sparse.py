@@ -407,7 +407,8 @@ class SparseGP(BaseEstimator):
         than ``ln 100`` nats (a Bayes factor of 100, "decisive" on Jeffreys'
         scale, the step of ``n_sparse="auto"``).  The last candidate keeps its
         rows for the calibration; when an earlier one wins it is fitted again
-        in full (one model's memory at a time).  Warnings of the candidates
+        (one model's memory at a time).  The label-convention check and the
+        calibration (:meth:`_finish`) run on the chosen model only.  Warnings of the candidates
         not chosen are dropped; the chosen fit's are returned for :meth:`fit`
         to emit.
         """
@@ -434,38 +435,42 @@ class SparseGP(BaseEstimator):
             est = clone(self).set_params(descriptor=SOAP(radial_scaling=scalings[chosen]))
             with _held_warnings() as caught:
                 est._fit(frames, calibrate=self.calibrate, defer=True)
-        if self.calibrate:
-            with _held_warnings() as more:
-                est._calibrate(frames)
-            caught = caught + more
-        params = set(self.get_params(deep=False))
-        self.__dict__.update({k: v for k, v in est.__dict__.items() if k not in params})
-        self.descriptor_choice_ = {"candidates": rows, "chosen": chosen}
         pick = rows[chosen]["radial_scaling"]
         assembly.note(self.verbose, "default descriptor: " + ", ".join(
             f"{'unscaled' if r['radial_scaling'] is None else 'r0 = %g A' % r['radial_scaling']} "
             f"log L {r['log_likelihood']:.1f}" for r in rows)
             + f"; chose {'unscaled' if pick is None else 'r0 = %g A' % pick}")
-        return caught
+        with _held_warnings() as more:
+            est._finish(frames, self.calibrate)
+        params = set(self.get_params(deep=False))
+        self.__dict__.update({k: v for k, v in est.__dict__.items() if k not in params})
+        self.descriptor_choice_ = {"candidates": rows, "chosen": chosen}
+        return caught + more
 
-    def _calibrate(self, frames):
-        """The variance weights from leave-one-group-out residuals (:mod:`kernelpot.gp.calibration`), reading
-        the rows the assembly kept; the row cache is closed after."""
+    def _finish(self, frames, calibrate: bool):
+        """The steps that judge the fitted model: the whole-group label-convention check and, with
+        ``calibrate``, the variance weights from leave-one-group-out residuals
+        (:mod:`kernelpot.gp.calibration`), reading the rows the assembly kept; the row cache is closed
+        after."""
         t = time.perf_counter()
-        mean_features = self.__dict__.pop("_mean_features", None)
-        groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state,
-                                                              mean_features=mean_features)
-        self.training_diagnostics_ = leave_one_out(self, groups=groups)
-        recalibrate(self, self.training_diagnostics_)
-        assembly.phase(self.verbose, "calibration (LOO)", t)
+        self.conventions_ = _warn_conventions(self, frames)
+        if self.conventions_ is not None:
+            t = assembly.phase(self.verbose, "label conventions", t)
+        if calibrate:
+            mean_features = self.__dict__.pop("_mean_features", None)
+            groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state,
+                                                                  mean_features=mean_features)
+            self.training_diagnostics_ = leave_one_out(self, groups=groups)
+            recalibrate(self, self.training_diagnostics_)
+            assembly.phase(self.verbose, "calibration (LOO)", t)
         if self._row_cache is not None:
             self._row_cache.close()
             self._row_cache = None
 
     def _fit(self, frames, calibrate=None, defer=False):
         """The fit with the descriptor as set.  ``calibrate`` (default the
-        setting) keeps rows for the calibration; ``defer`` leaves the
-        calibration itself to :meth:`_calibrate`."""
+        setting) keeps rows for the calibration; ``defer`` stops after the
+        hyperparameters and leaves :meth:`_finish` to the caller."""
         calibrate = self.calibrate if calibrate is None else calibrate
         # the checks of kernelpot.validate, with its messages: errors raise, warnings reach the user
         report = validate(frames, require=(), raise_on_error=False)
@@ -545,20 +550,17 @@ class SparseGP(BaseEstimator):
         self._solve(theta)
         _warn_unlearned(self, frames, labels)
         _warn_no_forces(self, frames, labels, n_force_frames)
-        t = assembly.phase(self.verbose, "hyperparameters", t)
-        self.conventions_ = _warn_conventions(self, frames)
-        if self.conventions_ is not None:
-            t = assembly.phase(self.verbose, "label conventions", t)
+        assembly.phase(self.verbose, "hyperparameters", t)
         self.std_weights_ = {}
-        self.__dict__.pop("training_diagnostics_", None)
-        self.__dict__.pop("descriptor_choice_", None)
+        for name in ("training_diagnostics_", "descriptor_choice_", "conventions_", "calibration_groups_"):
+            self.__dict__.pop(name, None)
         if calibrate:
             self._mean_features = mean_features
-            if not defer:
-                self._calibrate(frames)
         elif self._row_cache is not None:
             self._row_cache.close()
             self._row_cache = None
+        if not defer:
+            self._finish(frames, calibrate)
         return self
 
     def _n_extra_columns(self):
