@@ -120,7 +120,12 @@ def _positive_int(s):
 
 def _scaling(s):
     """--radial-scaling: r0 in Å, or 'none' (unscaled SOAP, kept as given)."""
-    return "none" if str(s).strip().lower() == "none" else _positive_float(s)
+    if str(s).strip().lower() == "none":
+        return "none"
+    try:
+        return _positive_float(s)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected r0 in Å (a positive number) or 'none', got {s!r}") from None
 
 
 def _positive_float(s):
@@ -274,6 +279,12 @@ def _noise_table(model) -> str:
     from kernelpot.gp.assembly import noise_as_used
     conv = {"energy": (1000.0, "meV/atom"), "forces": (1.0, "eV/Å"), "stress": (1.0 / GPa, "GPa")}
     lines = ["learned hyperparameters:", f"  delta (kernel scale)        {model.delta_:.4g} eV"]
+    choice = getattr(model, "descriptor_choice_", None)
+    if choice is not None:  # the default descriptor: what the evidence chose, and against what
+        rows = choice["candidates"]
+        name = ["unscaled" if r["radial_scaling"] is None else f"r0 = {r['radial_scaling']:g} Å" for r in rows]
+        lines.append(f"  SOAP radial scaling         {name[choice['chosen']]} (log evidence "
+                     + ", ".join(f"{n} {r['log_likelihood']:.1f}" for n, r in zip(name, rows)) + ")")
     frames = getattr(model, "_train_frames", None)
     used = {} if frames is None else noise_as_used(model, frames)
     for g, s in model.noise_.items():

@@ -82,3 +82,17 @@ def test_local_cluster_fit_equals_in_memory(small_soap):
         sel = d1.kind == kind
         args = (d1.sigma[sel], v[sel], amp[sel], ny[sel])
         np.testing.assert_allclose(variance(dist.std_weights_[kind], *args)[1], variance(w, *args)[1], rtol=1e-3)
+
+
+def test_default_descriptor_fit_on_a_client_uses_that_client():
+    """descriptor=None fits each candidate SOAP with the caller's own client (a copy of a Client cannot be
+    pickled): the same choice and energies as in memory."""
+    frames = emt_frames(8, seed=23, noise={"energy": 0.002, "forces": 0.03, "stress": 0.001})
+    ref = SparseGP(n_sparse=30, verbose=False).fit(frames)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        dist = SparseGP(n_sparse=30, verbose=False, client=client).fit(frames)
+        assert dist.client is client
+    assert dist.descriptor_.radial_scaling == ref.descriptor_.radial_scaling
+    test = emt_frames(2, seed=24)
+    np.testing.assert_allclose(dist.predict(test, return_std=False)["energy"],
+                               ref.predict(test, return_std=False)["energy"], rtol=1e-6)

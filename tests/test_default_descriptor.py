@@ -6,6 +6,7 @@ fit, and a scaling that does not raise the evidence by ln 100 nats is not taken.
 """
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from kernelpot.gp import sparse
 from kernelpot.io.labels import DataWarning
 
 from conftest import emt_frames
+
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 KW = dict(n_sparse=30, verbose=False)
 
@@ -103,3 +106,45 @@ def test_model_file_keeps_the_chosen_descriptor(default_fit, tmp_path):
     loaded = kernelpot.SparseGP.load(path)
     assert loaded.descriptor_.radial_scaling == default_fit.descriptor_.radial_scaling
     _same_model(default_fit, loaded, emt_frames(1, seed=8)[0])
+
+
+def test_a_candidate_that_gives_up_a_kind_of_label_is_not_taken():
+    """The shipped EMT copper at 30 sparse points: the scaled SOAP's evidence is higher by ~4000 nats, but
+    its fit sets the energy noise above the spread of the energies (test energy MAE 34 meV/atom against
+    0.8 unscaled), buying the forces with the energies; the unscaled SOAP is kept."""
+    frames = kernelpot.read(DATA / "emt_cu_train.xyz")
+    model = SparseGP(n_sparse=30, verbose=False).fit(frames)
+    unscaled, scaled = model.descriptor_choice_["candidates"]
+    assert scaled["log_likelihood"] > unscaled["log_likelihood"] + np.log(100.0)
+    assert scaled["unexplained"] == ["energy"] and unscaled["unexplained"] == []
+    assert model.descriptor_choice_["chosen"] == 0 and model.descriptor_.radial_scaling is None
+    spread = np.std([a.get_potential_energy() / len(a) for a in frames])
+    assert model.noise_["energy"] < 0.1 * spread
+
+
+def test_a_second_fit_keeps_nothing_of_the_first(frames, default_fit):
+    """Fit with calibration, then without on other frames: no leave-one-out results of the first fit
+    survive (screen would read them)."""
+    model = SparseGP(**KW).fit(frames)
+    assert hasattr(model, "training_diagnostics_")
+    model.set_params(calibrate=False).fit(frames[:6])
+    for name in ("training_diagnostics_", "calibration_groups_"):
+        assert not hasattr(model, name), name
+    assert len(model._train_frames) == 6
+
+
+def test_committee_members_share_the_first_members_descriptor(frames):
+    from kernelpot.uq.committee import Committee
+    com = Committee(SparseGP(**KW), n_members=3, random_state=0).fit(frames)
+    r0 = [m.descriptor_.radial_scaling for m in com.members_]
+    assert r0 == [r0[0]] * 3
+    assert hasattr(com.members_[0], "descriptor_choice_")
+    assert not any(hasattr(m, "descriptor_choice_") for m in com.members_[1:])  # kept, not chosen again
+
+
+def test_select_settings_ranks_what_the_default_fits(frames):
+    """Without descriptor keys in the grid, each candidate is fitted as SparseGP() fits: its score is the
+    evidence of the default fit with that setting (the descriptor chosen in it)."""
+    from kernelpot.gp.tune import select_settings
+    best, table = select_settings(frames, model=SparseGP(**KW), grid={"zeta": [4.0]})
+    assert table[0]["score"] == pytest.approx(SparseGP(**KW).fit(frames).log_marginal_likelihood_, rel=1e-9)

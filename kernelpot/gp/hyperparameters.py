@@ -104,8 +104,9 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
         Start ``delta`` from a coarse scan (off when refining a previous optimum).
     verbose : bool
         A progress bar over likelihood evaluations.
-    warn : bool
-        Warn (``RuntimeWarning``) when a free parameter ends at a bound.
+    warn : bool or list
+        Warn (``RuntimeWarning``) when a free parameter ends at a bound; a
+        list collects ``(message, category)`` instead (the caller emits them).
     scale_mask : (M,) bool or int array, optional
         Columns of further kernel terms (the two-body term, the further SOAP
         terms of a kernel sum; a bool mask is one term, integers ``t = 1 ..
@@ -134,6 +135,7 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
     scales : (T,) array
         The factor ``r_t`` applied to each term's columns (empty without ``scale_mask``).
     """
+    sink = warn if isinstance(warn, list) else None
     bar = None
     if verbose and interactive():  # redirected output: only the phase line of the caller
         from tqdm.auto import tqdm
@@ -158,10 +160,10 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
                                               np.append(fixed, np.zeros(n_terms, bool)), scan_delta=scan_delta,
                                               progress=progress, scale_mask=labels)
             theta, scales = ext[:-n_terms], np.exp(ext[-n_terms:])
-            if warn:
+            if warn is not False:
                 names = scale_names or [f"scale of kernel term {t + 1}" for t in range(n_terms)]
                 warn_at_bounds(ext[-n_terms:], scale_bounds, np.zeros(n_terms, bool), names, stacklevel=4,
-                               first=None)
+                               first=None, sink=sink)
             parts = [None] * n_terms if nystrom_parts is None else list(nystrom_parts)
             for t in range(n_terms):
                 stats.scale_columns(labels == t + 1, float(scales[t]), parts[t])
@@ -171,15 +173,20 @@ def search(stats: GroupStats, theta0, bounds, fixed, energy_noise="loo", scan_de
             bar.close()
         if energy_noise == "loo":
             theta = _energy_noise_by_loo(stats, theta, bounds, fixed, progress)
-    if warn:
-        warn_at_bounds(theta, bounds, fixed, stats.names, stacklevel=4)
+    if warn is not False:
+        warn_at_bounds(theta, bounds, fixed, stats.names, stacklevel=4, sink=sink)
     return theta, count[0], scales
 
 
-def warn_at_bounds(theta, bounds, fixed, names, stacklevel: int = 3, first="delta") -> None:
-    """``RuntimeWarning`` naming the free parameters (``first``, then ``names``) within 1e-3 of a bound."""
+def warn_at_bounds(theta, bounds, fixed, names, stacklevel: int = 3, first="delta", sink=None) -> None:
+    """``RuntimeWarning`` naming the free parameters (``first``, then ``names``) within 1e-3 of a bound;
+    appended to the list ``sink`` as ``(message, category)`` instead, when given."""
     at_bound = [name for name, t, (lo, hi), f in zip(([first] if first else []) + list(names), theta, bounds, fixed)
                 if not f and (t - lo < 1e-3 or hi - t < 1e-3)]
     if at_bound:
-        warnings.warn(f"hyperparameters at their bounds after optimisation: {at_bound}; "
-                      "the data may not constrain them (see model.noise_)", RuntimeWarning, stacklevel=stacklevel)
+        message = (f"hyperparameters at their bounds after optimisation: {at_bound}; "
+                   "the data may not constrain them (see model.noise_)")
+        if sink is not None:
+            sink.append((message, RuntimeWarning))
+        else:
+            warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)

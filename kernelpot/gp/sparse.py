@@ -32,11 +32,11 @@ predictive density of the training energies (see ``energy_noise``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from ase import Atoms
@@ -77,23 +77,32 @@ _KMM_JITTER = 1e-10
 DEFAULT_RADIAL_SCALING = (0.5,)
 
 
-@contextlib.contextmanager
-def _held_warnings():
-    """Hold the warnings raised in the block in the yielded list (the caller emits those it keeps); if the
-    block raises, they are emitted at once, before the exception propagates."""
-    held, done = [], False
-    try:
-        with warnings.catch_warnings(record=True) as rec:
-            warnings.simplefilter("always")
-            try:
-                yield held
-                done = True
-            finally:
-                held.extend(rec)
-    finally:
-        if not done:
-            for w in held:
-                warnings.warn(w.message, w.category, stacklevel=3)
+def same_model_class(model):
+    """An unfitted clone of ``model`` that fits the descriptor ``model``'s fit used.
+
+    With ``descriptor=None`` a fit chooses the SOAP by the evidence
+    (:meth:`SparseGP.fit`); refits on other frames (screening rounds,
+    committee members, active-learning refits) keep that choice instead of
+    making it again on each subset, so they all fit one model class.  Any
+    other model (or one not yet fitted) is simply cloned.
+    """
+    est = clone(model)
+    chosen = getattr(model, "descriptor_choice_", None)
+    if chosen is not None and getattr(model, "descriptor", "given") is None:
+        est.set_params(descriptor=SOAP(radial_scaling=chosen["candidates"][chosen["chosen"]]["radial_scaling"]))
+    return est
+
+
+class _FitData(NamedTuple):
+    """What :meth:`SparseGP.fit` learns from the data alone, before any descriptor: the labels of each
+    frame, how many frames have usable forces (:func:`_force_frames`), the checked sparse points, the
+    species and the offsets (isolated-atom ``e0`` and mean ``mu``)."""
+    labels: list
+    n_force_frames: int
+    sparse_points: list | None
+    species: np.ndarray
+    e0: dict
+    mean: dict
 
 
 class SparseGP(BaseEstimator):
@@ -106,9 +115,15 @@ class SparseGP(BaseEstimator):
         time.  Default (None): ``SOAP(r_cut=5.0, n_max=8, l_max=6,
         atom_sigma=0.5)`` unscaled or with radial scaling ``r0 = r_cut / 2``
         (Willatt, Musil, Ceriotti, PCCP 20, 29661 (2018)), whichever the
-        evidence prefers by more than ``ln 100`` nats (unscaled on ties; the
-        fit takes up to twice as long; what was compared is in
-        ``descriptor_choice_``).  Give a descriptor to keep it as given.
+        evidence prefers by more than ``ln 100`` nats, provided its fit
+        explains every kind of label the unscaled fit explains (unscaled on
+        ties; what was compared is in ``descriptor_choice_``).  The fit then
+        takes 1.3-1.7x as long (measured on mlearn Si, Li and acac), up to
+        3x with ``calibrate=False`` when the unscaled SOAP wins (it is fitted
+        again).  Refits by :func:`kernelpot.screen`, :class:`kernelpot.Committee`
+        members after the first and :mod:`kernelpot.workflows.active` keep
+        the choice (:func:`same_model_class`).  Give a descriptor to keep it
+        as given.
         A list sums their kernels (e.g. ``[SOAP(r_cut=5.0), SOAP(r_cut=4.0)]``,
         as in multi-cutoff GAP models): ``k = sum_d (r_d delta)^2 (x_d.x_d')^zeta``
         over the same sparse environments (chosen with the first descriptor),
@@ -389,90 +404,8 @@ class SparseGP(BaseEstimator):
         frames = list(frames)
         if len(frames) == 0:
             raise ValueError("fit needs at least one labelled frame, got an empty list")
-        with _held_warnings() as held:
-            if self.descriptor is None:
-                held.extend(self._fit_default_descriptor(frames))
-            else:
-                self._fit(frames)
-        for w in held:  # at the caller's line, as warnings raised in fit itself
-            warnings.warn(w.message, w.category, stacklevel=2)
-        return self
-
-    def _fit_default_descriptor(self, frames):
-        """``descriptor=None``: SOAP unscaled and with radial scaling, chosen by the evidence.
-
-        Each candidate of :data:`DEFAULT_RADIAL_SCALING` is fitted up to its
-        optimised log marginal likelihood (no calibration); a scaled SOAP
-        replaces the unscaled one only when its evidence is higher by more
-        than ``ln 100`` nats (a Bayes factor of 100, "decisive" on Jeffreys'
-        scale, the step of ``n_sparse="auto"``).  The last candidate keeps its
-        rows for the calibration; when an earlier one wins it is fitted again
-        (one model's memory at a time).  The label-convention check and the
-        calibration (:meth:`_finish`) run on the chosen model only.  Warnings of the candidates
-        not chosen are dropped; the chosen fit's are returned for :meth:`fit`
-        to emit.
-        """
-        r_cut = SOAP().r_cut
-        scalings = [None] + [f * r_cut for f in DEFAULT_RADIAL_SCALING]
-        rows, est, caught = [], None, []
-        for k, r0 in enumerate(scalings):
-            last = k == len(scalings) - 1
-            est = None  # the previous candidate's memory is released before the next fit
-            est = clone(self).set_params(descriptor=SOAP(radial_scaling=r0))
-            assembly.note(self.verbose, f"default descriptor, candidate {k + 1} of {len(scalings)}: SOAP "
-                                        + ("unscaled" if r0 is None else f"with radial scaling r0 = {r0:g} A"))
-            t = time.perf_counter()
-            with _held_warnings() as caught:
-                est._fit(frames, calibrate=self.calibrate and last, defer=True)
-            rows.append({"radial_scaling": r0, "log_likelihood": float(est.log_marginal_likelihood_),
-                         "seconds": time.perf_counter() - t})
-        chosen = 0
-        for k, row in enumerate(rows[1:], start=1):
-            if row["log_likelihood"] > rows[chosen]["log_likelihood"] + sparse_size.MIN_GAIN:
-                chosen = k
-        if chosen < len(rows) - 1:
-            est = None
-            est = clone(self).set_params(descriptor=SOAP(radial_scaling=scalings[chosen]))
-            with _held_warnings() as caught:
-                est._fit(frames, calibrate=self.calibrate, defer=True)
-        pick = rows[chosen]["radial_scaling"]
-        assembly.note(self.verbose, "default descriptor: " + ", ".join(
-            f"{'unscaled' if r['radial_scaling'] is None else 'r0 = %g A' % r['radial_scaling']} "
-            f"log L {r['log_likelihood']:.1f}" for r in rows)
-            + f"; chose {'unscaled' if pick is None else 'r0 = %g A' % pick}")
-        with _held_warnings() as more:
-            est._finish(frames, self.calibrate)
-        params = set(self.get_params(deep=False))
-        self.__dict__.update({k: v for k, v in est.__dict__.items() if k not in params})
-        self.descriptor_choice_ = {"candidates": rows, "chosen": chosen}
-        return caught + more
-
-    def _finish(self, frames, calibrate: bool):
-        """The steps that judge the fitted model: the whole-group label-convention check and, with
-        ``calibrate``, the variance weights from leave-one-group-out residuals
-        (:mod:`kernelpot.gp.calibration`), reading the rows the assembly kept; the row cache is closed
-        after."""
-        t = time.perf_counter()
-        self.conventions_ = _warn_conventions(self, frames)
-        if self.conventions_ is not None:
-            t = assembly.phase(self.verbose, "label conventions", t)
-        if calibrate:
-            mean_features = self.__dict__.pop("_mean_features", None)
-            groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state,
-                                                                  mean_features=mean_features)
-            self.training_diagnostics_ = leave_one_out(self, groups=groups)
-            recalibrate(self, self.training_diagnostics_)
-            assembly.phase(self.verbose, "calibration (LOO)", t)
-        if self._row_cache is not None:
-            self._row_cache.close()
-            self._row_cache = None
-
-    def _fit(self, frames, calibrate=None, defer=False):
-        """The fit with the descriptor as set.  ``calibrate`` (default the
-        setting) keeps rows for the calibration; ``defer`` stops after the
-        hyperparameters and leaves :meth:`_finish` to the caller."""
-        calibrate = self.calibrate if calibrate is None else calibrate
-        # the checks of kernelpot.validate, with its messages: errors raise, warnings reach the user
+        # the steps that depend on the data only, once: their errors and warnings are the same for any
+        # descriptor.  The checks of kernelpot.validate, with its messages: errors raise, warnings reach the user
         report = validate(frames, require=(), raise_on_error=False)
         if report.errors:
             raise ValueError(f"fit: {len(report.errors)} problem(s) in the training frames:\n  "
@@ -487,17 +420,121 @@ class SparseGP(BaseEstimator):
         _check_observations(self, frames, labels, n_force_frames)
         # before the descriptors: a bad pair is named at once (and a generator is read only once)
         sparse_points = None if self.sparse_points is None else check_sparse_points(self.sparse_points, frames)
-        self.species_ = np.unique(np.concatenate([a.numbers for a in frames])).astype(int)
+        species = np.unique(np.concatenate([a.numbers for a in frames])).astype(int)
+        e0, mean = fit_offsets(frames, labels, species, self.e0, lambda a: self._baseline_compute(a)[0])
+        _warn_unseparable(composition_matrix(frames, labels, species), species)
+        _warn_rare_species(frames, species)
+        data = _FitData(labels, n_force_frames, sparse_points, species, e0, mean)
+        # warnings that depend on the fitted model (hyperparameters at bounds, labels it cannot explain): those
+        # of the model kept, emitted here, at the caller's line
+        sink = []
+        try:
+            if self.descriptor is None:
+                self._fit_default_descriptor(frames, data, sink)
+            else:
+                self._fit(frames, data, sink)
+        finally:
+            for message, category in sink:
+                warnings.warn(message, category, stacklevel=2)
+        return self
+
+    def _fit_default_descriptor(self, frames, data, sink):
+        """``descriptor=None``: SOAP unscaled and with radial scaling, chosen by the evidence.
+
+        Each candidate of :data:`DEFAULT_RADIAL_SCALING` is fitted up to its
+        optimised log marginal likelihood (no calibration); a scaled SOAP
+        replaces the unscaled one only when its evidence is higher by more
+        than ``ln 100`` nats (a Bayes factor of 100, "decisive" on Jeffreys'
+        scale, the step of ``n_sparse="auto"``) and its fit explains every
+        kind of label the unscaled fit explains (no learned noise comparable
+        to the labels, :func:`_unlearned`, that the unscaled fit does not
+        have: with few sparse points a scaled fit on EMT copper once bought
+        its forces by giving up the energies).  The last candidate keeps its
+        rows for the calibration; when an earlier one wins it is fitted again
+        (one model's memory at a time).  The label-convention check and the
+        calibration (:meth:`_finish`) run on the chosen model only, and only
+        its model-dependent warnings reach ``sink``.
+        """
+        r_cut = SOAP().r_cut
+        scalings = [None] + [f * r_cut for f in DEFAULT_RADIAL_SCALING]
+        params = self.get_params(deep=False)
+
+        def candidate(r0):
+            # the caller's own setting objects (a Dask client is not copied), only the descriptor differs
+            return type(self)(**{**params, "descriptor": SOAP(radial_scaling=r0)})
+
+        rows, est, held = [], None, []
+        for k, r0 in enumerate(scalings):
+            last = k == len(scalings) - 1
+            est = None  # the previous candidate's memory is released before the next fit
+            est = candidate(r0)
+            assembly.note(self.verbose, f"default descriptor, candidate {k + 1} of {len(scalings)}: SOAP "
+                                        + ("unscaled" if r0 is None else f"with radial scaling r0 = {r0:g} A"))
+            t = time.perf_counter()
+            held = []
+            est._fit(frames, data, held, calibrate=self.calibrate and last, defer=True)
+            rows.append({"radial_scaling": r0, "log_likelihood": float(est.log_marginal_likelihood_),
+                         "unexplained": sorted(est._unexplained), "seconds": time.perf_counter() - t})
+        chosen = 0
+        for k, row in enumerate(rows[1:], start=1):
+            if (row["log_likelihood"] > rows[chosen]["log_likelihood"] + sparse_size.MIN_GAIN
+                    and set(row["unexplained"]) <= set(rows[0]["unexplained"])):
+                chosen = k
+        if chosen < len(rows) - 1:
+            est = None
+            est = candidate(scalings[chosen])
+            held = []
+            est._fit(frames, data, held, calibrate=self.calibrate, defer=True)
+        sink.extend(held)
+
+        def name(r):
+            return "unscaled" if r["radial_scaling"] is None else f"r0 = {r['radial_scaling']:g} A"
+
+        assembly.note(self.verbose, "default descriptor: " + ", ".join(
+            f"{name(r)} log L {r['log_likelihood']:.1f}"
+            + (f" (explains little of the {', '.join(r['unexplained'])} labels)" if r["unexplained"] else "")
+            for r in rows) + f"; chose {name(rows[chosen])}")
+        est._finish(frames, self.calibrate, sink)
+        for key in [k for k in self.__dict__ if k not in params]:  # nothing of an earlier fit survives
+            del self.__dict__[key]
+        self.__dict__.update({k: v for k, v in est.__dict__.items() if k not in params})
+        self.descriptor_choice_ = {"candidates": rows, "chosen": chosen}
+
+    def _finish(self, frames, calibrate: bool, sink):
+        """The steps that judge the fitted model: the whole-group label-convention check and, with
+        ``calibrate``, the variance weights from leave-one-group-out residuals
+        (:mod:`kernelpot.gp.calibration`), reading the rows the assembly kept; the row cache is closed
+        after."""
+        t = time.perf_counter()
+        self.conventions_ = _warn_conventions(self, frames, sink)
+        if self.conventions_ is not None:
+            t = assembly.phase(self.verbose, "label conventions", t)
+        if calibrate:
+            mean_features = self.__dict__.pop("_mean_features", None)
+            groups, self.calibration_groups_ = calibration_groups(self, frames, random_state=self.random_state,
+                                                                  mean_features=mean_features)
+            self.training_diagnostics_ = leave_one_out(self, groups=groups)
+            recalibrate(self, self.training_diagnostics_)
+            assembly.phase(self.verbose, "calibration (LOO)", t)
+        if self._row_cache is not None:
+            self._row_cache.close()
+            self._row_cache = None
+
+    def _fit(self, frames, data, sink, calibrate=None, defer=False):
+        """The fit with the descriptor as set, after :meth:`fit`'s checks of the data (``data``).
+        ``calibrate`` (default the setting) keeps rows for the calibration; ``defer`` stops after
+        the hyperparameters and leaves :meth:`_finish` to the caller.  Warnings that depend on the
+        model go to ``sink`` as ``(message, category)``."""
+        calibrate = self.calibrate if calibrate is None else calibrate
+        labels, sparse_points = data.labels, data.sparse_points
+        self.species_ = data.species.copy()
         self.descriptor_ = self._make_descriptor(self.species_)
         self.extra_descriptors_ = [self._make_descriptor(self.species_, d)
                                    for d in range(1, len(self._descriptor_list()))]
-        self.e0_, self.mean_ = fit_offsets(frames, labels, self.species_, self.e0,
-                                           lambda a: self._baseline_compute(a)[0])
+        self.e0_, self.mean_ = dict(data.e0), dict(data.mean)
         self._offset = {z: self.e0_[z] + self.mean_[z] for z in self.e0_}
         self.offset_species_ = np.array(self.species_, dtype=int)
         self.offset_kappa_ = OFFSET_KAPPA
-        _warn_unseparable(composition_matrix(frames, labels, self.species_), self.species_)
-        _warn_rare_species(frames, self.species_)
         assembly.announce_compilation(self.verbose, self.descriptor_)
         t = time.perf_counter()
         feats = assembly.compute_features(self, frames)
@@ -539,17 +576,20 @@ class SparseGP(BaseEstimator):
         theta0, bounds, fixed = self._initial_theta()
         if auto:
             theta, self.n_likelihood_evaluations_, scale = self._grow_sparse_set(theta0, bounds, fixed, n_pick,
-                                                                                 available)
+                                                                                 available, sink)
             t = assembly.phase(self.verbose, "sparse set size", t, f"{self.sparse_.size} sparse points")
         else:
             theta, self.n_likelihood_evaluations_, scale = hyperparameters.search(
-                self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose, **self._scale_search())
+                self._stats, theta0, bounds, fixed, self.energy_noise, verbose=self.verbose, warn=sink,
+                **self._scale_search())
         self._apply_scales(scale)
         self._offset_prior(frames)
         self._train_frames = frames
         self._solve(theta)
-        _warn_unlearned(self, frames, labels)
-        _warn_no_forces(self, frames, labels, n_force_frames)
+        unlearned = _unlearned(self, frames, labels)
+        self._unexplained = {kind for kind, _ in unlearned}
+        sink.extend((message, RuntimeWarning) for _, message in unlearned)
+        _warn_no_forces(self, frames, labels, data.n_force_frames, sink)
         assembly.phase(self.verbose, "hyperparameters", t)
         self.std_weights_ = {}
         for name in ("training_diagnostics_", "descriptor_choice_", "conventions_", "calibration_groups_"):
@@ -560,7 +600,7 @@ class SparseGP(BaseEstimator):
             self._row_cache.close()
             self._row_cache = None
         if not defer:
-            self._finish(frames, calibrate)
+            self._finish(frames, calibrate, sink)
         return self
 
     def _n_extra_columns(self):
@@ -577,7 +617,7 @@ class SparseGP(BaseEstimator):
                                   self.max_memory * 2**30)
         return max(max(c.values()) for c in sizes), available
 
-    def _grow_sparse_set(self, theta0, bounds, fixed, n_pick, available):
+    def _grow_sparse_set(self, theta0, bounds, fixed, n_pick, available, sink=None):
         """``n_sparse="auto"``: compare nested sparse sets by the evidence (:mod:`kernelpot.gp.sparse_size`).
 
         The statistics were accumulated for the largest set; the chosen one's
@@ -603,7 +643,7 @@ class SparseGP(BaseEstimator):
         chosen, steps, reason = sparse_size.grow(self._stats, blocks, sizes, search,
                                                  note=lambda text: assembly.note(self.verbose, text))
         ix, sub, theta, _, scale = steps[chosen].result
-        hyperparameters.warn_at_bounds(theta, bounds, fixed, sub.names, stacklevel=4)
+        hyperparameters.warn_at_bounds(theta, bounds, fixed, sub.names, stacklevel=4, sink=sink)
         if reason is None:
             more = any(n > n_pick for n in available.values())
             reason = ("the next size would exceed max_memory" if more and n_pick < sparse_size.LADDER[-1]
@@ -1413,14 +1453,16 @@ UNLEARNED_FRACTION = 0.5
 FEW_STRUCTURES = 10
 
 
-def _warn_unlearned(model, frames, labels):
-    """Warn when the learned noise of a kind is comparable to its labels (energies per atom: their spread).
+def _unlearned(model, frames, labels) -> list:
+    """``(kind, warning)`` for each noise group whose learned noise is comparable to its labels (energies
+    per atom: their spread).
 
     Such a fit treats the labels as noise: forces given as gradients (the opposite sign), a unit or
     convention slip, or a descriptor that cannot tell the structures apart.  (A collapsed fit of a
     molecule without isolated atoms once returned every force as 0 with only a bounds warning.)
     """
     used = assembly.noise_as_used(model, frames)
+    out = []
     for kind in ("energy", "forces", "stress"):
         per_group: dict = {}  # group -> [(frame, labels)]
         for i, (a, lab) in enumerate(zip(frames, labels)):
@@ -1447,11 +1489,12 @@ def _warn_unlearned(model, frames, labels):
                 # fit was sent to check the units of clean labels)
                 few = (f"With {len(vals)} structures, too few to learn from may be all it is; else check"
                        if len(vals) < FEW_STRUCTURES else "Check")
-                warnings.warn(f"fit: the {what} {noise:.3g} {unit} is {ratio} the "
-                              f"{size} of the {kind} labels ({rms:.3g} {unit}): the model explains little of them. "
-                              f"{few} their sign and units ({hint}) and that the labels belong to their "
-                              "structures; labels that are all near zero (relaxed structures) carry little to learn",
-                              RuntimeWarning, stacklevel=3)
+                out.append((kind, f"fit: the {what} {noise:.3g} {unit} is {ratio} the "
+                                  f"{size} of the {kind} labels ({rms:.3g} {unit}): the model explains little of "
+                                  f"them. {few} their sign and units ({hint}) and that the labels belong to their "
+                                  "structures; labels that are all near zero (relaxed structures) carry little to "
+                                  "learn"))
+    return out
 
 
 def _force_frames(frames, labels) -> int:
@@ -1492,8 +1535,8 @@ def _warn_rare_species(frames, species) -> None:
                       DataWarning, stacklevel=3)
 
 
-def _warn_no_forces(model, frames, labels, usable):
-    """Warn when no force was fitted: the force and stress sigma then rest on delta learned from energies.
+def _warn_no_forces(model, frames, labels, usable, sink):
+    """Warn (to ``sink``) when no force was fitted: the force and stress sigma then rest on delta learned from energies.
 
     The energies of a few structures say little about the size of the energy's derivatives, and no held-out
     force can calibrate their sigma: fitted on 8 EMT copper energies, the predicted force sigma were ~4x
@@ -1504,13 +1547,13 @@ def _warn_no_forces(model, frames, labels, usable):
         return
     why = ("fit_forces=False" if usable else "no structure has force labels on an atom that is neither masked nor "
            "fixed" if any("forces" in lab for lab in labels) else "no frame has force labels")
-    warnings.warn(f"fit: no forces were fitted ({why}): force and stress predictions and their sigma rest on the "
-                  f"energy scale delta = {model.delta_:.3g} eV learned from {len(frames)} energies alone, and no "
-                  "held-out force calibrates them (fitted on a few energies they were 4-370x too small). Add "
-                  "structures with forces before trusting force or stress error bars", RuntimeWarning, stacklevel=3)
+    sink.append((f"fit: no forces were fitted ({why}): force and stress predictions and their sigma rest on the "
+                 f"energy scale delta = {model.delta_:.3g} eV learned from {len(frames)} energies alone, and no "
+                 "held-out force calibrates them (fitted on a few energies they were 4-370x too small). Add "
+                 "structures with forces before trusting force or stress error bars", RuntimeWarning))
 
 
-def _warn_conventions(model, frames) -> list | None:
+def _warn_conventions(model, frames, sink) -> list | None:
     """Warn for each group whose energy or stress labels follow another convention than their physics.
 
     :func:`kernelpot.gp.conventions.check`: energies against what the forces
@@ -1523,9 +1566,8 @@ def _warn_conventions(model, frames) -> list | None:
     if not (model.fit_forces or model.fit_stress):
         return None
     found = check(model, frames)
-    for f in found:
-        warnings.warn(f"fit: {f.message} (frames {_list(f.frames)}; kernelpot.screen lists it too)",
-                      DataWarning, stacklevel=3)
+    sink.extend((f"fit: {f.message} (frames {_list(f.frames)}; kernelpot.screen lists it too)", DataWarning)
+                for f in found)
     return found
 
 

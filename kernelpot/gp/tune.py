@@ -38,7 +38,11 @@ def select_settings(frames, model=None, grid: dict | None = None, method: str = 
         Labelled training frames.
     model : SparseGP, optional
         Template (default ``SparseGP()``); grid keys use scikit-learn's nested
-        names, e.g. ``"descriptor__r_cut"``, ``"zeta"``.
+        names, e.g. ``"descriptor__r_cut"``, ``"zeta"``.  With the default
+        ``descriptor=None`` each candidate is fitted as ``SparseGP()`` fits
+        (its SOAP chosen by the evidence) unless the grid sets a
+        ``descriptor__`` key: then the candidates are ``SOAP()`` with those
+        settings, unscaled unless ``descriptor__radial_scaling`` is in the grid.
     grid : dict of lists, optional
         Default :data:`DEFAULT_GRID` (12 fits).
     method : {"likelihood", "kfold"}
@@ -63,11 +67,12 @@ def select_settings(frames, model=None, grid: dict | None = None, method: str = 
     if method not in ("likelihood", "kfold"):
         raise ValueError(f"method must be 'likelihood' or 'kfold', got {method!r}")
     template = SparseGP() if model is None else model
-    if template.descriptor is None:
-        from kernelpot.descriptors import SOAP
-        template = clone(template).set_params(descriptor=SOAP())
     grid = DEFAULT_GRID if grid is None else grid
     keys = list(grid)
+    if template.descriptor is None and any(k.startswith("descriptor__") for k in keys):
+        # descriptor settings need a descriptor to set: the unscaled SOAP unless the grid scales it
+        from kernelpot.descriptors import SOAP
+        template = clone(template).set_params(descriptor=SOAP())
     valid = set(template.get_params(deep=True))
     bad = [k for k in keys if k not in valid]
     if bad:

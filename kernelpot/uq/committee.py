@@ -31,7 +31,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, clone
 
 from kernelpot.io.labels import frame_labels, is_isolated_atom
-from kernelpot.gp.sparse import SparseGP, score
+from kernelpot.gp.sparse import SparseGP, same_model_class, score
 
 __all__ = ["Committee", "COMMITTEE_METHODS"]
 
@@ -115,7 +115,8 @@ class Committee(BaseEstimator):
         seeds = rng.integers(0, 2**31 - 1, size=self.n_members)
         members, used = [], []
         for m in range(self.n_members):
-            est = clone(template)
+            # after the first member, the descriptor it chose (descriptor=None: by the evidence) for all
+            est = clone(template) if m == 0 else same_model_class(members[0])
             if "calibrate" in est.get_params():
                 est.set_params(calibrate=False)  # the committee sigma is the spread: skip the LOO pass
             if self.method == "bootstrap":

@@ -154,8 +154,8 @@ Masking and refit rounds
 ------------------------
 Gross errors inflate the learned noise (the likelihood is Gaussian), which
 hides smaller errors of the same kind.  With ``refit_rounds > 0`` the model
-is fitted again from scratch (``clone(model).fit``: new offsets, sparse
-set and hyperparameters) without the flagged structures, except a
+is fitted again from scratch (``same_model_class(model).fit``: new offsets,
+sparse set and hyperparameters; the descriptor the fit chose is kept) without the flagged structures, except a
 config_type more than half of which (three structures or more) is flagged:
 that is the group's matter (a convention, or the model's limit there), and
 a refit without the group would judge it by extrapolation, so it stays in; the kept structures
@@ -175,7 +175,6 @@ from dataclasses import dataclass
 import numpy as np
 from ase.units import GPa
 from scipy import special, stats
-from sklearn.base import clone
 
 from kernelpot.gp.assembly import note
 from kernelpot.io.labels import DataWarning, _list, config_type, frame_labels, is_isolated_atom
@@ -714,7 +713,8 @@ def screen(model, frames=None, alpha: float = 0.05, robust: bool = True,
              f"structure(s) {_list(out)} and fitting again on the other {keep.size}")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            refit = clone(model).fit([frames[i] for i in keep])
+            from kernelpot.gp.sparse import same_model_class
+            refit = same_model_class(model).fit([frames[i] for i in keep])
         _rewarn(caught, f"screen: refit round {r + 1} (without frames {_list(out)})")
         rdiag = getattr(refit, "training_diagnostics_", None)
         ev = _merge(_loo_evidence(leave_one_out(refit) if rdiag is None else rdiag, keep),

@@ -185,7 +185,8 @@ class _Trainer:
             self.model.update([atoms])
             kind = "update"
         else:
-            self.model = clone(self.model).fit(self.frames)
+            from kernelpot.gp.sparse import same_model_class
+            self.model = same_model_class(self.model).fit(self.frames)
             self._new_fit()
             self.since_fit = 0
             kind = "fit"
