@@ -377,7 +377,8 @@ def test_fit_with_radial_scaling_keeps_it_in_the_model_file(small_train, tmp_pat
     assert loaded.descriptor_.radial_scaling == 2.5
     same = kernelpot.SparseGP(n_sparse=20, descriptor=kernelpot.SOAP(radial_scaling=2.5), verbose=False)
     same.fit(kernelpot.read(small_train))
-    plain = kernelpot.SparseGP(n_sparse=20, descriptor=kernelpot.SOAP(), verbose=False).fit(kernelpot.read(small_train))
+    plain = kernelpot.SparseGP(n_sparse=20, descriptor=kernelpot.SOAP(), verbose=False)
+    plain.fit(kernelpot.read(small_train))
     frames = kernelpot.read(TEST)[:3]
     e_loaded, e_same, e_plain = (m.predict(frames, return_std=False)["energy"] for m in (loaded, same, plain))
     np.testing.assert_allclose(e_loaded, e_same, rtol=0, atol=1e-9)

@@ -241,8 +241,10 @@ class SparseGP(BaseEstimator):
     descriptor_choice_ : dict
         With ``descriptor=None`` only: ``"candidates"``, one dict per SOAP
         compared (``radial_scaling`` r0 in Å or None, ``log_likelihood`` the
-        optimised log marginal likelihood in nats, ``seconds`` of its fit),
-        and ``"chosen"`` (index into them; ``descriptor_`` is that SOAP).
+        optimised log marginal likelihood in nats, ``unexplained`` the kinds
+        of label whose learned noise is comparable to the labels, ``seconds``
+        of its fit), and ``"chosen"`` (index into them; ``descriptor_`` is
+        that SOAP).
         Not saved with the model.
     conventions_ : list of kernelpot.gp.conventions.ConventionFinding or None
         Whole config_types whose energy or stress labels follow another
@@ -1536,7 +1538,7 @@ def _warn_rare_species(frames, species) -> None:
 
 
 def _warn_no_forces(model, frames, labels, usable, sink):
-    """Warn (to ``sink``) when no force was fitted: the force and stress sigma then rest on delta learned from energies.
+    """Warn (to ``sink``) when no force was fitted: force and stress sigma then rest on delta learned from energies.
 
     The energies of a few structures say little about the size of the energy's derivatives, and no held-out
     force can calibrate their sigma: fitted on 8 EMT copper energies, the predicted force sigma were ~4x
