@@ -98,16 +98,6 @@ def _fit(model, frames):
         return model.fit(frames)
 
 
-def _sparse_count(s):
-    """``--n-sparse``: a positive integer or ``auto``."""
-    if str(s).strip().lower() == "auto":
-        return "auto"
-    try:
-        return _positive_int(s)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {s!r}") from None
-
-
 def _positive_int(s):
     try:
         v = int(s)
@@ -118,16 +108,6 @@ def _positive_int(s):
     return v
 
 
-def _scaling(s):
-    """--radial-scaling: r0 in Å, or 'none' (unscaled SOAP, kept as given)."""
-    if str(s).strip().lower() == "none":
-        return "none"
-    try:
-        return _positive_float(s)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected r0 in Å (a positive number) or 'none', got {s!r}") from None
-
-
 def _positive_float(s):
     try:
         v = float(s)
@@ -136,6 +116,24 @@ def _positive_float(s):
     if not (np.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
     return v
+
+
+def _word_or(word: str, parse, expected: str):
+    """An argparse type: ``word`` (any case) as itself, else ``parse(s)``; its error names both."""
+    def convert(s):
+        if str(s).strip().lower() == word:
+            return word
+        try:
+            return parse(s)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected {expected} or '{word}', got {s!r}") from None
+    return convert
+
+
+#: ``--n-sparse``: a positive integer or ``auto``
+_sparse_count = _word_or("auto", _positive_int, "a positive integer")
+#: ``--radial-scaling``: r0 in Å, or ``none`` (unscaled SOAP, kept as given)
+_scaling = _word_or("none", _positive_float, "r0 in Å (a positive number)")
 
 
 def _read(path, args=None):
