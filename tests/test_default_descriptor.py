@@ -92,6 +92,9 @@ def test_warnings_reach_the_caller_once(frames):
     data = [w for w in caught if issubclass(w.category, DataWarning)]
     assert len(data) == 1 and "energy per atom > 0" in str(data[0].message)
     assert data[0].filename == __file__
+    # the kept model's own warnings too: once (not once per candidate), at the caller's line
+    bounds = [w for w in caught if "at their bounds" in str(w.message)]
+    assert len(bounds) == 1 and bounds[0].filename == __file__
 
 
 def test_warnings_before_an_error_are_not_lost(frames):
@@ -148,3 +151,26 @@ def test_select_settings_ranks_what_the_default_fits(frames):
     from kernelpot.gp.tune import select_settings
     best, table = select_settings(frames, model=SparseGP(**KW), grid={"zeta": [4.0]})
     assert table[0]["score"] == pytest.approx(SparseGP(**KW).fit(frames).log_marginal_likelihood_, rel=1e-9)
+
+
+def test_a_failing_scaled_candidate_leaves_the_unscaled_fit(frames, monkeypatch):
+    """r0 = 0.05 A is outside SOAP's allowed range, so that candidate's fit raises: the default fit keeps
+    unscaled SOAP, says why, and equals the explicit unscaled fit."""
+    monkeypatch.setattr(sparse, "DEFAULT_RADIAL_SCALING", (0.01,))
+    with pytest.warns(RuntimeWarning, match=r"SOAP\(radial_scaling=0.05\) failed \(ValueError"):
+        model = SparseGP(**KW).fit(frames)
+    unscaled, failed = model.descriptor_choice_["candidates"]
+    assert failed["log_likelihood"] == -np.inf and "radial_scaling" in failed["error"]
+    assert model.descriptor_choice_["chosen"] == 0 and model.descriptor_.radial_scaling is None
+    _same_model(model, SparseGP(descriptor=SOAP(), **KW).fit(frames), emt_frames(1, seed=9)[0])
+
+
+def test_a_model_warning_made_an_error_stops_an_explicit_fit_where_it_arises(frames):
+    """With RuntimeWarning as an error, "hyperparameters at their bounds" (EMT's noise-free energies put the
+    energy noise at its floor) raises inside the hyperparameter search: nothing after it is fitted."""
+    model = SparseGP(descriptor=SOAP(), **KW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(RuntimeWarning, match="at their bounds"):
+            model.fit(frames)
+    assert not hasattr(model, "training_diagnostics_") and not hasattr(model, "theta_")

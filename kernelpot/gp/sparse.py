@@ -93,6 +93,42 @@ def same_model_class(model):
     return est
 
 
+def _warn_at_caller(message, category) -> None:
+    """``warnings.warn`` at the first frame outside the kernelpot package: the user's call of ``fit``,
+    however deep inside kernelpot the warning arises."""
+    import sys
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(0), 1  # stacklevel 1 is this function
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+class _FitWarnings(list):
+    """The warnings of a fit that depend on the fitted model, as ``(message, category)``: emitted at once
+    (``hold=False``: an explicit descriptor, as they arise) or held until the default descriptor's choice
+    is made (:meth:`emit` then emits the kept candidate's)."""
+
+    def __init__(self, hold: bool):
+        super().__init__()
+        self.hold = hold
+
+    def append(self, item):
+        if self.hold:
+            super().append(item)
+        else:
+            _warn_at_caller(*item)
+
+    def extend(self, items):
+        for item in items:
+            self.append(item)
+
+    def emit(self):
+        for item in self:
+            _warn_at_caller(*item)
+        self.clear()
+
+
 class _FitData(NamedTuple):
     """What :meth:`SparseGP.fit` learns from the data alone, before any descriptor: the labels of each
     frame, how many frames have usable forces (:func:`_force_frames`), the checked sparse points, the
@@ -427,20 +463,15 @@ class SparseGP(BaseEstimator):
         _warn_unseparable(composition_matrix(frames, labels, species), species)
         _warn_rare_species(frames, species)
         data = _FitData(labels, n_force_frames, sparse_points, species, e0, mean)
-        # warnings that depend on the fitted model (hyperparameters at bounds, labels it cannot explain): those
-        # of the model kept, emitted here, at the caller's line
-        sink = []
-        try:
-            if self.descriptor is None:
-                self._fit_default_descriptor(frames, data, sink)
-            else:
-                self._fit(frames, data, sink)
-        finally:
-            for message, category in sink:
-                warnings.warn(message, category, stacklevel=2)
+        # warnings that depend on the fitted model (hyperparameters at bounds, labels it cannot explain): as they
+        # arise for a given descriptor; for the default one, those of the model kept
+        if self.descriptor is None:
+            self._fit_default_descriptor(frames, data)
+        else:
+            self._fit(frames, data, _FitWarnings(hold=False))
         return self
 
-    def _fit_default_descriptor(self, frames, data, sink):
+    def _fit_default_descriptor(self, frames, data):
         """``descriptor=None``: SOAP unscaled and with radial scaling, chosen by the evidence.
 
         Each candidate of :data:`DEFAULT_RADIAL_SCALING` is fitted up to its
@@ -455,7 +486,10 @@ class SparseGP(BaseEstimator):
         rows for the calibration; when an earlier one wins it is fitted again
         (one model's memory at a time).  The label-convention check and the
         calibration (:meth:`_finish`) run on the chosen model only, and only
-        its model-dependent warnings reach ``sink``.
+        its model-dependent warnings reach the caller (numerical ones, such
+        as an ill-conditioned matrix, are raised where they arise, by any
+        candidate).  If a scaled candidate's fit raises an ``Exception``, the
+        unscaled SOAP is kept with a ``RuntimeWarning`` naming the error.
         """
         r_cut = SOAP().r_cut
         scalings = [None] + [f * r_cut for f in DEFAULT_RADIAL_SCALING]
@@ -465,7 +499,7 @@ class SparseGP(BaseEstimator):
             # the caller's own setting objects (a Dask client is not copied), only the descriptor differs
             return type(self)(**{**params, "descriptor": SOAP(radial_scaling=r0)})
 
-        rows, est, held = [], None, []
+        rows, est, held = [], None, _FitWarnings(hold=True)
         for k, r0 in enumerate(scalings):
             last = k == len(scalings) - 1
             est = None  # the previous candidate's memory is released before the next fit
@@ -473,8 +507,19 @@ class SparseGP(BaseEstimator):
             assembly.note(self.verbose, f"default descriptor, candidate {k + 1} of {len(scalings)}: SOAP "
                                         + ("unscaled" if r0 is None else f"with radial scaling r0 = {r0:g} A"))
             t = time.perf_counter()
-            held = []
-            est._fit(frames, data, held, calibrate=self.calibrate and last, defer=True)
+            held = _FitWarnings(hold=True)
+            try:
+                est._fit(frames, data, held, calibrate=self.calibrate and last, defer=True)
+            except Exception as exc:
+                if k == 0:  # the unscaled SOAP's fit fails as an explicit one would, its warnings shown first
+                    held.emit()
+                    raise
+                _warn_at_caller(f"fit: the default descriptor's candidate SOAP(radial_scaling={r0:g}) failed "
+                                f"({type(exc).__name__}: {exc}); unscaled SOAP is kept", RuntimeWarning)
+                est = None
+                rows.append({"radial_scaling": r0, "log_likelihood": -math.inf, "unexplained": [],
+                             "seconds": time.perf_counter() - t, "error": f"{type(exc).__name__}: {exc}"})
+                continue
             rows.append({"radial_scaling": r0, "log_likelihood": float(est.log_marginal_likelihood_),
                          "unexplained": sorted(est._unexplained), "seconds": time.perf_counter() - t})
         chosen = 0
@@ -482,12 +527,16 @@ class SparseGP(BaseEstimator):
             if (row["log_likelihood"] > rows[chosen]["log_likelihood"] + sparse_size.MIN_GAIN
                     and set(row["unexplained"]) <= set(rows[0]["unexplained"])):
                 chosen = k
-        if chosen < len(rows) - 1:
+        if est is None or chosen < len(rows) - 1:
             est = None
             est = candidate(scalings[chosen])
-            held = []
-            est._fit(frames, data, held, calibrate=self.calibrate, defer=True)
-        sink.extend(held)
+            held = _FitWarnings(hold=True)
+            try:
+                est._fit(frames, data, held, calibrate=self.calibrate, defer=True)
+            finally:
+                held.emit()
+        else:
+            held.emit()
 
         def name(r):
             return "unscaled" if r["radial_scaling"] is None else f"r0 = {r['radial_scaling']:g} A"
@@ -496,7 +545,7 @@ class SparseGP(BaseEstimator):
             f"{name(r)} log L {r['log_likelihood']:.1f}"
             + (f" (explains little of the {', '.join(r['unexplained'])} labels)" if r["unexplained"] else "")
             for r in rows) + f"; chose {name(rows[chosen])}")
-        est._finish(frames, self.calibrate, sink)
+        est._finish(frames, self.calibrate, _FitWarnings(hold=False))
         for key in [k for k in self.__dict__ if k not in params]:  # nothing of an earlier fit survives
             del self.__dict__[key]
         self.__dict__.update({k: v for k, v in est.__dict__.items() if k not in params})
@@ -526,7 +575,7 @@ class SparseGP(BaseEstimator):
         """The fit with the descriptor as set, after :meth:`fit`'s checks of the data (``data``).
         ``calibrate`` (default the setting) keeps rows for the calibration; ``defer`` stops after
         the hyperparameters and leaves :meth:`_finish` to the caller.  Warnings that depend on the
-        model go to ``sink`` as ``(message, category)``."""
+        model go to ``sink`` (:class:`_FitWarnings`) as ``(message, category)``."""
         calibrate = self.calibrate if calibrate is None else calibrate
         labels, sparse_points = data.labels, data.sparse_points
         self.species_ = data.species.copy()
