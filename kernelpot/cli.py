@@ -279,10 +279,11 @@ def _noise_table(model) -> str:
     lines = ["learned hyperparameters:", f"  delta (kernel scale)        {model.delta_:.4g} eV"]
     choice = getattr(model, "descriptor_choice_", None)
     if choice is not None:  # the default descriptor: what the evidence chose, and against what
+        from kernelpot.gp.sparse import scaling_label
         rows = choice["candidates"]
-        name = ["unscaled" if r["radial_scaling"] is None else f"r0 = {r['radial_scaling']:g} Å" for r in rows]
-        lines.append(f"  SOAP radial scaling         {name[choice['chosen']]} (log evidence "
-                     + ", ".join(f"{n} {r['log_likelihood']:.1f}" for n, r in zip(name, rows)) + ")")
+        lines.append(f"  SOAP radial scaling         {scaling_label(rows[choice['chosen']]['radial_scaling'])} "
+                     "(log evidence " + ", ".join(f"{scaling_label(r['radial_scaling'])} {r['log_likelihood']:.1f}"
+                                                  for r in rows) + ")")
     frames = getattr(model, "_train_frames", None)
     used = {} if frames is None else noise_as_used(model, frames)
     for g, s in model.noise_.items():

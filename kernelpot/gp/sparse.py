@@ -87,10 +87,14 @@ def same_model_class(model):
     other model (or one not yet fitted) is simply cloned.
     """
     est = clone(model)
-    chosen = getattr(model, "descriptor_choice_", None)
-    if chosen is not None and getattr(model, "descriptor", "given") is None:
-        est.set_params(descriptor=SOAP(radial_scaling=chosen["candidates"][chosen["chosen"]]["radial_scaling"]))
+    if hasattr(model, "descriptor_choice_") and getattr(model, "descriptor", "given") is None:
+        est.set_params(descriptor=SOAP(radial_scaling=model.descriptor_.radial_scaling))
     return est
+
+
+def scaling_label(r0) -> str:
+    """How notes and the CLI name a SOAP radial scaling: ``"unscaled"`` or ``"r0 = 2.5 Å"``."""
+    return "unscaled" if r0 is None else f"r0 = {r0:g} Å"
 
 
 def _warn_at_caller(message, category) -> None:
@@ -352,13 +356,12 @@ class SparseGP(BaseEstimator):
             self.two_body.check()
 
     def _descriptor_list(self) -> list:
-        """The descriptor setting as a list (``[None]`` for the default SOAP)."""
+        """The descriptor setting as a list (``[None]`` for the default, which :meth:`fit` resolves)."""
         d = self.descriptor
         return list(d) if isinstance(d, (list, tuple)) else [d]
 
     def _make_descriptor(self, species, which: int = 0):
-        d = self._descriptor_list()[which]
-        desc = SOAP() if d is None else clone(d)
+        desc = clone(self._descriptor_list()[which])  # never None here: fit chose the default's SOAP
         if desc.species is None:
             desc.set_params(species=[int(z) for z in species])
         return desc
@@ -499,13 +502,13 @@ class SparseGP(BaseEstimator):
             # the caller's own setting objects (a Dask client is not copied), only the descriptor differs
             return type(self)(**{**params, "descriptor": SOAP(radial_scaling=r0)})
 
-        rows, est, held = [], None, _FitWarnings(hold=True)
+        rows, est = [], None
         for k, r0 in enumerate(scalings):
             last = k == len(scalings) - 1
             est = None  # the previous candidate's memory is released before the next fit
             est = candidate(r0)
-            assembly.note(self.verbose, f"default descriptor, candidate {k + 1} of {len(scalings)}: SOAP "
-                                        + ("unscaled" if r0 is None else f"with radial scaling r0 = {r0:g} A"))
+            assembly.note(self.verbose, f"default descriptor, candidate {k + 1} of {len(scalings)}: SOAP, "
+                                        f"{scaling_label(r0)}")
             t = time.perf_counter()
             held = _FitWarnings(hold=True)
             try:
@@ -537,14 +540,10 @@ class SparseGP(BaseEstimator):
                 held.emit()
         else:
             held.emit()
-
-        def name(r):
-            return "unscaled" if r["radial_scaling"] is None else f"r0 = {r['radial_scaling']:g} A"
-
         assembly.note(self.verbose, "default descriptor: " + ", ".join(
-            f"{name(r)} log L {r['log_likelihood']:.1f}"
+            f"{scaling_label(r['radial_scaling'])} log L {r['log_likelihood']:.1f}"
             + (f" (explains little of the {', '.join(r['unexplained'])} labels)" if r["unexplained"] else "")
-            for r in rows) + f"; chose {name(rows[chosen])}")
+            for r in rows) + f"; chose {scaling_label(rows[chosen]['radial_scaling'])}")
         est._finish(frames, self.calibrate, _FitWarnings(hold=False))
         for key in [k for k in self.__dict__ if k not in params]:  # nothing of an earlier fit survives
             del self.__dict__[key]
